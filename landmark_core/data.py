@@ -1,0 +1,381 @@
+"""Datasets on disk, the decoded-image cache, batches and batch augmentation.
+
+Layout: ``root/train/NN.Name/*`` and ``root/test/NN.Name/*`` (the
+``landmark_images`` layout), or just ``root/NN.Name/*`` in which case a seeded,
+stratified test split is taken off. Any file Pillow can read is an image; the
+rest are reported, never fatal.
+
+Speed: photos are decoded once, at reduced size (JPEG draft mode), into a
+square uint8 array per split that is memory-mapped from a cache folder keyed by
+the files' names, sizes and modification times. Every later epoch and every
+later run reads pixels straight from that array, and augmentation is done on
+whole batches as tensors (on the GPU when there is one) instead of per image in
+PIL.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import DataError, ImageError
+from .fileio import atomic_path, read_json, write_json_atomic
+from .images import load_square, open_image
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+
+
+@dataclass
+class Dataset:
+    root: Path
+    classes: list[str]
+    train: list[Sample]
+    test: list[Sample]
+    test_taken_from_train: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _visible(entries) -> list[Path]:
+    return sorted(p for p in entries if not p.name.startswith((".", "_")))
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return [p for p in _visible(folder.iterdir()) if p.is_dir()]
+
+
+def _files(class_folder: Path) -> list[Path]:
+    return [p for p in _visible(class_folder.rglob("*")) if p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(class_folder).parts)]
+
+
+def stratified_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split off ``fraction`` of each class (at least one image of any class with two or more)."""
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    by_label: dict[int, list[Sample]] = {}
+    for sample in samples:
+        by_label.setdefault(sample.label, []).append(sample)
+    for label in sorted(by_label):
+        group = by_label[label]
+        order = rng.permutation(len(group))
+        n_held = min(len(group) - 1, max(1, round(len(group) * fraction))) if len(group) > 1 else 0
+        held += [group[i] for i in order[:n_held]]
+        keep += [group[i] for i in order[n_held:]]
+    return keep, held
+
+
+def scan_dataset(root: str | os.PathLike, *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """Index a dataset folder; raise DataError with the reason when the layout is wrong."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}")
+    train_dir, test_dir = root / "train", root / "test"
+    base = train_dir if train_dir.is_dir() else root
+    class_dirs = _class_folders(base)
+    if not class_dirs:
+        raise DataError(f"{base} has no class folders (expected train/ and test/ with one folder per class, "
+                        "like 00.Haleakala_National_Park, or class folders directly)")
+    classes = [p.name for p in class_dirs]
+    index = {name: i for i, name in enumerate(classes)}
+
+    def collect(folder: Path) -> list[Sample]:
+        samples = []
+        for class_dir in _class_folders(folder):
+            if class_dir.name not in index:
+                raise DataError(f"{class_dir} is a class that train/ does not have")
+            samples += [Sample(str(p), index[class_dir.name]) for p in _files(class_dir)]
+        return samples
+
+    train = collect(base)
+    if not train:
+        raise DataError(f"{base} has class folders but no files in them")
+    if base is train_dir and test_dir.is_dir():
+        return Dataset(root, classes, train, collect(test_dir))
+    train, test = stratified_split(train, test_fraction, seed)
+    return Dataset(root, classes, train, test, test_taken_from_train=True)
+
+
+# --- cache folder ----------------------------------------------------------------------------
+
+def cache_dir_for(root: str | os.PathLike) -> Path:
+    """``root/.landmark_cache`` when writable, else a per-root folder in the user cache."""
+    root = Path(root).resolve()
+    local = root / ".landmark_cache"
+    try:
+        local.mkdir(exist_ok=True)
+        probe = local / ".write-test"
+        probe.touch()
+        probe.unlink()
+        return local
+    except OSError:
+        digest = hashlib.sha1(str(root).encode()).hexdigest()[:16]
+        fallback = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "landmark_core" / digest
+        fallback.mkdir(parents=True, exist_ok=True)
+        return fallback
+
+
+def content_key(samples: Sequence[Sample], *extra) -> str:
+    """A key that changes when any file is added, removed, renamed, resized or touched."""
+    digest = hashlib.sha1(json.dumps(extra).encode())
+    for sample in samples:
+        try:
+            stat = os.stat(sample.path)
+            digest.update(f"{sample.path}\0{sample.label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{sample.path}\0missing\n".encode())
+    return digest.hexdigest()[:20]
+
+
+# --- decoded splits ---------------------------------------------------------------------------
+
+@dataclass
+class DecodedSplit:
+    """Square uint8 images (N, S, S, 3) of the readable samples, their labels, and what was skipped."""
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def side(self) -> int:
+        return int(self.images.shape[1])
+
+
+def _decode_one(sample: Sample, side: int) -> np.ndarray | str:
+    try:
+        return load_square(sample.path, side)
+    except ImageError as error:
+        return str(error)
+
+
+def decode_split(samples: Sequence[Sample], side: int, *, cache_dir: Path | None = None,
+                 workers: int | None = None, progress: ProgressFn | None = None) -> DecodedSplit:
+    """Decode ``samples`` to ``side``x``side`` squares, reusing (or writing) a memory-mapped cache."""
+    key = content_key(samples, "decoded-v1", side)
+    if cache_dir is not None:
+        array_path, meta_path = cache_dir / f"decoded-{key}.npy", cache_dir / f"decoded-{key}.json"
+        meta = read_json(meta_path)
+        if meta is not None and array_path.exists():
+            images = np.load(array_path, mmap_mode="r")
+            if progress:
+                progress(len(samples), len(samples))
+            return DecodedSplit(images, np.asarray(meta["labels"], dtype=np.int64), meta["paths"], meta["skipped"])
+
+    images = np.empty((len(samples), side, side, 3), dtype=np.uint8)
+    ok = np.zeros(len(samples), dtype=bool)
+    skipped: dict[str, str] = {}
+    workers = workers or min(8, (os.cpu_count() or 1) + 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL while decoding
+        for i, result in enumerate(pool.map(lambda s: _decode_one(s, side), samples, chunksize=16)):
+            if isinstance(result, str):
+                skipped[samples[i].path] = result
+            else:
+                images[i], ok[i] = result, True
+            if progress and (i % 32 == 31 or i == len(samples) - 1):
+                progress(i + 1, len(samples))
+    images = images[ok]
+    labels = np.array([s.label for s, good in zip(samples, ok) if good], dtype=np.int64)
+    paths = [s.path for s, good in zip(samples, ok) if good]
+    if cache_dir is not None:
+        try:
+            with atomic_path(array_path) as tmp:
+                with open(tmp, "wb") as handle:
+                    np.save(handle, images)
+            write_json_atomic(meta_path, {"labels": labels.tolist(), "paths": paths, "skipped": skipped})
+        except OSError:
+            pass  # a cache we cannot write only costs speed next time
+    return DecodedSplit(images, labels, paths, skipped)
+
+
+def channel_stats(split: DecodedSplit, cache_dir: Path | None = None) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0-1 scale) of a decoded split, cached by its content."""
+    key = hashlib.sha1(json.dumps(split.paths).encode() + str(split.images.shape).encode()).hexdigest()[:20]
+    path = cache_dir / f"stats-{key}.json" if cache_dir else None
+    cached = read_json(path) if path else None
+    if cached:
+        return cached["mean"], cached["std"]
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    count = 0
+    for start in range(0, len(split), 256):
+        chunk = np.asarray(split.images[start:start + 256], dtype=np.float64) / 255.0
+        total += chunk.sum(axis=(0, 1, 2))
+        total_sq += (chunk ** 2).sum(axis=(0, 1, 2))
+        count += chunk.shape[0] * chunk.shape[1] * chunk.shape[2]
+    if count == 0:
+        raise DataError("no readable training images to compute statistics from")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+    result = {"mean": mean.round(6).tolist(), "std": std.round(6).tolist()}
+    if path:
+        try:
+            write_json_atomic(path, result)
+        except OSError:
+            pass
+    return result["mean"], result["std"]
+
+
+# --- batches and augmentation -----------------------------------------------------------------
+
+def cache_side_for(image_size: int) -> int:
+    """The decode size: the classic Resize(256)/Crop(224) ratio, so eval is an exact centre crop."""
+    return int(math.ceil(image_size / 0.875))
+
+
+def center_crop_batch(batch: torch.Tensor, size: int) -> torch.Tensor:
+    side = batch.shape[-1]
+    offset = (side - size) // 2
+    return batch[..., offset:offset + size, offset:offset + size]
+
+
+def augment_batch(batch: torch.Tensor, size: int, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Random resized crop, flip, small rotation and colour jitter for a whole float batch (N,3,S,S) in 0-1.
+
+    One ``affine_grid``/``grid_sample`` call does every geometric change for the
+    batch at once; ``strength`` 0 gives the centre crop, 1 the full recipe.
+    """
+    n, device = batch.shape[0], batch.device
+
+    def uniform(low, high):
+        return low + (high - low) * torch.rand(n, generator=generator, device="cpu").to(device)
+
+    side = batch.shape[-1]
+    base = size / side  # the centre crop's share of the square
+    area = uniform(1.0 - 0.6 * strength, 1.0) * base ** 2
+    log_ratio = uniform(-0.3 * strength, 0.3 * strength)
+    crop_w = torch.clamp(torch.sqrt(area * torch.exp(log_ratio)), max=1.0)
+    crop_h = torch.clamp(torch.sqrt(area / torch.exp(log_ratio)), max=1.0)
+    shift_x = (1 - crop_w) * uniform(-1, 1)
+    shift_y = (1 - crop_h) * uniform(-1, 1)
+    flip = torch.where(uniform(0, 1) < 0.5 * min(1.0, strength * 2), -1.0, 1.0)
+    angle = uniform(-1, 1) * math.radians(10) * strength
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([
+        torch.stack([crop_w * cos * flip, -crop_h * sin, shift_x], dim=1),
+        torch.stack([crop_w * sin * flip, crop_h * cos, shift_y], dim=1),
+    ], dim=1)
+    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+    jitter = 0.3 * strength
+    brightness = uniform(1 - jitter, 1 + jitter).view(n, 1, 1, 1)
+    contrast = uniform(1 - jitter, 1 + jitter).view(n, 1, 1, 1)
+    saturation = uniform(1 - jitter, 1 + jitter).view(n, 1, 1, 1)
+    out = out * brightness
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * contrast + mean
+    gray = (0.299 * out[:, 0:1] + 0.587 * out[:, 1:2] + 0.114 * out[:, 2:3])
+    out = (out - gray) * saturation + gray
+    return out.clamp_(0, 1)
+
+
+class BatchLoader:
+    """Batches from a :class:`DecodedSplit`: uint8 → device → (augment) → normalise.
+
+    The order and augmentation of epoch ``e`` depend only on ``(seed, e)``, so a
+    resumed run sees exactly the batches the uninterrupted run would have.
+    """
+
+    def __init__(self, split: DecodedSplit, *, batch_size: int, image_size: int, mean: Sequence[float],
+                 std: Sequence[float], device: torch.device | str = "cpu", shuffle: bool = False,
+                 augment: float = 0.0, seed: int = 0, channels_last: bool = False):
+        self.split, self.batch_size, self.image_size = split, batch_size, image_size
+        self.device, self.shuffle, self.augment, self.seed = torch.device(device), shuffle, augment, seed
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.channels_last = channels_last
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.split) / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.split)
+        order = torch.randperm(n, generator=generator).numpy() if self.shuffle else np.arange(n)
+        for start in range(0, n, self.batch_size):
+            index = np.sort(order[start:start + self.batch_size]) if not self.shuffle else order[start:start + self.batch_size]
+            pixels = torch.from_numpy(np.ascontiguousarray(self.split.images[index]))
+            labels = torch.from_numpy(self.split.labels[index])
+            yield self.prepare(pixels, generator), labels.to(self.device, non_blocking=True)
+
+    def prepare(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 (N,S,S,3) → normalised float (N,3,size,size) on the device."""
+        batch = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        if self.augment > 0 and generator is not None:
+            batch = augment_batch(batch, self.image_size, self.augment, generator)
+        else:
+            batch = center_crop_batch(batch, self.image_size)
+        batch = (batch - self.mean) / self.std
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.contiguous()
+
+
+# --- dataset report ----------------------------------------------------------------------------
+
+def dataset_report(dataset: Dataset, *, progress: ProgressFn | None = None) -> dict:
+    """Counts per class and split, image sizes, unreadable files and exact duplicates.
+
+    Reads only headers and file bytes (no full decode), so it is quick even for
+    thousands of photos; the result is cached by content in the cache folder.
+    """
+    all_samples = [("train", s) for s in dataset.train] + [("test", s) for s in dataset.test]
+    cache_dir = cache_dir_for(dataset.root)
+    key = content_key([s for _, s in all_samples], "report-v1", dataset.test_taken_from_train)
+    cached = read_json(cache_dir / f"report-{key}.json")
+    if cached:
+        return cached
+    rows, unreadable, by_hash = [], {}, {}
+    for i, (split, sample) in enumerate(all_samples):
+        row = {"split": split, "class": dataset.classes[sample.label], "path": sample.path,
+               "bytes": os.path.getsize(sample.path), "width": None, "height": None, "format": None}
+        try:
+            with open(sample.path, "rb") as handle:
+                data = handle.read()
+            by_hash.setdefault(hashlib.sha1(data).hexdigest(), []).append(sample.path)
+            image = open_image(data)
+            row.update(width=image.size[0], height=image.size[1], format=image.format)
+            image.verify()
+        except ImageError as error:
+            unreadable[sample.path] = str(error).replace("image: ", f"{Path(sample.path).name}: ", 1)
+        except Exception as error:  # verify() raises many kinds; all mean "unreadable"
+            unreadable[sample.path] = f"{Path(sample.path).name}: corrupt image ({error})"
+        rows.append(row)
+        if progress and (i % 64 == 63 or i == len(all_samples) - 1):
+            progress(i + 1, len(all_samples))
+    report = {
+        "root": str(dataset.root),
+        "classes": dataset.classes,
+        "test_taken_from_train": dataset.test_taken_from_train,
+        "images": rows,
+        "unreadable": unreadable,
+        "duplicates": [paths for paths in by_hash.values() if len(paths) > 1],
+    }
+    try:
+        write_json_atomic(cache_dir / f"report-{key}.json", report)
+    except OSError:
+        pass
+    return report

@@ -1,0 +1,478 @@
+"""Procedural demo dataset: photo-like scenes of twelve real landmark classes.
+
+The product must work offline and on first launch, so it ships a generator
+rather than photos. Each class is an *archetype* (a lattice tower, a stone
+circle, a suspension bridge, ...) drawn in landmark-local coordinates and then
+placed in a randomised scene: sky and time of day, horizon, ground or water,
+viewpoint (horizontal squash and shear), scale and position (sometimes cut by
+the frame), distractors in front and behind (trees, people, birds, other
+buildings), weather, lighting, blur, sensor noise and JPEG quality. Nuisance
+factors are drawn independently of the class, so a model must learn shape, not
+colour or background; several archetypes share colours (white: obelisk, dome,
+shells) and silhouettes (two bridges, two tall thin towers) on purpose.
+
+Everything is a pure function of ``(seed, class, split, index)``, so the same
+seed yields byte-identical files on every machine.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from .fileio import write_bytes_atomic, write_json_atomic
+
+# Folder names of the real 50-class set (see shared/landmark_images_classes.txt).
+DEMO_CLASSES = [
+    "07.Stonehenge",
+    "09.Golden_Gate_Bridge",
+    "16.Eiffel_Tower",
+    "18.Delicate_Arch",
+    "20.Matterhorn",
+    "21.Taj_Mahal",
+    "26.Pont_du_Gard",
+    "29.Petronas_Towers",
+    "31.Washington_Monument",
+    "33.Sydney_Opera_House",
+    "37.Atomium",
+    "45.Temple_of_Heaven",
+]
+
+Color = tuple[int, int, int]
+
+
+class Painter:
+    """Draws in landmark-local units: x to the right, y up, base centre at (0, 0), height ~1."""
+
+    def __init__(self, draw: ImageDraw.ImageDraw, cx: float, base_y: float, scale: float,
+                 squash: float, shear: float, light: np.ndarray):
+        self.draw, self.cx, self.base_y, self.scale = draw, cx, base_y, scale
+        self.squash, self.shear, self.light = squash, shear, light
+
+    def pt(self, x: float, y: float) -> tuple[float, float]:
+        return (self.cx + (x * self.squash + y * self.shear) * self.scale, self.base_y - y * self.scale)
+
+    def color(self, rgb: Color) -> Color:
+        return tuple(int(np.clip(c * l, 0, 255)) for c, l in zip(rgb, self.light))
+
+    def poly(self, points, rgb: Color) -> None:
+        self.draw.polygon([self.pt(x, y) for x, y in points], fill=self.color(rgb))
+
+    def rect(self, x0, y0, x1, y1, rgb: Color) -> None:
+        self.poly([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], rgb)
+
+    def line(self, points, rgb: Color, width: float) -> None:
+        self.draw.line([self.pt(x, y) for x, y in points], fill=self.color(rgb),
+                       width=max(1, int(round(width * self.scale))))
+
+    def ellipse(self, x, y, rx, ry, rgb: Color) -> None:
+        (x0, y0), (x1, y1) = self.pt(x - rx, y + ry), self.pt(x + rx, y - ry)
+        self.draw.ellipse([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], fill=self.color(rgb))
+
+
+def _jitter(rng: np.random.Generator, rgb: Color, amount: int = 18) -> Color:
+    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in rgb)
+
+
+# --- archetypes: each draws one landmark and returns nothing -----------------------------
+
+def _stonehenge(p: Painter, rng) -> None:
+    stone = _jitter(rng, (128, 124, 116))
+    n = int(rng.integers(7, 11))
+    for k in sorted(range(n), key=lambda k: -math.cos(2 * math.pi * k / n)):  # back stones first
+        a = 2 * math.pi * k / n + rng.uniform(-0.1, 0.1)
+        x, depth = 0.9 * math.sin(a), math.cos(a)
+        h = 0.45 + 0.1 * rng.random() - 0.08 * depth
+        w = 0.12 + 0.03 * rng.random()
+        y0 = 0.08 * depth
+        shade = 0.8 + 0.2 * rng.random()
+        p.rect(x - w / 2, y0, x + w / 2, y0 + h, tuple(int(c * shade) for c in stone))
+        if rng.random() < 0.6:  # lintel
+            p.rect(x - w / 2 - 0.02, y0 + h, x + w / 2 + 0.18, y0 + h + 0.07, tuple(int(c * 0.9) for c in stone))
+    if rng.random() < 0.7:  # a fallen stone
+        p.rect(-0.3, -0.05, 0.2, 0.03, stone)
+
+
+def _golden_gate(p: Painter, rng) -> None:
+    red = _jitter(rng, (192, 64, 40))
+    span = 1.6
+    for tx in (-span / 2, span / 2):
+        p.rect(tx - 0.05, -0.1, tx - 0.025, 1.0, red)
+        p.rect(tx + 0.025, -0.1, tx + 0.05, 1.0, red)
+        for yb in (0.35, 0.6, 0.85, 0.98):
+            p.rect(tx - 0.05, yb - 0.03, tx + 0.05, yb, red)
+    p.rect(-1.6, 0.2, 1.6, 0.25, red)  # deck
+    cable = [(x, 0.25 + 0.75 * (x / (span / 2)) ** 2) for x in np.linspace(-span / 2, span / 2, 24)]
+    p.line(cable, red, 0.012)
+    p.line([(-span / 2, 0.98), (-1.6, 0.3)], red, 0.012)
+    p.line([(span / 2, 0.98), (1.6, 0.3)], red, 0.012)
+    for x, y in cable[1:-1:2]:
+        p.line([(x, y), (x, 0.25)], red, 0.004)
+
+
+def _eiffel(p: Painter, rng) -> None:
+    iron = _jitter(rng, (110, 84, 60), 25)
+
+    def half_width(y):  # curved legs narrowing to a spire
+        return 0.32 * (1 - y) ** 2.2 + 0.015
+
+    ys = np.linspace(0, 1, 30)
+    left = [(-half_width(y), y) for y in ys]
+    right = [(half_width(y), y) for y in ys[::-1]]
+    p.poly(left + right, iron)
+    # the arch between the legs
+    p.line([(-0.22, 0.0)] + [(0.22 * math.cos(t), 0.12 * math.sin(t)) for t in np.linspace(math.pi, 0, 12)][1:] + [(0.22, 0)],
+           (200, 200, 200), 0.01)
+    for y in np.linspace(0.05, 0.75, 9):
+        p.line([(-half_width(y), y), (half_width(y + 0.08), y + 0.08)], (70, 52, 38), 0.008)
+        p.line([(half_width(y), y), (-half_width(y + 0.08), y + 0.08)], (70, 52, 38), 0.008)
+    for y in (0.2, 0.45):  # platforms
+        w = half_width(y) + 0.03
+        p.rect(-w, y, w, y + 0.025, (80, 60, 45))
+    p.rect(-0.01, 1.0, 0.01, 1.08, iron)
+
+
+def _delicate_arch(p: Painter, rng) -> None:
+    rock = _jitter(rng, (186, 98, 58), 22)
+    outer = [(0.55 * math.cos(t), 0.9 * math.sin(t)) for t in np.linspace(math.pi, 0, 24)]
+    inner = [(0.36 * math.cos(t), 0.68 * math.sin(t)) for t in np.linspace(0, math.pi, 24)]
+    p.poly(outer + [(0.55, 0), (0.36, 0)] + inner + [(-0.36, 0)], rock)
+    p.poly([(-0.62, 0), (-0.5, 0.45), (-0.38, 0.2), (-0.36, 0)], tuple(int(c * 0.85) for c in rock))
+    p.poly([(-1.2, -0.02), (1.2, -0.02), (1.0, 0.05), (-1.0, 0.06)], (170, 120, 90))  # slickrock
+
+
+def _matterhorn(p: Painter, rng) -> None:
+    rockc = _jitter(rng, (96, 90, 88))
+    peak_x = rng.uniform(-0.1, 0.15)
+    outline = [(-1.3, 0), (-0.7, 0.35), (-0.3, 0.6), (peak_x - 0.05, 0.97), (peak_x, 1.0),
+               (peak_x + 0.08, 0.9), (0.35, 0.62), (0.6, 0.45), (1.3, 0)]
+    p.poly(outline, rockc)
+    snow = (235, 238, 245)
+    p.poly([(-0.45, 0.5), (-0.3, 0.6), (peak_x - 0.05, 0.97), (peak_x, 1.0), (peak_x + 0.08, 0.9),
+            (0.3, 0.65), (0.1, 0.6), (0.0, 0.72), (-0.2, 0.55)], snow)
+    p.poly([(-0.9, 0.2), (-0.7, 0.35), (-0.55, 0.3), (-0.75, 0.18)], snow)
+    p.line([(peak_x, 1.0), (peak_x - 0.02, 0.5)], (60, 56, 56), 0.01)
+
+
+def _taj_mahal(p: Painter, rng) -> None:
+    marble = _jitter(rng, (236, 230, 220), 12)
+    shadow = tuple(int(c * 0.8) for c in marble)
+    p.rect(-0.75, 0, 0.75, 0.06, shadow)  # plinth
+    p.rect(-0.38, 0.06, 0.38, 0.42, marble)
+    p.poly([(-0.12, 0.06), (-0.12, 0.3), (0, 0.38), (0.12, 0.3), (0.12, 0.06)], shadow)  # iwan
+    for sx in (-0.27, 0.27):
+        p.poly([(sx - 0.05, 0.1), (sx - 0.05, 0.22), (sx, 0.26), (sx + 0.05, 0.22), (sx + 0.05, 0.1)], shadow)
+    p.rect(-0.12, 0.42, 0.12, 0.5, marble)  # drum
+    dome = [(0.2 * math.sin(t) * (1.15 - 0.5 * (t / math.pi) ** 3), 0.5 + 0.32 * (1 - math.cos(t))) for t in np.linspace(0, math.pi, 20)]
+    p.poly([(-x, y) for x, y in dome] + [(x, y) for x, y in dome[::-1]], marble)
+    p.line([(0, 1.14), (0, 1.24)], (200, 170, 90), 0.01)
+    for mx in (-0.65, 0.65):  # minarets
+        p.rect(mx - 0.025, 0.06, mx + 0.025, 0.62, marble)
+        p.ellipse(mx, 0.65, 0.035, 0.035, marble)
+        for yb in (0.25, 0.45):
+            p.rect(mx - 0.035, yb, mx + 0.035, yb + 0.015, shadow)
+    for sx in (-0.3, 0.3):  # small domes
+        p.ellipse(sx, 0.46, 0.06, 0.05, marble)
+
+
+def _pont_du_gard(p: Painter, rng) -> None:
+    stone = _jitter(rng, (196, 172, 128), 18)
+    dark = (60, 50, 40)
+    tiers = [(0.0, 0.35, 6, 0.24), (0.35, 0.65, 11, 0.13), (0.65, 0.78, 30, 0.045)]
+    for y0, y1, n, r in tiers:
+        p.rect(-1.4, y0, 1.4, y1, stone)
+        width = 2.8 / n
+        for k in range(n):
+            xc = -1.4 + width * (k + 0.5)
+            rr = min(r, width * 0.4)
+            top = y1 - 0.05 * (y1 - y0) - rr
+            pts = [(xc - rr, y0), (xc - rr, top)] + [(xc - rr * math.cos(t), top + rr * math.sin(t)) for t in np.linspace(0, math.pi, 10)] + [(xc + rr, y0)]
+            p.poly(pts, dark)
+
+
+def _petronas(p: Painter, rng) -> None:
+    steel = _jitter(rng, (176, 184, 196), 14)
+    for tx in (-0.28, 0.28):
+        w = 0.14
+        for k, (y0, y1) in enumerate([(0, 0.55), (0.55, 0.7), (0.7, 0.8), (0.8, 0.86), (0.86, 0.9)]):
+            ww = w * (1 - 0.16 * k)
+            p.rect(tx - ww, y0, tx + ww, y1, tuple(int(c * (1 - 0.04 * k)) for c in steel))
+        p.line([(tx, 0.9), (tx, 1.08)], steel, 0.008)
+        for y in np.linspace(0.03, 0.85, 16):
+            p.line([(tx - w * 0.9, y), (tx + w * 0.9, y)], (120, 128, 140), 0.003)
+    p.rect(-0.16, 0.4, 0.16, 0.43, (140, 146, 156))  # skybridge
+    p.line([(-0.16, 0.33), (-0.05, 0.4)], (140, 146, 156), 0.006)
+    p.line([(0.16, 0.33), (0.05, 0.4)], (140, 146, 156), 0.006)
+
+
+def _washington(p: Painter, rng) -> None:
+    marble = _jitter(rng, (226, 222, 210), 12)
+    p.poly([(-0.055, 0), (0.055, 0), (0.04, 0.9), (0, 1.0), (-0.04, 0.9)], marble)
+    p.poly([(0, 0), (0.055, 0), (0.04, 0.9), (0, 1.0)], tuple(int(c * 0.85) for c in marble))
+    p.rect(-0.056, 0.45, 0.056, 0.46, tuple(int(c * 0.92) for c in marble))  # the colour change line
+    for k in range(int(rng.integers(0, 9))):  # flag ring
+        fx = -0.35 + 0.7 * k / 8
+        p.line([(fx, 0), (fx, 0.08)], (200, 200, 200), 0.003)
+        p.rect(fx, 0.065, fx + 0.025, 0.08, (180, 40, 50))
+
+
+def _sydney_opera(p: Painter, rng) -> None:
+    white = _jitter(rng, (240, 236, 226), 10)
+    p.rect(-0.9, 0, 0.9, 0.12, (196, 170, 140))  # podium
+    for k, (x0, h, w) in enumerate([(-0.75, 0.55, 0.32), (-0.45, 0.75, 0.38), (-0.05, 0.6, 0.32), (0.25, 0.45, 0.28), (0.5, 0.32, 0.22)]):
+        shade = 0.78 + 0.22 * (k % 2)
+        shell = [(x0, 0.12), (x0 + w * 0.35, 0.12 + h * 0.75), (x0 + w * 0.55, 0.12 + h), (x0 + w, 0.12)]
+        p.poly(shell, tuple(int(c * shade) for c in white))
+        p.line([(x0 + w * 0.2, 0.14), (x0 + w * 0.5, 0.12 + h * 0.9)], (200, 196, 186), 0.004)
+
+
+def _atomium(p: Painter, rng) -> None:
+    metal = _jitter(rng, (190, 196, 204), 14)
+    tube = (150, 156, 164)
+    a = rng.uniform(0, math.pi / 2)
+    corners = [np.array([x, y, z]) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]
+    rot = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+    tilt = np.array([[1, 0, 0], [0, math.cos(0.955), -math.sin(0.955)], [0, math.sin(0.955), math.cos(0.955)]])
+    nodes = [np.zeros(3)] + corners
+    proj = [(tilt @ rot @ (0.3 * n)) for n in nodes]
+    pts = [(q[0], 0.55 + q[1]) for q in proj]
+    p.line([(0, 0), pts[0]], tube, 0.03)
+    for i in range(1, 9):
+        p.line([pts[0], pts[i]], tube, 0.02)
+        for j in range(i + 1, 9):
+            if np.abs(nodes[i] - nodes[j]).sum() == 2:
+                p.line([pts[i], pts[j]], tube, 0.018)
+    for k in sorted(range(9), key=lambda k: proj[k][2]):
+        x, y = pts[k]
+        p.ellipse(x, y, 0.085, 0.085, metal)
+        p.ellipse(x - 0.025, y + 0.025, 0.03, 0.03, (235, 238, 242))
+
+
+def _temple_of_heaven(p: Painter, rng) -> None:
+    blue = _jitter(rng, (40, 70, 140), 16)
+    red = (150, 40, 35)
+    marble = (228, 226, 218)
+    for k, (w, y0) in enumerate([(0.8, 0), (0.65, 0.06), (0.5, 0.12)]):  # marble terraces
+        p.rect(-w, y0, w, y0 + 0.06, marble)
+    y = 0.18
+    for w, h in [(0.42, 0.16), (0.32, 0.15), (0.22, 0.14)]:
+        p.rect(-w * 0.75, y, w * 0.75, y + h * 0.6, red)
+        p.poly([(-w, y + h * 0.55), (w, y + h * 0.55), (w * 0.6, y + h * 1.05), (-w * 0.6, y + h * 1.05)], blue)
+        y += h
+    p.ellipse(0, y + 0.04, 0.035, 0.05, (210, 170, 60))
+
+
+ARCHETYPES: dict[str, Callable[[Painter, np.random.Generator], None]] = {
+    "07.Stonehenge": _stonehenge,
+    "09.Golden_Gate_Bridge": _golden_gate,
+    "16.Eiffel_Tower": _eiffel,
+    "18.Delicate_Arch": _delicate_arch,
+    "20.Matterhorn": _matterhorn,
+    "21.Taj_Mahal": _taj_mahal,
+    "26.Pont_du_Gard": _pont_du_gard,
+    "29.Petronas_Towers": _petronas,
+    "31.Washington_Monument": _washington,
+    "33.Sydney_Opera_House": _sydney_opera,
+    "37.Atomium": _atomium,
+    "45.Temple_of_Heaven": _temple_of_heaven,
+}
+# Tall archetypes are drawn smaller so that they fit the frame as often as the wide ones.
+_ASPECT = {"07.Stonehenge": 0.9, "09.Golden_Gate_Bridge": 0.55, "18.Delicate_Arch": 0.9, "20.Matterhorn": 0.55,
+           "26.Pont_du_Gard": 0.6, "37.Atomium": 0.8, "33.Sydney_Opera_House": 0.8, "21.Taj_Mahal": 0.75}
+
+# --- scene ---------------------------------------------------------------------------------
+
+_TIMES = {  # sky top, sky horizon, light multiplier
+    "day": ((70, 130, 210), (175, 210, 240), (1.0, 1.0, 1.0)),
+    "overcast": ((150, 156, 164), (200, 204, 208), (0.85, 0.87, 0.9)),
+    "sunset": ((60, 60, 130), (250, 150, 90), (1.05, 0.8, 0.65)),
+    "dusk": ((15, 20, 50), (80, 70, 110), (0.45, 0.45, 0.6)),
+    "haze": ((190, 200, 210), (225, 225, 220), (0.95, 0.95, 0.95)),
+}
+_GROUNDS = {"grass": (80, 130, 60), "sand": (200, 170, 120), "water": (50, 90, 130),
+            "pavement": (120, 118, 115), "snow": (225, 228, 235), "dirt": (130, 100, 70)}
+_SIZES = [(256, 192), (240, 180), (288, 192), (192, 256), (224, 224), (320, 240)]
+
+
+def _gradient(width: int, height: int, top: Color, bottom: Color) -> np.ndarray:
+    t = np.linspace(0, 1, height)[:, None, None]
+    column = (1 - t) * np.array(top) + t * np.array(bottom)
+    return np.broadcast_to(column, (height, width, 3)).copy()
+
+
+def _tree(draw, x, y, s, rng, light):
+    trunk = tuple(int(c * l) for c, l in zip((80, 55, 35), light))
+    crown = tuple(int(c * l) for c, l in zip(_jitter(rng, (50, 100, 45), 25), light))
+    draw.rectangle([x - s * 0.06, y - s * 0.5, x + s * 0.06, y], fill=trunk)
+    if rng.random() < 0.5:
+        draw.ellipse([x - s * 0.35, y - s * 1.1, x + s * 0.35, y - s * 0.35], fill=crown)
+    else:
+        draw.polygon([(x - s * 0.3, y - s * 0.35), (x + s * 0.3, y - s * 0.35), (x, y - s * 1.3)], fill=crown)
+
+
+def _person(draw, x, y, s, rng, light):
+    color = tuple(int(c * l) for c, l in zip(tuple(int(v) for v in rng.integers(20, 230, 3)), light))
+    draw.rectangle([x - s * 0.12, y - s * 0.75, x + s * 0.12, y - s * 0.3], fill=color)
+    draw.rectangle([x - s * 0.1, y - s * 0.3, x + s * 0.1, y], fill=tuple(int(c * 0.5) for c in color))
+    draw.ellipse([x - s * 0.09, y - s * 0.95, x + s * 0.09, y - s * 0.77], fill=tuple(int(c * l) for c, l in zip((220, 180, 150), light)))
+
+
+def _building(draw, x, y, w, h, rng, light):
+    base = _jitter(rng, (150, 140, 130), 50)
+    draw.rectangle([x, y - h, x + w, y], fill=tuple(int(c * l) for c, l in zip(base, light)))
+    window = tuple(int(c * l) for c, l in zip((60, 70, 90), light))
+    for wy in np.arange(y - h + 4, y - 4, 7):
+        for wx in np.arange(x + 3, x + w - 3, 6):
+            draw.rectangle([wx, wy, wx + 2, wy + 3], fill=window)
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    class_name: str
+    seed: int
+    split: str
+    index: int
+
+
+def render_scene(spec: SceneSpec) -> Image.Image:
+    """Render one demo photo as an RGB image."""
+    class_index = DEMO_CLASSES.index(spec.class_name)
+    rng = np.random.default_rng([spec.seed, class_index, 0 if spec.split == "train" else 1, spec.index])
+    width, height = _SIZES[rng.integers(len(_SIZES))]
+    time_name = rng.choice(list(_TIMES), p=[0.45, 0.2, 0.15, 0.1, 0.1])
+    sky_top, sky_bottom, light = _TIMES[time_name]
+    light = np.array(light) * rng.uniform(0.8, 1.2) * rng.uniform(0.92, 1.08, 3)
+    horizon = int(height * rng.uniform(0.55, 0.85))
+
+    canvas = _gradient(width, height, _jitter(rng, sky_top, 15), _jitter(rng, sky_bottom, 15))
+    ground_name = rng.choice(list(_GROUNDS))
+    ground = np.array(_jitter(rng, _GROUNDS[ground_name], 20)) * light
+    canvas[horizon:] = _gradient(width, height - horizon, tuple(ground * 0.9), tuple(ground * 1.1))
+    image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+
+    if rng.random() < 0.6:  # clouds
+        cloud = (235, 235, 240) if time_name != "dusk" else (70, 70, 90)
+        for _ in range(int(rng.integers(1, 6))):
+            cx, cy = rng.uniform(0, width), rng.uniform(0, horizon * 0.6)
+            rx, ry = rng.uniform(15, 60), rng.uniform(5, 15)
+            draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=cloud)
+    if rng.random() < 0.5:  # distant hills
+        xs = np.linspace(0, width, 8)
+        ys = horizon - rng.uniform(5, horizon * 0.3, 8)
+        hill = tuple(int(c) for c in np.array((110, 125, 140)) * light)
+        draw.polygon([(0, horizon)] + list(zip(xs, ys)) + [(width, horizon)], fill=hill)
+    if rng.random() < 0.35:  # buildings behind
+        for _ in range(int(rng.integers(1, 5))):
+            bw, bh = rng.uniform(15, 45), rng.uniform(15, horizon * 0.5)
+            _building(draw, rng.uniform(-10, width), horizon + 2, bw, bh, rng, light)
+
+    # The landmark: scale, position (may be cut by the frame), viewpoint.
+    scale = height * rng.uniform(0.35, 0.85) * _ASPECT.get(spec.class_name, 1.0)
+    painter = Painter(draw, cx=width * rng.uniform(0.2, 0.8), base_y=horizon + rng.uniform(-2, 0.08 * height),
+                      scale=scale, squash=rng.uniform(0.7, 1.3) * rng.choice([-1, 1]),
+                      shear=rng.uniform(-0.12, 0.12), light=light)
+    ARCHETYPES[spec.class_name](painter, rng)
+
+    if rng.random() < 0.3:  # birds
+        for _ in range(int(rng.integers(1, 6))):
+            bx, by, bs = rng.uniform(0, width), rng.uniform(0, horizon * 0.7), rng.uniform(2, 5)
+            draw.line([(bx - bs, by - bs / 2), (bx, by), (bx + bs, by - bs / 2)], fill=(30, 30, 30), width=1)
+    # Foreground occluders: trees, people, a building edge.
+    for _ in range(int(rng.poisson(1.2))):
+        _tree(draw, rng.uniform(0, width), rng.uniform(horizon, height + 10), height * rng.uniform(0.15, 0.55), rng, light)
+    for _ in range(int(rng.poisson(1.0))):
+        _person(draw, rng.uniform(0, width), rng.uniform(horizon + 5, height), height * rng.uniform(0.08, 0.3), rng, light)
+    if rng.random() < 0.15:
+        edge = rng.choice([-1, 1])
+        bw = width * rng.uniform(0.1, 0.25)
+        _building(draw, 0 if edge < 0 else width - bw, height, bw, height * rng.uniform(0.5, 1.0), rng, light)
+
+    pixels = np.asarray(image).astype(np.float32)
+    weather = rng.random()
+    if weather < 0.12:  # fog
+        pixels = pixels * (1 - (fog := rng.uniform(0.25, 0.55))) + fog * np.array([200, 202, 205])
+    elif weather < 0.2:  # rain streaks or snow
+        overlay = Image.new("L", (width, height), 0)
+        odraw = ImageDraw.Draw(overlay)
+        snow = rng.random() < 0.5
+        for _ in range(int(rng.integers(80, 250))):
+            x, y = rng.uniform(0, width), rng.uniform(0, height)
+            if snow:
+                odraw.ellipse([x, y, x + 2, y + 2], fill=220)
+            else:
+                odraw.line([(x, y), (x - 2, y + 7)], fill=150)
+        alpha = np.asarray(overlay, dtype=np.float32)[..., None] / 255.0
+        pixels = pixels * (1 - alpha) + 235 * alpha
+    contrast = rng.uniform(0.75, 1.25)
+    pixels = (pixels - pixels.mean()) * contrast + pixels.mean() + rng.uniform(-20, 20)
+    pixels += rng.normal(0, rng.uniform(0, 9), pixels.shape)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    if rng.random() < 0.3:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.6)))
+    return image
+
+
+def _encode(spec: SceneSpec, quality_seed: int) -> bytes:
+    rng = np.random.default_rng([quality_seed, spec.index])
+    buffer = io.BytesIO()
+    render_scene(spec).save(buffer, format="JPEG", quality=int(rng.integers(45, 95)))
+    return buffer.getvalue()
+
+
+def _render_class(args: tuple[Path, str, int, int, int]) -> int:
+    root, class_name, seed, train_per_class, test_per_class = args
+    count = 0
+    for split, n in (("train", train_per_class), ("test", test_per_class)):
+        folder = root / split / class_name
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(n):
+            spec = SceneSpec(class_name, seed, split, index)
+            write_bytes_atomic(folder / f"{split}_{index:04d}.jpg", _encode(spec, seed + 7919))
+            count += 1
+    return count
+
+
+def generate_demo_dataset(root: str | os.PathLike, *, seed: int = 0, train_per_class: int = 100,
+                          test_per_class: int = 25, classes: list[str] | None = None,
+                          workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> Path:
+    """Write the demo dataset as ``root/{train,test}/NN.Name/*.jpg`` and return ``root``.
+
+    ``progress(done_classes, total_classes)`` is called as classes finish. A
+    marker file is written last, so a half-generated folder is never mistaken
+    for a complete one.
+    """
+    root = Path(root)
+    classes = list(classes or DEMO_CLASSES)
+    unknown = sorted(set(classes) - set(ARCHETYPES))
+    if unknown:
+        raise ValueError(f"no demo archetype for {', '.join(unknown)}")
+    jobs = [(root, name, seed, train_per_class, test_per_class) for name in classes]
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    done = 0
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(_render_class, jobs):
+                done += 1
+                if progress:
+                    progress(done, len(jobs))
+    else:
+        for job in jobs:
+            _render_class(job)
+            done += 1
+            if progress:
+                progress(done, len(jobs))
+    write_json_atomic(root / "DEMO.json", {"seed": seed, "classes": classes, "train_per_class": train_per_class,
+                                            "test_per_class": test_per_class})
+    return root
+
+
+def is_complete_demo(root: str | os.PathLike) -> bool:
+    return (Path(root) / "DEMO.json").exists()

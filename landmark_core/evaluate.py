@@ -1,0 +1,123 @@
+"""Evaluation of a trained run on its test split.
+
+Writes ``evaluation.json`` (accuracies, confusion matrix, per-class metrics,
+most-confused pairs, the confidence/coverage curve) and ``predictions.json``
+(one row per test image: path, true class, top-5 with probabilities, loss), so a
+UI can list the images behind any confusion-matrix cell and the top losses.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from . import data as data_lib
+from .errors import RunError
+from .fileio import read_json, write_json_atomic
+from .models import LandmarkNet, build_model
+
+THRESHOLDS = [round(t, 2) for t in np.arange(0.0, 1.0, 0.05)]
+
+
+def load_run_model(run_dir: Path, checkpoint: str = "best", device: torch.device | str = "cpu") -> tuple[LandmarkNet, dict]:
+    """Rebuild a run's model from its folder alone; returns (model in eval mode, checkpoint meta)."""
+    from .train import TrainConfig
+
+    path = run_dir / f"checkpoint_{checkpoint}.pt"
+    if not path.exists():
+        raise RunError(f"{run_dir.name} has no {path.name} yet (has it trained an epoch?)")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:
+        raise RunError(f"{path.name} cannot be read ({type(error).__name__}); the file may be damaged") from None
+    config = TrainConfig.from_dict(state["config"])
+    model = build_model(config.model, len(state["classes"]), pretrained=False, **config.model_options)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return model, {"config": config, "classes": state["classes"], "mean": state["mean"], "std": state["std"],
+                   "epoch": state["epoch"]}
+
+
+@torch.no_grad()
+def predict_split(model: LandmarkNet, split: data_lib.DecodedSplit, *, image_size: int, mean, std,
+                  device, batch_size: int = 64) -> np.ndarray:
+    """Softmax probabilities (N, C) for a decoded split, centre-cropped as at inference."""
+    loader = data_lib.BatchLoader(split, batch_size=batch_size, image_size=image_size, mean=mean, std=std, device=device)
+    model.eval()
+    outputs = [F.softmax(model(inputs).float(), dim=1).cpu() for inputs, _ in loader]
+    return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0))
+
+
+def coverage_curve(probs: np.ndarray, labels: np.ndarray) -> list[dict]:
+    """For each threshold: the share of images whose top probability reaches it, and accuracy on those."""
+    if len(labels) == 0:
+        return []
+    top = probs.max(1)
+    correct = probs.argmax(1) == labels
+    rows = []
+    for threshold in THRESHOLDS:
+        accepted = top >= threshold
+        rows.append({"threshold": threshold, "coverage": float(accepted.mean()),
+                     "accuracy": float(correct[accepted].mean()) if accepted.any() else None})
+    return rows
+
+
+def choose_threshold(curve: list[dict], target_accuracy: float = 0.95) -> float:
+    """The lowest threshold whose accepted predictions reach ``target_accuracy`` (the most coverage at that accuracy)."""
+    for row in curve:
+        if row["accuracy"] is not None and row["accuracy"] >= target_accuracy:
+            return row["threshold"]
+    return curve[-1]["threshold"] if curve else 0.5
+
+
+def summarize_predictions(probs: np.ndarray, labels: np.ndarray, classes: list[str], paths: list[str]) -> tuple[dict, list[dict]]:
+    n_classes = len(classes)
+    predicted = probs.argmax(1) if len(labels) else np.zeros(0, dtype=int)
+    k = min(5, n_classes)
+    top_k = np.argsort(-probs, axis=1)[:, :k] if len(labels) else np.zeros((0, k), dtype=int)
+    matrix = confusion_matrix(labels, predicted, labels=list(range(n_classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=list(range(n_classes)), zero_division=0)
+    pairs = [(int(t), int(p), int(matrix[t, p])) for t in range(n_classes) for p in range(n_classes) if t != p and matrix[t, p] > 0]
+    pairs.sort(key=lambda item: -item[2])
+    losses = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)) if len(labels) else np.zeros(0)
+    summary = {
+        "num_images": int(len(labels)),
+        "top1": float((predicted == labels).mean()) if len(labels) else None,
+        "top5": float((top_k == labels[:, None]).any(1).mean()) if len(labels) else None,
+        "mean_loss": float(losses.mean()) if len(labels) else None,
+        "classes": classes,
+        "confusion_matrix": matrix.tolist(),
+        "per_class": [{"class": classes[i], "precision": float(precision[i]), "recall": float(recall[i]),
+                       "f1": float(f1[i]), "support": int(support[i])} for i in range(n_classes)],
+        "most_confused": [{"true": classes[t], "predicted": classes[p], "count": c} for t, p, c in pairs[:20]],
+    }
+    rows = [{"path": paths[i], "true": int(labels[i]), "predicted": int(predicted[i]), "loss": float(losses[i]),
+             "top5": [[int(c), float(probs[i, c])] for c in top_k[i]]} for i in range(len(labels))]
+    return summary, rows
+
+
+def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=None, checkpoint: str = "best") -> dict:
+    """Evaluate a run on its test split (and calibrate the tagging threshold on validation)."""
+    from .train import prepare_data
+
+    model, meta = load_run_model(run_dir, checkpoint, device)
+    config = meta["config"]
+    if prepared is None:
+        prepared = prepare_data(config)
+    common = dict(image_size=config.image_size, mean=meta["mean"], std=meta["std"], device=device)
+    test_probs = predict_split(model, prepared.test, **common)
+    val_probs = predict_split(model, prepared.val, **common)
+    summary, rows = summarize_predictions(test_probs, prepared.test.labels, meta["classes"], prepared.test.paths)
+    val_curve = coverage_curve(val_probs, prepared.val.labels)
+    summary.update({
+        "run_id": run_dir.name, "checkpoint": checkpoint, "epoch": meta["epoch"],
+        "coverage_curve": {"validation": val_curve, "test": coverage_curve(test_probs, prepared.test.labels)},
+        "default_threshold": choose_threshold(val_curve),
+        "skipped_images": (read_json(run_dir / "split.json", default={}) or {}).get("skipped", {}),
+    })
+    write_json_atomic(run_dir / "predictions.json", rows)
+    write_json_atomic(run_dir / "evaluation.json", summary)
+    return summary

@@ -1,0 +1,140 @@
+"""TorchScript export with the preprocessing and class names inside, and the trust check on load.
+
+The exported module takes a uint8 image tensor ``(3, H, W)`` of any size (or a
+batch ``(N, 3, H, W)``), resizes its short side, centre-crops, normalises and
+returns class probabilities; ``class_names`` is an attribute of the module. A
+run's ``export.json`` records the file's SHA-256 signed with a key private to
+this artifacts folder, and :func:`load_exported` refuses any file whose hash or
+signature does not match: TorchScript is code, so only our own files are run.
+"""
+import hashlib
+import hmac
+import os
+import secrets
+import warnings
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import ModelError, RunError
+from .fileio import read_json, save_atomic, sha256_file, write_json_atomic
+from .runs import runs_dir
+
+MODEL_FILE = "model.ts"
+EXPORT_META = "export.json"
+
+
+class ExportedClassifier(nn.Module):
+    class_names: List[str]
+
+    def __init__(self, model: nn.Module, class_names: List[str], mean, std, image_size: int, resize_size: int):
+        super().__init__()
+        self.model = model
+        self.class_names = list(class_names)
+        self.image_size = image_size
+        self.resize_size = resize_size
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        batch = image.unsqueeze(0) if image.dim() == 3 else image
+        batch = batch.float() / 255.0
+        height, width = batch.shape[-2], batch.shape[-1]
+        scale = float(self.resize_size) / float(min(height, width))
+        new_h = max(self.resize_size, int(round(height * scale)))
+        new_w = max(self.resize_size, int(round(width * scale)))
+        batch = F.interpolate(batch, size=[new_h, new_w], mode="bilinear", align_corners=False, antialias=True)
+        top = (new_h - self.image_size) // 2
+        left = (new_w - self.image_size) // 2
+        batch = batch[:, :, top:top + self.image_size, left:left + self.image_size]
+        return (batch - self.mean) / self.std
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        probs = F.softmax(self.model(self.preprocess(image)).float(), dim=1)
+        return probs[0] if image.dim() == 3 else probs
+
+
+# --- signing ------------------------------------------------------------------------------------
+
+def _signing_key(artifacts: Path) -> bytes:
+    path = artifacts / ".signing_key"
+    if not path.exists():
+        artifacts.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def _artifacts_of(run_dir: Path) -> Path:
+    return run_dir.resolve().parent.parent  # <artifacts>/runs/<run_id>
+
+
+def _signature(run_dir: Path, digest: str) -> str:
+    return hmac.new(_signing_key(_artifacts_of(run_dir)), f"{run_dir.name}:{digest}".encode(), hashlib.sha256).hexdigest()
+
+
+# --- export / load ------------------------------------------------------------------------------
+
+def build_exportable(run_dir: Path, checkpoint: str = "best") -> ExportedClassifier:
+    from .data import cache_side_for
+    from .evaluate import load_run_model
+
+    model, meta = load_run_model(run_dir, checkpoint, "cpu")
+    size = meta["config"].image_size
+    return ExportedClassifier(model, meta["classes"], meta["mean"], meta["std"], size, cache_side_for(size)).eval()
+
+
+def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float = 1e-4) -> Path:
+    """Script, save, reload and compare; record the hash. Returns the model file's path."""
+    wrapper = build_exportable(run_dir, checkpoint)
+    with warnings.catch_warnings():  # TorchScript is deprecated upstream but is what the product ships
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(wrapper)
+    path = run_dir / MODEL_FILE
+    save_atomic(path, lambda tmp: scripted.save(str(tmp)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        reloaded = torch.jit.load(str(path), map_location="cpu")
+    probe = torch.randint(0, 256, (3, 157, 211), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager, script_out, reload_out = wrapper(probe), scripted(probe), reloaded(probe)
+    max_diff = float(max((eager - script_out).abs().max(), (eager - reload_out).abs().max()))
+    if max_diff > tolerance:
+        path.unlink(missing_ok=True)
+        raise ModelError(f"export round trip differs by {max_diff:.2e} (tolerance {tolerance:.0e})")
+    digest = sha256_file(path)
+    write_json_atomic(run_dir / EXPORT_META, {
+        "file": MODEL_FILE, "sha256": digest, "signature": _signature(run_dir, digest), "checkpoint": checkpoint,
+        "classes": wrapper.class_names, "image_size": wrapper.image_size, "resize_size": wrapper.resize_size,
+        "round_trip_max_abs_diff": max_diff, "torch": torch.__version__})
+    return path
+
+
+def load_exported(run_dir: Path, device="cpu") -> Tuple[torch.jit.ScriptModule, dict]:
+    """Load a run's TorchScript model after checking it is the file this artifacts folder exported."""
+    meta = read_json(run_dir / EXPORT_META)
+    path = run_dir / MODEL_FILE
+    if meta is None or not path.exists():
+        raise RunError(f"{run_dir.name} has no exported model yet (run: landmark export {run_dir.name})")
+    digest = sha256_file(path)
+    if digest != meta.get("sha256") or not hmac.compare_digest(_signature(run_dir, digest), str(meta.get("signature", ""))):
+        raise ModelError(f"{run_dir.name}/{MODEL_FILE} does not match the hash recorded when this app exported it; "
+                         "refusing to load a modified or foreign model file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location=device)
+    except Exception as error:
+        raise ModelError(f"{run_dir.name}/{MODEL_FILE} cannot be loaded ({type(error).__name__})") from None
+    return module.eval(), meta
+
+
+def exported_runs(artifacts: Optional[Path] = None) -> List[Path]:
+    parent = runs_dir(artifacts)
+    if not parent.is_dir():
+        return []
+    return sorted((p for p in parent.iterdir() if (p / EXPORT_META).exists()), reverse=True)

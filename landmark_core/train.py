@@ -1,0 +1,538 @@
+"""Training: one config dataclass, an engine that fires named events, and callbacks.
+
+Reading order: :class:`TrainConfig` (every hyperparameter), :func:`prepare_data`,
+:class:`Engine` (the loop; side effects live in callbacks), the callbacks, then
+:func:`train` which ties a run folder to all of it and :func:`resume`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import data as data_lib
+from .errors import LandmarkError, RunError, TrainingCancelled
+from .fileio import append_jsonl, read_json, read_jsonl, save_atomic, write_json_atomic
+from .models import LandmarkNet, build_model, get_spec
+from .runs import new_run_dir, now_iso, write_status
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("cosine", "onecycle", "plateau", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Every hyperparameter of a run. ``None`` means "the model's default" (see ``ModelSpec.train_defaults``)."""
+    data: str = ""
+    model: str = "scratch_cnn"
+    image_size: int | None = None
+    batch_size: int | None = None
+    epochs: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    momentum: float = 0.9
+    scheduler: str | None = None
+    warmup_epochs: float = 1.0
+    label_smoothing: float | None = None
+    augment: float | None = None
+    freeze_epochs: int | None = None
+    backbone_lr_scale: float | None = None
+    cache_features: bool = True
+    feature_views: int = 4
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    early_stopping_patience: int = 0
+    seed: int = 0
+    device: str = "auto"
+    pretrained: bool = True
+    weights_path: str | None = None
+    model_options: dict = field(default_factory=dict)
+    log_every: int = 10
+    channels_last: bool = False
+
+    _FALLBACKS = {"image_size": 224, "batch_size": 64, "epochs": 10, "optimizer": "adamw", "lr": 1e-3,
+                  "weight_decay": 1e-4, "scheduler": "cosine", "label_smoothing": 0.0, "augment": 0.5,
+                  "freeze_epochs": 0, "backbone_lr_scale": 1.0}
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every ``None`` replaced by the model's default, validated."""
+        defaults = {**self._FALLBACKS, **get_spec(self.model).train_defaults}
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, value in values.items():
+            if value is None and name in defaults:
+                values[name] = defaults[name]
+        config = TrainConfig(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        problems = []
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.scheduler not in SCHEDULERS:
+            problems.append(f"scheduler must be one of {', '.join(SCHEDULERS)}")
+        for name in ("epochs", "batch_size", "image_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.image_size is not None and self.image_size < 16:
+            problems.append("image_size must be at least 16")
+        if not self.lr > 0:
+            problems.append("lr must be positive")
+        if not 0 <= self.augment <= 1:
+            problems.append("augment must be between 0 and 1")
+        if not 0 < self.val_fraction < 1:
+            problems.append("val_fraction must be between 0 and 1")
+        if problems:
+            raise LandmarkError("invalid training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+# --- data -------------------------------------------------------------------------------------
+
+@dataclass
+class PreparedData:
+    classes: list[str]
+    train: data_lib.DecodedSplit
+    val: data_lib.DecodedSplit
+    test: data_lib.DecodedSplit
+    mean: list[float]
+    std: list[float]
+    split: dict  # paths of each split, saved with the run
+
+
+def prepare_data(config: TrainConfig, progress: Callable[[str, int, int], None] | None = None) -> PreparedData:
+    """Scan, split (train/val, seeded and stratified), decode once into the cache, and get normalisation stats."""
+    dataset = data_lib.scan_dataset(config.data, test_fraction=config.test_fraction, seed=config.seed)
+    train_samples, val_samples = data_lib.stratified_split(dataset.train, config.val_fraction, config.seed)
+    cache = data_lib.cache_dir_for(dataset.root)
+    side = data_lib.cache_side_for(config.image_size)
+
+    def decode(name, samples):
+        report = (lambda done, total: progress(f"decoding {name}", done, total)) if progress else None
+        return data_lib.decode_split(samples, side, cache_dir=cache, progress=report)
+
+    train, val, test = decode("train", train_samples), decode("val", val_samples), decode("test", dataset.test)
+    if len(train) == 0:
+        raise LandmarkError("no readable training images")
+    spec = get_spec(config.model).preprocessing
+    if spec.mean is not None:
+        mean, std = list(spec.mean), list(spec.std)
+    else:  # statistics of the training split only: never of validation or test images
+        mean, std = data_lib.channel_stats(train, cache)
+    split = {"classes": dataset.classes, "train": train.paths, "val": val.paths, "test": test.paths,
+             "skipped": {**train.skipped, **val.skipped, **test.skipped},
+             "test_taken_from_train": dataset.test_taken_from_train}
+    return PreparedData(dataset.classes, train, val, test, mean, std, split)
+
+
+# --- engine -----------------------------------------------------------------------------------
+
+class Callback:
+    """Override any of the named events; each receives the engine."""
+
+    def on_fit_start(self, engine: "Engine") -> None: ...
+    def on_epoch_start(self, engine: "Engine") -> None: ...
+    def on_batch_end(self, engine: "Engine") -> None: ...
+    def on_epoch_end(self, engine: "Engine") -> None: ...
+    def on_fit_end(self, engine: "Engine") -> None: ...
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end training early but successfully (early stopping)."""
+
+
+class FeatureBatches:
+    """Batches of cached backbone features for frozen-backbone epochs.
+
+    With the backbone frozen (and its BatchNorm in eval mode), ``head(backbone(x))``
+    equals ``head(cached_features)``; so features of ``views`` augmented copies of
+    the training set are computed once and epochs only run the head.
+    """
+
+    def __init__(self, model: LandmarkNet, loader: data_lib.BatchLoader, views: int, augment: bool):
+        self.loader, self.views, self.epoch = loader, views, 0
+        self.features: list[torch.Tensor] = []
+        self.labels = torch.from_numpy(loader.split.labels)
+        model.backbone.eval()
+        with torch.no_grad():
+            for view in range(views if augment else 1):
+                generator = torch.Generator().manual_seed(loader.seed * 7919 + view) if augment else None
+                chunks = []
+                for start in range(0, len(loader.split), loader.batch_size):
+                    pixels = torch.from_numpy(np.ascontiguousarray(loader.split.images[start:start + loader.batch_size]))
+                    chunks.append(model.backbone(loader.prepare(pixels, generator)).float())
+                self.features.append(torch.cat(chunks))
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        features = self.features[self.epoch % len(self.features)]
+        generator = torch.Generator().manual_seed(self.loader.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(features), generator=generator) if self.loader.shuffle else torch.arange(len(features))
+        for start in range(0, len(order), self.loader.batch_size):
+            index = order[start:start + self.loader.batch_size]
+            yield features[index], self.labels[index].to(features.device)
+
+
+class Engine:
+    """The training loop. State a callback may read: ``epoch``, ``batch``, ``history``, ``last``, ``model``."""
+
+    def __init__(self, config: TrainConfig, model: LandmarkNet, data: PreparedData, device: torch.device,
+                 callbacks: Sequence[Callback] = ()):
+        self.config, self.model, self.data, self.device = config, model.to(device), data, device
+        self.callbacks = list(callbacks)
+        loader_args = dict(batch_size=config.batch_size, image_size=config.image_size, mean=data.mean, std=data.std,
+                           device=device, seed=config.seed, channels_last=config.channels_last)
+        self.train_loader = data_lib.BatchLoader(data.train, shuffle=True, augment=config.augment, **loader_args)
+        self.val_loader = data_lib.BatchLoader(data.val, **loader_args)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.optimizer = self._make_optimizer()
+        self.steps_per_epoch = len(self.train_loader)
+        self.scheduler = self._make_scheduler()
+        self.epoch = 0  # epochs completed
+        self.batch = 0
+        self.history: list[dict] = []
+        self.last: dict = {}
+        self.best_val_acc = -1.0
+        self._feature_batches: dict[str, FeatureBatches] = {}
+        self.started = time.time()
+        if config.freeze_epochs > 0:
+            model.set_backbone_trainable(False)
+
+    # -- construction
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        groups = [{"params": list(self.model.head.parameters()), "lr": c.lr},
+                  {"params": list(self.model.backbone.parameters()), "lr": c.lr * c.backbone_lr_scale}]
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=True)
+        if c.optimizer == "adam":
+            return torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
+
+    def _make_scheduler(self):
+        c, total = self.config, self.config.epochs * self.steps_per_epoch
+        if c.scheduler == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=[g["lr"] for g in self.optimizer.param_groups],
+                                                       total_steps=total, pct_start=0.25)
+        if c.scheduler == "cosine":
+            warmup = max(1, int(c.warmup_epochs * self.steps_per_epoch))
+
+            def factor(step):
+                if step < warmup:
+                    return (step + 1) / warmup
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        if c.scheduler == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=0.3, patience=2)
+        return None
+
+    # -- events
+    def fire(self, event: str) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self.epoch < self.config.freeze_epochs
+
+    def _loaders(self):
+        """Pixel loaders, or cached-feature loaders while the backbone is frozen."""
+        if not (self.backbone_frozen and self.config.cache_features):
+            return self.model, self.train_loader, self.val_loader
+        if not self._feature_batches:
+            self._feature_batches = {
+                "train": FeatureBatches(self.model, self.train_loader, self.config.feature_views, self.config.augment > 0),
+                "val": FeatureBatches(self.model, self.val_loader, 1, False)}
+        return self.model.head, self._feature_batches["train"], self._feature_batches["val"]
+
+    # -- loop
+    def fit(self) -> None:
+        self.fire("on_fit_start")
+        try:
+            while self.epoch < self.config.epochs:
+                self._run_epoch()
+        except StopTraining:
+            pass
+        self.fire("on_fit_end")
+
+    def _run_epoch(self) -> None:
+        c = self.config
+        if self.epoch == c.freeze_epochs and c.freeze_epochs > 0:
+            self.model.set_backbone_trainable(True)
+            self._feature_batches = {}
+        torch.manual_seed(c.seed * 1_000_003 + self.epoch)  # dropout: same on a resumed run
+        network, train_batches, val_batches = self._loaders()
+        train_batches.set_epoch(self.epoch)
+        self.fire("on_epoch_start")
+        epoch_start = time.time()
+        self.model.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        for self.batch, (inputs, labels) in enumerate(train_batches, start=1):
+            logits = network(inputs)
+            loss = self.criterion(logits, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step()
+            total_loss += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += len(labels)
+            self.last = {"kind": "batch", "epoch": self.epoch + 1, "batch": self.batch, "batches": len(train_batches),
+                         "loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"], "elapsed": time.time() - self.started}
+            self.fire("on_batch_end")
+        val = evaluate_batches(network, val_batches)
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(val["acc"])
+        self.epoch += 1
+        self.last = {"kind": "epoch", "epoch": self.epoch, "epochs": c.epochs, "train_loss": total_loss / max(1, seen),
+                     "train_acc": correct / max(1, seen), "val_loss": val["loss"], "val_acc": val["acc"],
+                     "val_top5": val["top5"], "lr": self.optimizer.param_groups[0]["lr"],
+                     "backbone_frozen": network is not self.model or self.epoch <= c.freeze_epochs,
+                     "epoch_seconds": time.time() - epoch_start, "elapsed": time.time() - self.started}
+        self.history.append(self.last)
+        self.fire("on_epoch_end")
+
+    # -- state
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None, "epoch": self.epoch,
+                "best_val_acc": self.best_val_acc}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.best_val_acc = int(state["epoch"]), float(state["best_val_acc"])
+        self.model.set_backbone_trainable(self.epoch >= self.config.freeze_epochs)
+
+
+@torch.no_grad()
+def evaluate_batches(network: nn.Module, batches: Iterable) -> dict:
+    network.eval()
+    total_loss, correct, top5, seen = 0.0, 0, 0, 0
+    for inputs, labels in batches:
+        logits = network(inputs).float()
+        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        k = min(5, logits.shape[1])
+        top5 += (logits.topk(k, dim=1).indices == labels[:, None]).any(1).sum().item()
+        seen += len(labels)
+    if seen == 0:
+        return {"loss": None, "acc": None, "top5": None}
+    return {"loss": total_loss / seen, "acc": correct / seen, "top5": top5 / seen}
+
+
+# --- callbacks --------------------------------------------------------------------------------
+
+class MetricsLogger(Callback):
+    """Appends epoch records, and a batch record every ``every`` batches, to ``metrics.jsonl``."""
+
+    def __init__(self, path: Path, every: int):
+        self.path, self.every = path, max(1, every)
+
+    def on_batch_end(self, engine):
+        if engine.batch % self.every == 0 or engine.batch == engine.last["batches"]:
+            append_jsonl(self.path, engine.last)
+
+    def on_epoch_end(self, engine):
+        append_jsonl(self.path, engine.last)
+
+
+class Checkpointer(Callback):
+    """Writes ``checkpoint_last.pt`` every epoch and ``checkpoint_best.pt`` on a new best validation accuracy."""
+
+    def __init__(self, run_dir: Path, config: TrainConfig, meta: dict):
+        self.run_dir, self.config, self.meta = run_dir, config, meta
+
+    def on_epoch_end(self, engine):
+        val_acc = engine.last["val_acc"] if engine.last["val_acc"] is not None else -engine.last["train_loss"]
+        is_best = val_acc > engine.best_val_acc
+        if is_best:
+            engine.best_val_acc = val_acc
+        state = {**engine.state_dict(), "config": self.config.to_dict(), **self.meta}
+        if is_best:
+            save_atomic(self.run_dir / "checkpoint_best.pt", lambda p: torch.save({**state, "model": engine.model.state_dict()}, p))
+        save_atomic(self.run_dir / "checkpoint_last.pt", lambda p: torch.save(state, p))
+
+
+class EarlyStopping(Callback):
+    def __init__(self, patience: int):
+        self.patience, self.best, self.bad_epochs = patience, -1.0, 0
+
+    def on_epoch_end(self, engine):
+        acc = engine.last["val_acc"] or 0.0
+        if acc > self.best:
+            self.best, self.bad_epochs = acc, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.patience:
+                raise StopTraining
+
+
+class StatusUpdater(Callback):
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def on_epoch_end(self, engine):
+        write_status(self.run_dir, epoch=engine.epoch, epochs=engine.config.epochs)
+
+
+class CancelOnRequest(Callback):
+    """Raises :class:`TrainingCancelled` when a ``CANCEL`` file appears in the run folder."""
+
+    def __init__(self, run_dir: Path):
+        self.flag = run_dir / "CANCEL"
+
+    def on_batch_end(self, engine):
+        if self.flag.exists():
+            raise TrainingCancelled("cancelled by request")
+
+
+class ConsoleProgress(Callback):
+    def __init__(self, print_fn: Callable[[str], None] = print):
+        self.print = print_fn
+
+    def on_epoch_end(self, engine):
+        r = engine.last
+        val = f"val loss {r['val_loss']:.3f} acc {r['val_acc']:.3f}" if r["val_acc"] is not None else "no validation"
+        self.print(f"epoch {r['epoch']}/{r['epochs']}  train loss {r['train_loss']:.3f} acc {r['train_acc']:.3f}  "
+                   f"{val}  {r['epoch_seconds']:.1f}s")
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+def _raise_cancel(signum, frame):
+    raise TrainingCancelled(f"stopped by signal {signum}")
+
+
+def _restrict_metrics(path: Path, epoch: int) -> None:
+    """On resume, drop records of the epoch that was interrupted (it is trained again)."""
+    kept = [r for r in read_jsonl(path) if r.get("epoch", 0) <= epoch and not (r.get("kind") == "batch" and r["epoch"] > epoch)]
+    from .fileio import write_bytes_atomic
+    write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+def create_run(config: TrainConfig, artifacts: Path | None = None) -> Path:
+    """Make a run folder with its resolved ``config.json`` and a queued status; train it later."""
+    config = config.resolved()
+    if not config.data:
+        raise LandmarkError("no dataset given (--data DIR)")
+    data_lib.scan_dataset(config.data, test_fraction=config.test_fraction, seed=config.seed)  # fail early
+    run_dir = new_run_dir(config.model, artifacts)
+    write_json_atomic(run_dir / "config.json", config.to_dict())
+    write_status(run_dir, state="queued", created=now_iso(), epochs=config.epochs, epoch=0)
+    return run_dir
+
+
+def train(run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] = (),
+          progress: Callable[[str, int, int], None] | None = None, evaluate_and_export: bool = True) -> Path:
+    """Train the run in ``run_dir`` (made by :func:`create_run`); return ``run_dir``.
+
+    Status moves queued → running → finished / failed / cancelled. Cancellation
+    (a ``CANCEL`` file, SIGTERM or Ctrl-C) is an exception raised inside the loop;
+    the last checkpoint stays, so ``resume=True`` continues from it.
+    """
+    config = TrainConfig.from_dict(read_json(run_dir / "config.json")).resolved()
+    (run_dir / "CANCEL").unlink(missing_ok=True)
+    started = time.time()
+    previous = read_json(run_dir / "status.json", default={}) or {}
+    write_status(run_dir, state="running", pid=os.getpid(), started=previous.get("started") or now_iso(), error=None)
+    old_handler = signal.signal(signal.SIGTERM, _raise_cancel) if _in_main_thread() else None
+    try:
+        torch.manual_seed(config.seed)
+        device = resolve_device(config.device)
+        prepared = prepare_data(config, progress)
+        write_json_atomic(run_dir / "split.json", prepared.split)
+        model = build_model(config.model, len(prepared.classes), pretrained=config.pretrained,
+                            weights_path=config.weights_path, **config.model_options)
+        meta = {"classes": prepared.classes, "mean": prepared.mean, "std": prepared.std}
+        write_json_atomic(run_dir / "preprocessing.json", {**meta, "image_size": config.image_size,
+                                                           "resize_size": data_lib.cache_side_for(config.image_size)})
+        engine = Engine(config, model, prepared, device, [
+            MetricsLogger(run_dir / "metrics.jsonl", config.log_every), Checkpointer(run_dir, config, meta),
+            StatusUpdater(run_dir), CancelOnRequest(run_dir),
+            *([EarlyStopping(config.early_stopping_patience)] if config.early_stopping_patience else []),
+            *callbacks])
+        if resume:
+            checkpoint = run_dir / "checkpoint_last.pt"
+            if checkpoint.exists():
+                engine.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
+            _restrict_metrics(run_dir / "metrics.jsonl", engine.epoch)
+        engine.fit()
+        train_seconds = previous.get("train_seconds", 0.0) + time.time() - started
+        write_status(run_dir, train_seconds=train_seconds)
+        if evaluate_and_export:
+            from .evaluate import evaluate_run
+            from .export import export_run
+            evaluate_run(run_dir, device=device, prepared=prepared)
+            export_run(run_dir)
+        write_status(run_dir, state="finished", finished=now_iso(), train_seconds=train_seconds)
+        return run_dir
+    except TrainingCancelled as stop:
+        write_status(run_dir, state="cancelled", error=str(stop), finished=now_iso(),
+                     train_seconds=previous.get("train_seconds", 0.0) + time.time() - started)
+        raise
+    except KeyboardInterrupt:
+        write_status(run_dir, state="cancelled", error="interrupted (Ctrl-C)", finished=now_iso())
+        raise TrainingCancelled("interrupted (Ctrl-C)") from None
+    except LandmarkError as error:
+        write_status(run_dir, state="failed", error=str(error), finished=now_iso())
+        raise
+    except OSError as error:  # disk full, permissions: fail the run with the reason
+        write_status(run_dir, state="failed", error=f"{error.strerror or error}: {error.filename or ''}".strip(": "),
+                     finished=now_iso())
+        raise RunError(f"run failed: {error}") from None
+    except Exception as error:
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        write_status(run_dir, state="failed", error=f"{type(error).__name__}: {error}", finished=now_iso())
+        raise
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+
+
+def _in_main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def train_new(config: TrainConfig, artifacts: Path | None = None, **kwargs) -> Path:
+    """Create a run folder for ``config`` and train it in this process."""
+    return train(create_run(config, artifacts), **kwargs)
