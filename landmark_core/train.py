@@ -61,7 +61,7 @@ class TrainConfig:
     weights_path: str | None = None
     model_options: dict = field(default_factory=dict)
     log_every: int = 10
-    channels_last: bool = False
+    channels_last: bool = True  # ~1.5x faster convolutions on CPU (oneDNN) and on tensor-core GPUs
 
     _FALLBACKS = {"image_size": 224, "batch_size": 64, "epochs": 10, "optimizer": "adamw", "lr": 1e-3,
                   "weight_decay": 1e-4, "scheduler": "cosine", "label_smoothing": 0.0, "augment": 0.5,
@@ -213,7 +213,8 @@ class Engine:
 
     def __init__(self, config: TrainConfig, model: LandmarkNet, data: PreparedData, device: torch.device,
                  callbacks: Sequence[Callback] = ()):
-        self.config, self.model, self.data, self.device = config, model.to(device), data, device
+        self.config, self.data, self.device = config, data, device
+        self.model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
         self.callbacks = list(callbacks)
         loader_args = dict(batch_size=config.batch_size, image_size=config.image_size, mean=data.mean, std=data.std,
                            device=device, seed=config.seed, channels_last=config.channels_last)

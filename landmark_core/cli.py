@@ -1,0 +1,317 @@
+"""The ``landmark`` command line: data, train, evaluate, export, predict, runs, models."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import LandmarkError, TrainingCancelled
+
+DEMO_ALIASES = ("demo",)
+
+
+def data_dir() -> Path:
+    from .runs import artifacts_dir
+    return artifacts_dir() / "data"
+
+
+def demo_dir() -> Path:
+    return data_dir() / "demo"
+
+
+def resolve_data(value: str) -> str:
+    """``demo`` means the built-in demo set (generated on first use); anything else is a folder."""
+    if value in DEMO_ALIASES:
+        from .demo import generate_demo_dataset, is_complete_demo
+        if not is_complete_demo(demo_dir()):
+            print(f"creating the demo dataset in {demo_dir()} ...", file=sys.stderr)
+            generate_demo_dataset(demo_dir(), progress=ProgressBar("demo classes"))
+        return str(demo_dir())
+    return value
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, label: str, unit_scale: float = 1.0, unit: str = ""):
+        self.label, self.scale, self.unit = label, unit_scale, unit
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.time()
+        finished = total is not None and done >= total
+        if not finished and now - self.last < (0.1 if self.tty else 5.0):
+            return
+        self.last = now
+        amount = f"{done * self.scale:,.1f}{self.unit}" if self.scale != 1 else f"{done:,}"
+        if total:
+            share = min(1.0, done / total)
+            bar = "#" * int(share * 30)
+            line = f"{self.label} [{bar:<30}] {share:6.1%} {amount}"
+        else:
+            line = f"{self.label} {amount}"
+        print(("\r" + line) if self.tty else line, end="\n" if finished or not self.tty else "", file=sys.stderr, flush=True)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+def cmd_data_demo(args) -> int:
+    from .demo import generate_demo_dataset
+    out = Path(args.out or demo_dir())
+    generate_demo_dataset(out, seed=args.seed, train_per_class=args.train_per_class, test_per_class=args.test_per_class,
+                          progress=ProgressBar("demo classes"))
+    print(out)
+    return 0
+
+
+def cmd_data_download(args) -> int:
+    from .download import DATASET_URL, download_dataset
+    root = download_dataset(Path(args.out or data_dir()), url=args.url or DATASET_URL,
+                            progress=ProgressBar("downloading", 1 / 2**20, " MiB"))
+    print(root)
+    return 0
+
+
+def cmd_data_stats(args) -> int:
+    from .data import dataset_report, scan_dataset
+    dataset = scan_dataset(resolve_data(args.data))
+    report = dataset_report(dataset, progress=ProgressBar("checking images"))
+    counts: dict[str, dict[str, int]] = {}
+    for row in report["images"]:
+        counts.setdefault(row["class"], {"train": 0, "test": 0})[row["split"]] += 1
+    if args.json:
+        print(json.dumps({"root": report["root"], "classes": len(report["classes"]), "counts": counts,
+                          "unreadable": report["unreadable"], "duplicates": report["duplicates"]}, indent=2))
+        return 0
+    print(f"{report['root']}: {len(report['classes'])} classes, "
+          f"{sum(c['train'] for c in counts.values())} train / {sum(c['test'] for c in counts.values())} test images"
+          + (" (test split taken from train)" if report["test_taken_from_train"] else ""))
+    width = max(len(name) for name in counts)
+    for name, c in counts.items():
+        print(f"  {name:<{width}}  train {c['train']:5d}  test {c['test']:5d}")
+    for path, reason in report["unreadable"].items():
+        print(f"unreadable: {reason}")
+    for group in report["duplicates"]:
+        print(f"duplicates: {', '.join(group)}")
+    return 0
+
+
+def _config_from_args(args):
+    from .train import TrainConfig
+    values = dict(data=resolve_data(args.data), model=args.model, image_size=args.image_size, batch_size=args.batch_size,
+                  epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                  scheduler=args.scheduler, label_smoothing=args.label_smoothing, augment=args.augment,
+                  freeze_epochs=args.freeze_epochs, seed=args.seed, device=args.device, weights_path=args.weights,
+                  pretrained=not args.no_pretrained, early_stopping_patience=args.early_stopping,
+                  cache_features=not args.no_feature_cache)
+    return TrainConfig(**values)
+
+
+def cmd_train(args) -> int:
+    from .runs import launch_background, resolve_run
+    from .train import ConsoleProgress, create_run, train
+
+    if args.run_dir or args.resume:
+        run_dir = resolve_run(args.run_dir or args.resume)
+        resume = bool(args.resume) or (run_dir / "checkpoint_last.pt").exists()
+    else:
+        if not args.data:
+            raise LandmarkError("--data DIR is required (or --data demo for the built-in demo set)")
+        run_dir, resume = create_run(_config_from_args(args)), False
+    if args.background:
+        pid = launch_background(run_dir, resume=resume)
+        print(run_dir)
+        print(f"training in the background (pid {pid}); follow it with: landmark runs", file=sys.stderr)
+        return 0
+    print(run_dir, flush=True)
+    train(run_dir, resume=resume, callbacks=[ConsoleProgress(lambda line: print(line, file=sys.stderr, flush=True))],
+          progress=lambda stage, done, total: ProgressBar(stage)(done, total) if done in (total,) else None)
+    from .fileio import read_json
+    evaluation = read_json(run_dir / "evaluation.json") or {}
+    if evaluation:
+        print(f"test top-1 {evaluation['top1']:.3f}  top-5 {evaluation['top5']:.3f}", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_run
+    from .runs import resolve_run
+    from .train import resolve_device
+    summary = evaluate_run(resolve_run(args.run), device=resolve_device(args.device), checkpoint=args.checkpoint)
+    if args.json:
+        print(json.dumps({k: summary[k] for k in ("run_id", "num_images", "top1", "top5", "mean_loss", "default_threshold",
+                                                   "per_class", "most_confused")}, indent=2))
+    else:
+        print(f"{summary['run_id']}: {summary['num_images']} test images  top-1 {summary['top1']:.3f}  top-5 {summary['top5']:.3f}")
+        for pair in summary["most_confused"][:5]:
+            print(f"  confused: {pair['true']} -> {pair['predicted']} ({pair['count']})")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+    from .runs import resolve_run
+    print(export_run(resolve_run(args.run), checkpoint=args.checkpoint))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .errors import ImageError
+    from .predict import Predictor
+    predictor = Predictor(args.run)
+    results, failures = [], 0
+    for image in args.images:
+        try:
+            predictions = predictor.predict(image, top_k=args.top_k)
+        except ImageError as error:
+            failures += 1
+            print(f"error: {error}", file=sys.stderr)
+            results.append({"image": image, "error": str(error)})
+            continue
+        results.append({"image": image, "predictions": [{"class": p.label, "probability": p.probability} for p in predictions]})
+        if not args.json:
+            print(image)
+            for p in predictions:
+                print(f"  {p.probability:7.2%}  {p.label}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failures else 0
+
+
+def cmd_runs(args) -> int:
+    from .runs import list_runs
+    runs = list_runs()
+    if args.json:
+        print(json.dumps([{**r.__dict__, "path": str(r.path)} for r in runs], indent=2))
+        return 0
+    if not runs:
+        print("no runs yet (start one with: landmark train --data demo --model scratch_cnn)")
+    for r in runs:
+        acc = f"{r.test_acc:.3f}" if r.test_acc is not None else "-"
+        print(f"{r.run_id}  {r.state:<11} {r.model:<20} epoch {r.epoch}/{r.epochs}  test top-1 {acc}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import list_models, model_info
+    for name in list_models():
+        info = model_info(name)
+        print(f"{name:<20} {info['parameters'] / 1e6:5.2f} M params  {info['gflops']:5.2f} GFLOPs at {info['image_size']}px  "
+              f"{info['description']}")
+    return 0
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models import list_models
+    from .train import OPTIMIZERS, SCHEDULERS
+
+    parser = argparse.ArgumentParser(prog="landmark", description="Landmark photo classification and tagging.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="create, download or inspect datasets").add_subparsers(dest="data_command", required=True)
+    demo = data.add_parser("demo", help="generate the built-in demo dataset")
+    demo.add_argument("--out", help="folder (default: artifacts/data/demo)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--train-per-class", type=int, default=100)
+    demo.add_argument("--test-per-class", type=int, default=25)
+    demo.set_defaults(func=cmd_data_demo)
+    download = data.add_parser("download", help="download the real 50-class landmark_images set (resumable)")
+    download.add_argument("--out", help="folder to put landmark_images/ in (default: artifacts/data)")
+    download.add_argument("--url", help="download from this URL instead")
+    download.set_defaults(func=cmd_data_download)
+    stats = data.add_parser("stats", help="counts per class and split, unreadable files and duplicates")
+    stats.add_argument("data", help="dataset folder, or 'demo'")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=cmd_data_stats)
+
+    train = sub.add_parser("train", help="train a model; prints the run folder")
+    train.add_argument("--data", help="dataset folder, or 'demo'")
+    train.add_argument("--model", default="scratch_cnn", choices=list_models())
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--image-size", type=int)
+    train.add_argument("--optimizer", choices=OPTIMIZERS)
+    train.add_argument("--scheduler", choices=SCHEDULERS)
+    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--label-smoothing", type=float)
+    train.add_argument("--augment", type=float, help="augmentation strength 0-1")
+    train.add_argument("--freeze-epochs", type=int, help="epochs with the pretrained backbone frozen")
+    train.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE")
+    train.add_argument("--no-feature-cache", action="store_true", help="recompute frozen backbone features every epoch")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    train.add_argument("--weights", help="a state-dict file of pretrained weights (e.g. resnet18-f37072fd.pth)")
+    train.add_argument("--no-pretrained", action="store_true", help="random initialisation")
+    train.add_argument("--resume", metavar="RUN", help="continue an interrupted or cancelled run")
+    train.add_argument("--run-dir", help=argparse.SUPPRESS)
+    train.add_argument("--background", action="store_true", help="train in a detached process")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a run on its test split")
+    evaluate.add_argument("run")
+    evaluate.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    export = sub.add_parser("export", help="export a run as TorchScript with preprocessing inside")
+    export.add_argument("run")
+    export.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    export.set_defaults(func=cmd_export)
+
+    predict = sub.add_parser("predict", help="top-k landmarks for images")
+    predict.add_argument("run")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--json", action="store_true")
+    predict.set_defaults(func=cmd_predict)
+
+    runs = sub.add_parser("runs", help="list training runs")
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(func=cmd_runs)
+
+    models = sub.add_parser("models", help="list registered models")
+    models.set_defaults(func=cmd_models)
+    _register_extra_commands(sub)
+    return parser
+
+
+def _register_extra_commands(sub) -> None:
+    """Commands from other modules (tagging) register themselves here."""
+    try:
+        from .tagging import add_cli
+    except ImportError:
+        return
+    add_cli(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TrainingCancelled as stop:
+        print(f"cancelled: {stop}", file=sys.stderr)
+        return 130
+    except LandmarkError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug: still one line, with the details on request
+        if os.environ.get("LANDMARK_DEBUG"):
+            raise
+        print(f"internal error: {type(error).__name__}: {error} (set LANDMARK_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny real demo dataset on disk and a tiny trained run, built once per session."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from landmark_core.demo import DEMO_CLASSES, generate_demo_dataset
+
+TINY_CLASSES = DEMO_CLASSES[:3]
+TINY_MODEL = {"width": 8, "depth": 2}
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    generate_demo_dataset(root, classes=TINY_CLASSES, train_per_class=12, test_per_class=4, workers=1)
+    return root
+
+
+@pytest.fixture()
+def artifacts(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "artifacts"
+    monkeypatch.setenv("LANDMARK_ARTIFACTS", str(path))
+    return path
+
+
+def tiny_config(data: Path, **overrides):
+    from landmark_core.train import TrainConfig
+    values = dict(data=str(data), model="scratch_cnn", image_size=32, batch_size=8, epochs=2, lr=3e-3,
+                  model_options=dict(TINY_MODEL), log_every=1, device="cpu")
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_dataset, tmp_path_factory) -> Path:
+    """A finished, evaluated and exported tiny run (shared read-only by many tests)."""
+    from landmark_core.train import train_new
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    return train_new(tiny_config(tiny_dataset), artifacts)
+
+
+def jpeg_bytes(size=(64, 48), color=(200, 30, 30), **save_args) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG", **save_args)
+    return buffer.getvalue()
+
+
+def noise_image(size=(64, 48), seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))

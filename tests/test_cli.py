@@ -1,0 +1,76 @@
+"""The CLI as a user runs it: real subprocesses, one-line errors, JSON output."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from landmark_core.cli import main
+
+
+def run_cli(*args, env_artifacts=None, check=True):
+    env = {**os.environ}
+    if env_artifacts:
+        env["LANDMARK_ARTIFACTS"] = str(env_artifacts)
+    result = subprocess.run([sys.executable, "-m", "landmark_core", *map(str, args)], capture_output=True, text=True,
+                            env=env, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_help_for_every_command():
+    for args in (["--help"], ["data", "--help"], ["train", "--help"], ["predict", "--help"], ["evaluate", "--help"],
+                 ["export", "--help"], ["data", "demo", "--help"], ["data", "download", "--help"]):
+        with pytest.raises(SystemExit) as info:
+            main(args)
+        assert info.value.code == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--data", "/no/such/folder"], "dataset folder not found"),
+    (["predict", "/no/such/run", "x.jpg"], "not a run folder"),
+    (["evaluate", "nope"], "not a run folder"),
+    (["data", "stats", "/no/such/folder"], "dataset folder not found"),
+    (["train"], "--data"),
+])
+def test_errors_are_one_line_without_traceback(tmp_path, args, message):
+    result = run_cli(*args, env_artifacts=tmp_path, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_train_then_predict_from_the_cli(tiny_dataset, tmp_path):
+    result = run_cli("train", "--data", tiny_dataset, "--model", "scratch_cnn", "--epochs", "1", "--image-size", "32",
+                     "--batch-size", "8", "--device", "cpu", env_artifacts=tmp_path)
+    run_dir = result.stdout.strip().splitlines()[-1]
+    assert os.path.isdir(run_dir) and "epoch 1/1" in result.stderr
+    image = next((tiny_dataset / "test").rglob("*.jpg"))
+    text = run_cli("predict", run_dir, image, env_artifacts=tmp_path).stdout.splitlines()
+    assert text[0] == str(image) and len(text) == 1 + 3  # tiny set: 3 classes, so top-5 is all 3
+    as_json = json.loads(run_cli("predict", run_dir, image, "--json", env_artifacts=tmp_path).stdout)
+    assert as_json[0]["image"] == str(image) and len(as_json[0]["predictions"]) == 3
+    assert as_json[0]["predictions"][0]["class"] in text[1]
+    listing = run_cli("runs", env_artifacts=tmp_path).stdout
+    assert "finished" in listing and "scratch_cnn" in listing
+
+
+def test_predict_reports_bad_images_but_predicts_good_ones(trained_run, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    from landmark_core.fileio import read_json
+    good = read_json(trained_run / "predictions.json")[0]["path"]
+    result = run_cli("predict", trained_run, bad, good, "--json", check=False)
+    assert result.returncode == 1 and "error: bad.jpg" in result.stderr
+    rows = json.loads(result.stdout)
+    assert "error" in rows[0] and len(rows[1]["predictions"]) == 3
+
+
+def test_data_demo_and_stats(tmp_path):
+    out = tmp_path / "demo"
+    run_cli("data", "demo", "--out", out, "--train-per-class", "2", "--test-per-class", "1")
+    stats = json.loads(run_cli("data", "stats", out, "--json").stdout)
+    assert stats["classes"] >= 10 and all(c == {"train": 2, "test": 1} for c in stats["counts"].values())

@@ -1,0 +1,105 @@
+import shutil
+
+import numpy as np
+import pytest
+
+from landmark_core import data as data_lib
+from landmark_core.errors import DataError
+
+from conftest import TINY_CLASSES
+
+
+def test_scan_train_test_layout(tiny_dataset):
+    dataset = data_lib.scan_dataset(tiny_dataset)
+    assert dataset.classes == TINY_CLASSES
+    assert len(dataset.train) == 36 and len(dataset.test) == 12
+    assert not dataset.test_taken_from_train
+
+
+def test_scan_class_folders_only_takes_a_stratified_test_split(tiny_dataset, tmp_path):
+    shutil.copytree(tiny_dataset / "train", tmp_path / "flat")
+    dataset = data_lib.scan_dataset(tmp_path / "flat", test_fraction=0.25, seed=1)
+    assert dataset.test_taken_from_train
+    assert sorted(np.bincount([s.label for s in dataset.test]).tolist()) == [3, 3, 3]
+    assert not {s.path for s in dataset.test} & {s.path for s in dataset.train}
+    again = data_lib.scan_dataset(tmp_path / "flat", test_fraction=0.25, seed=1)
+    assert [s.path for s in again.test] == [s.path for s in dataset.test]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "not found"),
+    (lambda p: p.mkdir(), "no class folders"),
+    (lambda p: (p / "train" / "00.A").mkdir(parents=True), "no files"),
+])
+def test_bad_layouts_give_clear_errors(tmp_path, make, message):
+    root = tmp_path / "ds"
+    make(root)
+    with pytest.raises(DataError, match=message):
+        data_lib.scan_dataset(root)
+
+
+def test_stratified_split_keeps_every_class():
+    samples = [data_lib.Sample(f"{c}-{i}", c) for c in range(4) for i in range(10)]
+    keep, held = data_lib.stratified_split(samples, 0.2, seed=0)
+    assert len(held) == 8 and sorted({s.label for s in held}) == [0, 1, 2, 3]
+
+
+def test_decode_cache_is_reused_and_bad_files_are_skipped(tiny_dataset, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, root)
+    bad = root / "train" / TINY_CLASSES[0] / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    dataset = data_lib.scan_dataset(root)
+    cache = data_lib.cache_dir_for(root)
+    first = data_lib.decode_split(dataset.train, 40, cache_dir=cache)
+    assert len(first) == 36 and str(bad) in first.skipped
+    second = data_lib.decode_split(dataset.train, 40, cache_dir=cache)
+    assert isinstance(second.images, np.memmap) and np.array_equal(np.asarray(second.images), first.images)
+    (root / "train" / TINY_CLASSES[1] / "train_0000.jpg").unlink()  # content changed: new key
+    third = data_lib.decode_split(data_lib.scan_dataset(root).train, 40, cache_dir=cache)
+    assert len(third) == 35
+
+
+def test_channel_stats_come_from_the_given_split_only(tiny_dataset):
+    dataset = data_lib.scan_dataset(tiny_dataset)
+    train = data_lib.decode_split(dataset.train, 24)
+    mean, std = data_lib.channel_stats(train)
+    expected = np.asarray(train.images, dtype=np.float64).reshape(-1, 3).mean(0) / 255
+    assert np.allclose(mean, expected, atol=1e-5) and all(0 < s < 0.5 for s in std)
+
+
+def test_batch_loader_epochs_are_reproducible_and_augmentation_varies(tiny_dataset):
+    split = data_lib.decode_split(data_lib.scan_dataset(tiny_dataset).train, 37)
+    loader = data_lib.BatchLoader(split, batch_size=8, image_size=32, mean=[0.5] * 3, std=[0.25] * 3,
+                                  shuffle=True, augment=1.0, seed=3)
+    loader.set_epoch(1)
+    a = [x for x, _ in loader]
+    b = [x for x, _ in loader]
+    loader.set_epoch(2)
+    c = [x for x, _ in loader]
+    assert a[0].shape == (8, 3, 32, 32)
+    assert all(np.array_equal(x.numpy(), y.numpy()) for x, y in zip(a, b))
+    assert not np.array_equal(a[0].numpy(), c[0].numpy())
+
+
+def test_zero_strength_augmentation_is_the_center_crop(tiny_dataset):
+    import torch
+    split = data_lib.decode_split(data_lib.scan_dataset(tiny_dataset).train[:4], 37)
+    batch = torch.from_numpy(np.asarray(split.images)).permute(0, 3, 1, 2).float() / 255
+    augmented = data_lib.augment_batch(batch, 32, 0.0, torch.Generator().manual_seed(0))
+    cropped = data_lib.center_crop_batch(batch, 32)
+    assert (augmented - cropped).abs().mean() < 0.02  # the centre crop, resampled at most half a pixel off
+
+
+def test_dataset_report_lists_unreadable_and_duplicates(tiny_dataset, tmp_path):
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, root)
+    folder = root / "train" / TINY_CLASSES[0]
+    shutil.copy(folder / "train_0000.jpg", folder / "copy.jpg")
+    (folder / "notes.txt").write_text("hello")
+    (folder / "empty.jpg").write_bytes(b"")
+    report = data_lib.dataset_report(data_lib.scan_dataset(root))
+    assert {p.split("/")[-1] for p in report["unreadable"]} == {"notes.txt", "empty.jpg"}
+    assert any(len(g) == 2 and g[0].endswith(("train_0000.jpg", "copy.jpg")) for g in report["duplicates"])
+    sizes = [r for r in report["images"] if r["width"]]
+    assert all(r["format"] == "JPEG" for r in sizes)

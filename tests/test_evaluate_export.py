@@ -1,0 +1,80 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from landmark_core.errors import ImageError, ModelError
+from landmark_core.fileio import read_json
+from landmark_core.predict import Predictor
+
+from conftest import TINY_CLASSES
+
+
+def test_evaluation_outputs(trained_run):
+    evaluation = read_json(trained_run / "evaluation.json")
+    n = evaluation["num_images"]
+    assert n == 12 and 0 <= evaluation["top1"] <= evaluation["top5"] <= 1
+    matrix = np.array(evaluation["confusion_matrix"])
+    assert matrix.shape == (3, 3) and matrix.sum() == n
+    assert np.trace(matrix) / n == pytest.approx(evaluation["top1"])
+    assert [row["class"] for row in evaluation["per_class"]] == TINY_CLASSES
+    assert all(0 <= row["f1"] <= 1 for row in evaluation["per_class"])
+    assert sum(p["count"] for p in evaluation["most_confused"]) == n - np.trace(matrix)
+    curve = evaluation["coverage_curve"]["test"]
+    assert curve[0]["coverage"] == 1.0 and curve[0]["accuracy"] == pytest.approx(evaluation["top1"])
+    assert all(a["coverage"] >= b["coverage"] for a, b in zip(curve, curve[1:]))
+    predictions = read_json(trained_run / "predictions.json")
+    assert len(predictions) == n
+    row = predictions[0]
+    assert set(row) == {"path", "true", "predicted", "loss", "top5"} and len(row["top5"]) == 3
+    assert row["predicted"] == row["top5"][0][0]
+    cell = [p for p in predictions if p["true"] == 0 and p["predicted"] == 1]
+    assert len(cell) == matrix[0, 1]
+
+
+def test_exported_model_agrees_with_evaluation(trained_run):
+    predictor = Predictor(trained_run)
+    assert predictor.classes == TINY_CLASSES
+    rows = read_json(trained_run / "predictions.json")[:4]
+    for row in rows:
+        top = predictor.predict(row["path"], top_k=5)
+        assert len(top) == 3 and abs(sum(p.probability for p in top) - 1) < 1e-4
+        assert top[0].index == row["predicted"]
+        assert top[0].probability == pytest.approx(row["top5"][0][1], abs=0.05)
+
+
+def test_predictor_accepts_path_bytes_and_pil(trained_run):
+    path = read_json(trained_run / "predictions.json")[0]["path"]
+    predictor = Predictor(trained_run)
+    from_path = predictor.predict(path)
+    from_bytes = predictor.predict(open(path, "rb").read())
+    from_pil = predictor.predict(Image.open(path))
+    assert from_path == from_bytes
+    assert [p.label for p in from_pil] == [p.label for p in from_path]
+    with pytest.raises(ImageError):
+        predictor.predict(b"definitely not a photo")
+
+
+def test_tampered_model_file_is_refused(trained_run, tmp_path):
+    import shutil
+    copy = tmp_path / "runs" / trained_run.name
+    shutil.copytree(trained_run, copy)
+    data = bytearray((copy / "model.ts").read_bytes())
+    data[-100] ^= 0xFF
+    (copy / "model.ts").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="refusing"):
+        Predictor(copy)
+
+
+def test_foreign_model_with_forged_hash_is_refused(trained_run, tmp_path):
+    """A copied run in another artifacts folder has no valid signature there."""
+    import shutil
+    from landmark_core.fileio import sha256_file
+    copy = tmp_path / "other" / "runs" / trained_run.name
+    shutil.copytree(trained_run, copy)
+    meta = read_json(copy / "export.json")
+    meta["sha256"] = sha256_file(copy / "model.ts")
+    (copy / "export.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="refusing"):
+        Predictor(copy)

@@ -1,0 +1,94 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from landmark_core.errors import ImageError
+from landmark_core.images import load_rgb, load_square, resize_short_side, center_crop
+
+from conftest import jpeg_bytes, noise_image
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_every_common_format_decodes_to_rgb(fmt):
+    image = load_rgb(encode(noise_image(), fmt))
+    assert image.mode == "RGB" and image.size == (64, 48)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "1"])
+def test_every_mode_becomes_rgb(mode):
+    source = noise_image().convert("RGBA") if mode in ("LA", "RGBA") else noise_image()
+    image = source.convert(mode) if mode not in ("I;16",) else Image.fromarray(
+        (np.asarray(noise_image().convert("L"), dtype=np.uint16) * 257))
+    result = load_rgb(image)
+    assert result.mode == "RGB" and result.size == (64, 48)
+
+
+def test_sixteen_bit_uses_full_range():
+    ramp = np.tile(np.linspace(0, 65535, 64, dtype=np.uint16), (8, 1))
+    result = np.asarray(load_rgb(encode(Image.fromarray(ramp), "PNG")))
+    assert result.min() == 0 and result.max() == 255
+
+
+def test_transparent_pixels_become_white():
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert np.asarray(load_rgb(encode(rgba, "PNG"))).min() == 255
+
+
+def test_exif_orientation_is_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    data = encode(noise_image((64, 48)), "JPEG", exif=exif.tobytes())
+    assert load_rgb(data).size == (48, 64)
+
+
+def test_animated_gif_gives_first_frame():
+    frames = [Image.new("RGB", (20, 10), c) for c in ((255, 0, 0), (0, 0, 255))]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    pixel = load_rgb(data).getpixel((5, 5))
+    assert pixel[0] > 200 and pixel[2] < 50
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"", "empty file"),
+    (b"this is not an image at all", "not an image"),
+    (jpeg_bytes()[:200], "corrupt or truncated"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 50, "not an image"),
+], ids=["empty", "text", "truncated-jpeg", "broken-png-header"])
+def test_bad_bytes_raise_a_clear_error(payload, reason):
+    with pytest.raises(ImageError, match=reason):
+        load_rgb(payload)
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    bomb = encode(Image.new("1", (30000, 30000)), "PNG")
+    assert len(bomb) < 200_000
+    with pytest.raises(ImageError, match="too many pixels"):
+        load_rgb(bomb)
+
+
+def test_tiny_image_works():
+    assert load_square(encode(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG"), 16).shape == (16, 16, 3)
+
+
+def test_draft_decode_matches_full_decode_within_rounding():
+    photo = noise_image((1600, 1200), seed=3).resize((200, 150)).resize((1600, 1200), Image.BICUBIC)
+    data = encode(photo, "JPEG", quality=92)
+    fast = load_square(data, 128).astype(np.int16)
+    full_image = Image.open(io.BytesIO(data)).convert("RGB")
+    full = np.asarray(center_crop(resize_short_side(full_image, 128), 128)).astype(np.int16)
+    assert np.abs(fast - full).mean() < 3.0
+
+
+def test_path_that_is_missing_or_a_folder(tmp_path):
+    with pytest.raises(ImageError, match="not a file"):
+        load_rgb(tmp_path)
+    with pytest.raises(ImageError, match="not a file"):
+        load_rgb(tmp_path / "missing.jpg")

@@ -1,0 +1,113 @@
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from landmark_core.errors import ModelError
+from landmark_core.export import ExportedClassifier
+from landmark_core.models import build_model, get_spec, list_models, model_info
+
+SMALL = {"scratch_cnn": {"width": 8, "depth": 2}}
+
+
+@pytest.fixture(params=list_models())
+def model_name(request):
+    return request.param
+
+
+def test_forward_and_backward(model_name):
+    model = build_model(model_name, 7, pretrained=False, **SMALL.get(model_name, {}))
+    logits = model(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 7)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_freeze_keeps_backbone_fixed(model_name):
+    model = build_model(model_name, 3, pretrained=False, **SMALL.get(model_name, {}))
+    model.set_backbone_trainable(False)
+    model.train()
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert not model.backbone.training and model.head.training
+
+
+def test_torchscript_round_trip(model_name, tmp_path):
+    model = build_model(model_name, 4, pretrained=False, **SMALL.get(model_name, {})).eval()
+    wrapper = ExportedClassifier(model, ["a", "b", "c", "d"], [0.5] * 3, [0.25] * 3, 64, 74).eval()
+    scripted = torch.jit.script(wrapper)
+    scripted.save(str(tmp_path / "m.ts"))
+    loaded = torch.jit.load(str(tmp_path / "m.ts"))
+    image = torch.randint(0, 256, (3, 90, 130), dtype=torch.uint8)
+    with torch.no_grad():
+        eager, script, reloaded = wrapper(image), scripted(image), loaded(image)
+    assert eager.shape == (4,) and abs(float(eager.sum()) - 1) < 1e-5
+    assert torch.allclose(eager, script, atol=1e-5) and torch.allclose(eager, reloaded, atol=1e-5)
+    assert list(loaded.class_names) == ["a", "b", "c", "d"]
+
+
+def test_model_info_has_metadata(model_name):
+    info = model_info(model_name, 64, 10)
+    assert info["parameters"] > 0 and info["gflops"] > 0 and info["preprocessing"]["input_size"] == 64
+    assert get_spec(model_name).pretrained_source
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ModelError, match="unknown model"):
+        build_model("vgg99", 3)
+
+
+def test_efficientnet_lite0_imagenet_weights_recognise_a_building():
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+    from timm.data import ImageNetInfo
+    from landmark_core.images import center_crop, resize_short_side
+    from landmark_core.models import efficientnet_lite0_imagenet
+
+    spec = get_spec("efficientnet_lite0").preprocessing
+    image = center_crop(resize_short_side(Image.fromarray(load_sample_image("china.jpg")), spec.resize_size), spec.input_size)
+    x = (torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        top5 = efficientnet_lite0_imagenet().eval()(x[None]).softmax(1)[0].topk(5).indices.tolist()
+    names = [ImageNetInfo().index_to_description(i) for i in top5]
+    buildings = {"palace", "monastery", "bell cote, bell cot", "dome", "church, church building", "castle",
+                 "stupa, tope", "mosque", "boathouse", "cinema, movie theater, movie theatre, movie house, picture palace",
+                 "triumphal arch", "vault", "pedestal, plinth, footstall", "altar", "throne"}
+    assert set(names) & buildings, names
+
+
+def test_resnet18_without_cached_weights_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(ModelError) as info:
+        build_model("resnet18", 5)
+    message = str(info.value)
+    assert "resnet18-f37072fd.pth" in message and "--weights" in message and "efficientnet_lite0" in message
+
+
+def test_resnet18_loads_weights_through_torchvision_cache_and_from_a_file(tmp_path, monkeypatch):
+    from torchvision.models import resnet18 as tv_resnet18
+    from landmark_core.models import resnet18_cache_path
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    reference = tv_resnet18(weights=None).state_dict()
+    resnet18_cache_path().parent.mkdir(parents=True)
+    torch.save(reference, resnet18_cache_path())
+    from_cache = build_model("resnet18", 5)  # torchvision's weights API finds the cached file: no network
+    assert torch.equal(from_cache.backbone.conv1.weight, reference["conv1.weight"])
+    torch.save(reference, tmp_path / "mine.pth")
+    from_file = build_model("resnet18", 5, weights_path=str(tmp_path / "mine.pth"))
+    assert torch.equal(from_file.backbone.layer4[1].conv2.weight, reference["layer4.1.conv2.weight"])
+
+
+def test_weights_file_must_be_a_plain_state_dict(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"conv1.weight": Evil()}, handle)
+    with pytest.raises(ModelError, match="not a plain PyTorch state dict"):
+        build_model("resnet18", 5, weights_path=str(path))
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(ModelError):
+        build_model("efficientnet_lite0", 5, weights_path=str(tmp_path / "junk.pth"))

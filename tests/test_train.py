@@ -1,0 +1,114 @@
+import json
+
+import pytest
+import torch
+
+from landmark_core.errors import LandmarkError, TrainingCancelled
+from landmark_core.fileio import read_json, read_jsonl
+from landmark_core.runs import list_runs, read_status
+from landmark_core.train import Callback, TrainConfig, create_run, train, train_new
+
+from conftest import tiny_config
+
+
+def test_config_resolves_model_defaults_and_validates():
+    config = TrainConfig(data="x", model="efficientnet_lite0").resolved()
+    assert config.freeze_epochs > 0 and config.image_size == 224 and config.backbone_lr_scale < 1
+    assert TrainConfig(data="x").resolved().image_size == 112
+    with pytest.raises(LandmarkError, match="optimizer"):
+        TrainConfig(data="x", optimizer="lbfgs").resolved()
+
+
+def test_finished_run_folder_holds_everything(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"config.json", "status.json", "metrics.jsonl", "split.json", "checkpoint_best.pt", "checkpoint_last.pt",
+            "evaluation.json", "predictions.json", "model.ts", "export.json", "preprocessing.json"} <= names
+    status = read_json(trained_run / "status.json")
+    assert status["state"] == "finished" and status["pid"] and status["train_seconds"] > 0
+    records = read_jsonl(trained_run / "metrics.jsonl")
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert any(r["kind"] == "batch" for r in records)
+    assert all(0 <= r["val_acc"] <= 1 for r in epochs)
+    split = read_json(trained_run / "split.json")
+    assert not set(split["val"]) & set(split["train"]) and not set(split["test"]) & set(split["train"])
+
+
+def test_run_can_be_rebuilt_from_its_folder_alone(trained_run):
+    from landmark_core.evaluate import load_run_model
+    model, meta = load_run_model(trained_run)
+    assert meta["config"].model == "scratch_cnn" and len(meta["classes"]) == 3 and len(meta["mean"]) == 3
+
+
+def _final_weights(run_dir):
+    return torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["model"]
+
+
+class CancelAt(Callback):
+    def __init__(self, epoch, batch=None):
+        self.epoch, self.batch = epoch, batch
+
+    def on_batch_end(self, engine):
+        if self.batch is not None and engine.epoch + 1 == self.epoch and engine.batch == self.batch:
+            raise TrainingCancelled("test cancel mid-epoch")
+
+    def on_epoch_end(self, engine):
+        if self.batch is None and engine.epoch == self.epoch:
+            raise TrainingCancelled("test cancel at epoch end")
+
+
+@pytest.mark.parametrize("cancel", [CancelAt(2), CancelAt(3, batch=2)], ids=["epoch-end", "mid-epoch"])
+def test_resume_after_cancel_matches_uninterrupted_run(tiny_dataset, artifacts, cancel):
+    config = tiny_config(tiny_dataset, epochs=4, augment=0.5)
+    reference = train_new(config, artifacts, evaluate_and_export=False)
+    run_dir = create_run(config, artifacts)
+    with pytest.raises(TrainingCancelled):
+        train(run_dir, callbacks=[cancel], evaluate_and_export=False)
+    assert read_status(run_dir)["state"] == "cancelled"
+    train(run_dir, resume=True, evaluate_and_export=False)
+    expected, resumed = _final_weights(reference), _final_weights(run_dir)
+    assert all(torch.allclose(expected[k].float(), resumed[k].float(), atol=1e-5) for k in expected)
+    epochs = [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert epochs == [1, 2, 3, 4]
+
+
+def test_cancel_file_stops_training(tiny_dataset, artifacts):
+    run_dir = create_run(tiny_config(tiny_dataset, epochs=3), artifacts)
+
+    class RequestCancel(Callback):
+        def on_epoch_end(self, engine):
+            (run_dir / "CANCEL").touch()
+
+    with pytest.raises(TrainingCancelled):
+        train(run_dir, callbacks=[RequestCancel()])
+    assert read_status(run_dir)["state"] == "cancelled"
+    assert (run_dir / "checkpoint_last.pt").exists()
+
+
+def test_cached_features_train_the_head_exactly_like_recomputed_ones(tiny_dataset, artifacts):
+    common = dict(epochs=2, freeze_epochs=2, augment=0.0, model="efficientnet_lite0", image_size=32,
+                  pretrained=False, model_options={}, batch_size=16)
+    cached = train_new(tiny_config(tiny_dataset, cache_features=True, **common), artifacts, evaluate_and_export=False)
+    plain = train_new(tiny_config(tiny_dataset, cache_features=False, **common), artifacts, evaluate_and_export=False)
+    a, b = _final_weights(cached), _final_weights(plain)
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4) for k in a if k.startswith("head"))
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("backbone"))
+
+
+def test_early_stopping_ends_a_run_successfully(tiny_dataset, artifacts):
+    run_dir = train_new(tiny_config(tiny_dataset, epochs=30, lr=1e-9, early_stopping_patience=1), artifacts,
+                        evaluate_and_export=False)
+    epochs = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert 2 <= len(epochs) < 30
+
+
+def test_failed_run_records_the_reason(tiny_dataset, artifacts):
+    run_dir = create_run(tiny_config(tiny_dataset), artifacts)
+    config = read_json(run_dir / "config.json")
+    config["model_options"] = {"depth": 0}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LandmarkError):
+        train(run_dir)
+    status = read_status(run_dir)
+    assert status["state"] == "failed" and "depth" in status["error"]
+    assert [r.state for r in list_runs(artifacts)] == ["failed"]
