@@ -61,7 +61,11 @@ class ProgressBar:
 
 def cmd_data_demo(args) -> int:
     from .demo import generate_demo_dataset
+    from .demo import is_complete_demo
     out = Path(args.out or demo_dir())
+    if args.if_missing and is_complete_demo(out):
+        print(out)
+        return 0
     generate_demo_dataset(out, seed=args.seed, train_per_class=args.train_per_class, test_per_class=args.test_per_class,
                           progress=ProgressBar("demo classes"))
     print(out)
@@ -220,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--train-per-class", type=int, default=100)
     demo.add_argument("--test-per-class", type=int, default=25)
+    demo.add_argument("--if-missing", action="store_true", help="do nothing when the folder already holds a complete demo set")
     demo.set_defaults(func=cmd_data_demo)
     download = data.add_parser("download", help="download the real 50-class landmark_images set (resumable)")
     download.add_argument("--out", help="folder to put landmark_images/ in (default: artifacts/data)")

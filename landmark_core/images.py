@@ -20,15 +20,6 @@ from PIL import Image, ImageFile, ImageOps
 
 from .errors import ImageError
 
-try:  # AVIF/HEIC through pillow-heif where Pillow itself lacks them
-    import pillow_heif
-
-    pillow_heif.register_heif_opener()
-    if hasattr(pillow_heif, "register_avif_opener"):
-        pillow_heif.register_avif_opener()
-except Exception:  # pragma: no cover - optional
-    pass
-
 ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image]
 
 #: Largest image we decode: 64 megapixels covers every camera photo; a 30000x30000 bomb is refused.
@@ -71,7 +62,7 @@ def open_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise ImageError(f"{_describe(source)}: too many pixels (limit {max_pixels:,}); refused before decoding") from None
         except _READ_ERRORS as error:
-            raise ImageError(f"{_describe(source)}: cannot read ({error})") from None
+            raise ImageError(f"{_describe(source)}: corrupt or truncated image ({error})") from None
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageError(f"{_describe(source)}: image has no pixels")
@@ -142,3 +133,22 @@ def load_square(source: ImageSource, size: int) -> np.ndarray:
     """Decode, resize the short side to ``size`` and centre-crop: an HxWx3 uint8 array."""
     image = load_rgb(source, min_side=size)
     return np.asarray(center_crop(resize_short_side(image, size), size), dtype=np.uint8)
+
+
+#: Largest upload the app accepts per file.
+MAX_UPLOAD_BYTES = 25 * 2**20
+#: What uploads may be, judged by content (Pillow's detected format), never by file name.
+UPLOAD_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "MPO"}
+
+
+def check_upload(data: bytes, name: str = "upload", max_bytes: int = MAX_UPLOAD_BYTES) -> Image.Image:
+    """Validate an uploaded file by size and content; returns the opened (not yet decoded) image."""
+    if len(data) > max_bytes:
+        raise ImageError(f"{name}: {len(data) / 2**20:.1f} MiB is over the {max_bytes / 2**20:.0f} MiB limit")
+    try:
+        image = open_image(data)
+    except ImageError as error:
+        raise ImageError(str(error).replace("image:", f"{name}:", 1)) from None
+    if image.format not in UPLOAD_FORMATS:
+        raise ImageError(f"{name}: {image.format} files are not accepted (JPEG, PNG, WEBP, GIF, BMP, TIFF, AVIF are)")
+    return image

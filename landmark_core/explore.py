@@ -1,0 +1,37 @@
+"""Dataset exploration helpers for the dashboard and the CLI."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import data as data_lib
+from .images import ImageSource, load_square
+
+
+def image_table(report: dict) -> pd.DataFrame:
+    """One row per file of a :func:`data.dataset_report`, with aspect ratio and readability."""
+    frame = pd.DataFrame(report["images"])
+    if frame.empty:
+        return pd.DataFrame(columns=["split", "class", "path", "bytes", "width", "height", "format", "aspect", "readable"])
+    frame["aspect"] = frame["width"] / frame["height"]
+    frame["readable"] = ~frame["path"].isin(set(report["unreadable"]))
+    return frame
+
+
+def augmentation_preview(source: ImageSource, *, strength: float, count: int = 6, image_size: int = 160,
+                         seed: int = 0) -> list[np.ndarray]:
+    """The training augmentation applied ``count`` times to one image (uint8 HxWx3 arrays)."""
+    square = load_square(source, data_lib.cache_side_for(image_size))
+    batch = torch.from_numpy(np.repeat(square[None], count, axis=0)).permute(0, 3, 1, 2).float() / 255
+    out = data_lib.augment_batch(batch, image_size, strength, torch.Generator().manual_seed(seed))
+    return [(view.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for view in out]
+
+
+def training_stats(root: str, *, image_size: int = 112, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[float], list[float]]:
+    """Mean and std of the training split exactly as a run with these settings computes them."""
+    dataset = data_lib.scan_dataset(root, seed=seed)
+    train, _ = data_lib.stratified_split(dataset.train, val_fraction, seed)
+    cache = data_lib.cache_dir_for(dataset.root)
+    split = data_lib.decode_split(train, data_lib.cache_side_for(image_size), cache_dir=cache)
+    return data_lib.channel_stats(split, cache)

@@ -1,0 +1,156 @@
+"""Tables the dashboard and reports draw: training curves, live progress, confusion cells, run comparisons.
+
+Pure functions from run folders to pandas DataFrames and dicts, so pages stay
+thin and everything here is testable without a browser.
+"""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .fileio import read_json, read_jsonl
+from .runs import read_status
+
+
+def short_label(class_name: str, width: int = 14) -> str:
+    """``16.Eiffel_Tower`` → ``16 Eiffel Towe…``: readable on a 50-class axis."""
+    text = re.sub(r"^(\d+)\.", r"\1 ", class_name).replace("_", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def epoch_frame(run_dir: Path) -> pd.DataFrame:
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
+    return pd.DataFrame(rows)
+
+
+def curves_frame(run_dirs: list[Path]) -> pd.DataFrame:
+    """Long form: run, epoch, metric (train/val loss/acc), value — for overlaid line charts."""
+    frames = []
+    for run_dir in run_dirs:
+        epochs = epoch_frame(run_dir)
+        if epochs.empty:
+            continue
+        long = epochs.melt(id_vars=["epoch"], value_vars=[c for c in ("train_loss", "val_loss", "train_acc", "val_acc")
+                                                          if c in epochs], var_name="series", value_name="value")
+        long["run"] = run_dir.name
+        long["split"] = long["series"].str.split("_").str[0]
+        long["metric"] = long["series"].str.split("_").str[1].map({"loss": "loss", "acc": "accuracy"})
+        frames.append(long)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["epoch", "series", "value", "run", "split", "metric"])
+
+
+def live_progress(run_dir: Path) -> dict:
+    """Where a run is: state, epoch and batch, recent batch losses, elapsed time and ETA."""
+    status = read_status(run_dir)
+    config = read_json(run_dir / "config.json", default={}) or {}
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    batches = [r for r in records if r.get("kind") == "batch"]
+    total_epochs = int(config.get("epochs") or 1)
+    last_batch = batches[-1] if batches else None
+    done_epochs = len(epochs)
+    if last_batch and last_batch["epoch"] > done_epochs:
+        fraction = (done_epochs + last_batch["batch"] / max(1, last_batch["batches"])) / total_epochs
+    else:
+        fraction = done_epochs / total_epochs
+    elapsed = (last_batch or {}).get("elapsed") or (epochs[-1]["elapsed"] if epochs else 0.0)
+    if status.get("state") == "running" and status.get("started"):
+        try:
+            started = pd.Timestamp(status["started"]).timestamp()
+            elapsed = max(elapsed, time.time() - started - float(status.get("train_seconds") or 0))
+        except (ValueError, TypeError):
+            pass
+    eta = elapsed * (1 - fraction) / fraction if 0 < fraction < 1 else None
+    return {"state": status.get("state", "queued"), "error": status.get("error"), "epoch": done_epochs,
+            "epochs": total_epochs, "batch": last_batch["batch"] if last_batch and last_batch["epoch"] > done_epochs else 0,
+            "batches": last_batch["batches"] if last_batch else None, "fraction": min(1.0, fraction),
+            "elapsed": elapsed, "eta": eta, "last_epoch": epochs[-1] if epochs else None,
+            "batch_losses": pd.DataFrame([{"step": i, "epoch": b["epoch"], "loss": b["loss"]} for i, b in enumerate(batches)])}
+
+
+def confusion_frame(evaluation: dict, normalize: bool = False) -> pd.DataFrame:
+    """Long form of the confusion matrix: true, predicted (full and short names), count, share of the true class."""
+    classes = evaluation["classes"]
+    matrix = np.asarray(evaluation["confusion_matrix"], dtype=float)
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+    rows = []
+    for t, true_name in enumerate(classes):
+        for p, pred_name in enumerate(classes):
+            rows.append({"true": true_name, "predicted": pred_name, "true_short": short_label(true_name),
+                         "predicted_short": short_label(pred_name), "count": int(matrix[t, p]),
+                         "share": float(shares[t, p])})
+    frame = pd.DataFrame(rows)
+    frame["value"] = frame["share"] if normalize else frame["count"]
+    return frame
+
+
+def predictions_frame(run_dir: Path) -> pd.DataFrame:
+    """One row per test image with class names, top-1 probability and loss."""
+    evaluation = read_json(run_dir / "evaluation.json") or {}
+    classes = evaluation.get("classes", [])
+    rows = read_json(run_dir / "predictions.json", default=[]) or []
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=["path", "true", "predicted", "loss", "top5", "true_name", "predicted_name",
+                                     "probability", "correct"])
+    frame["true_name"] = frame["true"].map(lambda i: classes[i])
+    frame["predicted_name"] = frame["predicted"].map(lambda i: classes[i])
+    frame["probability"] = frame["top5"].map(lambda top: top[0][1])
+    frame["correct"] = frame["true"] == frame["predicted"]
+    return frame
+
+
+def cell_images(run_dir: Path, true_name: str, predicted_name: str) -> pd.DataFrame:
+    frame = predictions_frame(run_dir)
+    return frame[(frame["true_name"] == true_name) & (frame["predicted_name"] == predicted_name)].sort_values("loss", ascending=False)
+
+
+def top_losses(run_dir: Path, n: int = 12) -> pd.DataFrame:
+    return predictions_frame(run_dir).sort_values("loss", ascending=False).head(n)
+
+
+def per_class_frame(run_dir: Path) -> pd.DataFrame:
+    evaluation = read_json(run_dir / "evaluation.json") or {}
+    return pd.DataFrame(evaluation.get("per_class", []))
+
+
+def comparison(run_dirs: list[Path]) -> dict:
+    """Final metrics of each run, per-class recall side by side, and images the first run gets right and another wrong.
+
+    Runs evaluated on different test sets are compared on the images they share.
+    """
+    metrics, recalls = [], []
+    predictions = {}
+    for run_dir in run_dirs:
+        evaluation = read_json(run_dir / "evaluation.json") or {}
+        config = read_json(run_dir / "config.json") or {}
+        status = read_status(run_dir)
+        metrics.append({"run": run_dir.name, "model": config.get("model"), "image size": config.get("image_size"),
+                        "epochs": config.get("epochs"), "test top-1": evaluation.get("top1"),
+                        "test top-5": evaluation.get("top5"), "train seconds": status.get("train_seconds")})
+        for row in evaluation.get("per_class", []):
+            recalls.append({"run": run_dir.name, "class": row["class"], "recall": row["recall"]})
+        predictions[run_dir.name] = predictions_frame(run_dir).set_index("path")
+    per_class = pd.DataFrame(recalls)
+    if not per_class.empty:
+        per_class = per_class.pivot_table(index="class", columns="run", values="recall").reset_index()
+        names = [r.name for r in run_dirs]
+        if len(names) >= 2 and all(n in per_class for n in names[:2]):
+            per_class["difference"] = per_class[names[0]] - per_class[names[1]]
+    disagreements = []
+    if len(run_dirs) >= 2:
+        first, second = predictions[run_dirs[0].name], predictions[run_dirs[1].name]
+        shared = first.index.intersection(second.index)
+        for path in shared:
+            a, b = first.loc[path], second.loc[path]
+            if bool(a["correct"]) != bool(b["correct"]):
+                disagreements.append({"path": path, "true": a["true_name"], "right": run_dirs[0].name if a["correct"] else run_dirs[1].name,
+                                      "first_prediction": a["predicted_name"], "first_probability": a["probability"],
+                                      "second_prediction": b["predicted_name"], "second_probability": b["probability"]})
+    return {"metrics": pd.DataFrame(metrics), "per_class": per_class, "disagreements": pd.DataFrame(disagreements)}

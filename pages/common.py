@@ -1,0 +1,137 @@
+"""What every page shares: the dataset chooser, cached loaders and error display.
+
+Kept free of ML logic: it only calls landmark_core and caches the results.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from landmark_core import cli
+from landmark_core.demo import generate_demo_dataset, is_complete_demo
+from landmark_core.download import DATASET_NAME, download_dataset, find_dataset_root
+from landmark_core.errors import LandmarkError
+from landmark_core.runs import artifacts_dir, list_runs
+
+DEMO, REAL, FOLDER = "Built-in demo", "landmark_images (50 classes)", "A folder on this machine"
+
+
+def demo_path() -> Path:
+    return cli.demo_dir()
+
+
+def real_path() -> Path | None:
+    folder = cli.data_dir() / DATASET_NAME
+    try:
+        return find_dataset_root(folder) if folder.is_dir() else None
+    except LandmarkError:
+        return None
+
+
+def current_dataset() -> Path | None:
+    """The dataset chosen in the sidebar, or the demo set when it exists and nothing was chosen."""
+    chosen = st.session_state.get("dataset_path")
+    if chosen:
+        return Path(chosen)
+    return demo_path() if is_complete_demo(demo_path()) else None
+
+
+def create_demo_data() -> None:
+    bar = st.progress(0.0, text="Drawing demo photos…")
+    generate_demo_dataset(demo_path(), progress=lambda done, total: bar.progress(done / total, text=f"Drawing demo photos… {done}/{total} classes"))
+    bar.empty()
+    st.session_state["dataset_path"] = str(demo_path())
+
+
+def download_real_data() -> None:
+    st.button("Cancel download", key="cancel_download", help="The part already downloaded is kept; downloading again resumes it.")
+    bar = st.progress(0.0, text="Downloading landmark_images.zip…")
+
+    def report(done: int, total: int | None) -> None:
+        if total:
+            bar.progress(min(1.0, done / total), text=f"Downloading… {done / 2**20:,.0f} / {total / 2**20:,.0f} MiB")
+
+    try:
+        root = download_dataset(cli.data_dir(), progress=report)
+    except LandmarkError as error:
+        st.error(f"Download failed: {error}")
+        return
+    st.session_state["dataset_path"] = str(root)
+    st.rerun()
+
+
+def dataset_sidebar() -> None:
+    with st.sidebar:
+        st.subheader("Dataset")
+        choice = st.radio("Photos to work with", [DEMO, REAL, FOLDER], key="dataset_choice", label_visibility="collapsed")
+        if choice == DEMO:
+            if is_complete_demo(demo_path()):
+                st.session_state["dataset_path"] = str(demo_path())
+                st.caption(f"12 landmark classes, drawn procedurally · `{demo_path()}`")
+            else:
+                st.session_state["dataset_path"] = None
+                st.info("The demo photos are not created yet.")
+                if st.button("Create demo data", type="primary", key="create_demo"):
+                    create_demo_data()
+                    st.rerun()
+        elif choice == REAL:
+            root = real_path()
+            if root:
+                st.session_state["dataset_path"] = str(root)
+                st.caption(f"`{root}`")
+            else:
+                st.session_state["dataset_path"] = None
+                st.info("Not downloaded yet (about 4996 train and 1250 test photos).")
+                if st.button("Download", type="primary", key="download_real"):
+                    download_real_data()
+        else:
+            folder = st.text_input("Folder with train/ and test/ (or class folders)", key="dataset_folder")
+            if folder:
+                path = Path(folder).expanduser()
+                if path.is_dir():
+                    st.session_state["dataset_path"] = str(path)
+                else:
+                    st.session_state["dataset_path"] = None
+                    st.error("That folder does not exist.")
+        st.caption(f"Artifacts: `{artifacts_dir()}`")
+
+
+def require_dataset() -> Path:
+    """The current dataset, or stop the page with a hint."""
+    dataset = current_dataset()
+    if dataset is None:
+        st.info("Choose or create a dataset in the sidebar first (one click creates the demo data).")
+        st.stop()
+    return dataset
+
+
+def show_error(error: Exception) -> None:
+    st.error(str(error) if isinstance(error, LandmarkError) else f"Something went wrong: {type(error).__name__}: {error}")
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading model…")
+def load_predictor(run_dir: str, export_mtime: float):
+    """One Predictor per exported run (re-exporting changes the mtime and so the cache key)."""
+    from landmark_core.predict import Predictor
+    return Predictor(run_dir)
+
+
+def predictor_for(run_dir: Path):
+    return load_predictor(str(run_dir), (run_dir / "model.ts").stat().st_mtime)
+
+
+def finished_runs() -> list:
+    return [r for r in list_runs() if r.state == "finished" and (r.path / "evaluation.json").exists()]
+
+
+def run_label(summary) -> str:
+    acc = f" · test {summary.test_acc:.1%}" if summary.test_acc is not None else ""
+    return f"{summary.run_id} ({summary.model}{acc})"
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m {seconds % 60:02d}s"

@@ -1,0 +1,52 @@
+import altair as alt
+import streamlit as st
+
+from landmark_core.insights import comparison, curves_frame, short_label
+from pages.common import finished_runs, run_label
+
+st.title("⚖️ Compare runs")
+runs = finished_runs()
+if len(runs) < 2:
+    st.info("Train at least two models (for example scratch_cnn and efficientnet_lite0) to compare them here.")
+    st.stop()
+
+chosen = st.multiselect("Runs", runs, default=runs[:2], format_func=run_label)
+if len(chosen) < 2:
+    st.stop()
+paths = [r.path for r in chosen]
+result = comparison(paths)
+
+st.subheader("Final metrics")
+st.dataframe(result["metrics"], hide_index=True, column_config={
+    "test top-1": st.column_config.NumberColumn(format="percent"), "test top-5": st.column_config.NumberColumn(format="percent")})
+
+st.subheader("Training curves")
+curves = curves_frame(paths)
+metric = st.radio("Metric", ["accuracy", "loss"], horizontal=True)
+st.altair_chart(alt.Chart(curves[curves["metric"] == metric]).mark_line(point=True).encode(
+    x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y("value:Q", title=metric), color="run:N",
+    strokeDash="split:N", tooltip=["run", "split", "epoch", alt.Tooltip("value:Q", format=".3f")]).properties(height=320),
+    width="stretch")
+
+per_class = result["per_class"]
+if "difference" in per_class:
+    st.subheader(f"Per-class accuracy: {chosen[0].run_id} minus {chosen[1].run_id}")
+    per_class["label"] = per_class["class"].map(short_label)
+    st.altair_chart(alt.Chart(per_class).mark_bar().encode(
+        x=alt.X("difference:Q", title="recall difference"), y=alt.Y("label:N", sort="-x", title=None),
+        color=alt.condition(alt.datum.difference > 0, alt.value("#2b8a3e"), alt.value("#c92a2a")),
+        tooltip=["class", alt.Tooltip("difference:Q", format="+.2f")]).properties(height=max(200, 16 * len(per_class))),
+        width="stretch")
+
+disagreements = result["disagreements"]
+st.subheader("Where they disagree")
+if disagreements.empty:
+    st.write("Both runs are right and wrong on exactly the same test images.")
+else:
+    for run_id in (chosen[0].run_id, chosen[1].run_id):
+        subset = disagreements[disagreements["right"] == run_id].head(12)
+        st.markdown(f"**Only {run_id} is right** ({int((disagreements['right'] == run_id).sum())} images)")
+        columns = st.columns(6)
+        for i, row in enumerate(subset.itertuples()):
+            columns[i % 6].image(row.path, width="stretch",
+                                 caption=f"{short_label(row.true)}: {short_label(row.first_prediction)} vs {short_label(row.second_prediction)}")

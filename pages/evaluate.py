@@ -1,0 +1,94 @@
+import altair as alt
+import streamlit as st
+
+from landmark_core.fileio import read_json
+from landmark_core.insights import cell_images, confusion_frame, per_class_frame, short_label, top_losses
+from pages.common import finished_runs, run_label
+
+st.title("📊 Evaluate")
+runs = finished_runs()
+if not runs:
+    st.info("No finished run yet: train one on the **Train** page.")
+    st.stop()
+
+summary = st.selectbox("Run", runs, format_func=run_label)
+evaluation = read_json(summary.path / "evaluation.json")
+classes = evaluation["classes"]
+
+m = st.columns(4)
+m[0].metric("Top-1 accuracy", f"{evaluation['top1']:.1%}")
+m[1].metric("Top-5 accuracy", f"{evaluation['top5']:.1%}")
+m[2].metric("Test images", evaluation["num_images"])
+m[3].metric("Suggested tag threshold", f"{evaluation['default_threshold']:.2f}",
+            help="The lowest confidence at which predictions on the validation split are ≥95% right.")
+if evaluation.get("skipped_images"):
+    st.caption(f"{len(evaluation['skipped_images'])} unreadable files were skipped.")
+
+st.subheader("Confusion matrix")
+normalize = st.toggle("Show shares of each true class", value=len(classes) > 12)
+cells = confusion_frame(evaluation, normalize=normalize)
+size = max(300, min(900, 22 * len(classes)))
+selection = alt.selection_point(fields=["true", "predicted"], name="cell")
+heatmap = alt.Chart(cells).mark_rect().encode(
+    x=alt.X("predicted_short:N", sort=[short_label(c) for c in classes], title="predicted", axis=alt.Axis(labelAngle=-60)),
+    y=alt.Y("true_short:N", sort=[short_label(c) for c in classes], title="true"),
+    color=alt.Color("value:Q", scale=alt.Scale(scheme="blues"), title="share" if normalize else "images"),
+    tooltip=["true", "predicted", "count", alt.Tooltip("share:Q", format=".1%")],
+    opacity=alt.condition(selection, alt.value(1.0), alt.value(0.6)),
+).add_params(selection).properties(width=size, height=size)
+if len(classes) <= 20:
+    text = alt.Chart(cells[cells["count"] > 0]).mark_text(fontSize=10).encode(
+        x=alt.X("predicted_short:N", sort=[short_label(c) for c in classes]),
+        y=alt.Y("true_short:N", sort=[short_label(c) for c in classes]),
+        text=alt.Text("value:Q", format=".0%" if normalize else "d"),
+        color=alt.condition(alt.datum.share > 0.5, alt.value("white"), alt.value("black")))
+    chart = heatmap + text
+else:
+    chart = heatmap
+event = st.altair_chart(chart, on_select="rerun", key="confusion")
+
+picked = (event.selection.get("cell") or [{}])[0] if event and event.selection else {}
+st.caption("Click a cell, or choose a pair below, to see its images.")
+a, b = st.columns(2)
+true_name = a.selectbox("True class", classes, index=classes.index(picked["true"]) if picked.get("true") in classes else 0,
+                        format_func=short_label)
+predicted_default = picked.get("predicted") if picked.get("predicted") in classes else (
+    next((p["predicted"] for p in evaluation["most_confused"] if p["true"] == true_name), true_name))
+predicted_name = b.selectbox("Predicted class", classes, index=classes.index(predicted_default), format_func=short_label)
+behind = cell_images(summary.path, true_name, predicted_name)
+if behind.empty:
+    st.write("No test images in this cell.")
+columns = st.columns(6)
+for i, row in enumerate(behind.head(18).itertuples()):
+    columns[i % 6].image(row.path, caption=f"p={row.probability:.2f}", width="stretch")
+
+st.subheader("Per-class precision, recall and F1")
+per_class = per_class_frame(summary.path)
+metric = st.radio("Chart", ["f1", "precision", "recall"], horizontal=True)
+st.altair_chart(alt.Chart(per_class).mark_bar().encode(
+    x=alt.X(f"{metric}:Q", scale=alt.Scale(domain=[0, 1])), y=alt.Y("class:N", sort="x", title=None),
+    tooltip=["class", alt.Tooltip("precision:Q", format=".2f"), alt.Tooltip("recall:Q", format=".2f"),
+             alt.Tooltip("f1:Q", format=".2f"), "support"]).properties(height=max(200, 16 * len(classes))), width="stretch")
+st.dataframe(per_class, hide_index=True, column_config={k: st.column_config.NumberColumn(format="%.3f")
+                                                        for k in ("precision", "recall", "f1")})
+
+if evaluation["most_confused"]:
+    st.subheader("Most confused pairs")
+    st.dataframe(evaluation["most_confused"][:10], hide_index=True)
+
+st.subheader("Top losses")
+st.caption("The test photos the model is most confidently wrong about.")
+losses = top_losses(summary.path, 12)
+columns = st.columns(6)
+for i, row in enumerate(losses.itertuples()):
+    columns[i % 6].image(row.path, width="stretch",
+                         caption=f"true {short_label(row.true_name)} · predicted {short_label(row.predicted_name)} ({row.probability:.0%})")
+
+st.subheader("Confidence threshold: coverage vs accuracy")
+curve = evaluation["coverage_curve"]["validation"]
+if curve:
+    import pandas as pd
+    frame = pd.DataFrame(curve).melt(id_vars="threshold", value_vars=["coverage", "accuracy"])
+    st.altair_chart(alt.Chart(frame).mark_line(point=True).encode(
+        x="threshold:Q", y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1])), color="variable:N",
+        tooltip=["threshold", "variable", alt.Tooltip("value:Q", format=".1%")]).properties(height=260), width="stretch")

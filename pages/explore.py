@@ -1,0 +1,85 @@
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from landmark_core.data import dataset_report, scan_dataset
+from landmark_core.errors import LandmarkError
+from landmark_core.explore import augmentation_preview, image_table, training_stats
+from landmark_core.insights import short_label
+from pages.common import require_dataset, show_error
+
+st.title("🔎 Explore the dataset")
+dataset_path = require_dataset()
+
+
+@st.cache_data(show_spinner="Reading the dataset…", max_entries=4)
+def report_for(path: str, _version: float):
+    dataset = scan_dataset(path)
+    return dataset, dataset_report(dataset)
+
+
+try:
+    dataset, report = report_for(str(dataset_path), dataset_path.stat().st_mtime)
+except LandmarkError as error:
+    show_error(error)
+    st.stop()
+
+images = image_table(report)
+st.caption(f"`{dataset.root}` · {len(dataset.classes)} classes · {len(dataset.train)} train / {len(dataset.test)} test files"
+           + (" · test split taken from train" if dataset.test_taken_from_train else ""))
+
+counts = images.groupby(["class", "split"]).size().reset_index(name="images")
+counts["label"] = counts["class"].map(short_label)
+st.subheader("Images per class")
+st.altair_chart(alt.Chart(counts).mark_bar().encode(
+    x=alt.X("label:N", sort=None, title=None, axis=alt.Axis(labelAngle=-60)),
+    y=alt.Y("images:Q"), color=alt.Color("split:N"), xOffset="split:N",
+    tooltip=["class", "split", "images"]), width="stretch")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Image sizes")
+    sized = images.dropna(subset=["width"])
+    st.altair_chart(alt.Chart(sized).mark_circle(opacity=0.4).encode(
+        x=alt.X("width:Q"), y=alt.Y("height:Q"), color="split:N", tooltip=["path", "width", "height"]), width="stretch")
+with right:
+    st.subheader("Aspect ratio")
+    st.altair_chart(alt.Chart(sized).mark_bar().encode(
+        x=alt.X("aspect:Q", bin=alt.Bin(maxbins=30), title="width / height"), y="count()", color="split:N"), width="stretch")
+
+st.subheader("Samples")
+chosen = st.selectbox("Class", dataset.classes, format_func=short_label)
+sample = images[(images["class"] == chosen) & images["readable"]].head(12)
+columns = st.columns(6)
+for i, row in enumerate(sample.itertuples()):
+    columns[i % 6].image(row.path, caption=f"{row.split} · {row.width}×{row.height}", width="stretch")
+
+st.subheader("Augmentation preview")
+st.caption("One training photo through the training augmentation several times (random crop, flip, rotation, colour).")
+strength = st.slider("Augmentation strength", 0.0, 1.0, 0.8, 0.1)
+if not sample.empty:
+    views = augmentation_preview(sample.iloc[0]["path"], strength=strength, count=6, image_size=160)
+    for column, view in zip(st.columns(6), views):
+        column.image(view, width="stretch")
+
+st.subheader("Problems found")
+unreadable = report["unreadable"]
+if unreadable:
+    st.warning(f"{len(unreadable)} unreadable files are skipped in training and evaluation.")
+    st.dataframe(pd.DataFrame([{"file": k, "reason": v} for k, v in unreadable.items()]), hide_index=True)
+else:
+    st.success("Every file is a readable image.")
+if report["duplicates"]:
+    st.warning(f"{len(report['duplicates'])} groups of identical files.")
+    st.dataframe(pd.DataFrame({"identical files": [" | ".join(g) for g in report["duplicates"]]}), hide_index=True)
+else:
+    st.success("No duplicate files.")
+
+st.subheader("Normalisation statistics (training split only)")
+if st.button("Compute mean and std"):
+    with st.spinner("Decoding the training split…"):
+        try:
+            mean, std = training_stats(str(dataset_path))
+            st.table(pd.DataFrame({"channel": ["R", "G", "B"], "mean": mean, "std": std}))
+        except LandmarkError as error:
+            show_error(error)

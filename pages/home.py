@@ -1,0 +1,30 @@
+import streamlit as st
+
+from landmark_core.runs import list_runs
+from pages.common import current_dataset, format_seconds
+
+st.title("🗺️ Landmark Tagger")
+st.write("Recognise the landmark in a photo, then tag the photo with the landmark's name and location. "
+         "Train a CNN from scratch or fine-tune a pretrained one, see where it fails, and try it on your own photos.")
+
+dataset = current_dataset()
+runs = list_runs()
+finished = [r for r in runs if r.state == "finished"]
+
+st.subheader("What to do next")
+steps = [
+    (dataset is not None, "Pick a dataset", "Use **Create demo data** in the sidebar (a few seconds), download the real 50-class set, or point to your own folder."),
+    (bool(runs), "Train a model", "Open **Train**, keep the defaults and press **Start**: watch the loss and accuracy live."),
+    (bool(finished), "Check it", "**Evaluate** shows the confusion matrix, per-class scores and the photos it gets most wrong."),
+    (bool(finished), "Use it", "**Predict & tag** takes your photos and shows the top 5 landmarks with their place on a map."),
+]
+for done, title, text in steps:
+    st.markdown(f"{'✅' if done else '⬜️'} **{title}** — {text}")
+
+if dataset:
+    st.caption(f"Current dataset: `{dataset}`")
+if runs:
+    st.subheader("Recent runs")
+    st.dataframe([{"run": r.run_id, "state": r.state, "model": r.model, "epochs": f"{r.epoch}/{r.epochs}",
+                   "best val acc": r.best_val_acc, "test top-1": r.test_acc, "time": format_seconds(r.duration_s)}
+                  for r in runs[:5]], hide_index=True)

@@ -1,0 +1,82 @@
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from landmark_core.errors import ImageError
+from landmark_core.fileio import read_json
+from landmark_core.images import MAX_UPLOAD_BYTES, check_upload
+from landmark_core.places import display_name
+from landmark_core.tagging import decide, read_gps, tagged_bytes, tagged_zip
+from pages.common import finished_runs, predictor_for, run_label, show_error
+
+st.title("📍 Predict & tag")
+runs = [r for r in finished_runs() if (r.path / "model.ts").exists()]
+if not runs:
+    st.info("No trained model yet: train one on the **Train** page.")
+    st.stop()
+
+chosen = st.multiselect("Models (side by side)", runs, default=runs[:2], format_func=run_label)
+if not chosen:
+    st.stop()
+default_threshold = float((read_json(chosen[0].path / "evaluation.json") or {}).get("default_threshold", 0.5))
+threshold = st.slider("Tag only when the top probability is at least", 0.0, 1.0, default_threshold, 0.05,
+                      help="Below it the photo gets no tag: abstaining beats a wrong location. "
+                           "The default is chosen on the validation split (see Evaluate).")
+
+uploads = st.file_uploader("Drop photos here", accept_multiple_files=True, max_upload_size=MAX_UPLOAD_BYTES // 2**20)
+split = read_json(chosen[0].path / "split.json") or {}
+examples = split.get("test", [])[:: max(1, len(split.get("test", [])) // 6)][:6]
+picked = st.pills("…or try demo test photos", examples, selection_mode="multi",
+                  format_func=lambda p: p.split("/")[-2].split(".", 1)[-1].replace("_", " ") + " · " + p.split("/")[-1]) if examples else []
+
+photos = [(u.name, u.getvalue()) for u in uploads or []]
+for path in picked or []:
+    with open(path, "rb") as handle:
+        photos.append((path.split("/")[-1], handle.read()))
+if not photos:
+    st.stop()
+
+tagged_items = []
+for name, data in photos:
+    st.divider()
+    try:
+        check_upload(data, name)
+        results = {run.run_id: predictor_for(run.path).predict(data, top_k=5) for run in chosen}
+        existing = read_gps(data)
+    except ImageError as error:
+        st.error(str(error))
+        continue
+    except Exception as error:  # a broken model file must not take the page down
+        show_error(error)
+        continue
+    columns = st.columns([1] + [1.3] * len(chosen) + [1.3])
+    columns[0].image(data, caption=name, width="stretch")
+    for column, run in zip(columns[1:], chosen):
+        top = pd.DataFrame([{"landmark": display_name(p.label), "probability": p.probability} for p in results[run.run_id]])
+        column.caption(run_label(run))
+        column.altair_chart(alt.Chart(top).mark_bar().encode(
+            x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+            y=alt.Y("landmark:N", sort="-x", title=None),
+            tooltip=["landmark", alt.Tooltip("probability:Q", format=".1%")]).properties(height=170), width="stretch")
+    decision = decide(results[chosen[0].run_id], threshold, existing)
+    with columns[-1]:
+        if decision.status == "tagged":
+            st.success(f"Tag: **{decision.description}** ({decision.probability:.0%})")
+            if decision.place:
+                st.caption(f"GPS {decision.place.latitude:.4f}, {decision.place.longitude:.4f}")
+                st.map(pd.DataFrame({"lat": [decision.place.latitude], "lon": [decision.place.longitude]}), zoom=3, height=180)
+            photo, sidecar = tagged_bytes(data, decision)
+            st.download_button("Download tagged copy", photo, file_name=f"tagged-{name}", key=f"dl-{name}")
+            if sidecar:
+                st.download_button("Download XMP sidecar", sidecar, file_name=f"tagged-{name}.xmp", key=f"xmp-{name}")
+            tagged_items.append((f"tagged-{name}", data, decision))
+        elif decision.status == "has_gps":
+            st.info(f"Already geotagged ({decision.existing_gps[0]:.4f}, {decision.existing_gps[1]:.4f}); left as it is.")
+        else:
+            st.warning(f"No tag: the top guess ({display_name(decision.prediction)}, {decision.probability:.0%}) "
+                       f"is under the {threshold:.0%} threshold.")
+
+if len(tagged_items) > 1:
+    st.divider()
+    st.download_button(f"Download all {len(tagged_items)} tagged photos (zip)", tagged_zip(tagged_items),
+                       file_name="tagged-photos.zip", mime="application/zip")

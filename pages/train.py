@@ -1,0 +1,110 @@
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from landmark_core.errors import LandmarkError
+from landmark_core.insights import curves_frame, live_progress
+from landmark_core.models import list_models, model_info
+from landmark_core.runs import ACTIVE_STATES, launch_background, list_runs, request_cancel, resolve_run
+from landmark_core.train import OPTIMIZERS, SCHEDULERS, TrainConfig, create_run
+from pages.common import format_seconds, require_dataset, show_error
+
+st.title("🏋️ Train")
+dataset = require_dataset()
+
+with st.expander("New training run", expanded=not list_runs()):
+    model = st.selectbox("Model", list_models(), index=list_models().index("scratch_cnn"),
+                         help="scratch_cnn learns from random weights; the others start from ImageNet.")
+    defaults = TrainConfig(data=str(dataset), model=model).resolved()
+    info = model_info(model, defaults.image_size)
+    st.caption(f"{info['description']} {info['parameters'] / 1e6:.2f} M parameters, {info['gflops']:.2f} GFLOPs per image at "
+               f"{info['image_size']} px. Pretrained: {info['pretrained_source']}.")
+    with st.form("train_form"):
+        a, b, c, d = st.columns(4)
+        epochs = a.number_input("Epochs", 1, 500, defaults.epochs)
+        lr = b.number_input("Learning rate", 1e-6, 1.0, defaults.lr, format="%.5f")
+        batch_size = c.number_input("Batch size", 1, 1024, defaults.batch_size)
+        image_size = d.number_input("Image size (px)", 32, 512, defaults.image_size, step=16)
+        e, f, g, h = st.columns(4)
+        optimizer = e.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(defaults.optimizer))
+        scheduler = f.selectbox("Scheduler", SCHEDULERS, index=SCHEDULERS.index(defaults.scheduler))
+        augment = g.slider("Augmentation", 0.0, 1.0, float(defaults.augment), 0.1)
+        freeze_epochs = h.number_input("Frozen-backbone epochs", 0, 500, defaults.freeze_epochs,
+                                       disabled=model == "scratch_cnn", help="Train only the new head first (fast: features are cached).")
+        start = st.form_submit_button("Start", type="primary")
+    if start:
+        config = TrainConfig(data=str(dataset), model=model, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
+                             image_size=int(image_size), optimizer=optimizer, scheduler=scheduler, augment=float(augment),
+                             freeze_epochs=int(freeze_epochs))
+        try:
+            run_dir = create_run(config)
+            launch_background(run_dir)
+            st.session_state["live_run"] = run_dir.name
+            st.success(f"Started {run_dir.name}: it trains in the background, so you can leave this page.")
+        except LandmarkError as error:
+            show_error(error)
+
+runs = list_runs()
+if not runs:
+    st.info("No runs yet: start one above.")
+    st.stop()
+
+ids = [r.run_id for r in runs]
+wanted = st.session_state.get("live_run")
+default = ids.index(wanted) if wanted in ids else next((i for i, r in enumerate(runs) if r.state in ACTIVE_STATES), 0)
+selected = st.selectbox("Run", ids, index=default, key="live_run_select")
+
+
+@st.fragment(run_every=2)
+def live_view(run_id: str) -> None:
+    try:
+        run_dir = resolve_run(run_id)
+    except LandmarkError as error:
+        show_error(error)
+        return
+    progress = live_progress(run_dir)
+    state = progress["state"]
+    label = {"queued": "⏳ queued", "running": "🏃 running", "finished": "✅ finished", "failed": "❌ failed",
+             "cancelled": "⏹ cancelled", "interrupted": "⚠️ interrupted"}.get(state, state)
+    batch = f" · batch {progress['batch']}/{progress['batches']}" if progress["batch"] else ""
+    st.progress(progress["fraction"], text=f"{label} · epoch {progress['epoch']}/{progress['epochs']}{batch} · "
+                                          f"elapsed {format_seconds(progress['elapsed'])} · ETA {format_seconds(progress['eta'])}")
+    if progress["error"] and state in ("failed", "cancelled", "interrupted"):
+        (st.error if state == "failed" else st.warning)(progress["error"])
+    if state == "interrupted":
+        st.warning("The training process stopped without finishing (killed or the machine restarted). Resume continues from the last checkpoint.")
+    buttons = st.columns(6)
+    if state in ACTIVE_STATES and buttons[0].button("Stop", key=f"stop-{run_id}"):
+        request_cancel(run_dir)
+        st.toast("Stopping after the current batch…")
+    if state in ("cancelled", "interrupted", "failed") and buttons[0].button("Resume", key=f"resume-{run_id}"):
+        launch_background(run_dir, resume=True)
+        st.toast("Resuming…")
+    last = progress["last_epoch"]
+    if last:
+        m = st.columns(4)
+        m[0].metric("train loss", f"{last['train_loss']:.3f}")
+        m[1].metric("train accuracy", f"{last['train_acc']:.1%}")
+        m[2].metric("val loss", f"{last['val_loss']:.3f}" if last["val_loss"] is not None else "–")
+        m[3].metric("val accuracy", f"{last['val_acc']:.1%}" if last["val_acc"] is not None else "–")
+    curves = curves_frame([run_dir])
+    if not curves.empty:
+        left, right = st.columns(2)
+        for column, metric in ((left, "loss"), (right, "accuracy")):
+            column.altair_chart(alt.Chart(curves[curves["metric"] == metric]).mark_line(point=True).encode(
+                x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y("value:Q", title=metric),
+                color=alt.Color("split:N"), tooltip=["epoch", "split", alt.Tooltip("value:Q", format=".3f")]
+            ).properties(title=metric, height=260), width="stretch")
+    elif not progress["batch_losses"].empty:
+        st.altair_chart(alt.Chart(progress["batch_losses"]).mark_line().encode(x="step:Q", y="loss:Q").properties(
+            title="batch loss (first epoch)", height=220), width="stretch")
+
+
+live_view(selected)
+
+st.subheader("All runs")
+st.dataframe(pd.DataFrame([{"run": r.run_id, "state": r.state, "model": r.model, "epochs": f"{r.epoch}/{r.epochs}",
+                            "best val acc": r.best_val_acc, "test top-1": r.test_acc,
+                            "duration": format_seconds(r.duration_s), "error": r.error or ""} for r in runs]),
+             hide_index=True, column_config={"best val acc": st.column_config.NumberColumn(format="percent"),
+                                             "test top-1": st.column_config.NumberColumn(format="percent")})
