@@ -52,7 +52,11 @@ def predict_split(model: LandmarkNet, split: data_lib.DecodedSplit, *, image_siz
 
 
 def coverage_curve(probs: np.ndarray, labels: np.ndarray) -> list[dict]:
-    """For each threshold: the share of images whose top probability reaches it, and accuracy on those."""
+    """For each threshold: the share of images whose top probability reaches it, and accuracy on those.
+
+    ``accepted`` is the number of images behind each accuracy, so a reader can
+    tell a real 100% from one lucky image.
+    """
     if len(labels) == 0:
         return []
     top = probs.max(1)
@@ -60,15 +64,19 @@ def coverage_curve(probs: np.ndarray, labels: np.ndarray) -> list[dict]:
     rows = []
     for threshold in THRESHOLDS:
         accepted = top >= threshold
-        rows.append({"threshold": threshold, "coverage": float(accepted.mean()),
+        rows.append({"threshold": threshold, "coverage": float(accepted.mean()), "accepted": int(accepted.sum()),
                      "accuracy": float(correct[accepted].mean()) if accepted.any() else None})
     return rows
 
 
-def choose_threshold(curve: list[dict], target_accuracy: float = 0.95) -> float:
-    """The lowest threshold whose accepted predictions reach ``target_accuracy`` (the most coverage at that accuracy)."""
+def choose_threshold(curve: list[dict], target_accuracy: float = 0.95, min_accepted: int = 10) -> float:
+    """The lowest threshold whose accepted predictions reach ``target_accuracy`` (the most coverage at that accuracy).
+
+    Accuracies measured on fewer than ``min_accepted`` images are not trusted;
+    when no threshold qualifies, the strictest one is returned.
+    """
     for row in curve:
-        if row["accuracy"] is not None and row["accuracy"] >= target_accuracy:
+        if row["accuracy"] is not None and row["accepted"] >= min_accepted and row["accuracy"] >= target_accuracy:
             return row["threshold"]
     return curve[-1]["threshold"] if curve else 0.5
 

@@ -27,7 +27,7 @@ if evaluation.get("skipped_images"):
 st.subheader("Confusion matrix")
 normalize = st.toggle("Show shares of each true class", value=len(classes) > 12)
 cells = confusion_frame(evaluation, normalize=normalize)
-size = max(300, min(900, 22 * len(classes)))
+size = max(380, min(1000, 30 * len(classes)))
 selection = alt.selection_point(fields=["true", "predicted"], name="cell")
 heatmap = alt.Chart(cells).mark_rect().encode(
     x=alt.X("predicted_short:N", sort=[short_label(c) for c in classes], title="predicted", axis=alt.Axis(labelAngle=-60)),

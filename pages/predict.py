@@ -58,6 +58,7 @@ for name, data in photos:
             x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
             y=alt.Y("landmark:N", sort="-x", title=None),
             tooltip=["landmark", alt.Tooltip("probability:Q", format=".1%")]).properties(height=170), width="stretch")
+        column.markdown("\n".join(f"{rank}. {row.landmark} — {row.probability:.1%}" for rank, row in enumerate(top.itertuples(), 1)))
     decision = decide(results[chosen[0].run_id], threshold, existing)
     with columns[-1]:
         if decision.status == "tagged":

@@ -54,3 +54,13 @@ def jpeg_bytes(size=(64, 48), color=(200, 30, 30), **save_args) -> bytes:
 def noise_image(size=(64, 48), seed=0) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="session")
+def ui_artifacts(tmp_path_factory) -> Path:
+    """An artifacts folder as the app sees it: demo data (5 classes) and one finished run."""
+    from landmark_core.train import train_new
+    artifacts = tmp_path_factory.mktemp("ui") / "artifacts"
+    generate_demo_dataset(artifacts / "data" / "demo", classes=DEMO_CLASSES[:5], train_per_class=8, test_per_class=3, workers=1)
+    train_new(tiny_config(artifacts / "data" / "demo", epochs=1), artifacts)
+    return artifacts
