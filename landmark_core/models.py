@@ -176,10 +176,10 @@ def scratch_cnn(num_classes: int, *, pretrained: bool = False, weights_path: str
 register(ModelSpec(
     name="scratch_cnn",
     builder=scratch_cnn,
-    resolve_preprocessing=lambda: Preprocessing(input_size=112),
+    resolve_preprocessing=lambda: Preprocessing(input_size=96),
     pretrained_source="none (random initialisation)",
     description="Our residual CNN trained from scratch (4 stages, 32-256 channels).",
-    train_defaults={"image_size": 112, "epochs": 30, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4,
+    train_defaults={"image_size": 96, "epochs": 20, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4,
                     "scheduler": "onecycle", "batch_size": 64, "freeze_epochs": 0, "augment": 0.8,
                     "label_smoothing": 0.1},
 ))
