@@ -5,6 +5,7 @@ trains a 1-epoch run from the Train page and watches it finish in the live
 view, opens Evaluate, then uploads a photo on Predict. Screenshots of every step
 go to test-output/browser/.
 """
+import contextlib
 import os
 import shutil
 import socket
@@ -32,39 +33,56 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture()
-def server(tmp_path):
+@contextlib.contextmanager
+def streamlit_server(artifacts: Path, log_path: Path):
     port = free_port()
-    env = {**os.environ, "LANDMARK_ARTIFACTS": str(tmp_path / "artifacts")}
-    log = open(tmp_path / "streamlit.log", "wb")
+    env = {**os.environ, "LANDMARK_ARTIFACTS": str(artifacts)}
+    log = open(log_path, "wb")
     process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                                 "--server.address", "127.0.0.1", "--server.headless", "true",
                                 "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("streamlit did not start: " + log_path.read_text()[-2000:])
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture()
+def server(tmp_path):
+    with streamlit_server(tmp_path / "artifacts", tmp_path / "streamlit.log") as url:
+        yield url, tmp_path / "artifacts"
+
+
+@contextlib.contextmanager
+def chromium_browser():
+    from playwright.sync_api import expect, sync_playwright
+    expect.set_options(timeout=120_000)  # the first script run imports torch: seconds on a 2-core machine
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("streamlit did not start: " + (tmp_path / "streamlit.log").read_text()[-2000:])
-    yield url, tmp_path / "artifacts"
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+            yield browser
+        finally:
+            browser.close()
 
 
 def test_demo_train_evaluate_predict_in_chromium(server):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, artifacts = server
-    expect.set_options(timeout=120_000)  # the first script run imports torch: seconds on a 2-core machine
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    with chromium_browser() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(120_000)
 
@@ -114,5 +132,54 @@ def test_demo_train_evaluate_predict_in_chromium(server):
         expect(ranked).to_have_count(5)
         no_exceptions()
         shot("07-predict")
-        browser.close()
     assert len(list(SHOTS.glob("*.png"))) >= 7
+
+
+def test_ten_sessions_predict_while_two_runs_train(tmp_path):
+    """Load: 10 browser sessions upload and predict at once while two training runs use the CPU."""
+    from playwright.sync_api import expect
+
+    from landmark_core.demo import DEMO_CLASSES, generate_demo_dataset
+    from landmark_core.fileio import read_json
+    from landmark_core.runs import launch_background, read_status
+    from landmark_core.train import create_run, train_new
+
+    from conftest import tiny_config
+
+    artifacts = tmp_path / "artifacts"
+    data = artifacts / "data" / "demo"
+    generate_demo_dataset(data, classes=DEMO_CLASSES[:6], train_per_class=10, test_per_class=4, workers=1)
+    run_dir = train_new(tiny_config(data, epochs=1), artifacts)
+    expected = read_json(run_dir / "predictions.json")
+    background = [create_run(tiny_config(data, epochs=200, image_size=64), artifacts) for _ in range(2)]
+    os.environ["LANDMARK_ARTIFACTS"] = str(artifacts)
+    try:
+        for busy in background:
+            launch_background(busy)
+    finally:
+        del os.environ["LANDMARK_ARTIFACTS"]
+    sessions, errors = 10, 0
+    try:
+        with streamlit_server(artifacts, tmp_path / "streamlit.log") as url, chromium_browser() as browser:
+            pages = [browser.new_context().new_page() for _ in range(sessions)]
+            for page in pages:
+                page.goto(f"{url}/predict")
+            for page in pages:
+                expect(page.locator("input[type='file']")).to_be_attached()
+            photos = [expected[i % len(expected)] for i in range(sessions)]
+            for page, photo in zip(pages, photos):
+                page.locator("input[type='file']").set_input_files(photo["path"])
+            classes = read_json(run_dir / "evaluation.json")["classes"]
+            from landmark_core.places import display_name
+            for page, photo in zip(pages, photos):
+                ranked = page.locator("[data-testid='stMarkdownContainer'] ol li")
+                expect(ranked).to_have_count(5)
+                top = ranked.first.inner_text()
+                assert top.startswith(display_name(classes[photo["predicted"]])), (top, photo)
+                errors += page.locator("[data-testid='stException'], [data-testid='stAlertContentError']").count()
+            assert all(read_status(b)["state"] == "running" for b in background)  # the load really ran beside training
+    finally:
+        for busy in background:
+            (busy / "CANCEL").touch()
+    print(f"load test: {sessions} sessions, {errors} errors")
+    assert errors == 0
