@@ -107,7 +107,7 @@ def test_demo_train_evaluate_predict_in_chromium(server):
         shot("03-explore")
 
         page.goto(f"{url}/train")
-        expect(page.get_by_text("Epochs")).to_be_visible()
+        expect(page.get_by_text("Epochs", exact=True)).to_be_visible()
         for label, value in (("Epochs", "1"), ("Batch size", "32"), ("Image size (px)", "32")):
             field = page.get_by_label(label, exact=True)
             field.fill(value)

@@ -1,0 +1,61 @@
+"""Run every benchmark, print the tables and write BENCHMARKS.md.
+
+    python -m bench            # full run on this machine (tens of minutes on 2 CPU cores)
+    python -m bench --smoke    # tiny sizes, seconds: keeps the benchmarks working (CI)
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import tempfile
+from pathlib import Path
+
+from . import suites
+from .common import demo_dataset, machine
+
+NAMES = ["input", "frozen", "throughput", "inference", "tta"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for CI")
+    parser.add_argument("--only", nargs="+", choices=NAMES, help="run only these benchmarks")
+    parser.add_argument("--out", default=None, help="markdown file to write (default: BENCHMARKS.md; none with --smoke)")
+    parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    args = parser.parse_args(argv)
+    scale = suites.SMOKE if args.smoke else suites.FULL
+    out = Path(args.out) if args.out else (None if args.smoke else Path("BENCHMARKS.md"))
+    chosen = args.only or NAMES
+    with tempfile.TemporaryDirectory(prefix="landmark-bench-") as scratch:
+        work = Path(args.work or scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        demo = demo_dataset(work / "demo", scale.demo_per_class, scale.demo_test_per_class, scale.demo_classes)
+        if "inference" in chosen or "input" in chosen:
+            from .common import photo_dataset
+            photo_dataset(work / "photos", scale.photos)
+        runners = {
+            "input": lambda: suites.input_pipeline(scale, demo, work),
+            "frozen": lambda: suites.frozen_backbone(scale, demo, work),
+            "throughput": lambda: suites.train_throughput(scale),
+            "inference": lambda: suites.inference(scale, demo, work),
+            "tta": lambda: suites.time_to_accuracy(scale, demo, work),
+        }
+        sections = []
+        for name in chosen:
+            table = runners[name]()
+            text = table.markdown()
+            print(text, flush=True)
+            sections.append(text)
+    command = "python -m bench" + (" --smoke" if args.smoke else "") + (f" --only {' '.join(args.only)}" if args.only else "")
+    if out:
+        header = (f"# Benchmarks\n\nRegenerate with `{command}` (or `make bench`).\n\n"
+                  f"Machine: {machine()}. Run {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.\n"
+                  "Every figure is compared with a baseline measured in the same run.\n\n")
+        out.write_text(header + "\n".join(sections))
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

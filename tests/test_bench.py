@@ -1,0 +1,11 @@
+"""The benchmarks keep working: a smoke run at tiny sizes writes a complete report."""
+from bench.__main__ import main
+
+
+def test_benchmark_smoke_run_writes_every_table(tmp_path):
+    out = tmp_path / "BENCH.md"
+    assert main(["--smoke", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
+    text = out.read_text()
+    for title in ("1. Input pipeline", "2. Frozen-backbone", "3. Training step", "4. Inference", "5. Time to"):
+        assert title in text
+    assert "| baseline" in text and "vs baseline" in text
