@@ -50,6 +50,7 @@ class TrainConfig:
     augment: float | None = None
     freeze_epochs: int | None = None
     backbone_lr_scale: float | None = None
+    freeze_batchnorm: bool | None = None
     cache_features: bool = True
     feature_views: int = 4
     val_fraction: float = 0.1
@@ -65,7 +66,7 @@ class TrainConfig:
 
     _FALLBACKS = {"image_size": 224, "batch_size": 64, "epochs": 10, "optimizer": "adamw", "lr": 1e-3,
                   "weight_decay": 1e-4, "scheduler": "cosine", "label_smoothing": 0.0, "augment": 0.5,
-                  "freeze_epochs": 0, "backbone_lr_scale": 1.0}
+                  "freeze_epochs": 0, "backbone_lr_scale": 1.0, "freeze_batchnorm": False}
 
     def resolved(self) -> "TrainConfig":
         """A copy with every ``None`` replaced by the model's default, validated."""
@@ -231,6 +232,7 @@ class Engine:
         self.best_val_acc = -1.0
         self._feature_batches: dict[str, FeatureBatches] = {}
         self.started = time.time()
+        model.freeze_batchnorm = bool(config.freeze_batchnorm)
         if config.freeze_epochs > 0:
             model.set_backbone_trainable(False)
 

@@ -13,7 +13,7 @@ from conftest import tiny_config
 
 def test_config_resolves_model_defaults_and_validates():
     config = TrainConfig(data="x", model="efficientnet_lite0").resolved()
-    assert config.freeze_epochs > 0 and config.image_size == 224 and config.backbone_lr_scale < 1
+    assert config.freeze_epochs > 0 and config.image_size == 160 and config.backbone_lr_scale < 1 and config.freeze_batchnorm
     assert TrainConfig(data="x").resolved().image_size == 96
     with pytest.raises(LandmarkError, match="optimizer"):
         TrainConfig(data="x", optimizer="lbfgs").resolved()
