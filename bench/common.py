@@ -63,7 +63,7 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
-def matmul_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 10) -> float:
+def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
     torch.mm(a, b)

@@ -28,8 +28,11 @@ def augmentation_preview(source: ImageSource, *, strength: float, count: int = 6
     return [(view.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for view in out]
 
 
-def training_stats(root: str, *, image_size: int = 112, val_fraction: float = 0.1, seed: int = 0) -> tuple[list[float], list[float]]:
-    """Mean and std of the training split exactly as a run with these settings computes them."""
+def training_stats(root: str, *, image_size: int | None = None, val_fraction: float = 0.1,
+                   seed: int = 0) -> tuple[list[float], list[float]]:
+    """Mean and std of the training split exactly as a scratch_cnn run with these settings computes them."""
+    from .train import TrainConfig
+    image_size = image_size or TrainConfig(data=root, model="scratch_cnn").resolved().image_size
     dataset = data_lib.scan_dataset(root, seed=seed)
     train, _ = data_lib.stratified_split(dataset.train, val_fraction, seed)
     cache = data_lib.cache_dir_for(dataset.root)

