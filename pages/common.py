@@ -41,7 +41,6 @@ def create_demo_data() -> None:
     bar = st.progress(0.0, text="Drawing demo photos…")
     generate_demo_dataset(demo_path(), progress=lambda done, total: bar.progress(done / total, text=f"Drawing demo photos… {done}/{total} classes"))
     bar.empty()
-    st.session_state["dataset_path"] = str(demo_path())
 
 
 def download_real_data() -> None:
@@ -56,9 +55,21 @@ def download_real_data() -> None:
         root = download_dataset(cli.data_dir(), progress=report)
     except LandmarkError as error:
         st.error(f"Download failed: {error}")
-        return
+        st.stop()
     st.session_state["dataset_path"] = str(root)
-    st.rerun()
+
+
+def _offer(root: Path | None, caption: str, missing: str, button: str, create) -> None:
+    """Use ``root`` when it exists; otherwise explain and offer the button that creates it."""
+    if root:
+        st.session_state["dataset_path"] = str(root)
+        st.caption(caption)
+        return
+    st.session_state["dataset_path"] = None
+    st.info(missing)
+    if st.button(button, type="primary", key=f"make-{button}"):
+        create()
+        st.rerun()
 
 
 def dataset_sidebar() -> None:
@@ -66,25 +77,13 @@ def dataset_sidebar() -> None:
         st.subheader("Dataset")
         choice = st.radio("Photos to work with", [DEMO, REAL, FOLDER], key="dataset_choice", label_visibility="collapsed")
         if choice == DEMO:
-            if is_complete_demo(demo_path()):
-                st.session_state["dataset_path"] = str(demo_path())
-                st.caption(f"12 landmark classes, drawn procedurally · `{demo_path()}`")
-            else:
-                st.session_state["dataset_path"] = None
-                st.info("The demo photos are not created yet.")
-                if st.button("Create demo data", type="primary", key="create_demo"):
-                    create_demo_data()
-                    st.rerun()
+            _offer(demo_path() if is_complete_demo(demo_path()) else None,
+                   f"12 landmark classes, drawn procedurally · `{demo_path()}`",
+                   "The demo photos are not created yet.", "Create demo data", create_demo_data)
         elif choice == REAL:
             root = real_path()
-            if root:
-                st.session_state["dataset_path"] = str(root)
-                st.caption(f"`{root}`")
-            else:
-                st.session_state["dataset_path"] = None
-                st.info("Not downloaded yet (about 4996 train and 1250 test photos).")
-                if st.button("Download", type="primary", key="download_real"):
-                    download_real_data()
+            _offer(root, f"`{root}`", "Not downloaded yet (about 4996 train and 1250 test photos).", "Download",
+                   download_real_data)
         else:
             folder = st.text_input("Folder with train/ and test/ (or class folders)", key="dataset_folder")
             if folder:
