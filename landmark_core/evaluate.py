@@ -69,7 +69,7 @@ def coverage_curve(probs: np.ndarray, labels: np.ndarray) -> list[dict]:
     return rows
 
 
-def choose_threshold(curve: list[dict], target_accuracy: float = 0.95, min_accepted: int = 10) -> float:
+def choose_threshold(curve: list[dict], target_accuracy: float = 0.98, min_accepted: int = 10) -> float:
     """The lowest threshold whose accepted predictions reach ``target_accuracy`` (the most coverage at that accuracy).
 
     Accuracies measured on fewer than ``min_accepted`` images are not trusted;

@@ -20,7 +20,7 @@ m[0].metric("Top-1 accuracy", f"{evaluation['top1']:.1%}")
 m[1].metric("Top-5 accuracy", f"{evaluation['top5']:.1%}")
 m[2].metric("Test images", evaluation["num_images"])
 m[3].metric("Suggested tag threshold", f"{evaluation['default_threshold']:.2f}",
-            help="The lowest confidence at which predictions on the validation split are ≥95% right.")
+            help="The lowest confidence at which predictions on the validation split are ≥98% right.")
 if evaluation.get("skipped_images"):
     st.caption(f"{len(evaluation['skipped_images'])} unreadable files were skipped.")
 
