@@ -80,6 +80,29 @@ def cmd_data_download(args) -> int:
     return 0
 
 
+def cmd_data_import(args) -> int:
+    from .data import scan_dataset
+    from .download import find_dataset_root, safe_extract
+    archive = Path(args.zip)
+    if not archive.is_file():
+        raise LandmarkError(f"no such file: {archive}")
+    target = data_dir() / (args.name or archive.stem)
+    safe_extract(archive, target)
+    try:
+        try:
+            root = find_dataset_root(target)
+        except LandmarkError:  # no train/: class folders directly
+            root = target
+        dataset = scan_dataset(root)
+    except LandmarkError:
+        import shutil
+        shutil.rmtree(target, ignore_errors=True)  # not a dataset: leave nothing behind
+        raise
+    print(root)
+    print(f"{dataset.num_classes} classes, {len(dataset.train)} train / {len(dataset.test)} test files", file=sys.stderr)
+    return 0
+
+
 def cmd_data_stats(args) -> int:
     from .data import dataset_report, scan_dataset
     dataset = scan_dataset(resolve_data(args.data))
@@ -230,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--out", help="folder to put landmark_images/ in (default: artifacts/data)")
     download.add_argument("--url", help="download from this URL instead")
     download.set_defaults(func=cmd_data_download)
+    imported = data.add_parser("import", help="unpack a zip of photos (train/ and test/ or class folders) safely")
+    imported.add_argument("zip")
+    imported.add_argument("--name", help="folder name under artifacts/data (default: the zip's name)")
+    imported.set_defaults(func=cmd_data_import)
     stats = data.add_parser("stats", help="counts per class and split, unreadable files and duplicates")
     stats.add_argument("data", help="dataset folder, or 'demo'")
     stats.add_argument("--json", action="store_true")

@@ -169,3 +169,23 @@ def test_corrupt_zip_is_refused(tmp_path):
     (tmp_path / "a.zip").write_bytes(b"PK\x03\x04 garbage")
     with pytest.raises(ArchiveError, match="not a valid zip"):
         safe_extract(tmp_path / "a.zip", tmp_path / "out")
+
+
+def test_import_of_a_user_zip_from_the_cli(tmp_path):
+    import subprocess
+    import sys
+    good, bad = tmp_path / "mine.zip", tmp_path / "evil.zip"
+    good.write_bytes(dataset_zip())
+    bad.write_bytes(_zip([("photos/0.jpg", jpeg_bytes(), None), ("../../escape.txt", b"x", None)]))
+    env = {**os.environ, "LANDMARK_ARTIFACTS": str(tmp_path / "artifacts")}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "landmark_core", "data", "import", *map(str, args)],
+                                       capture_output=True, text=True, env=env, timeout=120)
+    ok = run(good)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip().endswith("mine/landmark_images") and "2 classes, 6 train / 4 test" in ok.stderr
+    refused = run(bad)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: archive refused")
+    assert not (tmp_path / "artifacts" / "data" / "evil").exists() and not (tmp_path / "escape.txt").exists()
+    not_photos = tmp_path / "notes.zip"
+    not_photos.write_bytes(_zip([("readme.txt", b"hello", None)]))
+    assert run(not_photos).returncode == 2 and not (tmp_path / "artifacts" / "data" / "notes").exists()

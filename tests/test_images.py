@@ -2,7 +2,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, features
 
 from landmark_core.errors import ImageError
 from landmark_core.images import load_rgb, load_square, resize_short_side, center_crop
@@ -16,7 +16,9 @@ def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF",
+                                 pytest.param("AVIF", marks=pytest.mark.skipif(not features.check("avif"),
+                                                                                reason="this Pillow has no AVIF"))])
 def test_every_common_format_decodes_to_rgb(fmt):
     image = load_rgb(encode(noise_image(), fmt))
     assert image.mode == "RGB" and image.size == (64, 48)
@@ -92,3 +94,26 @@ def test_path_that_is_missing_or_a_folder(tmp_path):
         load_rgb(tmp_path)
     with pytest.raises(ImageError, match="not a file"):
         load_rgb(tmp_path / "missing.jpg")
+
+
+def test_content_decides_not_the_extension(tmp_path):
+    path = tmp_path / "actually-a-png.jpg"
+    noise_image().save(path, format="PNG")
+    assert load_rgb(path).size == (64, 48)
+
+
+def test_uploads_are_checked_by_size_and_content():
+    from landmark_core.images import check_upload
+    assert check_upload(encode(noise_image(), "PNG"), "ok.png").format == "PNG"
+    with pytest.raises(ImageError, match="over the 1 MiB limit"):
+        check_upload(b"\0" * (2 << 20), "big.jpg", max_bytes=1 << 20)
+    with pytest.raises(ImageError, match="fake.jpg: not an image"):
+        check_upload(b"%PDF-1.4 not a photo", "fake.jpg")
+    with pytest.raises(ImageError, match="not accepted"):
+        check_upload(encode(noise_image(), "PPM"), "odd.ppm")
+
+
+def test_large_legal_photo_decodes_at_reduced_size():
+    data = encode(Image.new("RGB", (6000, 4000), (10, 120, 200)), "JPEG")
+    image = load_rgb(data, min_side=256)
+    assert min(image.size) >= 256 and image.size[0] <= 1500
