@@ -156,7 +156,7 @@ def cmd_train(args) -> int:
         return 0
     print(run_dir, flush=True)
     train(run_dir, resume=resume, callbacks=[ConsoleProgress(lambda line: print(line, file=sys.stderr, flush=True))],
-          progress=lambda stage, done, total: ProgressBar(stage)(done, total) if done in (total,) else None)
+          progress=lambda stage, done, total: ProgressBar(stage)(done, total) if done == total else None)
     from .fileio import read_json
     evaluation = read_json(run_dir / "evaluation.json") or {}
     if evaluation:

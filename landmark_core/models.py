@@ -165,8 +165,6 @@ def scratch_cnn(num_classes: int, *, pretrained: bool = False, weights_path: str
     * dropout before the single linear layer is the main regulariser, next to
       label smoothing and augmentation in the training recipe.
     """
-    if pretrained and weights_path is None:
-        pass  # nothing pretrained exists for our own architecture; "pretrained" is meaningless here
     if depth < 1 or width < 1:
         raise ModelError("scratch_cnn needs width >= 1 and depth >= 1")
     layers: list[nn.Module] = [nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]

@@ -177,10 +177,10 @@ def tagged_bytes(data: bytes, decision: TagDecision) -> tuple[bytes, str | None]
     return data, xmp_sidecar(decision)
 
 
-def write_tagged(source: Path, destination: Path, decision: TagDecision) -> Path:
-    """Write the tagged copy (and sidecar) atomically; returns the photo's path."""
-    data, sidecar = tagged_bytes(source.read_bytes(), decision)
-    if destination != source or data != source.read_bytes():
+def write_tagged(original: bytes, destination: Path, decision: TagDecision) -> Path:
+    """Write the tagged photo (and sidecar) atomically; returns the photo's path."""
+    data, sidecar = tagged_bytes(original, decision)
+    if data != original or not destination.exists():  # a sidecar-only format tagged in place stays untouched
         write_bytes_atomic(destination, data)
     if sidecar is not None:
         write_bytes_atomic(destination.with_name(destination.name + ".xmp"), sidecar.encode("utf-8"))
@@ -263,7 +263,7 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
                 decision = TagDecision("unreadable", error=str(error))
             if decision.status == "tagged":
                 destination = path if in_place else out_dir / path.relative_to(base)
-                write_tagged(path, destination, decision)
+                write_tagged(data, destination, decision)
                 row["output"] = str(destination)
                 if in_place:  # the file changed: record its new identity so a re-run skips it
                     stat = path.stat()

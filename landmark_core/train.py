@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from . import data as data_lib
 from .errors import LandmarkError, RunError, TrainingCancelled
-from .fileio import append_jsonl, read_json, read_jsonl, save_atomic, write_json_atomic
+from .fileio import append_jsonl, read_json, read_jsonl, save_atomic, write_bytes_atomic, write_json_atomic
 from .models import LandmarkNet, build_model, get_spec
 from .runs import new_run_dir, now_iso, write_status
 
@@ -235,7 +235,7 @@ class FeatureBatches:
 
 
 class Engine:
-    """The training loop. State a callback may read: ``epoch``, ``batch``, ``history``, ``last``, ``model``."""
+    """The training loop. State a callback may read: ``epoch``, ``batch``, ``last``, ``model``, ``config``."""
 
     def __init__(self, config: TrainConfig, model: LandmarkNet, data: PreparedData, device: torch.device,
                  callbacks: Sequence[Callback] = ()):
@@ -252,7 +252,6 @@ class Engine:
         self.scheduler = self._make_scheduler()
         self.epoch = 0  # epochs completed
         self.batch = 0
-        self.history: list[dict] = []
         self.last: dict = {}
         self.best_val_acc = -1.0
         self._feature_batches: dict[str, FeatureBatches] = {}
@@ -355,7 +354,6 @@ class Engine:
                      "val_top5": val["top5"], "lr": self.optimizer.param_groups[0]["lr"],
                      "backbone_frozen": network is not self.model or self.epoch <= c.freeze_epochs,
                      "epoch_seconds": time.time() - epoch_start, "elapsed": time.time() - self.started}
-        self.history.append(self.last)
         self.fire("on_epoch_end")
 
     # -- state
@@ -474,8 +472,7 @@ def _raise_cancel(signum, frame):
 
 def _restrict_metrics(path: Path, epoch: int) -> None:
     """On resume, drop records of the epoch that was interrupted (it is trained again)."""
-    kept = [r for r in read_jsonl(path) if r.get("epoch", 0) <= epoch and not (r.get("kind") == "batch" and r["epoch"] > epoch)]
-    from .fileio import write_bytes_atomic
+    kept = [r for r in read_jsonl(path) if r.get("epoch", 0) <= epoch]
     write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 

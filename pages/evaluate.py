@@ -1,4 +1,5 @@
 import altair as alt
+import pandas as pd
 import streamlit as st
 
 from landmark_core.fileio import read_json
@@ -87,7 +88,6 @@ for i, row in enumerate(losses.itertuples()):
 st.subheader("Confidence threshold: coverage vs accuracy")
 curve = evaluation["coverage_curve"]["validation"]
 if curve:
-    import pandas as pd
     frame = pd.DataFrame(curve).melt(id_vars="threshold", value_vars=["coverage", "accuracy"])
     st.altair_chart(alt.Chart(frame).mark_line(point=True).encode(
         x="threshold:Q", y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1])), color="variable:N",
