@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from landmark_core.allocator import keep_freed_memory
+
 from . import suites
 from .common import demo_dataset, machine
 
@@ -24,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="markdown file to write (default: BENCHMARKS.md; none with --smoke)")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as every training process does (landmark_core.train.train)
     scale = suites.SMOKE if args.smoke else suites.FULL
     out = Path(args.out) if args.out else (None if args.smoke else Path("BENCHMARKS.md"))
     chosen = args.only or NAMES

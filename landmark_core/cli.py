@@ -132,6 +132,7 @@ def _config_from_args(args):
     values = dict(data=resolve_data(args.data), model=args.model, image_size=args.image_size, batch_size=args.batch_size,
                   epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
                   scheduler=args.scheduler, label_smoothing=args.label_smoothing, augment=args.augment,
+                  augmentation=args.augmentation,
                   freeze_epochs=args.freeze_epochs, seed=args.seed, device=args.device, weights_path=args.weights,
                   pretrained=not args.no_pretrained, early_stopping_patience=args.early_stopping,
                   cache_features=not args.no_feature_cache)
@@ -235,6 +236,7 @@ def cmd_models(args) -> int:
 # --- parser -----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data import AUGMENTATIONS
     from .models import list_models
     from .train import OPTIMIZERS, SCHEDULERS
 
@@ -274,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=float)
     train.add_argument("--label-smoothing", type=float)
     train.add_argument("--augment", type=float, help="augmentation strength 0-1")
+    train.add_argument("--augmentation", choices=AUGMENTATIONS,
+                       help="full: random resized crop, flip, colour jitter; crop_flip: random crop + flip (fastest)")
     train.add_argument("--freeze-epochs", type=int, help="epochs with the pretrained backbone frozen")
     train.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE")
     train.add_argument("--no-feature-cache", action="store_true", help="recompute frozen backbone features every epoch")

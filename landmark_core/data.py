@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,19 +163,46 @@ class DecodedSplit:
         return int(self.images.shape[1])
 
 
-def _decode_one(sample: Sample, side: int) -> np.ndarray | str:
+_pending_cache_writes: dict[Path, threading.Thread] = {}
+_pending_lock = threading.Lock()
+
+
+def _write_cache(array_path: Path, meta_path: Path, split: "DecodedSplit") -> None:
     try:
-        return load_square(sample.path, side)
-    except ImageError as error:
-        return str(error)
+        with atomic_path(array_path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, split.images)
+        write_json_atomic(meta_path, {"labels": split.labels.tolist(), "paths": split.paths, "skipped": split.skipped})
+    except OSError:
+        pass  # a cache we cannot write only costs speed next time
+
+
+def _write_cache_in_background(array_path: Path, meta_path: Path, split: "DecodedSplit") -> None:
+    """Write (and fsync) the cache while training already uses the decoded array.
+
+    Not a daemon thread: the interpreter waits for it at exit, so a finished
+    write is never cut off; readers of the same file wait for it too.
+    """
+    thread = threading.Thread(target=_write_cache, args=(array_path, meta_path, split), name="landmark-cache-write")
+    with _pending_lock:
+        _pending_cache_writes[array_path] = thread
+    thread.start()
+
+
+def wait_for_cache_writes(array_path: Path | None = None) -> None:
+    with _pending_lock:
+        threads = [t for p, t in _pending_cache_writes.items() if array_path is None or p == array_path]
+    for thread in threads:
+        thread.join()
 
 
 def decode_split(samples: Sequence[Sample], side: int, *, cache_dir: Path | None = None,
                  workers: int | None = None, progress: ProgressFn | None = None) -> DecodedSplit:
     """Decode ``samples`` to ``side``x``side`` squares, reusing (or writing) a memory-mapped cache."""
-    key = content_key(samples, "decoded-v1", side)
+    key = content_key(samples, "decoded-v2", side)
     if cache_dir is not None:
         array_path, meta_path = cache_dir / f"decoded-{key}.npy", cache_dir / f"decoded-{key}.json"
+        wait_for_cache_writes(array_path)
         meta = read_json(meta_path)
         if meta is not None and array_path.exists():
             images = np.load(array_path, mmap_mode="r")
@@ -183,29 +211,28 @@ def decode_split(samples: Sequence[Sample], side: int, *, cache_dir: Path | None
             return DecodedSplit(images, np.asarray(meta["labels"], dtype=np.int64), meta["paths"], meta["skipped"])
 
     images = np.empty((len(samples), side, side, 3), dtype=np.uint8)
-    ok = np.zeros(len(samples), dtype=bool)
-    skipped: dict[str, str] = {}
-    workers = workers or min(8, (os.cpu_count() or 1) + 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL while decoding
-        for i, result in enumerate(pool.map(lambda s: _decode_one(s, side), samples, chunksize=16)):
-            if isinstance(result, str):
-                skipped[samples[i].path] = result
-            else:
-                images[i], ok[i] = result, True
-            if progress and (i % 32 == 31 or i == len(samples) - 1):
-                progress(i + 1, len(samples))
-    images = images[ok]
-    labels = np.array([s.label for s, good in zip(samples, ok) if good], dtype=np.int64)
-    paths = [s.path for s, good in zip(samples, ok) if good]
-    if cache_dir is not None:
+    errors: list[str | None] = [None] * len(samples)
+
+    def decode(i: int) -> None:  # each worker writes its own row: no copies through the main thread
         try:
-            with atomic_path(array_path) as tmp:
-                with open(tmp, "wb") as handle:
-                    np.save(handle, images)
-            write_json_atomic(meta_path, {"labels": labels.tolist(), "paths": paths, "skipped": skipped})
-        except OSError:
-            pass  # a cache we cannot write only costs speed next time
-    return DecodedSplit(images, labels, paths, skipped)
+            images[i] = load_square(samples[i].path, side)
+        except ImageError as error:
+            errors[i] = str(error)
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow and torch release the GIL while resampling
+        for done, _ in enumerate(pool.map(decode, range(len(samples)), chunksize=16), start=1):
+            if progress and (done % 32 == 0 or done == len(samples)):
+                progress(done, len(samples))
+    ok = np.array([error is None for error in errors], dtype=bool)
+    if not ok.all():
+        images = images[ok]
+    split = DecodedSplit(images, np.array([s.label for s, good in zip(samples, ok) if good], dtype=np.int64),
+                         [s.path for s, good in zip(samples, ok) if good],
+                         {s.path: error for s, error in zip(samples, errors) if error is not None})
+    if cache_dir is not None:
+        _write_cache_in_background(array_path, meta_path, split)
+    return split
 
 
 def channel_stats(split: DecodedSplit, cache_dir: Path | None = None) -> tuple[list[float], list[float]]:
@@ -252,8 +279,12 @@ def center_crop_batch(batch: torch.Tensor, size: int) -> torch.Tensor:
 _LUMA = (0.299, 0.587, 0.114)
 
 
-def augment_batch(batch: torch.Tensor, size: int, strength: float, generator: torch.Generator) -> torch.Tensor:
+def augment_batch(batch: torch.Tensor, size: int, strength: float, generator: torch.Generator,
+                  normalize: tuple[Sequence[float], Sequence[float]] | None = None) -> torch.Tensor:
     """Random resized crop, flip and colour jitter for a whole float batch (N,3,S,S) in 0-1.
+
+    Returns values in 0-1, or ``(x - mean) / std`` with ``normalize=(mean, std)``
+    (folded into the colour matrix, so it costs no extra pass).
 
     ``strength`` 0 gives the centre crop, 1 the full recipe. Two passes over the
     pixels do everything, which matters on CPUs: one ``grid_sample`` for the
@@ -292,8 +323,40 @@ def augment_batch(batch: torch.Tensor, size: int, strength: float, generator: to
     matrix = (saturation * (c * b)[:, None, None]).to(device)
     mean = out.mean(dim=(1, 2, 3)) * b.to(device)
     offset = ((1 - c).to(device) * mean)[:, None, None].expand(n, 3, 1)  # saturation rows sum to 1
+    low, high = [0.0] * 3, [1.0] * 3
+    if normalize is not None:  # (M x + v - m) / s = (M / s) x + (v - m) / s, clamped to where 0 and 1 land
+        channel_mean, channel_std = (torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1) for v in normalize)
+        matrix, offset = matrix / channel_std, (offset - channel_mean) / channel_std
+        low = [(0 - m) / s for m, s in zip(*normalize)]
+        high = [(1 - m) / s for m, s in zip(*normalize)]
     out = torch.baddbmm(offset, matrix, out.reshape(n, 3, -1)).reshape(n, 3, size, size)
-    return out.clamp_(0, 1)
+    for channel in range(3):  # in place, per channel plane: one cheap pass instead of a broadcast clamp
+        out[:, channel].clamp_(low[channel], high[channel])
+    return out
+
+
+def crop_flip_batch(pixels: torch.Tensor, size: int, generator: torch.Generator | None) -> torch.Tensor:
+    """The classic recipe on uint8 (N,S,S,3): a random ``size`` crop and a coin-flip mirror per image.
+
+    No resampling, so it is only copies: the cheapest augmentation there is.
+    Without a generator it is the centre crop (a view, no copy).
+    """
+    n, side = pixels.shape[0], pixels.shape[1]
+    if generator is None:
+        offset = (side - size) // 2
+        return pixels[:, offset:offset + size, offset:offset + size]
+    offsets = torch.randint(0, side - size + 1, (n, 2), generator=generator).tolist()
+    flips = (torch.rand(n, generator=generator) < 0.5).tolist()
+    out = torch.empty((n, size, size, 3), dtype=torch.uint8, device=pixels.device)
+    for i, ((top, left), flip) in enumerate(zip(offsets, flips)):
+        crop = pixels[i, top:top + size, left:left + size]
+        out[i] = crop.flip(1) if flip else crop
+    return out
+
+
+#: ``full``: random resized crop, flip and colour jitter, scaled by the strength.
+#: ``crop_flip``: the classic random crop + flip, done on uint8 without resampling (fastest on CPUs).
+AUGMENTATIONS = ("full", "crop_flip")
 
 
 class BatchLoader:
@@ -305,11 +368,17 @@ class BatchLoader:
 
     def __init__(self, split: DecodedSplit, *, batch_size: int, image_size: int, mean: Sequence[float],
                  std: Sequence[float], device: torch.device | str = "cpu", shuffle: bool = False,
-                 augment: float = 0.0, seed: int = 0, channels_last: bool = False):
+                 augment: float = 0.0, augmentation: str = "full", seed: int = 0, channels_last: bool = False):
+        if augmentation not in AUGMENTATIONS:
+            raise DataError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, not {augmentation!r}")
         self.split, self.batch_size, self.image_size = split, batch_size, image_size
         self.device, self.shuffle, self.augment, self.seed = torch.device(device), shuffle, augment, seed
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.augmentation = augmentation
+        self.normalization = ([float(m) for m in mean], [float(s) for s in std])
+        mean_t = torch.tensor(self.normalization[0], dtype=torch.float32, device=self.device)
+        std_t = torch.tensor(self.normalization[1], dtype=torch.float32, device=self.device)
+        # uint8 in HWC order straight to normalised float: x / (255 std) - mean / std, one pass
+        self.pixel_scale, self.pixel_shift = 1 / (255 * std_t), -mean_t / std_t
         self.channels_last = channels_last
         self.epoch = 0
 
@@ -331,12 +400,15 @@ class BatchLoader:
 
     def prepare(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """uint8 (N,S,S,3) → normalised float (N,3,size,size) on the device."""
-        batch = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-        if self.augment > 0 and generator is not None:
-            batch = augment_batch(batch, self.image_size, self.augment, generator)
+        pixels = pixels.to(self.device, non_blocking=True)
+        augmenting = self.augment > 0 and generator is not None
+        if augmenting and self.augmentation == "full":
+            batch = augment_batch(pixels.permute(0, 3, 1, 2).float().div_(255), self.image_size, self.augment, generator,
+                                  normalize=self.normalization)
         else:
-            batch = center_crop_batch(batch, self.image_size)
-        batch = (batch - self.mean) / self.std
+            crops = crop_flip_batch(pixels, self.image_size, generator if augmenting else None)
+            # computed in HWC order, so the NCHW view of the result is already channels-last memory
+            batch = torch.addcmul(self.pixel_shift, crops, self.pixel_scale).permute(0, 3, 1, 2)
         return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.contiguous()
 
 

@@ -17,7 +17,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from . import data as data_lib
 from .errors import RunError
 from .fileio import read_json, write_json_atomic
-from .models import LandmarkNet, build_model
+from .models import LandmarkNet, build_model, inference_batch_size
 
 THRESHOLDS = [round(t, 2) for t in np.arange(0.0, 1.0, 0.05)]
 
@@ -43,9 +43,10 @@ def load_run_model(run_dir: Path, checkpoint: str = "best", device: torch.device
 
 @torch.no_grad()
 def predict_split(model: LandmarkNet, split: data_lib.DecodedSplit, *, image_size: int, mean, std,
-                  device, batch_size: int = 64) -> np.ndarray:
+                  device, batch_size: int | None = None) -> np.ndarray:
     """Softmax probabilities (N, C) for a decoded split, centre-cropped as at inference."""
-    loader = data_lib.BatchLoader(split, batch_size=batch_size, image_size=image_size, mean=mean, std=std, device=device)
+    loader = data_lib.BatchLoader(split, batch_size=batch_size or inference_batch_size(device), image_size=image_size,
+                                  mean=mean, std=std, device=device, channels_last=True)
     model.eval()
     outputs = [F.softmax(model(inputs).float(), dim=1).cpu() for inputs, _ in loader]
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0))

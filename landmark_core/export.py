@@ -24,6 +24,8 @@ from .fileio import read_json, save_atomic, sha256_file, write_json_atomic
 from .runs import runs_dir
 
 MODEL_FILE = "model.ts"
+#: What a frozen export keeps besides ``forward``: readers of the file use them.
+PRESERVED_ATTRIBUTES = ["class_names", "image_size", "resize_size", "preprocess"]
 EXPORT_META = "export.json"
 
 
@@ -94,7 +96,8 @@ def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float = 1e-4)
     wrapper = build_exportable(run_dir, checkpoint)
     with warnings.catch_warnings():  # TorchScript is deprecated upstream but is what the product ships
         warnings.simplefilter("ignore", FutureWarning)
-        scripted = torch.jit.script(wrapper)
+        # Freezing inlines the weights and folds each BatchNorm into its convolution: +10-25% CPU throughput.
+        scripted = torch.jit.freeze(torch.jit.script(wrapper), preserved_attrs=PRESERVED_ATTRIBUTES)
     path = run_dir / MODEL_FILE
     save_atomic(path, lambda tmp: scripted.save(str(tmp)))
     with warnings.catch_warnings():

@@ -131,9 +131,23 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
 
 
 def load_square(source: ImageSource, size: int) -> np.ndarray:
-    """Decode, resize the short side to ``size`` and centre-crop: an HxWx3 uint8 array."""
-    image = load_rgb(source, min_side=size)
-    return np.asarray(center_crop(resize_short_side(image, size), size), dtype=np.uint8)
+    """Decode, resize the short side to ``size`` and centre-crop: a ``size``x``size``x3 uint8 array.
+
+    The resize is torch's antialiased bilinear on uint8, the same filter the
+    exported model applies to uploads (and ~2x faster than Pillow's here).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    pixels = torch.from_numpy(np.array(load_rgb(source, min_side=size), dtype=np.uint8))
+    height, width = pixels.shape[:2]
+    scale = size / min(height, width)
+    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+    # a (1, 3, H, W) channels-last view of the HWC array: torch's fast uint8 kernel, and HWC memory comes back
+    resized = F.interpolate(pixels[None].permute(0, 3, 1, 2), size=(new_h, new_w), mode="bilinear",
+                            align_corners=False, antialias=True)[0].permute(1, 2, 0)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return np.ascontiguousarray(resized[top:top + size, left:left + size].numpy())
 
 
 #: Largest upload the app accepts per file.

@@ -24,9 +24,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import data as data_lib
+from .allocator import keep_freed_memory
 from .errors import LandmarkError, RunError, TrainingCancelled
 from .fileio import append_jsonl, read_json, read_jsonl, save_atomic, write_bytes_atomic, write_json_atomic
-from .models import LandmarkNet, build_model, get_spec
+from .models import LandmarkNet, build_model, folded_for_inference, get_spec, inference_batch_size
 from .runs import new_run_dir, now_iso, write_status
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -49,6 +50,7 @@ class TrainConfig:
     warmup_epochs: float | None = None
     label_smoothing: float | None = None
     augment: float | None = None
+    augmentation: str | None = None  # "full" or "crop_flip" (data.AUGMENTATIONS)
     freeze_epochs: int | None = None
     backbone_lr_scale: float | None = None
     freeze_batchnorm: bool | None = None
@@ -67,7 +69,7 @@ class TrainConfig:
     channels_last: bool = True  # ~1.5x faster convolutions on CPU (oneDNN) and on tensor-core GPUs
 
     _FALLBACKS = {"image_size": 224, "batch_size": 64, "epochs": 10, "optimizer": "adamw", "lr": 1e-3,
-                  "weight_decay": 1e-4, "scheduler": "cosine", "label_smoothing": 0.0, "augment": 0.5,
+                  "weight_decay": 1e-4, "scheduler": "cosine", "label_smoothing": 0.0, "augment": 0.5, "augmentation": "full",
                   "freeze_epochs": 0, "backbone_lr_scale": 1.0, "freeze_batchnorm": False, "warmup_epochs": 1.0}
 
     def resolved(self) -> "TrainConfig":
@@ -96,6 +98,8 @@ class TrainConfig:
             problems.append("lr must be positive")
         if not 0 <= self.augment <= 1:
             problems.append("augment must be between 0 and 1")
+        if self.augmentation not in data_lib.AUGMENTATIONS:
+            problems.append(f"augmentation must be one of {', '.join(data_lib.AUGMENTATIONS)}")
         if not 0 < self.val_fraction < 1:
             problems.append("val_fraction must be between 0 and 1")
         if problems:
@@ -190,27 +194,34 @@ class FeatureBatches:
 
     With the backbone frozen (and its BatchNorm in eval mode), ``head(backbone(x))``
     equals ``head(cached_features)``; so features of ``views`` augmented copies of
-    the training set are computed once (each the first time an epoch needs it,
-    so an early stop never pays for views it did not use) and epochs only run
-    the head.
+    the training set are computed once and epochs only run the head. The
+    ``epochs`` frozen epochs use the views in consecutive blocks (8 epochs, 4
+    views: 0,0,1,1,2,2,3,3), each computed when its first epoch starts, so the
+    first epochs (and an early stop) pay for as few views as possible.
     """
 
-    def __init__(self, model: LandmarkNet, loader: data_lib.BatchLoader, views: int, augment: bool):
+    def __init__(self, model: LandmarkNet, loader: data_lib.BatchLoader, views: int, augment: bool, epochs: int,
+                 backbone: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.model, self.loader, self.epoch = model, loader, 0
-        self.views = views if augment else 1
+        self.views = max(1, min(views if augment else 1, epochs))
+        self.epochs = max(1, epochs)
         self.augment = augment
         self.features: dict[int, torch.Tensor] = {}  # view -> (N, D), computed when an epoch first needs it
+        self.backbone = backbone  # the frozen backbone; by default folded for inference when first needed
         self.labels = torch.from_numpy(np.asarray(loader.split.labels))
 
     @torch.no_grad()
     def _view(self, view: int) -> torch.Tensor:
         if view not in self.features:
             self.model.backbone.eval()
+            if self.backbone is None:
+                self.backbone = folded_for_inference(self.model.backbone)
             generator = torch.Generator().manual_seed(self.loader.seed * 7919 + view) if self.augment else None
+            chunk = inference_batch_size(self.loader.device)
             chunks = []
-            for start in range(0, len(self.loader.split), self.loader.batch_size):
-                pixels = torch.from_numpy(np.ascontiguousarray(self.loader.split.images[start:start + self.loader.batch_size]))
-                chunks.append(self.model.backbone(self.loader.prepare(pixels, generator)).float())
+            for start in range(0, len(self.loader.split), chunk):
+                pixels = torch.from_numpy(np.array(self.loader.split.images[start:start + chunk]))
+                chunks.append(self.backbone(self.loader.prepare(pixels, generator)).float())
             self.features[view] = torch.cat(chunks)
         return self.features[view]
 
@@ -226,7 +237,7 @@ class FeatureBatches:
         self.epoch = epoch
 
     def __iter__(self):
-        features = self._view(self.epoch % self.views)
+        features = self._view(min(self.views - 1, self.epoch * self.views // self.epochs))
         generator = torch.Generator().manual_seed(self.loader.seed * 100_003 + self.epoch)
         order = torch.randperm(len(features), generator=generator) if self.loader.shuffle else torch.arange(len(features))
         for start in range(0, len(order), self.loader.batch_size):
@@ -244,7 +255,8 @@ class Engine:
         self.callbacks = list(callbacks)
         loader_args = dict(batch_size=config.batch_size, image_size=config.image_size, mean=data.mean, std=data.std,
                            device=device, seed=config.seed, channels_last=config.channels_last)
-        self.train_loader = data_lib.BatchLoader(data.train, shuffle=True, augment=config.augment, **loader_args)
+        self.train_loader = data_lib.BatchLoader(data.train, shuffle=True, augment=config.augment,
+                                                 augmentation=config.augmentation, **loader_args)
         self.val_loader = data_lib.BatchLoader(data.val, **loader_args)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.optimizer = self._make_optimizer()
@@ -303,9 +315,11 @@ class Engine:
         if not (self.backbone_frozen and self.config.cache_features):
             return self.model, self.train_loader, self.val_loader
         if not self._feature_batches:
+            backbone = folded_for_inference(self.model.backbone.eval())
             self._feature_batches = {
-                "train": FeatureBatches(self.model, self.train_loader, self.config.feature_views, self.config.augment > 0),
-                "val": FeatureBatches(self.model, self.val_loader, 1, False)}
+                "train": FeatureBatches(self.model, self.train_loader, self.config.feature_views, self.config.augment > 0,
+                                        self.config.freeze_epochs, backbone),
+                "val": FeatureBatches(self.model, self.val_loader, 1, False, self.config.freeze_epochs, backbone)}
         return self.model.head, self._feature_batches["train"], self._feature_batches["val"]
 
     # -- loop
@@ -496,6 +510,7 @@ def train(run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] 
     (a ``CANCEL`` file, SIGTERM or Ctrl-C) is an exception raised inside the loop;
     the last checkpoint stays, so ``resume=True`` continues from it.
     """
+    keep_freed_memory()
     config = TrainConfig.from_dict(read_json(run_dir / "config.json")).resolved()
     (run_dir / "CANCEL").unlink(missing_ok=True)
     started = time.time()

@@ -2,6 +2,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from landmark_core.data import AUGMENTATIONS
 from landmark_core.errors import LandmarkError
 from landmark_core.insights import curves_frame, live_progress
 from landmark_core.models import list_models, model_info
@@ -31,11 +32,14 @@ with st.expander("New training run", expanded=not list_runs()):
         augment = g.slider("Augmentation", 0.0, 1.0, float(defaults.augment), 0.1)
         freeze_epochs = h.number_input("Frozen-backbone epochs", 0, 500, defaults.freeze_epochs,
                                        disabled=model == "scratch_cnn", help="Train only the new head first (fast: features are cached).")
+        augmentation = st.radio("Augmentation recipe", AUGMENTATIONS, index=AUGMENTATIONS.index(defaults.augmentation),
+                                horizontal=True, help="full: random resized crop, flip and colour jitter, scaled by the "
+                                "strength. crop_flip: random crop and flip only, no resampling (fastest on CPUs).")
         start = st.form_submit_button("Start", type="primary")
     if start:
         config = TrainConfig(data=str(dataset), model=model, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
                              image_size=int(image_size), optimizer=optimizer, scheduler=scheduler, augment=float(augment),
-                             freeze_epochs=int(freeze_epochs))
+                             augmentation=augmentation, freeze_epochs=int(freeze_epochs))
         try:
             run_dir = create_run(config)
             launch_background(run_dir)

@@ -2,6 +2,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from landmark_core import data as data_lib
 from landmark_core.errors import DataError
@@ -103,3 +104,55 @@ def test_dataset_report_lists_unreadable_and_duplicates(tiny_dataset, tmp_path):
     assert any(len(g) == 2 and g[0].endswith(("train_0000.jpg", "copy.jpg")) for g in report["duplicates"])
     sizes = [r for r in report["images"] if r["width"]]
     assert all(r["format"] == "JPEG" for r in sizes)
+
+
+def _square_batch(tiny_dataset, side=37, count=6):
+    split = data_lib.decode_split(data_lib.scan_dataset(tiny_dataset).train[:count], side)
+    return torch.from_numpy(np.ascontiguousarray(split.images))
+
+
+def test_folded_normalisation_equals_normalising_the_augmented_batch(tiny_dataset):
+    batch = _square_batch(tiny_dataset).permute(0, 3, 1, 2).float() / 255
+    mean, std = [0.45, 0.5, 0.55], [0.2, 0.25, 0.3]
+    plain = data_lib.augment_batch(batch, 32, 1.0, torch.Generator().manual_seed(4))
+    folded = data_lib.augment_batch(batch, 32, 1.0, torch.Generator().manual_seed(4), normalize=(mean, std))
+    expected = (plain - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(folded, expected, atol=1e-5)
+    assert 0 < (plain == 1).float().mean() < 1 or 0 < (plain == 0).float().mean() < 1  # clamping happened somewhere
+
+
+def test_crop_flip_gives_exact_crops_or_their_mirror_images(tiny_dataset):
+    pixels = _square_batch(tiny_dataset)
+    out = data_lib.crop_flip_batch(pixels, 32, torch.Generator().manual_seed(0))
+    flipped = 0
+    for image, crop in zip(pixels, out):
+        windows = [image[t:t + 32, l:l + 32] for t in range(6) for l in range(6)]
+        straight = any(torch.equal(crop, w) for w in windows)
+        mirrored = any(torch.equal(crop.flip(1), w) for w in windows)
+        assert straight or mirrored
+        flipped += mirrored and not straight
+    assert 0 < flipped < len(pixels)  # seed 0 flips some, not all
+    assert torch.equal(data_lib.crop_flip_batch(pixels, 32, None), pixels[:, 2:34, 2:34])
+
+
+@pytest.mark.parametrize("augmentation", data_lib.AUGMENTATIONS)
+def test_batches_are_the_normalised_pixels_in_channels_last_layout(tiny_dataset, augmentation):
+    split = data_lib.decode_split(data_lib.scan_dataset(tiny_dataset).train[:6], 37)
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    evaluation = data_lib.BatchLoader(split, batch_size=6, image_size=32, mean=mean, std=std, channels_last=True,
+                                      augmentation=augmentation)
+    batch, _ = next(iter(evaluation))
+    crop = torch.from_numpy(np.ascontiguousarray(split.images))[:, 2:34, 2:34].permute(0, 3, 1, 2).float() / 255
+    expected = (crop - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(batch, expected, atol=1e-5)
+    training = data_lib.BatchLoader(split, batch_size=6, image_size=32, mean=mean, std=std, channels_last=True,
+                                    augmentation=augmentation, augment=1.0, shuffle=True)
+    augmented, _ = next(iter(training))
+    assert augmented.shape == batch.shape and not torch.allclose(augmented, batch)
+
+
+def test_unknown_augmentation_is_a_clear_error(tiny_dataset):
+    split = data_lib.decode_split(data_lib.scan_dataset(tiny_dataset).train[:2], 37)
+    with pytest.raises(DataError, match="augmentation must be one of"):
+        data_lib.BatchLoader(split, batch_size=2, image_size=32, mean=[0.5] * 3, std=[0.5] * 3, augmentation="mixup")

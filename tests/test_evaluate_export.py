@@ -78,3 +78,16 @@ def test_foreign_model_with_forged_hash_is_refused(trained_run, tmp_path):
     (copy / "export.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="refusing"):
         Predictor(copy)
+
+
+def test_export_is_frozen_with_batchnorm_folded_and_matches_the_eager_model(trained_run):
+    import torch
+    from landmark_core.export import build_exportable, load_exported
+    module, meta = load_exported(trained_run)
+    assert module.class_names == TINY_CLASSES and module.image_size == meta["image_size"]
+    graph = str(module.graph) + "".join(str(m.graph) for m in module.modules() if hasattr(m, "graph"))
+    assert "batch_norm" not in graph  # folded into the convolutions
+    eager = build_exportable(trained_run)
+    batch = torch.randint(0, 256, (5, 3, 61, 90), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(module(batch), eager(batch), atol=1e-5)

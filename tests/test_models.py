@@ -7,7 +7,7 @@ import torch
 
 from landmark_core.errors import ModelError
 from landmark_core.export import ExportedClassifier
-from landmark_core.models import build_model, get_spec, list_models, model_info
+from landmark_core.models import build_model, folded_for_inference, get_spec, list_models, model_info
 
 SMALL = {"scratch_cnn": {"width": 8, "depth": 2}}
 
@@ -45,6 +45,21 @@ def test_torchscript_round_trip(model_name, tmp_path):
     assert eager.shape == (4,) and abs(float(eager.sum()) - 1) < 1e-5
     assert torch.allclose(eager, script, atol=1e-5) and torch.allclose(eager, reloaded, atol=1e-5)
     assert list(loaded.class_names) == ["a", "b", "c", "d"]
+
+
+def test_folded_inference_copy_matches_the_eager_backbone(model_name):
+    model = build_model(model_name, 3, pretrained=False, **SMALL.get(model_name, {})).eval()
+    for module in model.modules():  # non-trivial BatchNorm statistics, so folding has something to get right
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    folded = folded_for_inference(model.backbone)
+    assert isinstance(folded, torch.jit.ScriptModule)
+    assert "batch_norm" not in str(folded.graph)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model.backbone(x), atol=1e-4)
+    assert folded_for_inference(model.backbone.train()) is model.backbone  # training mode: left alone
 
 
 def test_model_info_has_metadata(model_name):

@@ -95,6 +95,26 @@ def test_cached_features_train_the_head_exactly_like_recomputed_ones(tiny_datase
     assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("backbone"))
 
 
+def test_feature_views_are_used_in_blocks_and_computed_only_when_needed(tiny_dataset):
+    from landmark_core import data as data_lib
+    from landmark_core.models import build_model
+    from landmark_core.train import FeatureBatches
+    split = data_lib.decode_split(data_lib.scan_dataset(tiny_dataset).train, 37)
+    loader = data_lib.BatchLoader(split, batch_size=8, image_size=32, mean=[0.5] * 3, std=[0.25] * 3, shuffle=True,
+                                  augment=0.5)
+    model = build_model("scratch_cnn", 3, pretrained=False, width=8, depth=2)
+    model.set_backbone_trainable(False)
+    features = FeatureBatches(model, loader, views=2, augment=True, epochs=4)
+    computed = []
+    for epoch in range(4):
+        features.set_epoch(epoch)
+        batches = list(features)
+        computed.append(sorted(features.features))
+        assert sum(len(labels) for _, labels in batches) == len(split)
+    assert computed == [[0], [0], [0, 1], [0, 1]]
+    assert not torch.allclose(features.features[0], features.features[1])  # two different augmented views
+
+
 def test_early_stopping_ends_a_run_successfully(tiny_dataset, artifacts):
     run_dir = train_new(tiny_config(tiny_dataset, epochs=30, lr=1e-9, early_stopping_patience=1), artifacts,
                         evaluate_and_export=False)
