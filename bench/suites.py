@@ -250,8 +250,10 @@ def inference(scale: Scale, demo: Path, work: Path) -> Table:
                            f"{label}, batch {b}: {rate:.1f} img/s = {100 * rate * flops / fp32:.0f}%"
                            for (label, b), rate in rates.items()) + ". "
                        f"Best: {best[0]}, batch {best[1]}, at {100 * rates[best] * flops / fp32:.0f}% of the matmul rate. "
-                       "Freezing folds BatchNorm into the convolutions; small batches keep activations in the CPU's caches. "
-                       "EfficientNet's depthwise convolutions are memory-bound on CPUs, which caps this share.")
+                       "Freezing folds BatchNorm into the convolutions (export_run writes frozen files). This process "
+                       "runs with the tuned allocator; with glibc's defaults large CPU batches pay fresh page faults and "
+                       "batch 8 is the fastest. EfficientNet's depthwise convolutions are memory-bound on CPUs, which caps "
+                       "this share.")
     return table
 
 
@@ -304,18 +306,30 @@ def time_to_accuracy(scale: Scale, demo: Path, work: Path) -> Table:
         results[name] = (seconds, acc >= scale.tta_target)
         table.add("ours, default settings", name, "yes" if acc >= scale.tta_target else "no", epoch, seconds, acc, "")
 
-    for name, label in (("efficientnet_lite0", "course recipe: Resize 256/crop 224, Adam 1e-3, frozen backbone recomputed"),):
-        seconds, epoch, acc = _course_recipe(scale, demo, name)
+    name, recipe = "efficientnet_lite0", "course recipe: Resize 256/crop 224, Adam 1e-3, frozen backbone recomputed"
+    for where, run in (("as it runs (a fresh process, glibc malloc defaults)", _course_recipe_in_fresh_process),
+                       ("with our allocator tuning (this process)", _course_recipe)):
+        seconds, epoch, acc = run(scale, demo, name)
         reached = acc >= scale.tta_target
-        ours = results[name][0]
-        table.add(label, name, "yes" if reached else f"no (budget {scale.tta_budget_s:.0f}s)", epoch, seconds, acc,
-                  f"{seconds / ours:.1f}x" + ("" if reached else " or more"))
+        table.add(f"{recipe}, {where}", name, "yes" if reached else f"no (budget {scale.tta_budget_s:.0f}s)", epoch,
+                  seconds, acc, f"{seconds / results[name][0]:.1f}x" + ("" if reached else " or more"))
+    table.notes.append("Each recipe evaluates the test split after every epoch and stops at the target; that evaluation "
+                       "is in the time. Library imports happen before any clock starts. Our training processes raise "
+                       "glibc's malloc thresholds (landmark_core.allocator); the course recipe is timed both without "
+                       "that (as the course ran it) and with it.")
     return table
+
+
+def _course_recipe_in_fresh_process(scale: Scale, demo: Path, name: str) -> tuple[float, int, float]:
+    import multiprocessing
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_course_recipe, (scale, demo, name))
 
 
 def _course_recipe(scale: Scale, demo: Path, name: str) -> tuple[float, int, float]:
     """The course project's transfer recipe: per-sample PIL transforms, frozen backbone recomputed, Adam on the head."""
     from torchvision import datasets, transforms
+    get_spec(name).preprocessing  # imports timm before the clock starts
     started = time.perf_counter()
     size = scale.image_size
     spec = get_spec(name).preprocessing

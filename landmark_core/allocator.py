@@ -33,3 +33,8 @@ def keep_freed_memory(mmap_threshold: int = 1 << 30, trim_threshold: int = 2 << 
         except (AttributeError, OSError):  # not glibc (musl, other libcs): nothing to tune
             _applied = False
     return _applied
+
+
+def freed_memory_is_kept() -> bool:
+    """Whether :func:`keep_freed_memory` took effect in this process."""
+    return bool(_applied)
