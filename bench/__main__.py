@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     if out:
         header = (f"# Benchmarks\n\nRegenerate with `{command}` (or `make bench`).\n\n"
                   f"Machine: {machine()}. Run {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.\n"
-                  "Every figure is compared with a baseline measured in the same run.\n\n")
+                  "Every figure is compared with a baseline measured in the same run. Like every training process, "
+                  "this one keeps freed memory for reuse (glibc malloc thresholds raised, landmark_core.allocator); "
+                  "baselines run under the same setting unless a row says otherwise.\n\n")
         out.write_text(header + "\n".join(sections))
         print(f"wrote {out}", file=sys.stderr)
     return 0
