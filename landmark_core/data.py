@@ -175,6 +175,10 @@ def _write_cache(array_path: Path, meta_path: Path, split: "DecodedSplit") -> No
         write_json_atomic(meta_path, {"labels": split.labels.tolist(), "paths": split.paths, "skipped": split.skipped})
     except OSError:
         pass  # a cache we cannot write only costs speed next time
+    finally:
+        with _pending_lock:
+            if _pending_cache_writes.get(array_path) is threading.current_thread():
+                del _pending_cache_writes[array_path]
 
 
 def _write_cache_in_background(array_path: Path, meta_path: Path, split: "DecodedSplit") -> None:
@@ -268,12 +272,6 @@ def channel_stats(split: DecodedSplit, cache_dir: Path | None = None) -> tuple[l
 def cache_side_for(image_size: int) -> int:
     """The decode size: the classic Resize(256)/Crop(224) ratio, so eval is an exact centre crop."""
     return int(math.ceil(image_size / 0.875))
-
-
-def center_crop_batch(batch: torch.Tensor, size: int) -> torch.Tensor:
-    side = batch.shape[-1]
-    offset = (side - size) // 2
-    return batch[..., offset:offset + size, offset:offset + size]
 
 
 _LUMA = (0.299, 0.587, 0.114)

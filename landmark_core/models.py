@@ -81,8 +81,8 @@ def inference_batch_size(device) -> int:
 def folded_for_inference(module: nn.Module) -> nn.Module:
     """A frozen TorchScript copy of an eval-mode CPU ``module`` with BatchNorm folded into the convolutions.
 
-    EfficientNet-Lite0 features run ~1.4x faster this way on CPUs (BatchNorm is
-    a separate memory-bound pass otherwise), for ~2 s of scripting. Accelerators
+    EfficientNet-Lite0 features run 1.2-1.4x faster this way on CPUs (BatchNorm
+    is a separate memory-bound pass otherwise), for ~2 s of scripting. Accelerators
     and modules TorchScript cannot compile get the module itself.
     """
     if module.training or next(module.parameters()).device.type != "cpu":

@@ -69,8 +69,8 @@ class TrainConfig:
     channels_last: bool = True  # ~1.5x faster convolutions on CPU (oneDNN) and on tensor-core GPUs
 
     _FALLBACKS = {"image_size": 224, "batch_size": 64, "epochs": 10, "optimizer": "adamw", "lr": 1e-3,
-                  "weight_decay": 1e-4, "scheduler": "cosine", "label_smoothing": 0.0, "augment": 0.5, "augmentation": "full",
-                  "freeze_epochs": 0, "backbone_lr_scale": 1.0, "freeze_batchnorm": False, "warmup_epochs": 1.0}
+                  "weight_decay": 1e-4, "scheduler": "cosine", "label_smoothing": 0.0, "augment": 0.5,
+                  "augmentation": "full", "freeze_epochs": 0, "backbone_lr_scale": 1.0, "freeze_batchnorm": False, "warmup_epochs": 1.0}
 
     def resolved(self) -> "TrainConfig":
         """A copy with every ``None`` replaced by the model's default, validated."""
