@@ -20,11 +20,13 @@ def image_table(report: dict) -> pd.DataFrame:
 
 
 def augmentation_preview(source: ImageSource, *, strength: float, count: int = 6, image_size: int = 160,
-                         seed: int = 0) -> list[np.ndarray]:
-    """The training augmentation applied ``count`` times to one image (uint8 HxWx3 arrays)."""
-    square = load_square(source, data_lib.cache_side_for(image_size))
-    batch = torch.from_numpy(np.repeat(square[None], count, axis=0)).permute(0, 3, 1, 2).float() / 255
-    out = data_lib.augment_batch(batch, image_size, strength, torch.Generator().manual_seed(seed))
+                         seed: int = 0, augmentation: str = "full") -> list[np.ndarray]:
+    """The training augmentation (``data.AUGMENTATIONS``) applied ``count`` times to one image (uint8 HxWx3)."""
+    square = torch.from_numpy(np.repeat(load_square(source, data_lib.cache_side_for(image_size))[None], count, axis=0))
+    generator = torch.Generator().manual_seed(seed)
+    if augmentation == "crop_flip":
+        return list(data_lib.crop_flip_batch(square, image_size, generator if strength > 0 else None).numpy())
+    out = data_lib.augment_batch(square.permute(0, 3, 1, 2).float() / 255, image_size, strength, generator)
     return [(view.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for view in out]
 
 

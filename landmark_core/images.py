@@ -117,19 +117,6 @@ def load_rgb(source: ImageSource, *, min_side: int | None = None, max_pixels: in
         raise ImageError(f"{name}: corrupt or truncated image ({error})") from None
 
 
-def resize_short_side(image: Image.Image, size: int) -> Image.Image:
-    width, height = image.size
-    scale = size / min(width, height)
-    new = (max(size, round(width * scale)), max(size, round(height * scale)))
-    return image.resize(new, Image.BILINEAR, reducing_gap=None)
-
-
-def center_crop(image: Image.Image, size: int) -> Image.Image:
-    width, height = image.size
-    left, top = (width - size) // 2, (height - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
 def load_square(source: ImageSource, size: int) -> np.ndarray:
     """Decode, resize the short side to ``size`` and centre-crop: a ``size``x``size``x3 uint8 array.
 

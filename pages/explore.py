@@ -2,7 +2,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from landmark_core.data import dataset_report, scan_dataset
+from landmark_core.data import AUGMENTATIONS, dataset_report, scan_dataset
 from landmark_core.errors import LandmarkError
 from landmark_core.explore import augmentation_preview, image_table, training_stats
 from landmark_core.insights import short_label
@@ -56,10 +56,14 @@ for i, row in enumerate(sample.itertuples()):
     columns[i % 6].image(row.path, caption=f"{row.split} · {row.width}×{row.height}", width="stretch")
 
 st.subheader("Augmentation preview")
-st.caption("One training photo through the training augmentation several times (random resized crop, flip, colour).")
-strength = st.slider("Augmentation strength", 0.0, 1.0, 0.8, 0.1)
+st.caption("One training photo through the training augmentation several times: full = random resized crop, flip "
+           "and colour jitter scaled by the strength; crop_flip = random crop and flip.")
+recipe, slider = st.columns([1, 2])
+augmentation = recipe.radio("Augmentation recipe", AUGMENTATIONS, horizontal=True)
+strength = slider.slider("Augmentation strength", 0.0, 1.0, 0.8, 0.1, disabled=augmentation == "crop_flip")
 if not sample.empty:
-    views = augmentation_preview(sample.iloc[0]["path"], strength=strength, count=6, image_size=160)
+    views = augmentation_preview(sample.iloc[0]["path"], strength=strength, count=6, image_size=160,
+                                 augmentation=augmentation)
     for column, view in zip(st.columns(6), views):
         column.image(view, width="stretch")
 

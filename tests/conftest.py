@@ -51,6 +51,16 @@ def jpeg_bytes(size=(64, 48), color=(200, 30, 30), **save_args) -> bytes:
     return buffer.getvalue()
 
 
+def pillow_resize_crop(image: Image.Image, resize: int, crop: int) -> Image.Image:
+    """The classic per-image reference: Pillow bilinear resize of the short side, then a centre crop."""
+    width, height = image.size
+    scale = resize / min(width, height)
+    image = image.resize((max(resize, round(width * scale)), max(resize, round(height * scale))), Image.BILINEAR,
+                         reducing_gap=None)
+    left, top = (image.size[0] - crop) // 2, (image.size[1] - crop) // 2
+    return image.crop((left, top, left + crop, top + crop))
+
+
 def noise_image(size=(64, 48), seed=0) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))

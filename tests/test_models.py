@@ -77,11 +77,11 @@ def test_efficientnet_lite0_imagenet_weights_recognise_a_building():
     from PIL import Image
     from sklearn.datasets import load_sample_image
     from timm.data import ImageNetInfo
-    from landmark_core.images import center_crop, resize_short_side
+    from conftest import pillow_resize_crop
     from landmark_core.models import efficientnet_lite0_imagenet
 
     spec = get_spec("efficientnet_lite0").preprocessing
-    image = center_crop(resize_short_side(Image.fromarray(load_sample_image("china.jpg")), spec.resize_size), spec.input_size)
+    image = pillow_resize_crop(Image.fromarray(load_sample_image("china.jpg")), spec.resize_size, spec.input_size)
     x = (torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255 - 0.5) / 0.5
     with torch.no_grad():
         top5 = efficientnet_lite0_imagenet().eval()(x[None]).softmax(1)[0].topk(5).indices.tolist()
