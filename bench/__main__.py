@@ -2,6 +2,7 @@
 
     python -m bench            # full run on this machine (tens of minutes on 2 CPU cores)
     python -m bench --smoke    # tiny sizes, seconds: keeps the benchmarks working (CI)
+    python -m bench --only real --data DIR [DIR ...]   # real photos: class folders (train/ + test/)
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from landmark_core.allocator import keep_freed_memory
 from . import suites
 from .common import demo_dataset, machine
 
-NAMES = ["input", "frozen", "throughput", "inference", "tta"]
+NAMES = ["input", "frozen", "throughput", "inference", "tta", "real"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,11 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=NAMES, help="run only these benchmarks")
     parser.add_argument("--out", default=None, help="markdown file to write (default: BENCHMARKS.md; none with --smoke)")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--data", nargs="+", default=[], metavar="DIR",
+                        help="real-photo datasets for the 'real' benchmark (default with --smoke: a tiny generated set)")
     args = parser.parse_args(argv)
     keep_freed_memory()  # as every training process does (landmark_core.train.train)
     scale = suites.SMOKE if args.smoke else suites.FULL
     out = Path(args.out) if args.out else (None if args.smoke else Path("BENCHMARKS.md"))
-    chosen = args.only or NAMES
+    chosen = args.only or [name for name in NAMES if name != "real" or args.data or args.smoke]
     with tempfile.TemporaryDirectory(prefix="landmark-bench-") as scratch:
         work = Path(args.work or scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -37,12 +40,17 @@ def main(argv: list[str] | None = None) -> int:
         if "inference" in chosen or "input" in chosen:
             from .common import photo_dataset
             photo_dataset(work / "photos", scale.photos)
+
+        def photos_for_smoke() -> Path:
+            from .common import photo_dataset
+            return photo_dataset(work / "real-smoke", max(scale.photos, 12), classes=3)
         runners = {
             "input": lambda: suites.input_pipeline(scale, demo, work),
             "frozen": lambda: suites.frozen_backbone(scale, demo, work),
             "throughput": lambda: suites.train_throughput(scale),
             "inference": lambda: suites.inference(scale, demo, work),
             "tta": lambda: suites.time_to_accuracy(scale, demo, work),
+            "real": lambda: suites.real_photos(scale, [Path(d).resolve() for d in args.data] or [photos_for_smoke()], work),
         }
         sections = []
         for name in chosen:
@@ -50,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             text = table.markdown()
             print(text, flush=True)
             sections.append(text)
-    command = "python -m bench" + (" --smoke" if args.smoke else "") + (f" --only {' '.join(args.only)}" if args.only else "")
+    command = ("python -m bench" + (" --smoke" if args.smoke else "") + (f" --only {' '.join(args.only)}" if args.only else "")
+               + (f" --data {' '.join(args.data)}" if args.data else ""))
     if out:
         header = (f"# Benchmarks\n\nRegenerate with `{command}` (or `make bench`).\n\n"
                   f"Machine: {machine()}. Run {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.\n"

@@ -15,11 +15,18 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from . import data as data_lib
+from .calibration import (coverage_at_precision, expected_calibration_error, fit_temperature, reliability,
+                          softmax)
 from .errors import RunError
 from .fileio import read_json, write_json_atomic
 from .models import LandmarkNet, build_model, inference_batch_size
 
-THRESHOLDS = [round(t, 2) for t in np.arange(0.0, 1.0, 0.05)]
+#: Thresholds of the coverage curve: fine steps, because calibrated probabilities spread over the whole range.
+#: The temperature (and test-time flip) that export and tagging apply, written by evaluation.
+CALIBRATION_FILE = "calibration.json"
+THRESHOLDS = [round(t, 2) for t in np.arange(0.0, 1.0, 0.01)]
+#: Precision targets whose coverage Evaluate reports.
+PRECISION_TARGETS = (0.95, 0.98)
 
 
 def load_run_model(run_dir: Path, checkpoint: str = "best", device: torch.device | str = "cpu") -> tuple[LandmarkNet, dict]:
@@ -42,14 +49,21 @@ def load_run_model(run_dir: Path, checkpoint: str = "best", device: torch.device
 
 
 @torch.no_grad()
-def predict_split(model: LandmarkNet, split: data_lib.DecodedSplit, *, image_size: int, mean, std,
-                  device, batch_size: int | None = None) -> np.ndarray:
-    """Softmax probabilities (N, C) for a decoded split, centre-cropped as at inference."""
+def split_logits(model: LandmarkNet, split: data_lib.DecodedSplit, *, image_size: int, mean, std, device,
+                 tta_flip: bool = False, batch_size: int | None = None) -> np.ndarray:
+    """Logits (N, C) for a decoded split, centre-cropped as at inference (flip-averaged with ``tta_flip``)."""
+    from .train import predict_logits
+
     loader = data_lib.BatchLoader(split, batch_size=batch_size or inference_batch_size(device), image_size=image_size,
                                   mean=mean, std=std, device=device, channels_last=True)
     model.eval()
-    outputs = [F.softmax(model(inputs).float(), dim=1).cpu() for inputs, _ in loader]
-    return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0))
+    outputs = [predict_logits(model, inputs, tta_flip).cpu() for inputs, _ in loader]
+    return torch.cat(outputs).numpy() if outputs else np.zeros((0, len(model.head[-1].bias)), dtype=np.float32)
+
+
+def predict_split(model: LandmarkNet, split: data_lib.DecodedSplit, *, temperature: float = 1.0, **options) -> np.ndarray:
+    """Softmax probabilities (N, C) for a decoded split, at ``temperature``."""
+    return softmax(split_logits(model, split, **options), temperature)
 
 
 def coverage_curve(probs: np.ndarray, labels: np.ndarray) -> list[dict]:
@@ -70,14 +84,22 @@ def coverage_curve(probs: np.ndarray, labels: np.ndarray) -> list[dict]:
     return rows
 
 
-def choose_threshold(curve: list[dict], target_accuracy: float = 0.98, min_accepted: int = 10) -> float:
-    """The lowest threshold whose accepted predictions reach ``target_accuracy`` (the most coverage at that accuracy).
+#: The default tag threshold never goes below this calibrated probability: a photo whose best guess is more
+#: likely wrong than right is never tagged by default, however well the (small) validation split went.
+MIN_DEFAULT_THRESHOLD = 0.5
 
-    Accuracies measured on fewer than ``min_accepted`` images are not trusted;
-    when no threshold qualifies, the strictest one is returned.
+
+def choose_threshold(curve: list[dict], target_accuracy: float = 0.98, min_accepted: int = 10,
+                     floor: float = MIN_DEFAULT_THRESHOLD) -> float:
+    """The lowest threshold (at least ``floor``) whose accepted predictions reach ``target_accuracy``.
+
+    That is the most coverage at that accuracy. Accuracies measured on fewer
+    than ``min_accepted`` images are not trusted; when no threshold qualifies,
+    the strictest one is returned.
     """
     for row in curve:
-        if row["accuracy"] is not None and row["accepted"] >= min_accepted and row["accuracy"] >= target_accuracy:
+        if (row["threshold"] >= floor and row["accuracy"] is not None and row["accepted"] >= min_accepted
+                and row["accuracy"] >= target_accuracy):
             return row["threshold"]
     return curve[-1]["threshold"] if curve else 0.5
 
@@ -108,25 +130,50 @@ def summarize_predictions(probs: np.ndarray, labels: np.ndarray, classes: list[s
     return summary, rows
 
 
+def calibration_report(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.ndarray, test_labels: np.ndarray,
+                       fit: bool = True) -> dict:
+    """Fit the temperature on validation; expected calibration error before and after, on both splits."""
+    temperature = fit_temperature(val_logits, val_labels) if fit else 1.0
+    report = {"temperature": temperature, "fitted_on": "validation" if fit else None}
+    for name, logits, labels in (("validation", val_logits, val_labels), ("test", test_logits, test_labels)):
+        report[name] = {"ece_before": expected_calibration_error(softmax(logits), labels),
+                        "ece_after": expected_calibration_error(softmax(logits, temperature), labels),
+                        "reliability_before": reliability(softmax(logits), labels),
+                        "reliability_after": reliability(softmax(logits, temperature), labels)}
+    return report
+
+
 def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=None, checkpoint: str = "best") -> dict:
-    """Evaluate a run on its test split (and calibrate the tagging threshold on validation)."""
+    """Evaluate a run on its test split; calibrate probabilities and the tagging threshold on validation."""
     from .train import prepare_data
 
     model, meta = load_run_model(run_dir, checkpoint, device)
     config = meta["config"]
     if prepared is None:
         prepared = prepare_data(config)
-    common = dict(image_size=config.image_size, mean=meta["mean"], std=meta["std"], device=device)
-    test_probs = predict_split(model, prepared.test, **common)
-    val_probs = predict_split(model, prepared.val, **common)
+    common = dict(image_size=config.image_size, mean=meta["mean"], std=meta["std"], device=device,
+                  tta_flip=bool(config.tta_flip))
+    test_logits = split_logits(model, prepared.test, **common)
+    val_logits = split_logits(model, prepared.val, **common)
+    calibration = calibration_report(val_logits, prepared.val.labels, test_logits, prepared.test.labels,
+                                     fit=bool(config.calibrate))
+    temperature = calibration["temperature"]
+    test_probs, val_probs = softmax(test_logits, temperature), softmax(val_logits, temperature)
     summary, rows = summarize_predictions(test_probs, prepared.test.labels, meta["classes"], prepared.test.paths)
     val_curve = coverage_curve(val_probs, prepared.val.labels)
     summary.update({
         "run_id": run_dir.name, "checkpoint": checkpoint, "epoch": meta["epoch"],
+        "tta_flip": bool(config.tta_flip), "calibration": calibration,
         "coverage_curve": {"validation": val_curve, "test": coverage_curve(test_probs, prepared.test.labels)},
+        "coverage_at_precision": {
+            split: [coverage_at_precision(probs, labels, target) for target in PRECISION_TARGETS]
+            for split, probs, labels in (("validation", val_probs, prepared.val.labels),
+                                         ("test", test_probs, prepared.test.labels))},
         "default_threshold": choose_threshold(val_curve),
         "skipped_images": (read_json(run_dir / "split.json", default={}) or {}).get("skipped", {}),
     })
+    write_json_atomic(run_dir / CALIBRATION_FILE, {"temperature": temperature, "tta_flip": bool(config.tta_flip),
+                                                   "checkpoint": checkpoint})
     write_json_atomic(run_dir / "predictions.json", rows)
     write_json_atomic(run_dir / "evaluation.json", summary)
     return summary

@@ -30,32 +30,51 @@ EXPORT_META = "export.json"
 
 
 class ExportedClassifier(nn.Module):
+    """uint8 image(s) in, calibrated class probabilities out, with the run's preprocessing inside.
+
+    The resize runs on uint8 with the model's own filter (timm's config says
+    bicubic for EfficientNet-Lite), exactly as training decoded its photos;
+    ``flip_tta`` averages the logits of the photo and its mirror image, and
+    ``temperature`` is the softmax temperature fit on the validation split.
+    """
     class_names: List[str]
 
-    def __init__(self, model: nn.Module, class_names: List[str], mean, std, image_size: int, resize_size: int):
+    def __init__(self, model: nn.Module, class_names: List[str], mean, std, image_size: int, resize_size: int,
+                 interpolation: str = "bilinear", temperature: float = 1.0, flip_tta: bool = False):
         super().__init__()
         self.model = model
         self.class_names = list(class_names)
         self.image_size = image_size
         self.resize_size = resize_size
+        self.interpolation = interpolation
+        self.temperature = float(temperature)
+        self.flip_tta = bool(flip_tta)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         batch = image.unsqueeze(0) if image.dim() == 3 else image
-        batch = batch.float() / 255.0
         height, width = batch.shape[-2], batch.shape[-1]
         scale = float(self.resize_size) / float(min(height, width))
         new_h = max(self.resize_size, int(round(height * scale)))
         new_w = max(self.resize_size, int(round(width * scale)))
-        batch = F.interpolate(batch, size=[new_h, new_w], mode="bilinear", align_corners=False, antialias=True)
+        if batch.dtype == torch.uint8:  # torch's uint8 antialiased kernel: what decoding for training used
+            batch = F.interpolate(batch.contiguous(memory_format=torch.channels_last), size=[new_h, new_w],
+                                  mode=self.interpolation, align_corners=False, antialias=True).float() / 255.0
+        else:
+            batch = F.interpolate(batch.float() / 255.0, size=[new_h, new_w], mode=self.interpolation,
+                                  align_corners=False, antialias=True)
         top = (new_h - self.image_size) // 2
         left = (new_w - self.image_size) // 2
         batch = batch[:, :, top:top + self.image_size, left:left + self.image_size]
         return (batch - self.mean) / self.std
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        probs = F.softmax(self.model(self.preprocess(image)).float(), dim=1)
+        inputs = self.preprocess(image)
+        logits = self.model(inputs).float()
+        if self.flip_tta:
+            logits = (logits + self.model(inputs.flip(-1)).float()) / 2
+        probs = F.softmax(logits / self.temperature, dim=1)
         return probs[0] if image.dim() == 3 else probs
 
 
@@ -82,13 +101,19 @@ def _signature(run_dir: Path, digest: str) -> str:
 # --- export / load ------------------------------------------------------------------------------
 
 def build_exportable(run_dir: Path, checkpoint: str = "best") -> ExportedClassifier:
-    from .data import cache_side_for
-    from .evaluate import load_run_model
+    """The run's model wrapped with its preprocessing and, once evaluated, its calibration."""
+    from .evaluate import CALIBRATION_FILE, load_run_model
+    from .train import run_preprocessing
 
     model, meta = load_run_model(run_dir, checkpoint, "cpu")
     model = model.to(memory_format=torch.channels_last)  # oneDNN's fast convolution layout: ~1.4x batch throughput on CPU
-    size = meta["config"].image_size
-    return ExportedClassifier(model, meta["classes"], meta["mean"], meta["std"], size, cache_side_for(size)).eval()
+    config = meta["config"]
+    preprocessing = run_preprocessing(config)
+    calibration = read_json(run_dir / CALIBRATION_FILE) or {}
+    temperature = float(calibration.get("temperature", 1.0)) if calibration.get("checkpoint", checkpoint) == checkpoint else 1.0
+    return ExportedClassifier(model, meta["classes"], meta["mean"], meta["std"], config.image_size,
+                              preprocessing.resize_size, preprocessing.interpolation, temperature,
+                              bool(config.tta_flip)).eval()
 
 
 def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float = 1e-4) -> Path:
@@ -114,6 +139,7 @@ def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float = 1e-4)
     write_json_atomic(run_dir / EXPORT_META, {
         "file": MODEL_FILE, "sha256": digest, "signature": _signature(run_dir, digest), "checkpoint": checkpoint,
         "classes": wrapper.class_names, "image_size": wrapper.image_size, "resize_size": wrapper.resize_size,
+        "interpolation": wrapper.interpolation, "temperature": wrapper.temperature, "flip_tta": wrapper.flip_tta,
         "round_trip_max_abs_diff": max_diff, "torch": torch.__version__})
     return path
 

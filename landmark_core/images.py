@@ -117,11 +117,12 @@ def load_rgb(source: ImageSource, *, min_side: int | None = None, max_pixels: in
         raise ImageError(f"{name}: corrupt or truncated image ({error})") from None
 
 
-def load_square(source: ImageSource, size: int) -> np.ndarray:
+def load_square(source: ImageSource, size: int, interpolation: str = "bilinear") -> np.ndarray:
     """Decode, resize the short side to ``size`` and centre-crop: a ``size``x``size``x3 uint8 array.
 
-    The resize is torch's antialiased bilinear on uint8, the same filter the
-    exported model applies to uploads (and ~2x faster than Pillow's here).
+    The resize is torch's antialiased ``interpolation`` (bilinear or bicubic) on
+    uint8, the same kernel the exported model applies to uploads (and ~2x faster
+    than Pillow's here).
     """
     import torch
     import torch.nn.functional as F
@@ -131,7 +132,7 @@ def load_square(source: ImageSource, size: int) -> np.ndarray:
     scale = size / min(height, width)
     new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
     # a (1, 3, H, W) channels-last view of the HWC array: torch's fast uint8 kernel, and HWC memory comes back
-    resized = F.interpolate(pixels[None].permute(0, 3, 1, 2), size=(new_h, new_w), mode="bilinear",
+    resized = F.interpolate(pixels[None].permute(0, 3, 1, 2), size=(new_h, new_w), mode=interpolation,
                             align_corners=False, antialias=True)[0].permute(1, 2, 0)
     top, left = (new_h - size) // 2, (new_w - size) // 2
     return np.ascontiguousarray(resized[top:top + size, left:left + size].numpy())

@@ -27,10 +27,14 @@ from . import data as data_lib
 from .allocator import keep_freed_memory
 from .errors import LandmarkError, RunError, TrainingCancelled
 from .fileio import append_jsonl, read_json, read_jsonl, save_atomic, write_bytes_atomic, write_json_atomic
-from .models import LandmarkNet, build_model, folded_for_inference, get_spec, inference_batch_size
+from .models import LandmarkNet, Preprocessing, build_model, folded_for_inference, get_spec, inference_batch_size
+from .probe import class_weights, fit_linear_head
 from .runs import new_run_dir, now_iso, write_status
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+#: How frozen-backbone epochs train the head: ``lbfgs`` fits it to the optimum on all feature views so far
+#: (landmark_core.probe); ``sgd`` takes minibatch steps with the optimizer, as unfrozen epochs do.
+HEAD_SOLVERS = ("lbfgs", "sgd")
 SCHEDULERS = ("cosine", "onecycle", "plateau", "none")
 
 
@@ -54,8 +58,12 @@ class TrainConfig:
     freeze_epochs: int | None = None
     backbone_lr_scale: float | None = None
     freeze_batchnorm: bool | None = None
+    head_solver: str | None = None  # HEAD_SOLVERS
     cache_features: bool = True
-    feature_views: int = 4
+    feature_views: int | None = None
+    tta_flip: bool | None = None  # average the prediction of the photo and its mirror image (eval and export)
+    class_balanced: bool = False  # weight the loss by inverse class frequency
+    calibrate: bool = True  # fit a softmax temperature on the validation split (evaluation, tagging, export)
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     early_stopping_patience: int = 0
@@ -68,17 +76,26 @@ class TrainConfig:
     mixed_precision: str = "auto"  # "auto": bfloat16 autocast on CUDA GPUs that support it; "off"; "bf16"
     channels_last: bool = True  # ~1.5x faster convolutions on CPU (oneDNN) and on tensor-core GPUs
 
-    _FALLBACKS = {"image_size": 224, "batch_size": 64, "epochs": 10, "optimizer": "adamw", "lr": 1e-3,
+    _FALLBACKS = {"batch_size": 64, "epochs": 10, "optimizer": "adamw", "lr": 1e-3,
                   "weight_decay": 1e-4, "scheduler": "cosine", "label_smoothing": 0.0, "augment": 0.5,
-                  "augmentation": "full", "freeze_epochs": 0, "backbone_lr_scale": 1.0, "freeze_batchnorm": False, "warmup_epochs": 1.0}
+                  "augmentation": "full", "freeze_epochs": 0, "backbone_lr_scale": 1.0, "freeze_batchnorm": False, "warmup_epochs": 1.0,
+                  "head_solver": "sgd", "feature_views": 4, "tta_flip": False}
 
     def resolved(self) -> "TrainConfig":
         """A copy with every ``None`` replaced by the model's default, validated."""
-        defaults = {**self._FALLBACKS, **get_spec(self.model).train_defaults}
+        spec = get_spec(self.model)
+        model_defaults = spec.train_defaults
+        # the model's own input size (timm config / torchvision weights) unless the model says otherwise
+        defaults = {**self._FALLBACKS, "image_size": spec.preprocessing.input_size, **model_defaults}
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for name, value in values.items():
             if value is None and name in defaults:
                 values[name] = defaults[name]
+        if self.epochs is None and "fine_tune_epochs" in model_defaults:
+            # Device-aware: fine-tuning the whole network pays on a GPU; on a CPU it costs minutes per epoch
+            # and did not beat the linear probe on real photos (BENCHMARKS.md, real photos), so CPUs stop there.
+            accelerated = _device_or_error(self.device).type != "cpu"
+            values["epochs"] = values["freeze_epochs"] + (model_defaults["fine_tune_epochs"] if accelerated else 0)
         config = TrainConfig(**values)
         config.validate()
         return config
@@ -102,6 +119,10 @@ class TrainConfig:
             problems.append(f"augmentation must be one of {', '.join(data_lib.AUGMENTATIONS)}")
         if not 0 < self.val_fraction < 1:
             problems.append("val_fraction must be between 0 and 1")
+        if self.head_solver not in HEAD_SOLVERS:
+            problems.append(f"head_solver must be one of {', '.join(HEAD_SOLVERS)}")
+        if self.feature_views < 1:
+            problems.append("feature_views must be at least 1")
         if problems:
             raise LandmarkError("invalid training config: " + "; ".join(problems))
 
@@ -123,6 +144,16 @@ def _autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
+
+
+def _device_or_error(name: str) -> torch.device:
+    try:
+        device = resolve_device(name)
+    except RuntimeError:
+        raise LandmarkError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LandmarkError(f"device {name!r} asked for, but CUDA is not available here (use --device auto or cpu)")
+    return device
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -148,16 +179,22 @@ class PreparedData:
     split: dict  # paths of each split, saved with the run
 
 
+def run_preprocessing(config: TrainConfig) -> Preprocessing:
+    """The model's own preprocessing (crop_pct, interpolation, mean/std) at the run's image size."""
+    return get_spec(config.model).preprocessing.at_size(config.image_size)
+
+
 def prepare_data(config: TrainConfig, progress: Callable[[str, int, int], None] | None = None) -> PreparedData:
     """Scan, split (train/val, seeded and stratified), decode once into the cache, and get normalisation stats."""
     dataset = data_lib.scan_dataset(config.data, test_fraction=config.test_fraction, seed=config.seed)
     train_samples, val_samples = data_lib.stratified_split(dataset.train, config.val_fraction, config.seed)
     cache = data_lib.cache_dir_for(dataset.root)
-    side = data_lib.cache_side_for(config.image_size)
+    preprocessing = run_preprocessing(config)
 
     def decode(name, samples):
         report = (lambda done, total: progress(f"decoding {name}", done, total)) if progress else None
-        return data_lib.decode_split(samples, side, cache_dir=cache, progress=report)
+        return data_lib.decode_split(samples, preprocessing.resize_size, cache_dir=cache, progress=report,
+                                     interpolation=preprocessing.interpolation)
 
     train, val, test = decode("train", train_samples), decode("val", val_samples), decode("test", dataset.test)
     if len(train) == 0:
@@ -193,17 +230,29 @@ class FeatureBatches:
     """Batches of cached backbone features for frozen-backbone epochs.
 
     With the backbone frozen (and its BatchNorm in eval mode), ``head(backbone(x))``
-    equals ``head(cached_features)``; so features of ``views`` augmented copies of
-    the training set are computed once and epochs only run the head. The
-    ``epochs`` frozen epochs use the views in consecutive blocks (8 epochs, 4
-    views: 0,0,1,1,2,2,3,3), each computed when its first epoch starts, so the
-    first epochs (and an early stop) pay for as few views as possible.
+    equals ``head(cached_features)``; so features of ``views`` copies of the
+    training set are computed once and epochs only run the head. The ``epochs``
+    frozen epochs use the views in consecutive blocks (8 epochs, 4 views:
+    0,0,1,1,2,2,3,3), each computed when its first epoch starts, so the first
+    epochs (and an early stop) pay for as few views as possible.
+
+    ``exact_views``: view 0 is the centre crop and view 1 its mirror image (the
+    views a flip-averaged prediction sees), later views are augmented; otherwise
+    every view is augmented. ``tta_flip``: batches yield the mean of the features
+    of views 0 and 1, which through a linear head is the flip-averaged prediction.
     """
 
     def __init__(self, model: LandmarkNet, loader: data_lib.BatchLoader, views: int, augment: bool, epochs: int,
-                 backbone: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 backbone: Callable[[torch.Tensor], torch.Tensor] | None = None, *, exact_views: bool = False,
+                 tta_flip: bool = False):
         self.model, self.loader, self.epoch = model, loader, 0
-        self.views = max(1, min(views if augment else 1, epochs))
+        self.exact_views, self.tta_flip = exact_views, tta_flip
+        if exact_views:  # the probe refits on all views so far: the last frozen epoch uses them all
+            self.views = max(1, views if augment else min(views, 2))
+        else:
+            self.views = max(1, min(views if augment else 1, epochs))
+        if tta_flip:
+            self.views = max(self.views, 2)
         self.epochs = max(1, epochs)
         self.augment = augment
         self.features: dict[int, torch.Tensor] = {}  # view -> (N, D), computed when an epoch first needs it
@@ -216,12 +265,14 @@ class FeatureBatches:
             self.model.backbone.eval()
             if self.backbone is None:
                 self.backbone = folded_for_inference(self.model.backbone)
-            generator = torch.Generator().manual_seed(self.loader.seed * 7919 + view) if self.augment else None
+            exact = self.exact_views and view < 2
+            generator = torch.Generator().manual_seed(self.loader.seed * 7919 + view) if self.augment and not exact else None
             chunk = inference_batch_size(self.loader.device)
             chunks = []
             for start in range(0, len(self.loader.split), chunk):
                 pixels = torch.from_numpy(np.array(self.loader.split.images[start:start + chunk]))
-                chunks.append(self.backbone(self.loader.prepare(pixels, generator)).float())
+                inputs = self.loader.prepare(pixels, generator)
+                chunks.append(self.backbone(inputs.flip(-1) if exact and view == 1 else inputs).float())
             self.features[view] = torch.cat(chunks)
         return self.features[view]
 
@@ -236,8 +287,21 @@ class FeatureBatches:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def views_so_far(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of the first views, more each epoch, all of them by the last frozen epoch, with their labels."""
+        count = min(self.views, math.ceil((self.epoch + 1) * self.views / self.epochs))
+        return torch.cat([self._view(v) for v in range(count)]), self.labels.repeat(count)
+
+    def evaluation_features(self) -> torch.Tensor:
+        if self.tta_flip:
+            return (self._view(0) + self._view(1)) / 2
+        return self._view(0)
+
     def __iter__(self):
-        features = self._view(min(self.views - 1, self.epoch * self.views // self.epochs))
+        if self.tta_flip:
+            features = self.evaluation_features()
+        else:
+            features = self._view(min(self.views - 1, self.epoch * self.views // self.epochs))
         generator = torch.Generator().manual_seed(self.loader.seed * 100_003 + self.epoch)
         order = torch.randperm(len(features), generator=generator) if self.loader.shuffle else torch.arange(len(features))
         for start in range(0, len(order), self.loader.batch_size):
@@ -258,14 +322,18 @@ class Engine:
         self.train_loader = data_lib.BatchLoader(data.train, shuffle=True, augment=config.augment,
                                                  augmentation=config.augmentation, **loader_args)
         self.val_loader = data_lib.BatchLoader(data.val, **loader_args)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.class_weight = (class_weights(torch.from_numpy(np.asarray(data.train.labels)), len(data.classes)).to(device)
+                             if config.class_balanced else None)
+        self.criterion = nn.CrossEntropyLoss(weight=self.class_weight, label_smoothing=config.label_smoothing)
+        self.probing = config.head_solver == "lbfgs" and config.cache_features  # frozen epochs fit the head by L-BFGS
         self.optimizer = self._make_optimizer()
         self.steps_per_epoch = len(self.train_loader)
         self.scheduler = self._make_scheduler()
         self.epoch = 0  # epochs completed
         self.batch = 0
         self.last: dict = {}
-        self.best_val_acc = -1.0
+        self.best_val_acc = -math.inf
+        self.best_val_loss = math.inf
         self._feature_batches: dict[str, FeatureBatches] = {}
         self.started = time.time()
         self.autocast = _autocast_dtype(config.mixed_precision, device)
@@ -285,7 +353,9 @@ class Engine:
         return torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
 
     def _make_scheduler(self):
-        c, total = self.config, self.config.epochs * self.steps_per_epoch
+        c = self.config
+        optimizer_epochs = c.epochs - c.freeze_epochs if self.probing else c.epochs  # probe epochs take no steps
+        total = max(1, optimizer_epochs * self.steps_per_epoch)
         if c.scheduler == "onecycle":
             return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=[g["lr"] for g in self.optimizer.param_groups],
                                                        total_steps=total, pct_start=0.25)
@@ -316,10 +386,12 @@ class Engine:
             return self.model, self.train_loader, self.val_loader
         if not self._feature_batches:
             backbone = folded_for_inference(self.model.backbone.eval())
+            c = self.config
             self._feature_batches = {
-                "train": FeatureBatches(self.model, self.train_loader, self.config.feature_views, self.config.augment > 0,
-                                        self.config.freeze_epochs, backbone),
-                "val": FeatureBatches(self.model, self.val_loader, 1, False, self.config.freeze_epochs, backbone)}
+                "train": FeatureBatches(self.model, self.train_loader, c.feature_views, c.augment > 0, c.freeze_epochs,
+                                        backbone, exact_views=self.probing),
+                "val": FeatureBatches(self.model, self.val_loader, 1, False, c.freeze_epochs, backbone,
+                                      exact_views=True, tta_flip=c.tta_flip)}
         return self.model.head, self._feature_batches["train"], self._feature_batches["val"]
 
     # -- loop
@@ -343,6 +415,42 @@ class Engine:
         self.fire("on_epoch_start")
         epoch_start = time.time()
         self.model.train()
+        if self.probing and self.backbone_frozen:
+            train_loss, train_acc = self._fit_head(train_batches, val_batches)
+        else:
+            train_loss, train_acc = self._train_steps(network, train_batches)
+        val = evaluate_batches(network, val_batches, tta_flip=c.tta_flip)
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(val["acc"])
+        self.epoch += 1
+        self.last = {"kind": "epoch", "epoch": self.epoch, "epochs": c.epochs, "train_loss": train_loss,
+                     "train_acc": train_acc, "val_loss": val["loss"], "val_acc": val["acc"],
+                     "val_top5": val["top5"], "lr": self.optimizer.param_groups[0]["lr"],
+                     "backbone_frozen": network is not self.model or self.epoch <= c.freeze_epochs,
+                     "epoch_seconds": time.time() - epoch_start, "elapsed": time.time() - self.started}
+        self.fire("on_epoch_end")
+
+    def _fit_head(self, train_batches: FeatureBatches, val_batches: FeatureBatches) -> tuple[float, float]:
+        """A probe epoch: fit the head by L-BFGS on every feature view so far (one 'batch')."""
+        features, labels = train_batches.views_so_far()
+        head = fit_linear_head(features, labels, len(self.data.classes), val_features=val_batches.evaluation_features(),
+                               val_labels=val_batches.labels, class_weight=self.class_weight)
+        linear = self.model.head[-1]
+        with torch.no_grad():
+            linear.weight.copy_(head.weight.to(linear.weight.device))
+            linear.bias.copy_(head.bias.to(linear.bias.device))
+            logits = head.logits(features)
+            loss = float(F.cross_entropy(logits, labels))
+            accuracy = float((logits.argmax(1) == labels).float().mean())
+        self.batch = 1
+        self.last = {"kind": "batch", "epoch": self.epoch + 1, "batch": 1, "batches": 1, "loss": loss,
+                     "weight_decay": head.weight_decay, "views": len(labels) // max(1, len(train_batches.labels)),
+                     "lr": self.optimizer.param_groups[0]["lr"], "elapsed": time.time() - self.started}
+        self.fire("on_batch_end")
+        return loss, accuracy
+
+    def _train_steps(self, network: nn.Module, train_batches) -> tuple[float, float]:
+        device = self.device
         total_loss, correct, seen = 0.0, 0, 0
         for self.batch, (inputs, labels) in enumerate(train_batches, start=1):
             with torch.autocast(device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext():
@@ -359,22 +467,13 @@ class Engine:
             self.last = {"kind": "batch", "epoch": self.epoch + 1, "batch": self.batch, "batches": len(train_batches),
                          "loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"], "elapsed": time.time() - self.started}
             self.fire("on_batch_end")
-        val = evaluate_batches(network, val_batches)
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(val["acc"])
-        self.epoch += 1
-        self.last = {"kind": "epoch", "epoch": self.epoch, "epochs": c.epochs, "train_loss": total_loss / max(1, seen),
-                     "train_acc": correct / max(1, seen), "val_loss": val["loss"], "val_acc": val["acc"],
-                     "val_top5": val["top5"], "lr": self.optimizer.param_groups[0]["lr"],
-                     "backbone_frozen": network is not self.model or self.epoch <= c.freeze_epochs,
-                     "epoch_seconds": time.time() - epoch_start, "elapsed": time.time() - self.started}
-        self.fire("on_epoch_end")
+        return total_loss / max(1, seen), correct / max(1, seen)
 
     # -- state
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None, "epoch": self.epoch,
-                "best_val_acc": self.best_val_acc}
+                "best_val_acc": self.best_val_acc, "best_val_loss": self.best_val_loss}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -382,15 +481,28 @@ class Engine:
         if self.scheduler is not None and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.best_val_acc = int(state["epoch"]), float(state["best_val_acc"])
+        self.best_val_loss = float(state.get("best_val_loss", math.inf))
         self.model.set_backbone_trainable(self.epoch >= self.config.freeze_epochs)
 
 
+def predict_logits(network: nn.Module, inputs: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
+    """Logits of a batch; with ``tta_flip`` the mean of the images' and their mirror images' logits.
+
+    Feature batches (2-D inputs) already hold flip-averaged features when asked
+    (:class:`FeatureBatches`), and a linear head maps the mean to the mean.
+    """
+    logits = network(inputs).float()
+    if tta_flip and inputs.dim() == 4:
+        logits = (logits + network(inputs.flip(-1)).float()) / 2
+    return logits
+
+
 @torch.no_grad()
-def evaluate_batches(network: nn.Module, batches: Iterable) -> dict:
+def evaluate_batches(network: nn.Module, batches: Iterable, tta_flip: bool = False) -> dict:
     network.eval()
     total_loss, correct, top5, seen = 0.0, 0, 0, 0
     for inputs, labels in batches:
-        logits = network(inputs).float()
+        logits = predict_logits(network, inputs, tta_flip)
         total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
         k = min(5, logits.shape[1])
@@ -425,9 +537,11 @@ class Checkpointer(Callback):
 
     def on_epoch_end(self, engine):
         val_acc = engine.last["val_acc"] if engine.last["val_acc"] is not None else -engine.last["train_loss"]
-        is_best = val_acc > engine.best_val_acc
+        val_loss = engine.last["val_loss"] if engine.last["val_loss"] is not None else engine.last["train_loss"]
+        # ties in accuracy are common on small validation splits: the lower loss breaks them
+        is_best = val_acc > engine.best_val_acc or (val_acc == engine.best_val_acc and val_loss < engine.best_val_loss)
         if is_best:
-            engine.best_val_acc = val_acc
+            engine.best_val_acc, engine.best_val_loss = val_acc, val_loss
         state = {**engine.state_dict(), "config": self.config.to_dict(), **self.meta}
         if is_best:
             save_atomic(self.run_dir / "checkpoint_best.pt", lambda p: torch.save({**state, "model": engine.model.state_dict()}, p))
@@ -526,8 +640,10 @@ def train(run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] 
         model = build_model(config.model, len(prepared.classes), pretrained=config.pretrained,
                             weights_path=config.weights_path, **config.model_options)
         meta = {"classes": prepared.classes, "mean": prepared.mean, "std": prepared.std}
+        preprocessing = run_preprocessing(config)
         write_json_atomic(run_dir / "preprocessing.json", {**meta, "image_size": config.image_size,
-                                                           "resize_size": data_lib.cache_side_for(config.image_size)})
+                                                           "resize_size": preprocessing.resize_size,
+                                                           "interpolation": preprocessing.interpolation})
         engine = Engine(config, model, prepared, device, [
             MetricsLogger(run_dir / "metrics.jsonl", config.log_every), Checkpointer(run_dir, config, meta),
             StatusUpdater(run_dir), CancelOnRequest(run_dir),

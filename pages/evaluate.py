@@ -21,7 +21,23 @@ m[0].metric("Top-1 accuracy", f"{evaluation['top1']:.1%}")
 m[1].metric("Top-5 accuracy", f"{evaluation['top5']:.1%}")
 m[2].metric("Test images", evaluation["num_images"])
 m[3].metric("Suggested tag threshold", f"{evaluation['default_threshold']:.2f}",
-            help="The lowest confidence at which predictions on the validation split are ≥98% right.")
+            help="The lowest calibrated confidence (at least 0.5) at which predictions on the validation split are "
+                 "≥98% right.")
+calibration = evaluation.get("calibration")
+if calibration:
+    c = st.columns(4)
+    test_cal = calibration["test"]
+    if test_cal["ece_before"] is not None:
+        c[0].metric("Calibration error (test ECE)", f"{test_cal['ece_after']:.3f}",
+                    delta=f"{test_cal['ece_after'] - test_cal['ece_before']:+.3f} by calibration", delta_color="inverse",
+                    help="Expected calibration error: how far the confidence is from the real share of right answers "
+                         "(0 is perfect). Calibration divides the logits by a temperature fit on the validation split.")
+    c[1].metric("Temperature", f"{calibration['temperature']:.2f}")
+    for column, point in zip(c[2:], evaluation["coverage_at_precision"]["test"]):
+        column.metric(f"Coverage at {point['precision']:.0%} precision",
+                      "–" if point["coverage"] is None else f"{point['coverage']:.1%}",
+                      help=f"The share of test photos a confidence threshold ({point['threshold'] or 1:.2f}) can tag "
+                           f"while {point['precision']:.0%} of the tagged ones are right.")
 if evaluation.get("skipped_images"):
     st.caption(f"{len(evaluation['skipped_images'])} unreadable files were skipped.")
 
@@ -92,3 +108,16 @@ if curve:
     st.altair_chart(alt.Chart(frame).mark_line(point=True).encode(
         x="threshold:Q", y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1])), color="variable:N",
         tooltip=["threshold", "variable", alt.Tooltip("value:Q", format=".1%")]).properties(height=260), width="stretch")
+
+if calibration and calibration["test"]["reliability_after"]:
+    st.subheader("Calibration: confidence vs accuracy (test split)")
+    st.caption("Each point is a confidence bin: on the diagonal, photos predicted with 80% confidence are right 80% of "
+               "the time. The temperature is fit on the validation split only.")
+    points = pd.concat([pd.DataFrame(calibration["test"][f"reliability_{when}"]).assign(probabilities=label)
+                        for when, label in (("before", "raw softmax"), ("after", "calibrated"))])
+    diagonal = alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]})).mark_line(strokeDash=[4, 4], color="gray").encode(x="x:Q", y="y:Q")
+    st.altair_chart(diagonal + alt.Chart(points).mark_line(point=True).encode(
+        x=alt.X("confidence:Q", scale=alt.Scale(domain=[0, 1])), y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
+        color="probabilities:N", tooltip=["probabilities", alt.Tooltip("confidence:Q", format=".2f"),
+                                          alt.Tooltip("accuracy:Q", format=".1%"), "count"]).properties(height=300),
+        width="stretch")

@@ -80,6 +80,15 @@ if report["duplicates"]:
 else:
     st.success("No duplicate files.")
 
+leaks = report.get("leaks", [])
+if leaks:
+    st.warning(f"{len(leaks)} test photos also appear in the training split (identical files or near-duplicates by "
+               "perceptual hash): test accuracy counts them as recognised. Remove them from one of the splits.")
+    st.dataframe(pd.DataFrame([{"test photo": leak["test"], "training photo": leak["train"], "kind": leak["kind"],
+                                "hash distance (bits)": leak["distance"]} for leak in leaks]), hide_index=True)
+else:
+    st.success("No test photo is also a training photo.")
+
 st.subheader("Normalisation statistics (training split only)")
 if st.button("Compute mean and std"):
     with st.spinner("Decoding the training split…"):

@@ -5,17 +5,18 @@ import streamlit as st
 from landmark_core.data import AUGMENTATIONS
 from landmark_core.errors import LandmarkError
 from landmark_core.insights import curves_frame, live_progress
-from landmark_core.models import list_models, model_info
+from landmark_core.models import DEFAULT_TRANSFER_MODEL, list_models, model_info
 from landmark_core.runs import ACTIVE_STATES, launch_background, list_runs, request_cancel, resolve_run
-from landmark_core.train import OPTIMIZERS, SCHEDULERS, TrainConfig, create_run
+from landmark_core.train import HEAD_SOLVERS, OPTIMIZERS, SCHEDULERS, TrainConfig, create_run
 from pages.common import format_seconds, require_dataset, show_error
 
 st.title("🏋️ Train")
 dataset = require_dataset()
 
 with st.expander("New training run", expanded=not list_runs()):
-    model = st.selectbox("Model", list_models(), index=list_models().index("scratch_cnn"),
-                         help="scratch_cnn learns from random weights; the others start from ImageNet.")
+    model = st.selectbox("Model", list_models(), index=list_models().index(DEFAULT_TRANSFER_MODEL),
+                         help=f"scratch_cnn learns from random weights; the others start from ImageNet. "
+                              f"{DEFAULT_TRANSFER_MODEL} was the most accurate on real photos.")
     defaults = TrainConfig(data=str(dataset), model=model).resolved()
     info = model_info(model, defaults.image_size)
     st.caption(f"{info['description']} {info['parameters'] / 1e6:.2f} M parameters, {info['gflops']:.2f} GFLOPs per image at "
@@ -35,11 +36,24 @@ with st.expander("New training run", expanded=not list_runs()):
         augmentation = st.radio("Augmentation recipe", AUGMENTATIONS, index=AUGMENTATIONS.index(defaults.augmentation),
                                 horizontal=True, help="full: random resized crop, flip and colour jitter, scaled by the "
                                 "strength. crop_flip: random crop and flip only, no resampling (fastest on CPUs).")
+        i, j, k = st.columns(3)
+        head_solver = i.radio("Frozen epochs fit the head by", HEAD_SOLVERS, index=HEAD_SOLVERS.index(defaults.head_solver),
+                              horizontal=True, disabled=model == "scratch_cnn",
+                              help="lbfgs: logistic regression solved to the optimum on cached features, one more "
+                                   "augmented view each epoch (the default: best on real photos). sgd: minibatch steps.")
+        tta_flip = j.checkbox("Flip test-time augmentation", value=bool(defaults.tta_flip),
+                              help="Average the prediction of each photo and its mirror image: twice the inference time.")
+        class_balanced = k.checkbox("Class-balanced loss", value=defaults.class_balanced,
+                                    help="Weight each class by the inverse of its photo count, for skewed datasets.")
+        if model != "scratch_cnn" and defaults.epochs == defaults.freeze_epochs:
+            st.caption("On this machine (no GPU) training stops after the frozen epochs: fine-tuning the whole network "
+                       "costs minutes per epoch on a CPU and did not pay on real photos. Add epochs to fine-tune.")
         start = st.form_submit_button("Start", type="primary")
     if start:
         config = TrainConfig(data=str(dataset), model=model, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
                              image_size=int(image_size), optimizer=optimizer, scheduler=scheduler, augment=float(augment),
-                             augmentation=augmentation, freeze_epochs=int(freeze_epochs))
+                             augmentation=augmentation, freeze_epochs=int(freeze_epochs), head_solver=head_solver,
+                             tta_flip=tta_flip, class_balanced=class_balanced)
         try:
             run_dir = create_run(config)
             launch_background(run_dir)

@@ -169,3 +169,44 @@ def test_explore_preview_shows_each_recipe(tiny_dataset, augmentation):
         square = load_square(path, data_lib.cache_side_for(32))
         windows = [square[t:t + 32, l:l + 32] for t in range(6) for l in range(6)]
         assert all(any(np.array_equal(v, w) or np.array_equal(v[:, ::-1], w) for w in windows) for v in views)
+
+
+def test_dataset_report_finds_test_photos_that_are_training_photos(tiny_dataset, tmp_path):
+    """Identical files and re-encoded, resized copies across train/test are leaks; other photos of a class are not."""
+    from PIL import Image
+    root = tmp_path / "leaky"
+    shutil.copytree(tiny_dataset, root, ignore=shutil.ignore_patterns(".landmark_cache"))
+    name = TINY_CLASSES[0]
+    train_photos = sorted((root / "train" / name).iterdir())
+    shutil.copy(train_photos[0], root / "test" / name / "identical.jpg")
+    with Image.open(train_photos[1]) as photo:  # another format, 80% of the size, slightly brighter
+        photo.convert("RGB").resize((photo.width * 4 // 5, photo.height * 4 // 5)).point(lambda v: min(255, v + 8)) \
+            .save(root / "test" / name / "reencoded.png")
+    report = data_lib.dataset_report(data_lib.scan_dataset(root))
+    leaks = {leak["test"].rsplit("/", 1)[-1]: leak for leak in report["leaks"]}
+    assert set(leaks) == {"identical.jpg", "reencoded.png"}, report["leaks"]
+    assert leaks["identical.jpg"]["kind"] == "identical" and leaks["identical.jpg"]["train"] == str(train_photos[0])
+    assert leaks["reencoded.png"]["kind"] == "near-duplicate" and leaks["reencoded.png"]["train"] == str(train_photos[1])
+    assert leaks["reencoded.png"]["distance"] <= data_lib.NEAR_DUPLICATE_BITS
+
+
+def test_leak_search_compares_hashes_bit_by_bit():
+    train = [("a.jpg", "sha-a", 0b1011), ("b.jpg", "sha-b", 0xFFFF_0000_FFFF_0000)]
+    test = [("same-bytes.jpg", "sha-a", 12345), ("close.png", "sha-x", 0xFFFF_0000_FFFF_003F),  # 6 bits off b
+            ("far.png", "sha-y", 0xFFFF_0000_FFFF_007F), ("unhashed.jpg", "sha-z", None)]  # 7 bits off b
+    leaks = data_lib.find_leaks(train, test, confirm=None)
+    assert [(leak["test"], leak["train"], leak["kind"], leak["distance"]) for leak in leaks] == [
+        ("same-bytes.jpg", "a.jpg", "identical", 0), ("close.png", "b.jpg", "near-duplicate", 6)]
+    assert [leak["test"] for leak in data_lib.find_leaks(train, test, confirm=lambda a, b: False)] == ["same-bytes.jpg"]
+
+
+def test_different_pictures_with_close_hashes_are_not_leaks(tmp_path):
+    """Two different drawn scenes whose pHashes are 4 bits apart (seen in the demo set): the colours tell them apart."""
+    from PIL import Image
+    sky = np.linspace(200, 230, 64)[:, None, None].repeat(96, 1).repeat(3, 2)
+    dusk = np.stack([np.linspace(60, 200, 64)[:, None].repeat(96, 1), np.full((64, 96), 80.0),
+                     np.linspace(140, 60, 64)[:, None].repeat(96, 1)], axis=2)
+    Image.fromarray(sky.astype(np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(dusk.astype(np.uint8)).save(tmp_path / "b.png")
+    assert not data_lib.look_alike(str(tmp_path / "a.png"), str(tmp_path / "b.png"))
+    assert data_lib.look_alike(str(tmp_path / "a.png"), str(tmp_path / "a.png"))

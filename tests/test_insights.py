@@ -62,6 +62,8 @@ def test_threshold_ignores_accuracy_measured_on_few_images():
              {"threshold": 0.9, "coverage": 0.02, "accepted": 2, "accuracy": 1.0}]
     assert choose_threshold(curve) == 0.5
     assert choose_threshold(curve[:1] + curve[2:]) == 0.9  # nothing trustworthy: the strictest
+    perfect = [{"threshold": t, "coverage": 1.0, "accepted": 40, "accuracy": 1.0} for t in (0.0, 0.3, 0.5, 0.7)]
+    assert choose_threshold(perfect) == 0.5  # a flawless small validation split never lowers it below even odds
 
 
 def test_mixed_precision_only_where_it_pays():

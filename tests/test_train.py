@@ -13,7 +13,7 @@ from conftest import tiny_config
 
 def test_config_resolves_model_defaults_and_validates():
     config = TrainConfig(data="x", model="efficientnet_lite0").resolved()
-    assert config.freeze_epochs > 0 and config.image_size == 160 and config.backbone_lr_scale < 1 and config.freeze_batchnorm
+    assert config.freeze_epochs > 0 and config.image_size == 224 and config.backbone_lr_scale < 1 and config.freeze_batchnorm
     assert TrainConfig(data="x").resolved().image_size == 96
     with pytest.raises(LandmarkError, match="optimizer"):
         TrainConfig(data="x", optimizer="lbfgs").resolved()
@@ -87,7 +87,7 @@ def test_cancel_file_stops_training(tiny_dataset, artifacts):
 
 def test_cached_features_train_the_head_exactly_like_recomputed_ones(tiny_dataset, artifacts):
     common = dict(epochs=2, freeze_epochs=2, augment=0.0, model="efficientnet_lite0", image_size=32,
-                  pretrained=False, model_options={}, batch_size=16)
+                  pretrained=False, model_options={}, batch_size=16, head_solver="sgd")
     cached = train_new(tiny_config(tiny_dataset, cache_features=True, **common), artifacts, evaluate_and_export=False)
     plain = train_new(tiny_config(tiny_dataset, cache_features=False, **common), artifacts, evaluate_and_export=False)
     a, b = _final_weights(cached), _final_weights(plain)
@@ -132,3 +132,78 @@ def test_failed_run_records_the_reason(tiny_dataset, artifacts):
     status = read_status(run_dir)
     assert status["state"] == "failed" and "depth" in status["error"]
     assert [r.state for r in list_runs(artifacts)] == ["failed"]
+
+
+@pytest.mark.parametrize("model", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_transfer_defaults_use_the_native_size_and_stop_after_the_probe_on_a_cpu(model):
+    from landmark_core.models import get_spec
+    config = TrainConfig(data="x", model=model, device="cpu").resolved()
+    assert config.image_size == get_spec(model).preprocessing.input_size  # 224 / 240 / 260 from timm's config
+    assert config.head_solver == "lbfgs" and config.epochs == config.freeze_epochs == config.feature_views
+    assert TrainConfig(data="x", model=model, device="cpu", epochs=7).resolved().epochs == 7  # asked for: fine-tune
+    assert TrainConfig(data="x", model="scratch_cnn", device="cpu").resolved().epochs == 20
+
+
+def test_unknown_or_missing_devices_are_clear_errors():
+    with pytest.raises(LandmarkError, match="unknown device"):
+        TrainConfig(data="x", model="efficientnet_lite0", device="bogus").resolved()
+    if not torch.cuda.is_available():
+        with pytest.raises(LandmarkError, match="CUDA is not available"):
+            TrainConfig(data="x", model="efficientnet_lite0", device="cuda").resolved()
+
+
+def _probe_config(data, **overrides):
+    values = dict(model="efficientnet_lite0", image_size=32, pretrained=False, model_options={}, freeze_epochs=3,
+                  feature_views=3, epochs=4, batch_size=8, augment=0.6)
+    values.update(overrides)
+    return tiny_config(data, **values)
+
+
+def test_probe_epochs_refit_the_head_on_more_views_then_fine_tune(tiny_dataset, artifacts):
+    run_dir = train_new(_probe_config(tiny_dataset), artifacts, evaluate_and_export=False)
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    probe_batches = [r for r in records if r["kind"] == "batch" and r["epoch"] <= 3]
+    assert [r["views"] for r in probe_batches] == [1, 2, 3] and all("weight_decay" in r for r in probe_batches)
+    fine_tune = [r for r in records if r["kind"] == "batch" and r["epoch"] == 4]
+    assert len(fine_tune) > 1  # the last epoch takes optimizer steps through the whole network
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["backbone_frozen"] for r in epochs] == [True, True, True, False]
+
+
+def test_probe_head_is_the_optimum_on_the_cached_views(tiny_dataset, artifacts):
+    """After a probe-only run, the head is exactly the L-BFGS fit on the views' features."""
+    from landmark_core import data as data_lib
+    from landmark_core.evaluate import load_run_model
+    from landmark_core.train import FeatureBatches, prepare_data
+    from landmark_core.probe import fit_linear_head
+    run_dir = train_new(_probe_config(tiny_dataset, epochs=2, freeze_epochs=2, feature_views=2), artifacts,
+                        evaluate_and_export=False)
+    model, meta = load_run_model(run_dir, "last")
+    config = meta["config"]
+    prepared = prepare_data(config)
+    common = dict(batch_size=8, image_size=32, mean=prepared.mean, std=prepared.std, seed=config.seed)
+    train_loader = data_lib.BatchLoader(prepared.train, shuffle=True, augment=config.augment, **common)
+    val_loader = data_lib.BatchLoader(prepared.val, **common)
+    model.set_backbone_trainable(False)
+    views = FeatureBatches(model, train_loader, 2, True, 2, exact_views=True)
+    views.set_epoch(1)
+    features, labels = views.views_so_far()
+    val = FeatureBatches(model, val_loader, 1, False, 2, exact_views=True)
+    expected = fit_linear_head(features, labels, 3, val_features=val.evaluation_features(), val_labels=val.labels)
+    with torch.no_grad():
+        trained_logits = model.head(features)
+    reference = expected.logits(features)
+    # the same optimum up to L-BFGS's stopping tolerance
+    assert (trained_logits - reference).abs().max() < 1e-2 * reference.abs().max()
+    assert torch.equal(trained_logits.argmax(1), reference.argmax(1))
+
+
+def test_probe_run_resumed_after_a_cancel_matches_the_uninterrupted_run(tiny_dataset, artifacts):
+    config = _probe_config(tiny_dataset)
+    reference = train_new(config, artifacts, evaluate_and_export=False)
+    run_dir = create_run(config, artifacts)
+    with pytest.raises(TrainingCancelled):
+        train(run_dir, callbacks=[CancelAt(2)], evaluate_and_export=False)
+    train(run_dir, resume=True, evaluate_and_export=False)
+    expected, resumed = _final_weights(reference), _final_weights(run_dir)
+    assert all(torch.allclose(expected[k].float(), resumed[k].float(), atol=1e-5) for k in expected)
