@@ -52,23 +52,38 @@ def main(argv: list[str] | None = None) -> int:
             "tta": lambda: suites.time_to_accuracy(scale, demo, work),
             "real": lambda: suites.real_photos(scale, [Path(d).resolve() for d in args.data] or [photos_for_smoke()], work),
         }
-        sections = []
+        command = ("python -m bench" + (" --smoke" if args.smoke else "") + (f" --only {' '.join(args.only)}" if args.only else "")
+                   + (f" --data {' '.join(args.data)}" if args.data else ""))
+        stamp = f"_Measured by `{command}` on {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}._\n\n"
+        sections = {}
         for name in chosen:
-            table = runners[name]()
-            text = table.markdown()
+            text = runners[name]().markdown()
             print(text, flush=True)
-            sections.append(text)
-    command = ("python -m bench" + (" --smoke" if args.smoke else "") + (f" --only {' '.join(args.only)}" if args.only else "")
-               + (f" --data {' '.join(args.data)}" if args.data else ""))
+            title, _, body = text.partition("\n")
+            sections[title] = f"{title}\n\n{stamp}{body.lstrip()}"
     if out:
-        header = (f"# Benchmarks\n\nRegenerate with `{command}` (or `make bench`).\n\n"
-                  f"Machine: {machine()}. Run {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}.\n"
+        header = (f"# Benchmarks\n\nRegenerate with `python -m bench` (or `make bench`); the real-photo table needs "
+                  f"`--data DIR ...` (see the README).\n\n"
+                  f"Machine: {machine()}.\n"
                   "Every figure is compared with a baseline measured in the same run. Like every training process, "
                   "this one keeps freed memory for reuse (glibc malloc thresholds raised, landmark_core.allocator); "
                   "baselines run under the same setting unless a row says otherwise.\n\n")
-        out.write_text(header + "\n".join(sections))
+        kept = _sections(out.read_text()) if out.exists() and args.only else {}
+        kept.update(sections)  # tables of this run replace their earlier versions; the others stay
+        out.write_text(header + "\n".join(kept[title] for title in sorted(kept, key=_table_number)))
         print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _sections(markdown: str) -> dict[str, str]:
+    """The "### N. title" sections of a benchmarks file, keyed by their title line."""
+    parts = markdown.split("\n### ")
+    return {f"### {part.partition(chr(10))[0]}": f"### {part}".rstrip("\n") + "\n" for part in parts[1:]}
+
+
+def _table_number(title: str) -> int:
+    number = title.removeprefix("### ").split(".", 1)[0]
+    return int(number) if number.isdigit() else 99
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ chosen = st.multiselect("Models (side by side)", runs, default=runs[:2], format_
 if not chosen:
     st.stop()
 default_threshold = float((read_json(chosen[0].path / "evaluation.json") or {}).get("default_threshold", 0.5))
-threshold = st.slider("Tag only when the top probability is at least", 0.0, 1.0, default_threshold, 0.05,
+threshold = st.slider("Tag only when the top probability is at least", 0.0, 1.0, default_threshold, 0.01,
                       help="Below it the photo gets no tag: abstaining beats a wrong location. "
                            "The default is chosen on the validation split (see Evaluate).")
 

@@ -91,3 +91,27 @@ def test_export_is_frozen_with_batchnorm_folded_and_matches_the_eager_model(trai
     batch = torch.randint(0, 256, (5, 3, 61, 90), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.allclose(module(batch), eager(batch), atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_each_pretrained_backbone_trains_evaluates_exports_and_predicts(tiny_dataset, tmp_path, model):
+    """The default transfer recipe end to end: probe epochs, calibration, export (flip averaging on), prediction.
+
+    The exported model applies the same preprocessing (uint8 resize with the model's filter), flip averaging and
+    temperature as evaluation, so its probabilities are evaluation's.
+    """
+    from landmark_core.train import train_new
+    from conftest import tiny_config
+    run_dir = train_new(tiny_config(tiny_dataset, model=model, image_size=32, model_options={}, tta_flip=True,
+                                    epochs=None, freeze_epochs=2, feature_views=2, device="cpu"), tmp_path)
+    evaluation = read_json(run_dir / "evaluation.json")
+    export = read_json(run_dir / "export.json")
+    assert export["flip_tta"] and export["interpolation"] == "bicubic"
+    assert export["temperature"] == pytest.approx(evaluation["calibration"]["temperature"])
+    assert evaluation["calibration"]["test"]["ece_after"] is not None
+    assert [p["precision"] for p in evaluation["coverage_at_precision"]["test"]] == [0.95, 0.98]
+    predictor = Predictor(run_dir)
+    for row in read_json(run_dir / "predictions.json")[:4]:
+        top = predictor.predict(row["path"], top_k=3)
+        assert top[0].index == row["predicted"]
+        assert [p.probability for p in top] == pytest.approx([p for _, p in row["top5"]], abs=2e-3)

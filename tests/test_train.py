@@ -14,7 +14,7 @@ from conftest import tiny_config
 def test_config_resolves_model_defaults_and_validates():
     config = TrainConfig(data="x", model="efficientnet_lite0").resolved()
     assert config.freeze_epochs > 0 and config.image_size == 224 and config.backbone_lr_scale < 1 and config.freeze_batchnorm
-    assert TrainConfig(data="x").resolved().image_size == 96
+    assert TrainConfig(data="x").resolved().image_size == 128
     with pytest.raises(LandmarkError, match="optimizer"):
         TrainConfig(data="x", optimizer="lbfgs").resolved()
 
@@ -141,7 +141,7 @@ def test_transfer_defaults_use_the_native_size_and_stop_after_the_probe_on_a_cpu
     assert config.image_size == get_spec(model).preprocessing.input_size  # 224 / 240 / 260 from timm's config
     assert config.head_solver == "lbfgs" and config.epochs == config.freeze_epochs == config.feature_views
     assert TrainConfig(data="x", model=model, device="cpu", epochs=7).resolved().epochs == 7  # asked for: fine-tune
-    assert TrainConfig(data="x", model="scratch_cnn", device="cpu").resolved().epochs == 20
+    assert TrainConfig(data="x", model="scratch_cnn", device="cpu").resolved().epochs == 30
 
 
 def test_unknown_or_missing_devices_are_clear_errors():
@@ -199,11 +199,11 @@ def test_probe_head_is_the_optimum_on_the_cached_views(tiny_dataset, artifacts):
 
 
 def test_probe_run_resumed_after_a_cancel_matches_the_uninterrupted_run(tiny_dataset, artifacts):
-    config = _probe_config(tiny_dataset)
+    config = _probe_config(tiny_dataset, epochs=3, freeze_epochs=2, feature_views=2)
     reference = train_new(config, artifacts, evaluate_and_export=False)
     run_dir = create_run(config, artifacts)
     with pytest.raises(TrainingCancelled):
-        train(run_dir, callbacks=[CancelAt(2)], evaluate_and_export=False)
+        train(run_dir, callbacks=[CancelAt(1)], evaluate_and_export=False)
     train(run_dir, resume=True, evaluate_and_export=False)
     expected, resumed = _final_weights(reference), _final_weights(run_dir)
     assert all(torch.allclose(expected[k].float(), resumed[k].float(), atol=1e-5) for k in expected)
