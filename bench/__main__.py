@@ -2,7 +2,7 @@
 
     python -m bench            # full run on this machine (tens of minutes on 2 CPU cores)
     python -m bench --smoke    # tiny sizes, seconds: keeps the benchmarks working (CI)
-    python -m bench --only real --data DIR [DIR ...]   # real photos: class folders (train/ + test/)
+    python -m bench --only real fewshot --data DIR [DIR ...]   # real photos: class folders (train/ + test/)
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from landmark_core.allocator import keep_freed_memory
 from . import suites
 from .common import demo_dataset, machine
 
-NAMES = ["input", "frozen", "throughput", "inference", "tta", "real"]
+NAMES = ["input", "frozen", "throughput", "inference", "tta", "real", "fewshot"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # as every training process does (landmark_core.train.train)
     scale = suites.SMOKE if args.smoke else suites.FULL
     out = Path(args.out) if args.out else (None if args.smoke else Path("BENCHMARKS.md"))
-    chosen = args.only or [name for name in NAMES if name != "real" or args.data or args.smoke]
+    chosen = args.only or [name for name in NAMES if name not in ("real", "fewshot") or args.data or args.smoke]
     with tempfile.TemporaryDirectory(prefix="landmark-bench-") as scratch:
         work = Path(args.work or scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             "inference": lambda: suites.inference(scale, demo, work),
             "tta": lambda: suites.time_to_accuracy(scale, demo, work),
             "real": lambda: suites.real_photos(scale, [Path(d).resolve() for d in args.data] or [photos_for_smoke()], work),
+            "fewshot": lambda: suites.few_shot(scale, [Path(d).resolve() for d in args.data] or [photos_for_smoke()], work),
         }
         command = ("python -m bench" + (" --smoke" if args.smoke else "") + (f" --only {' '.join(args.only)}" if args.only else "")
                    + (f" --data {' '.join(args.data)}" if args.data else ""))
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                   "Every figure is compared with a baseline measured in the same run. Like every training process, "
                   "this one keeps freed memory for reuse (glibc malloc thresholds raised, landmark_core.allocator); "
                   "baselines run under the same setting unless a row says otherwise.\n\n")
-        kept = _sections(out.read_text()) if out.exists() and args.only else {}
+        kept = _sections(out.read_text()) if out.exists() else {}
         kept.update(sections)  # tables of this run replace their earlier versions; the others stay
         out.write_text(header + "\n".join(kept[title] for title in sorted(kept, key=_table_number)))
         print(f"wrote {out}", file=sys.stderr)

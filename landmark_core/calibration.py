@@ -66,33 +66,32 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float | None:
-    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by the bin's share of images."""
-    if len(labels) == 0:
-        return None
+def _confidence_bins(probs: np.ndarray, labels: np.ndarray, bins: int):
+    """Per equal-width confidence bin: (low edge, high edge, members mask), with each photo's confidence and rightness."""
     confidence = probs.max(1)
     correct = probs.argmax(1) == labels
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    error = 0.0
-    for b in range(bins):
-        members = which == b
-        if members.any():
-            error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(error)
+    return [(edges[b], edges[b + 1], which == b) for b in range(bins) if (which == b).any()], confidence, correct
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float | None:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by the bin's share of images."""
+    if len(labels) == 0:
+        return None
+    groups, confidence, correct = _confidence_bins(probs, labels, bins)
+    return float(sum(members.mean() * abs(correct[members].mean() - confidence[members].mean())
+                     for _, _, members in groups))
 
 
 def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> list[dict]:
     """Per confidence bin: mean confidence, accuracy and count (the reliability diagram's points)."""
     if len(labels) == 0:
         return []
-    confidence = probs.max(1)
-    correct = probs.argmax(1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    return [{"bin_low": float(edges[b]), "bin_high": float(edges[b + 1]), "count": int((which == b).sum()),
-             "confidence": float(confidence[which == b].mean()), "accuracy": float(correct[which == b].mean())}
-            for b in range(bins) if (which == b).any()]
+    groups, confidence, correct = _confidence_bins(probs, labels, bins)
+    return [{"bin_low": float(low), "bin_high": float(high), "count": int(members.sum()),
+             "confidence": float(confidence[members].mean()), "accuracy": float(correct[members].mean())}
+            for low, high, members in groups]
 
 
 def coverage_at_precision(probs: np.ndarray, labels: np.ndarray, precision: float) -> dict:

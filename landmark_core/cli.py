@@ -176,9 +176,17 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_run
+    from .export import EXPORT_META, export_run
+    from .fileio import read_json
     from .runs import resolve_run
     from .train import resolve_device
-    summary = evaluate_run(resolve_run(args.run), device=resolve_device(args.device), checkpoint=args.checkpoint)
+    run_dir = resolve_run(args.run)
+    summary = evaluate_run(run_dir, device=resolve_device(args.device), checkpoint=args.checkpoint)
+    exported = read_json(run_dir / EXPORT_META) or {}
+    if exported.get("checkpoint") == args.checkpoint and exported.get("temperature") != summary["calibration"]["temperature"]:
+        # the tag threshold just written assumes these calibrated probabilities: the exported model must give them
+        export_run(run_dir, checkpoint=args.checkpoint)
+        print(f"re-exported {run_dir.name} with the new calibration", file=sys.stderr)
     if args.json:
         calibration = {k: v for k, v in summary["calibration"].items() if k in ("temperature", "fitted_on")}
         calibration.update({f"{split}_ece_{when}": summary["calibration"][split][f"ece_{when}"]

@@ -272,7 +272,7 @@ def channel_stats(split: DecodedSplit, cache_dir: Path | None = None) -> tuple[l
 
 def cache_side_for(image_size: int, crop_pct: float = 0.875) -> int:
     """The decode size for a ``crop_pct`` centre crop (the classic Resize(256)/Crop(224) by default)."""
-    return int(math.ceil(image_size / crop_pct))
+    return int(math.ceil(image_size / crop_pct - 1e-9))  # 224 / 0.875 is 256 even when rounding says 256.00000001
 
 
 _LUMA = (0.299, 0.587, 0.114)
@@ -426,7 +426,7 @@ NEAR_DUPLICATE_THUMBNAIL_DIFFERENCE = 24.0
 
 def perceptual_hash(image) -> int:
     """64-bit DCT hash (imagehash.phash) of an RGB image: stable under re-encoding, resizing and small edits."""
-    import imagehash
+    import imagehash  # here, not at the top: it pulls in scipy, which most commands never need
 
     bits = imagehash.phash(image).hash.flatten()
     return int("".join("1" if bit else "0" for bit in bits), 2)
@@ -491,6 +491,8 @@ def dataset_report(dataset: Dataset, *, progress: ProgressFn | None = None) -> d
     cached = read_json(cache_dir / f"report-{key}.json")
     if cached:
         return cached
+    import imagehash  # noqa: F401  a missing install must fail here, not mark every photo unreadable
+
     rows, unreadable, by_hash = [], {}, {}
     hashes: dict[str, list[tuple[str, str, int | None]]] = {"train": [], "test": []}
     for i, (split, sample) in enumerate(all_samples):

@@ -22,7 +22,7 @@ from .fileio import read_json, write_json_atomic
 from .models import LandmarkNet, build_model, inference_batch_size
 
 #: Thresholds of the coverage curve: fine steps, because calibrated probabilities spread over the whole range.
-#: The temperature (and test-time flip) that export and tagging apply, written by evaluation.
+#: The temperature (and test-time flip) of each evaluated checkpoint, written by evaluation, applied by export.
 CALIBRATION_FILE = "calibration.json"
 THRESHOLDS = [round(t, 2) for t in np.arange(0.0, 1.0, 0.01)]
 #: Precision targets whose coverage Evaluate reports.
@@ -130,6 +130,12 @@ def summarize_predictions(probs: np.ndarray, labels: np.ndarray, classes: list[s
     return summary, rows
 
 
+def calibrated_temperature(run_dir: Path, checkpoint: str = "best") -> float:
+    """The temperature evaluation fit for ``checkpoint`` (1.0 before any evaluation)."""
+    entry = (read_json(run_dir / CALIBRATION_FILE, default={}) or {}).get(checkpoint) or {}
+    return float(entry.get("temperature", 1.0))
+
+
 def calibration_report(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.ndarray, test_labels: np.ndarray,
                        fit: bool = True) -> dict:
     """Fit the temperature on validation; expected calibration error before and after, on both splits."""
@@ -172,8 +178,9 @@ def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=
         "default_threshold": choose_threshold(val_curve),
         "skipped_images": (read_json(run_dir / "split.json", default={}) or {}).get("skipped", {}),
     })
-    write_json_atomic(run_dir / CALIBRATION_FILE, {"temperature": temperature, "tta_flip": bool(config.tta_flip),
-                                                   "checkpoint": checkpoint})
+    calibrations = read_json(run_dir / CALIBRATION_FILE, default={}) or {}
+    calibrations[checkpoint] = {"temperature": temperature, "tta_flip": bool(config.tta_flip)}
+    write_json_atomic(run_dir / CALIBRATION_FILE, calibrations)
     write_json_atomic(run_dir / "predictions.json", rows)
     write_json_atomic(run_dir / "evaluation.json", summary)
     return summary

@@ -102,18 +102,16 @@ def _signature(run_dir: Path, digest: str) -> str:
 
 def build_exportable(run_dir: Path, checkpoint: str = "best") -> ExportedClassifier:
     """The run's model wrapped with its preprocessing and, once evaluated, its calibration."""
-    from .evaluate import CALIBRATION_FILE, load_run_model
+    from .evaluate import calibrated_temperature, load_run_model
     from .train import run_preprocessing
 
     model, meta = load_run_model(run_dir, checkpoint, "cpu")
     model = model.to(memory_format=torch.channels_last)  # oneDNN's fast convolution layout: ~1.4x batch throughput on CPU
     config = meta["config"]
     preprocessing = run_preprocessing(config)
-    calibration = read_json(run_dir / CALIBRATION_FILE) or {}
-    temperature = float(calibration.get("temperature", 1.0)) if calibration.get("checkpoint", checkpoint) == checkpoint else 1.0
     return ExportedClassifier(model, meta["classes"], meta["mean"], meta["std"], config.image_size,
-                              preprocessing.resize_size, preprocessing.interpolation, temperature,
-                              bool(config.tta_flip)).eval()
+                              preprocessing.resize_size, preprocessing.interpolation,
+                              calibrated_temperature(run_dir, checkpoint), bool(config.tta_flip)).eval()
 
 
 def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float = 1e-4) -> Path:

@@ -37,7 +37,7 @@ class Preprocessing:
     @property
     def resize_size(self) -> int:
         import math
-        return int(math.ceil(self.input_size / self.crop_pct - 1e-9))  # 224 / 0.875 is 256, not 257
+        return int(math.ceil(self.input_size / self.crop_pct - 1e-9))  # 240 / 0.882 is 273 even with rounding error
 
     def at_size(self, input_size: int) -> "Preprocessing":
         return replace(self, input_size=input_size)
@@ -286,8 +286,8 @@ def _resnet18_preprocessing() -> Preprocessing:
 # Transfer recipe, chosen on real photos (BENCHMARKS.md, "Real photos"; few-shot protocol in the README):
 # * the head is a linear probe fit by L-BFGS on cached backbone features (landmark_core.probe), one more
 #   feature view each frozen epoch: the centre crop, its mirror image, then two augmented crops. On the two
-#   development sets, augmented views add 3 points of accuracy with 4 photos per class, 1 with 8, none with 16;
-#   more than 4 views added nothing;
+#   development sets, augmented views add ~3 points of accuracy with 4 photos per class, ~1 with 8, ~0 with 16;
+#   6 augmented crops instead of 2 added 0.1 points for Lite2 at twice the cost (BENCHMARKS.md table 7);
 # * the backbone's native input size (its timm config: 224/240/260 px), not 160: small photos of landmarks lose
 #   the details that tell them apart;
 # * fine-tuning the whole network is left to accelerators (``fine_tune_epochs``): on a 2-core CPU each epoch of
@@ -300,7 +300,8 @@ _TRANSFER_DEFAULTS = {"optimizer": "adamw", "lr": 3e-3, "weight_decay": 1e-4, "s
                       "batch_size": 16, "freeze_epochs": 4, "feature_views": 4, "head_solver": "lbfgs",
                       "fine_tune_epochs": 3, "augment": 0.6, "label_smoothing": 0.1, "backbone_lr_scale": 0.1,
                       "freeze_batchnorm": True, "warmup_epochs": 0.25, "tta_flip": False}
-#: What the app and the README offer first for transfer learning: the most accurate backbone on real photos.
+#: What the app and the README offer first for transfer learning: the most accurate backbone on real photos
+#: (tables 6 and 7 of BENCHMARKS.md: best on average, by a small margin, and not in every setting).
 DEFAULT_TRANSFER_MODEL = "efficientnet_lite2"
 
 register(ModelSpec(

@@ -46,8 +46,9 @@ def fit_linear_head(features: torch.Tensor, labels: torch.Tensor, num_classes: i
     """Logistic regression on ``features`` (N, D) by L-BFGS, L2 strength chosen on the validation features."""
     features = features.float().cpu()
     labels = labels.long().cpu()
+    class_weight = None if class_weight is None else class_weight.float().cpu()
     mean = features.mean(0)
-    scale = features.std(0).clamp_(min=1e-6)
+    scale = features.std(0, unbiased=False).clamp_(min=1e-6)  # defined for a single sample too
     standardised = (features - mean) / scale  # equal scales: one L2 strength fits every feature, and L-BFGS converges fast
     validating = val_features is not None and val_labels is not None and len(val_labels) > 0
     if not validating and len(weight_decays) > 1:  # nothing to choose with

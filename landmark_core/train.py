@@ -14,7 +14,7 @@ import os
 import signal
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -63,6 +63,8 @@ class TrainConfig:
     feature_views: int | None = None
     tta_flip: bool | None = None  # average the prediction of the photo and its mirror image (eval and export)
     class_balanced: bool = False  # weight the loss by inverse class frequency
+    resize_size: int | None = None  # decode size before the centre crop: from the model's crop_pct
+    interpolation: str | None = None  # resize filter: from the model's config (bicubic for EfficientNet-Lite)
     calibrate: bool = True  # fit a softmax temperature on the validation split (evaluation, tagging, export)
     val_fraction: float = 0.1
     test_fraction: float = 0.2
@@ -91,11 +93,18 @@ class TrainConfig:
         for name, value in values.items():
             if value is None and name in defaults:
                 values[name] = defaults[name]
+        if self.head_solver is None and not self.cache_features:
+            values["head_solver"] = "sgd"  # the probe needs cached features
         if self.epochs is None and "fine_tune_epochs" in model_defaults:
             # Device-aware: fine-tuning the whole network pays on a GPU; on a CPU it costs minutes per epoch
-            # and did not beat the linear probe on real photos (BENCHMARKS.md, real photos), so CPUs stop there.
+            # and did not beat the linear probe on real photos (BENCHMARKS.md, real photos), so CPUs stop there
+            # (unless nothing is frozen: then fine-tuning is all there is).
             accelerated = _device_or_error(self.device).type != "cpu"
-            values["epochs"] = values["freeze_epochs"] + (model_defaults["fine_tune_epochs"] if accelerated else 0)
+            fine_tune = accelerated or values["freeze_epochs"] == 0
+            values["epochs"] = values["freeze_epochs"] + (model_defaults["fine_tune_epochs"] if fine_tune else 0)
+        preprocessing = spec.preprocessing.at_size(values["image_size"])
+        values["resize_size"] = values["resize_size"] or preprocessing.resize_size
+        values["interpolation"] = values["interpolation"] or preprocessing.interpolation
         config = TrainConfig(**values)
         config.validate()
         return config
@@ -123,6 +132,12 @@ class TrainConfig:
             problems.append(f"head_solver must be one of {', '.join(HEAD_SOLVERS)}")
         if self.feature_views < 1:
             problems.append("feature_views must be at least 1")
+        if self.head_solver == "lbfgs" and not self.cache_features and self.freeze_epochs > 0:
+            problems.append("head_solver lbfgs fits the head on cached features: drop --no-feature-cache or use sgd")
+        if self.resize_size < self.image_size:
+            problems.append("resize_size must be at least image_size")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            problems.append("interpolation must be bilinear or bicubic")
         if problems:
             raise LandmarkError("invalid training config: " + "; ".join(problems))
 
@@ -132,7 +147,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        values = {k: v for k, v in values.items() if k in known}
+        if "resize_size" not in values and values.get("image_size"):
+            # a run made before preprocessing and the head solver were recorded: keep what it trained with
+            values.update(resize_size=math.ceil(values["image_size"] / 0.875), interpolation="bilinear")
+            values.setdefault("head_solver", "sgd")
+        return cls(**values)
 
 
 def _autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -180,8 +200,10 @@ class PreparedData:
 
 
 def run_preprocessing(config: TrainConfig) -> Preprocessing:
-    """The model's own preprocessing (crop_pct, interpolation, mean/std) at the run's image size."""
-    return get_spec(config.model).preprocessing.at_size(config.image_size)
+    """The run's preprocessing: the model's own (mean/std) with the size, crop and filter the run recorded."""
+    config = config if config.resize_size else config.resolved()
+    return replace(get_spec(config.model).preprocessing, input_size=config.image_size,
+                   crop_pct=config.image_size / config.resize_size, interpolation=config.interpolation)
 
 
 def prepare_data(config: TrainConfig, progress: Callable[[str, int, int], None] | None = None) -> PreparedData:
@@ -273,7 +295,7 @@ class FeatureBatches:
                 pixels = torch.from_numpy(np.array(self.loader.split.images[start:start + chunk]))
                 inputs = self.loader.prepare(pixels, generator)
                 chunks.append(self.backbone(inputs.flip(-1) if exact and view == 1 else inputs).float())
-            self.features[view] = torch.cat(chunks)
+            self.features[view] = torch.cat(chunks) if chunks else torch.zeros(0, self.model.feature_dim)
         return self.features[view]
 
     def precompute(self) -> "FeatureBatches":
@@ -433,8 +455,12 @@ class Engine:
     def _fit_head(self, train_batches: FeatureBatches, val_batches: FeatureBatches) -> tuple[float, float]:
         """A probe epoch: fit the head by L-BFGS on every feature view so far (one 'batch')."""
         features, labels = train_batches.views_so_far()
-        head = fit_linear_head(features, labels, len(self.data.classes), val_features=val_batches.evaluation_features(),
-                               val_labels=val_batches.labels, class_weight=self.class_weight)
+        features, labels = features.cpu(), labels.cpu()  # L-BFGS on the CPU: a full batch of a few MB
+        validating = len(val_batches.labels) > 0
+        head = fit_linear_head(features, labels, len(self.data.classes),
+                               val_features=val_batches.evaluation_features().cpu() if validating else None,
+                               val_labels=val_batches.labels if validating else None,
+                               class_weight=None if self.class_weight is None else self.class_weight.cpu())
         linear = self.model.head[-1]
         with torch.no_grad():
             linear.weight.copy_(head.weight.to(linear.weight.device))

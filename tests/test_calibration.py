@@ -110,3 +110,8 @@ def test_class_weights_make_every_class_count_the_same():
     weights = class_weights(labels, 3)
     per_class = torch.stack([weights[c] * (labels == c).sum() for c in range(3)])
     assert torch.allclose(per_class, per_class[0]) and weights[labels].mean() == pytest.approx(1.0)
+
+
+def test_linear_probe_on_a_single_photo_is_finite():
+    head = fit_linear_head(torch.randn(1, 8) + 5, torch.tensor([1]), 3)
+    assert torch.isfinite(head.weight).all() and torch.isfinite(head.bias).all()

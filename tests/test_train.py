@@ -207,3 +207,22 @@ def test_probe_run_resumed_after_a_cancel_matches_the_uninterrupted_run(tiny_dat
     train(run_dir, resume=True, evaluate_and_export=False)
     expected, resumed = _final_weights(reference), _final_weights(run_dir)
     assert all(torch.allclose(expected[k].float(), resumed[k].float(), atol=1e-5) for k in expected)
+
+
+def test_a_run_made_before_preprocessing_was_recorded_keeps_what_it_trained_with():
+    old = TrainConfig(data="x", model="efficientnet_lite0").resolved().to_dict()
+    for key in ("resize_size", "interpolation", "head_solver", "feature_views", "tta_flip", "calibrate", "class_balanced"):
+        old.pop(key)
+    old.update(image_size=160, epochs=11, freeze_epochs=8)
+    config = TrainConfig.from_dict(old).resolved()
+    assert (config.resize_size, config.interpolation, config.head_solver) == (183, "bilinear", "sgd")
+    new = TrainConfig.from_dict(TrainConfig(data="x", model="efficientnet_lite2").resolved().to_dict())
+    assert (new.resize_size, new.interpolation, new.head_solver) == (293, "bicubic", "lbfgs")
+
+
+def test_transfer_choices_that_do_not_fit_together():
+    no_freeze = TrainConfig(data="x", model="efficientnet_lite0", device="cpu", freeze_epochs=0).resolved()
+    assert no_freeze.epochs == 3  # nothing frozen: fine-tuning is all there is, even on a CPU
+    assert TrainConfig(data="x", model="efficientnet_lite0", cache_features=False).resolved().head_solver == "sgd"
+    with pytest.raises(LandmarkError, match="cached features"):
+        TrainConfig(data="x", model="efficientnet_lite0", cache_features=False, head_solver="lbfgs").resolved()
