@@ -25,7 +25,7 @@ from .runs import runs_dir
 
 MODEL_FILE = "model.ts"
 #: What a frozen export keeps besides ``forward``: readers of the file use them.
-PRESERVED_ATTRIBUTES = ["class_names", "image_size", "resize_size", "preprocess"]
+PRESERVED_ATTRIBUTES = ["class_names", "image_size", "resize_size", "interpolation", "temperature", "flip_tta", "preprocess"]
 EXPORT_META = "export.json"
 
 

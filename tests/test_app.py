@@ -103,3 +103,18 @@ def test_train_page_starts_a_run_in_the_background(app_env):
     assert read_status(new[0].path)["state"] == "finished"
     at = page("train").run()
     assert "finished" in at.get("progress")[0].proto.text
+
+
+def test_evaluate_shows_calibration_and_coverage_at_precision(app_env):
+    at = page("evaluate").run()
+    assert not at.exception
+    labels = [m.label for m in at.metric]
+    assert {"Calibration error (test ECE)", "Temperature", "Coverage at 95% precision",
+            "Coverage at 98% precision"} <= set(labels), labels
+    assert any("Calibration: confidence vs accuracy" in s.value for s in at.subheader)
+
+
+def test_explore_reports_whether_test_photos_leak_from_train(app_env):
+    at = page("explore").run()
+    assert not at.exception
+    assert any("No test photo is also a training photo" in s.value for s in at.success)

@@ -74,3 +74,23 @@ def test_data_demo_and_stats(tmp_path):
     run_cli("data", "demo", "--out", out, "--train-per-class", "2", "--test-per-class", "1")
     stats = json.loads(run_cli("data", "stats", out, "--json").stdout)
     assert stats["classes"] >= 10 and all(c == {"train": 2, "test": 1} for c in stats["counts"].values())
+
+
+def test_evaluate_reexports_when_the_calibration_changed(trained_run, tmp_path, monkeypatch, capsys):
+    """The tag threshold evaluate writes assumes its calibrated probabilities: the exported model must give them."""
+    import shutil
+    from landmark_core.export import EXPORT_META
+    from landmark_core.fileio import read_json, write_json_atomic
+    from landmark_core.predict import Predictor
+    monkeypatch.setenv("LANDMARK_ARTIFACTS", str(tmp_path))
+    copy = tmp_path / "runs" / trained_run.name
+    shutil.copytree(trained_run, copy)
+    stale = {**read_json(copy / EXPORT_META), "temperature": 123.0}
+    write_json_atomic(copy / EXPORT_META, stale)
+    assert main(["evaluate", str(copy)]) == 0
+    assert "re-exported" in capsys.readouterr().err
+    evaluation = read_json(copy / "evaluation.json")
+    assert read_json(copy / EXPORT_META)["temperature"] == pytest.approx(evaluation["calibration"]["temperature"])
+    assert Predictor(copy).module.temperature == pytest.approx(evaluation["calibration"]["temperature"])
+    assert main(["evaluate", str(copy)]) == 0  # unchanged calibration: the export stays as it is
+    assert "re-exported" not in capsys.readouterr().err
