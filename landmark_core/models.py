@@ -286,7 +286,8 @@ def _resnet18_preprocessing() -> Preprocessing:
 # Transfer recipe, chosen on real photos (BENCHMARKS.md, "Real photos"; few-shot protocol in the README):
 # * the head is a linear probe fit by L-BFGS on cached backbone features (landmark_core.probe), one more
 #   feature view each frozen epoch: the centre crop, its mirror image, then two augmented crops. On the two
-#   development sets, augmented views add ~3 points of accuracy with 4 photos per class, ~1 with 8, ~0 with 16;
+#   development sets, with 4 photos per class the extra views add 3 points for Lite0 and 1 for Lite2, little
+#   with 16;
 #   6 augmented crops instead of 2 added 0.1 points for Lite2 at twice the cost (BENCHMARKS.md table 7);
 # * the backbone's native input size (its timm config: 224/240/260 px), not 160: small photos of landmarks lose
 #   the details that tell them apart;
