@@ -342,9 +342,17 @@ def time_to_accuracy(scale: Scale, demo: Path, work: Path) -> Table:
 
 
 def _course_recipe_in_fresh_process(scale: Scale, demo: Path, name: str) -> tuple[float, int, float]:
-    import multiprocessing
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_course_recipe, (scale, demo, name))
+    """A new interpreter, not a multiprocessing child: a spawned child re-runs whatever ``__main__`` is, which
+    under Streamlit's AppTest (in the same test session) is a page script."""
+    import subprocess
+    import sys
+    code = ("import json, sys; from pathlib import Path; from bench import suites; "
+            "scale = {'full': suites.FULL, 'smoke': suites.SMOKE}[sys.argv[1]]; "
+            "print(json.dumps(suites._course_recipe(scale, Path(sys.argv[2]), sys.argv[3])))")
+    result = subprocess.run([sys.executable, "-c", code, scale.name, str(demo), name], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], check=True)
+    seconds, epoch, acc = json.loads(result.stdout.strip().splitlines()[-1])
+    return seconds, epoch, acc
 
 
 def _course_recipe(scale: Scale, demo: Path, name: str) -> tuple[float, int, float]:
