@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .data import cache_side_for
 from .errors import ModelError
 
 RESNET18_CACHE_NAME = "resnet18-f37072fd.pth"
@@ -36,8 +37,7 @@ class Preprocessing:
 
     @property
     def resize_size(self) -> int:
-        import math
-        return int(math.ceil(self.input_size / self.crop_pct - 1e-9))  # 240 / 0.882 is 273 even with rounding error
+        return cache_side_for(self.input_size, self.crop_pct)
 
     def at_size(self, input_size: int) -> "Preprocessing":
         return replace(self, input_size=input_size)
