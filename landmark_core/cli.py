@@ -218,20 +218,30 @@ def cmd_export(args) -> int:
 def cmd_predict(args) -> int:
     from .errors import ImageError
     from .predict import Predictor
+    from .tagging import decide_for
     predictor = Predictor(args.run)
     results, failures = [], 0
     for image in args.images:
         try:
-            predictions = predictor.predict(image, top_k=args.top_k)
+            assessment = predictor.assess(image, top_k=args.top_k)
         except ImageError as error:
             failures += 1
             print(f"error: {error}", file=sys.stderr)
             results.append({"image": image, "error": str(error)})
             continue
-        results.append({"image": image, "predictions": [{"class": p.label, "probability": p.probability} for p in predictions]})
+        decision = decide_for(predictor, image, assessment=assessment)
+        place = decision.place
+        results.append({"image": image, "outcome": decision.status, "familiarity": assessment.familiarity,
+                        "landmark": decision.name if decision.status == "tagged" else None,
+                        "latitude": place.latitude if place and decision.status == "tagged" else None,
+                        "longitude": place.longitude if place and decision.status == "tagged" else None,
+                        "predictions": [{"class": p.label, "probability": p.probability} for p in assessment.predictions]})
         if not args.json:
-            print(image)
-            for p in predictions:
+            familiarity = f", familiarity {assessment.familiarity:.3f}" if assessment.familiarity is not None else ""
+            where = f" at {place.latitude:.4f}, {place.longitude:.4f}" if place and decision.status == "tagged" else ""
+            print(f"{image}: {decision.status}{' as ' + decision.description + where if decision.status == 'tagged' else ''}"
+                  f"{familiarity}")
+            for p in assessment.predictions:
                 print(f"  {p.probability:7.2%}  {p.label}")
     if args.json:
         print(json.dumps(results, indent=2))

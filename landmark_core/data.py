@@ -48,6 +48,10 @@ class Dataset:
     train: list[Sample]
     test: list[Sample]
     test_taken_from_train: bool = False
+    #: Photos of places that are none of the classes (``unknown/`` folders): they calibrate and evaluate the
+    #: open-set decision and are never a class.
+    unknown_calibration: list[str] = field(default_factory=list)
+    unknown_evaluation: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -58,8 +62,33 @@ def _visible(entries) -> list[Path]:
     return sorted(p for p in entries if not p.name.startswith((".", "_")))
 
 
+#: Folder names (any case, ``_`` prefix allowed) holding photos of other places rather than a class.
+UNKNOWN_FOLDERS = ("unknown", "_unknown")
+
+
+def _is_unknown_folder(path: Path) -> bool:
+    return path.name.lower() in UNKNOWN_FOLDERS
+
+
 def _class_folders(folder: Path) -> list[Path]:
-    return [p for p in _visible(folder.iterdir()) if p.is_dir()]
+    return [p for p in _visible(folder.iterdir()) if p.is_dir() and not _is_unknown_folder(p)]
+
+
+def _unknown_files(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and _is_unknown_folder(p)]
+    return [str(f) for unknown in sorted(found) for f in _files(unknown)]
+
+
+def _unknown_photos(root: Path, train_dir: Path, test_dir: Path) -> tuple[list[str], list[str]]:
+    """(calibration, evaluation) unknown photos: train/unknown calibrates, test/unknown evaluates, and a
+    root-level unknown/ is halved by a hash of each file's name (stable however the folder grows)."""
+    calibration, evaluation = _unknown_files(train_dir), _unknown_files(test_dir)
+    for path in _unknown_files(root):
+        half = hashlib.sha1(Path(path).relative_to(root).as_posix().encode()).digest()[0] % 2
+        (calibration if half == 0 else evaluation).append(path)
+    return calibration, evaluation
 
 
 def _files(class_folder: Path) -> list[Path]:
@@ -108,10 +137,11 @@ def scan_dataset(root: str | os.PathLike, *, test_fraction: float = 0.2, seed: i
     train = collect(base)
     if not train:
         raise DataError(f"{base} has class folders but no files in them")
+    unknown_calibration, unknown_evaluation = _unknown_photos(root, train_dir, test_dir)
     if base is train_dir and test_dir.is_dir():
-        return Dataset(root, classes, train, collect(test_dir))
+        return Dataset(root, classes, train, collect(test_dir), False, unknown_calibration, unknown_evaluation)
     train, test = stratified_split(train, test_fraction, seed)
-    return Dataset(root, classes, train, test, test_taken_from_train=True)
+    return Dataset(root, classes, train, test, True, unknown_calibration, unknown_evaluation)
 
 
 # --- cache folder ----------------------------------------------------------------------------

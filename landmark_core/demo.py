@@ -269,6 +269,43 @@ def _temple_of_heaven(p: Painter, rng) -> None:
     p.ellipse(0, y + 0.04, 0.035, 0.05, (210, 170, 60))
 
 
+# --- landmarks that are never a class: the demo's unknown/ photos -----------------------------
+
+def _lighthouse(p: Painter, rng) -> None:
+    white, red = _jitter(rng, (235, 235, 230)), _jitter(rng, (190, 40, 40))
+    bands = int(rng.integers(2, 5))
+    for k in range(bands * 2):  # a tapering tower in alternating bands
+        y0, y1 = 0.8 * k / (bands * 2), 0.8 * (k + 1) / (bands * 2)
+        w0, w1 = 0.14 - 0.06 * y0, 0.14 - 0.06 * y1
+        p.poly([(-w0, y0), (w0, y0), (w1, y1), (-w1, y1)], red if k % 2 else white)
+    p.rect(-0.07, 0.8, 0.07, 0.9, (250, 230, 140))  # lantern
+    p.poly([(-0.09, 0.9), (0.09, 0.9), (0, 1.0)], (40, 40, 40))
+
+
+def _pyramid(p: Painter, rng) -> None:
+    stone = _jitter(rng, (200, 170, 110), 20)
+    p.poly([(-0.9, 0), (0.9, 0), (0, 0.75)], stone)
+    p.poly([(0, 0.75), (0.9, 0), (0.35, 0)], tuple(int(c * 0.75) for c in stone))  # the shaded face
+    if rng.random() < 0.6:
+        p.poly([(1.0, 0), (1.6, 0), (1.3, 0.35)], tuple(int(c * 0.9) for c in stone))
+
+
+def _windmill(p: Painter, rng) -> None:
+    body = _jitter(rng, (150, 110, 80))
+    p.poly([(-0.2, 0), (0.2, 0), (0.12, 0.65), (-0.12, 0.65)], body)
+    p.poly([(-0.15, 0.65), (0.15, 0.65), (0, 0.8)], (90, 60, 50))
+    angle = rng.uniform(0, math.pi / 2)
+    for k in range(4):
+        a = angle + k * math.pi / 2
+        end = (0.55 * math.cos(a), 0.68 + 0.55 * math.sin(a))
+        p.line([(0, 0.68), end], (230, 225, 210), 0.04)
+
+
+#: Landmark-like scenes that are none of the classes, and plain scenes with no landmark (``None``).
+UNKNOWN_ARCHETYPES: dict[str, Callable[[Painter, np.random.Generator], None] | None] = {
+    "lighthouse": _lighthouse, "pyramid": _pyramid, "windmill": _windmill, "no_landmark": None,
+}
+
 ARCHETYPES: dict[str, Callable[[Painter, np.random.Generator], None]] = {
     "07.Stonehenge": _stonehenge,
     "09.Golden_Gate_Bridge": _golden_gate,
@@ -343,7 +380,8 @@ class SceneSpec:
 
 def render_scene(spec: SceneSpec) -> Image.Image:
     """Render one demo photo as an RGB image."""
-    class_index = DEMO_CLASSES.index(spec.class_name)
+    class_index = (DEMO_CLASSES.index(spec.class_name) if spec.class_name in ARCHETYPES
+                   else 100 + list(UNKNOWN_ARCHETYPES).index(spec.class_name))
     rng = np.random.default_rng([spec.seed, class_index, 0 if spec.split == "train" else 1, spec.index])
     width, height = _SIZES[rng.integers(len(_SIZES))]
     time_name = rng.choice(list(_TIMES), p=[0.45, 0.2, 0.15, 0.1, 0.1])
@@ -379,7 +417,9 @@ def render_scene(spec: SceneSpec) -> Image.Image:
     painter = Painter(draw, cx=width * rng.uniform(0.2, 0.8), base_y=horizon + rng.uniform(-2, 0.08 * height),
                       scale=scale, squash=rng.uniform(0.7, 1.3) * rng.choice([-1, 1]),
                       shear=rng.uniform(-0.12, 0.12), light=light)
-    ARCHETYPES[spec.class_name](painter, rng)
+    draw_landmark = ARCHETYPES.get(spec.class_name) or UNKNOWN_ARCHETYPES.get(spec.class_name)
+    if draw_landmark is not None:
+        draw_landmark(painter, rng)
 
     if rng.random() < 0.3:  # birds
         for _ in range(int(rng.integers(1, 6))):
@@ -440,10 +480,31 @@ def _render_class(args: tuple[Path, str, int, int, int]) -> int:
     return count
 
 
+def _run_job(job) -> int:
+    function, args = job
+    return function(args)
+
+
+def _render_unknown(args: tuple[Path, str, int, int]) -> int:
+    root, archetype, seed, count = args
+    folder = root / "unknown"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        write_bytes_atomic(folder / f"{archetype}_{index:04d}.jpg",
+                           _encode(SceneSpec(archetype, seed, "unknown", index), seed + 7919))
+    return count
+
+
 def generate_demo_dataset(root: str | os.PathLike, *, seed: int = 0, train_per_class: int = 100,
                           test_per_class: int = 25, classes: list[str] | None = None,
+                          unknown_per_archetype: int | None = None,
                           workers: int | None = None, progress: Callable[[int, int], None] | None = None) -> Path:
     """Write the demo dataset as ``root/{train,test}/NN.Name/*.jpg`` and return ``root``.
+
+    ``root/unknown/`` gets ``unknown_per_archetype`` photos (default: a fifth of
+    a class's photos) of each of :data:`UNKNOWN_ARCHETYPES`: landmarks that are
+    no class, and scenes with no landmark, to calibrate and evaluate the
+    open-set decision with (half each, see :func:`.data.scan_dataset`).
 
     ``progress(done_classes, total_classes)`` is called as classes finish. A
     marker file is written last, so a half-generated folder is never mistaken
@@ -454,23 +515,28 @@ def generate_demo_dataset(root: str | os.PathLike, *, seed: int = 0, train_per_c
     unknown = sorted(set(classes) - set(ARCHETYPES))
     if unknown:
         raise ValueError(f"no demo archetype for {', '.join(unknown)}")
-    jobs = [(root, name, seed, train_per_class, test_per_class) for name in classes]
+    if unknown_per_archetype is None:
+        unknown_per_archetype = max(2, (train_per_class + test_per_class) // 5)
+    jobs = [(_render_class, (root, name, seed, train_per_class, test_per_class)) for name in classes]
+    jobs += [(_render_unknown, (root, name, seed, unknown_per_archetype)) for name in UNKNOWN_ARCHETYPES
+             if unknown_per_archetype > 0]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     done = 0
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(_render_class, jobs):
+            for _ in pool.map(_run_job, jobs):
                 done += 1
                 if progress:
                     progress(done, len(jobs))
     else:
         for job in jobs:
-            _render_class(job)
+            _run_job(job)
             done += 1
             if progress:
                 progress(done, len(jobs))
     write_json_atomic(root / "DEMO.json", {"seed": seed, "classes": classes, "train_per_class": train_per_class,
-                                            "test_per_class": test_per_class})
+                                            "test_per_class": test_per_class, "unknown_archetypes": list(UNKNOWN_ARCHETYPES),
+                                            "unknown_per_archetype": unknown_per_archetype})
     return root
 
 

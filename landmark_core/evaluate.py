@@ -15,10 +15,11 @@ import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from . import data as data_lib
+from . import openset
 from .calibration import (coverage_at_precision, expected_calibration_error, fit_temperature, reliability,
                           softmax)
 from .errors import RunError
-from .fileio import read_json, write_json_atomic
+from .fileio import read_json, save_atomic, write_json_atomic
 from .models import LandmarkNet, build_model, inference_batch_size
 
 #: Thresholds of the coverage curve: fine steps, because calibrated probabilities spread over the whole range.
@@ -49,16 +50,30 @@ def load_run_model(run_dir: Path, checkpoint: str = "best", device: torch.device
 
 
 @torch.no_grad()
-def split_logits(model: LandmarkNet, split: data_lib.DecodedSplit, *, image_size: int, mean, std, device,
-                 tta_flip: bool = False, batch_size: int | None = None) -> np.ndarray:
-    """Logits (N, C) for a decoded split, centre-cropped as at inference (flip-averaged with ``tta_flip``)."""
-    from .train import predict_logits
+def split_outputs(model: LandmarkNet, split: data_lib.DecodedSplit, *, image_size: int, mean, std, device,
+                  tta_flip: bool = False, batch_size: int | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """(backbone features (N, D), logits (N, C)) for a decoded split, centre-cropped as at inference.
 
+    With ``tta_flip`` the features are the mean of the photo's and its mirror
+    image's, and the logits those of the mean (the same as the mean of the
+    logits: the head is linear), exactly as the exported model computes them.
+    """
     loader = data_lib.BatchLoader(split, batch_size=batch_size or inference_batch_size(device), image_size=image_size,
                                   mean=mean, std=std, device=device, channels_last=True)
     model.eval()
-    outputs = [predict_logits(model, inputs, tta_flip).cpu() for inputs, _ in loader]
-    return torch.cat(outputs).numpy() if outputs else np.zeros((0, len(model.head[-1].bias)), dtype=np.float32)
+    features, logits = [torch.zeros(0, model.feature_dim)], [torch.zeros(0, len(model.head[-1].bias))]
+    for inputs, _ in loader:
+        batch = model.backbone(inputs).float()
+        if tta_flip:
+            batch = (batch + model.backbone(inputs.flip(-1)).float()) / 2
+        features.append(batch.cpu())
+        logits.append(model.head(batch.to(model.head[-1].weight.dtype)).float().cpu())
+    return torch.cat(features), torch.cat(logits).numpy()
+
+
+def split_logits(model: LandmarkNet, split: data_lib.DecodedSplit, **options) -> np.ndarray:
+    """Logits (N, C) for a decoded split (see :func:`split_outputs`)."""
+    return split_outputs(model, split, **options)[1]
 
 
 def predict_split(model: LandmarkNet, split: data_lib.DecodedSplit, *, temperature: float = 1.0, **options) -> np.ndarray:
@@ -149,9 +164,61 @@ def calibration_report(val_logits: np.ndarray, val_labels: np.ndarray, test_logi
     return report
 
 
+def feature_bank_path(run_dir: Path, checkpoint: str = "best") -> Path:
+    return run_dir / f"feature_bank_{checkpoint}.pt"
+
+
+def load_feature_bank(run_dir: Path, checkpoint: str = "best") -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(normalised training features (N, D) float16, their labels (N,)) saved by evaluation, or None."""
+    path = feature_bank_path(run_dir, checkpoint)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state["features"], state["labels"]
+    except Exception as error:
+        raise RunError(f"{path.name} cannot be read ({type(error).__name__}); run landmark evaluate again") from None
+
+
+def open_set_report(scorer: openset.Scorer, choice: dict, probability_threshold: float, *,
+                    test: tuple[torch.Tensor, np.ndarray], test_labels: np.ndarray,
+                    unknown: tuple[torch.Tensor, np.ndarray] | None = None) -> dict:
+    """How the joint tag decision does on known test photos and unknown evaluation photos, and how well each
+    candidate score tells them apart (AUROC; also against the test photos' own leave-one-class-out scores)."""
+    threshold = choice["threshold"]
+    known = scorer(*test)
+    unknown = unknown or (torch.zeros(0, scorer.bank.shape[1]), np.zeros((0, test[1].shape[1]), np.float32))
+    other = scorer(*unknown)
+    correct = known.predicted == test_labels
+    test_pseudo = openset.leave_one_class_out(test[0], torch.from_numpy(test_labels), scorer.bank, scorer.bank_labels)
+    return {
+        "score": "familiarity",
+        "familiarity_threshold": threshold, "probability_threshold": probability_threshold,
+        "threshold_basis": choice["basis"],
+        "unknown_photos": {"calibration": choice["calibration_unknowns"], "evaluation": len(other.familiarity)},
+        # how well each score tells known test photos from unknown ones (1.0: perfectly, 0.5: chance)
+        "auroc": {
+            "unknown photos": {
+                "familiarity": openset.auroc(known.familiarity, other.familiarity),
+                "max_probability": openset.auroc(known.probability, other.probability),
+                "energy": openset.auroc(openset.energy(test[1], scorer.temperature),
+                                        openset.energy(unknown[1], scorer.temperature)) if len(unknown[1]) else None},
+            "leave-one-class-out": {"familiarity": openset.auroc(known.familiarity, test_pseudo)}},
+        "known": openset.operating_point(known.probability, known.familiarity, probability_threshold, threshold, correct),
+        "unknown": openset.operating_point(other.probability, other.familiarity, probability_threshold, threshold),
+        "known_without_open_set": openset.operating_point(known.probability, known.familiarity,
+                                                          probability_threshold, -1.0, correct),
+        "unknown_without_open_set": openset.operating_point(other.probability, other.familiarity,
+                                                            probability_threshold, -1.0),
+        "curve": openset.familiarity_curve(known.probability, known.familiarity, correct, other.probability,
+                                           other.familiarity, probability_threshold),
+    }
+
+
 def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=None, checkpoint: str = "best") -> dict:
-    """Evaluate a run on its test split; calibrate probabilities and the tagging threshold on validation."""
-    from .train import prepare_data
+    """Evaluate a run on its test split; calibrate probabilities, the tagging threshold and the open-set
+    decision on validation (plus unknown photos when the dataset has them)."""
+    from .train import decode_photos, prepare_data
 
     model, meta = load_run_model(run_dir, checkpoint, device)
     config = meta["config"]
@@ -159,27 +226,66 @@ def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=
         prepared = prepare_data(config)
     common = dict(image_size=config.image_size, mean=meta["mean"], std=meta["std"], device=device,
                   tta_flip=bool(config.tta_flip))
-    test_logits = split_logits(model, prepared.test, **common)
-    val_logits = split_logits(model, prepared.val, **common)
+    test_features, test_logits = split_outputs(model, prepared.test, **common)
+    val_features, val_logits = split_outputs(model, prepared.val, **common)
+    train_features, _ = split_outputs(model, prepared.train, **common)
     calibration = calibration_report(val_logits, prepared.val.labels, test_logits, prepared.test.labels,
                                      fit=bool(config.calibrate))
     temperature = calibration["temperature"]
     test_probs, val_probs = softmax(test_logits, temperature), softmax(val_logits, temperature)
     summary, rows = summarize_predictions(test_probs, prepared.test.labels, meta["classes"], prepared.test.paths)
     val_curve = coverage_curve(val_probs, prepared.val.labels)
+
+    bank = openset.normalise_features(train_features).half()
+    bank_labels = torch.from_numpy(np.asarray(prepared.train.labels, dtype=np.int64))
+    scorer = openset.Scorer(bank, bank_labels, temperature)
+    unknowns, unknown_paths = {}, {}
+    for name, paths in (("calibration", prepared.unknown_calibration), ("evaluation", prepared.unknown_evaluation)):
+        if paths:
+            decoded = decode_photos(config, paths, prepared.cache_dir)
+            unknowns[name], unknown_paths[name] = split_outputs(model, decoded, **common), decoded.paths
+    # The familiarity threshold first (from pseudo-unknowns and any unknown photos), then the probability
+    # threshold on the validation photos that pass it: those are the photos the tag decision has to sort out.
+    val_labels = np.asarray(prepared.val.labels, dtype=np.int64)
+    pseudo = openset.leave_one_class_out(torch.cat([train_features, val_features]),
+                                         torch.cat([bank_labels, torch.from_numpy(val_labels)]), bank, bank_labels)
+    calibration_scores = scorer(*unknowns["calibration"]) if "calibration" in unknowns else None
+    choice = openset.choose_familiarity_threshold(
+        pseudo, *((calibration_scores.familiarity, calibration_scores.probability >= MIN_DEFAULT_THRESHOLD)
+                  if calibration_scores else ()))
+    familiar = scorer(val_features, val_logits).familiarity >= choice["threshold"]
+    familiar_curve = coverage_curve(val_probs[familiar], val_labels[familiar])
+    default_threshold = choose_threshold(familiar_curve)
+    open_set = open_set_report(scorer, choice, default_threshold, test=(test_features, test_logits),
+                               test_labels=np.asarray(prepared.test.labels), unknown=unknowns.get("evaluation"))
+    open_set["unknown_predictions"] = []  # what each unknown photo got, for the Evaluate gallery
+    for name, outputs in unknowns.items():
+        scores = scorer(*outputs)
+        open_set["unknown_predictions"] += [
+            {"path": path, "split": name, "predicted": int(p), "probability": float(q), "familiarity": float(f)}
+            for path, p, q, f in zip(unknown_paths[name], scores.predicted, scores.probability, scores.familiarity)]
+    for row, value in zip(rows, scorer(test_features, test_logits).familiarity):
+        row["familiarity"] = float(value)
     summary.update({
         "run_id": run_dir.name, "checkpoint": checkpoint, "epoch": meta["epoch"],
         "tta_flip": bool(config.tta_flip), "calibration": calibration,
-        "coverage_curve": {"validation": val_curve, "test": coverage_curve(test_probs, prepared.test.labels)},
+        "coverage_curve": {"validation": val_curve, "validation_familiar": familiar_curve,
+                           "test": coverage_curve(test_probs, prepared.test.labels)},
         "coverage_at_precision": {
             split: [coverage_at_precision(probs, labels, target) for target in PRECISION_TARGETS]
             for split, probs, labels in (("validation", val_probs, prepared.val.labels),
                                          ("test", test_probs, prepared.test.labels))},
-        "default_threshold": choose_threshold(val_curve),
+        "default_threshold": default_threshold,
+        "default_familiarity_threshold": open_set["familiarity_threshold"],
+        "open_set": open_set,
         "skipped_images": (read_json(run_dir / "split.json", default={}) or {}).get("skipped", {}),
     })
+    save_atomic(feature_bank_path(run_dir, checkpoint),
+                lambda tmp: torch.save({"features": bank, "labels": bank_labels}, tmp))
     calibrations = read_json(run_dir / CALIBRATION_FILE, default={}) or {}
-    calibrations[checkpoint] = {"temperature": temperature, "tta_flip": bool(config.tta_flip)}
+    calibrations[checkpoint] = {"temperature": temperature, "tta_flip": bool(config.tta_flip),
+                                "probability_threshold": default_threshold,
+                                "familiarity_threshold": open_set["familiarity_threshold"]}
     write_json_atomic(run_dir / CALIBRATION_FILE, calibrations)
     write_json_atomic(run_dir / "predictions.json", rows)
     write_json_atomic(run_dir / "evaluation.json", summary)

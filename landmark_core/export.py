@@ -21,11 +21,13 @@ import torch.nn.functional as F
 
 from .errors import ModelError, RunError
 from .fileio import read_json, save_atomic, sha256_file, write_json_atomic
+from .openset import familiarity
 from .runs import runs_dir
 
 MODEL_FILE = "model.ts"
 #: What a frozen export keeps besides ``forward``: readers of the file use them.
-PRESERVED_ATTRIBUTES = ["class_names", "image_size", "resize_size", "interpolation", "temperature", "flip_tta", "preprocess"]
+PRESERVED_ATTRIBUTES = ["class_names", "image_size", "resize_size", "interpolation", "temperature", "flip_tta", "preprocess",
+                        "classify", "has_feature_bank", "probability_threshold", "familiarity_threshold"]
 EXPORT_META = "export.json"
 
 
@@ -34,13 +36,18 @@ class ExportedClassifier(nn.Module):
 
     The resize runs on uint8 with the model's own filter (timm's config says
     bicubic for EfficientNet-Lite), exactly as training decoded its photos;
-    ``flip_tta`` averages the logits of the photo and its mirror image, and
+    ``flip_tta`` averages the features of the photo and its mirror image, and
     ``temperature`` is the softmax temperature fit on the validation split.
+    ``classify`` also returns each photo's familiarity (see :mod:`.openset`),
+    computed against the ``feature_bank`` of normalised training features that
+    evaluation saved; the two default thresholds travel with the model.
     """
     class_names: List[str]
 
     def __init__(self, model: nn.Module, class_names: List[str], mean, std, image_size: int, resize_size: int,
-                 interpolation: str = "bilinear", temperature: float = 1.0, flip_tta: bool = False):
+                 interpolation: str = "bilinear", temperature: float = 1.0, flip_tta: bool = False,
+                 feature_bank: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, probability_threshold: float = 0.5,
+                 familiarity_threshold: float = -1.0):
         super().__init__()
         self.model = model
         self.class_names = list(class_names)
@@ -51,6 +58,13 @@ class ExportedClassifier(nn.Module):
         self.flip_tta = bool(flip_tta)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        features, labels = feature_bank if feature_bank is not None else (
+            torch.zeros(0, model.feature_dim, dtype=torch.float16), torch.zeros(0, dtype=torch.long))
+        self.register_buffer("bank", features.half())
+        self.register_buffer("bank_labels", labels.long())
+        self.has_feature_bank = len(labels) > 0
+        self.probability_threshold = float(probability_threshold)
+        self.familiarity_threshold = float(familiarity_threshold) if self.has_feature_bank else -1.0
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         batch = image.unsqueeze(0) if image.dim() == 3 else image
@@ -69,13 +83,30 @@ class ExportedClassifier(nn.Module):
         batch = batch[:, :, top:top + self.image_size, left:left + self.image_size]
         return (batch - self.mean) / self.std
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def _features_and_probabilities(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         inputs = self.preprocess(image)
-        logits = self.model(inputs).float()
+        features = self.model.backbone(inputs).float()
         if self.flip_tta:
-            logits = (logits + self.model(inputs.flip(-1)).float()) / 2
-        probs = F.softmax(logits / self.temperature, dim=1)
+            features = (features + self.model.backbone(inputs.flip(-1)).float()) / 2
+        logits = self.model.head(features).float()
+        return features, F.softmax(logits / self.temperature, dim=1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Class probabilities: (C,) for one image, (N, C) for a batch."""
+        probs = self._features_and_probabilities(image)[1]
         return probs[0] if image.dim() == 3 else probs
+
+    @torch.jit.export
+    def classify(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(class probabilities, familiarity): familiarity is 1 for every photo when there is no feature bank."""
+        features, probs = self._features_and_probabilities(image)
+        if self.has_feature_bank:
+            scores = familiarity(features, self.bank, self.bank_labels, probs.argmax(dim=1))
+        else:
+            scores = torch.ones(probs.shape[0], device=probs.device)
+        if image.dim() == 3:
+            return probs[0], scores[0]
+        return probs, scores
 
 
 # --- signing ------------------------------------------------------------------------------------
@@ -102,16 +133,20 @@ def _signature(run_dir: Path, digest: str) -> str:
 
 def build_exportable(run_dir: Path, checkpoint: str = "best") -> ExportedClassifier:
     """The run's model wrapped with its preprocessing and, once evaluated, its calibration."""
-    from .evaluate import calibrated_temperature, load_run_model
+    from .evaluate import CALIBRATION_FILE, load_feature_bank, load_run_model
     from .train import run_preprocessing
 
     model, meta = load_run_model(run_dir, checkpoint, "cpu")
     model = model.to(memory_format=torch.channels_last)  # oneDNN's fast convolution layout: ~1.4x batch throughput on CPU
     config = meta["config"]
     preprocessing = run_preprocessing(config)
+    calibration = (read_json(run_dir / CALIBRATION_FILE, default={}) or {}).get(checkpoint) or {}
+    bank = load_feature_bank(run_dir, checkpoint) if "familiarity_threshold" in calibration else None
     return ExportedClassifier(model, meta["classes"], meta["mean"], meta["std"], config.image_size,
                               preprocessing.resize_size, preprocessing.interpolation,
-                              calibrated_temperature(run_dir, checkpoint), bool(config.tta_flip)).eval()
+                              float(calibration.get("temperature", 1.0)), bool(config.tta_flip), bank,
+                              float(calibration.get("probability_threshold", 0.5)),
+                              float(calibration.get("familiarity_threshold", -1.0))).eval()
 
 
 def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float = 1e-4) -> Path:
@@ -128,8 +163,9 @@ def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float = 1e-4)
         reloaded = torch.jit.load(str(path), map_location="cpu")
     probe = torch.randint(0, 256, (3, 157, 211), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        eager, script_out, reload_out = wrapper(probe), scripted(probe), reloaded(probe)
-    max_diff = float(max((eager - script_out).abs().max(), (eager - reload_out).abs().max()))
+        outputs = [torch.cat([probs, score.view(1)]) for probs, score in
+                   (wrapper.classify(probe), scripted.classify(probe), reloaded.classify(probe))]
+    max_diff = float(max((outputs[0] - outputs[1]).abs().max(), (outputs[0] - outputs[2]).abs().max()))
     if max_diff > tolerance:
         path.unlink(missing_ok=True)
         raise ModelError(f"export round trip differs by {max_diff:.2e} (tolerance {tolerance:.0e})")
@@ -138,6 +174,9 @@ def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float = 1e-4)
         "file": MODEL_FILE, "sha256": digest, "signature": _signature(run_dir, digest), "checkpoint": checkpoint,
         "classes": wrapper.class_names, "image_size": wrapper.image_size, "resize_size": wrapper.resize_size,
         "interpolation": wrapper.interpolation, "temperature": wrapper.temperature, "flip_tta": wrapper.flip_tta,
+        "probability_threshold": wrapper.probability_threshold,
+        "familiarity_threshold": wrapper.familiarity_threshold if wrapper.has_feature_bank else None,
+        "feature_bank_size": int(len(wrapper.bank_labels)),
         "round_trip_max_abs_diff": max_diff, "torch": torch.__version__})
     return path
 

@@ -154,3 +154,27 @@ def comparison(run_dirs: list[Path]) -> dict:
                                       "first_prediction": a["predicted_name"], "first_probability": a["probability"],
                                       "second_prediction": b["predicted_name"], "second_probability": b["probability"]})
     return {"metrics": pd.DataFrame(metrics), "per_class": per_class, "disagreements": pd.DataFrame(disagreements)}
+
+
+def familiarity_curve_frame(evaluation: dict) -> pd.DataFrame:
+    """Long form: familiarity threshold, series (known tagged / precision / unknown tagged), value."""
+    curve = pd.DataFrame((evaluation.get("open_set") or {}).get("curve") or [])
+    if curve.empty:
+        return curve
+    names = {"known_tagged": "known photos tagged", "precision": "precision of the tags",
+             "unknown_tagged": "unknown photos tagged"}
+    long = curve.melt(id_vars="threshold", value_vars=[c for c in names if c in curve], var_name="series")
+    long["series"] = long["series"].map(names)
+    return long.dropna()
+
+
+def tagged_unknowns(evaluation: dict, n: int = 12) -> pd.DataFrame:
+    """Unknown evaluation photos the default decision would still tag, most familiar first: the mistakes to look at."""
+    open_set = evaluation.get("open_set") or {}
+    frame = pd.DataFrame(open_set.get("unknown_predictions") or [])
+    if frame.empty:
+        return frame
+    frame = frame[(frame["split"] == "evaluation") & (frame["probability"] >= open_set["probability_threshold"])
+                  & (frame["familiarity"] >= open_set["familiarity_threshold"])]
+    frame = frame.assign(predicted_name=[evaluation["classes"][i] for i in frame["predicted"]])
+    return frame.sort_values("familiarity", ascending=False).head(n)

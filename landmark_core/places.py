@@ -1,16 +1,30 @@
 """Where each landmark class is: display name, region, country and coordinates.
 
-Read from ``resources/landmarks.csv`` (the 50 classes of ``landmark_images``,
-keyed by folder name). A user's own class matches by folder name, or by the name
-without its ``NN.`` prefix; anything else simply has no place.
+Built in: ``resources/landmarks.csv`` (the 50 classes of ``landmark_images``).
+A dataset may add a ``places.csv`` of its own in its root folder (same columns;
+``folder`` is the class folder name) that overrides and extends the built-in
+places. Class names match after normalising case, ``NN.`` numbering prefixes,
+underscores, hyphens and spaces, against a place's folder name and its display
+name: ``Taj Mahal``, ``21.Taj_Mahal`` and ``taj_mahal`` are the same place.
 """
 from __future__ import annotations
 
 import csv
+import io
+import math
 import re
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from .errors import DataError
+from .fileio import write_bytes_atomic
+
+PLACES_FILE = "places.csv"
+COLUMNS = ["folder", "display_name", "region", "country", "latitude", "longitude"]
 
 
 @dataclass(frozen=True)
@@ -23,35 +37,140 @@ class Place:
     longitude: float
 
     @property
-    def label(self) -> str:
-        return f"{self.display_name}, {self.region}, {self.country}"
+    def description(self) -> str:
+        return ", ".join(part for part in (self.display_name, self.region, self.country) if part)
 
 
-def _key(name: str) -> str:
-    return re.sub(r"^\d+\.", "", name).lower()
+def normalise(name: str) -> str:
+    """The matching key of a class or place name: ``21.Taj_Mahal`` -> ``taj mahal``, ``Zürich`` -> ``zurich``."""
+    # accents dropped too: "Haleakala" finds "Haleakalā"
+    name = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c)).strip().lower()
+    name = re.sub(r"^\d+\s*[._\-)]\s*", "", name)  # numbering prefix: "21.", "07-", "3)"
+    return re.sub(r"[\s_\-]+", " ", name).strip()
+
+
+def _place_from_row(row: Mapping[str, str], where: str) -> Place:
+    folder = (row.get("folder") or "").strip()
+    if not folder:
+        raise DataError(f"{where}: the folder (class name) is empty")
+    try:
+        latitude, longitude = float(row.get("latitude") or "nan"), float(row.get("longitude") or "nan")
+    except ValueError:
+        raise DataError(f"{where} ({folder}): latitude and longitude must be numbers") from None
+    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):  # NaN fails both: a place needs coordinates
+        raise DataError(f"{where} ({folder}): latitude must be in [-90, 90] and longitude in [-180, 180]")
+    display = (row.get("display_name") or "").strip() or display_name_of_folder(folder)
+    return Place(folder, display, (row.get("region") or "").strip(), (row.get("country") or "").strip(),
+                 latitude, longitude)
+
+
+def parse_places(text: str, where: str = PLACES_FILE) -> list[Place]:
+    """Places from CSV text; a clear DataError for a missing column or a bad row."""
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+    missing = [c for c in ("folder", "latitude", "longitude") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(f"{where} needs the columns {', '.join(COLUMNS)} (missing: {', '.join(missing)})")
+    return [_place_from_row(row, f"{where} line {number}") for number, row in enumerate(reader, start=2)
+            if any((value or "").strip() for value in row.values() if isinstance(value, str))]
 
 
 @lru_cache(maxsize=1)
-def _places() -> dict[str, Place]:
+def builtin_places() -> tuple[Place, ...]:
     text = resources.files("landmark_core").joinpath("resources/landmarks.csv").read_text(encoding="utf-8")
-    rows = csv.DictReader(text.splitlines())
-    places = {}
-    for row in rows:
-        place = Place(row["folder"], row["display_name"], row["region"], row["country"],
-                      float(row["latitude"]), float(row["longitude"]))
-        places[_key(place.folder)] = place
-    return places
+    return tuple(parse_places(text, "resources/landmarks.csv"))
+
+
+class Gazetteer:
+    """Places looked up by class name; later sources override earlier ones."""
+
+    def __init__(self, places: Iterable[Place] = ()):
+        self._by_folder: dict[str, Place] = {}
+        self._by_display_name: dict[str, Place] = {}  # a second key: "Taj Mahal" finds "21.Taj_Mahal"
+        for place in places:
+            self._by_folder[normalise(place.folder)] = place
+            self._by_display_name[normalise(place.display_name)] = place
+
+    def place_for(self, class_name: str) -> Place | None:
+        key = normalise(class_name)
+        return self._by_folder.get(key) or self._by_display_name.get(key)
+
+    def for_classes(self, classes: Iterable[str]) -> dict[str, Place | None]:
+        return {name: self.place_for(name) for name in classes}
+
+
+def dataset_places_file(dataset_root: str | Path) -> Path:
+    return Path(dataset_root) / PLACES_FILE
+
+
+def gazetteer(dataset_root: str | Path | None = None) -> Gazetteer:
+    """Built-in places, overridden and extended by ``dataset_root/places.csv`` when there is one."""
+    places = list(builtin_places())
+    if dataset_root is not None:
+        path = dataset_places_file(dataset_root)
+        if path.is_file():
+            places += parse_places(path.read_text(encoding="utf-8"), str(path))
+    return Gazetteer(places)
+
+
+def save_places(dataset_root: str | Path, places: Iterable[Place]) -> Path:
+    """Write ``places.csv`` (validated, atomically) in the dataset's root."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for place in places:
+        if not (math.isfinite(place.latitude) and math.isfinite(place.longitude)):
+            raise DataError(f"{place.folder}: latitude and longitude must be numbers")
+        writer.writerow(asdict(place))
+    parse_places(buffer.getvalue())  # the same checks as reading it back
+    path = dataset_places_file(dataset_root)
+    write_bytes_atomic(path, buffer.getvalue().encode("utf-8"))
+    return path
 
 
 def place_for(class_name: str) -> Place | None:
-    return _places().get(_key(class_name))
+    """The built-in place of a class (see :func:`gazetteer` for a dataset's own places)."""
+    return _builtin_gazetteer().place_for(class_name)
+
+
+@lru_cache(maxsize=1)
+def _builtin_gazetteer() -> Gazetteer:
+    return Gazetteer(builtin_places())
 
 
 def all_places() -> list[Place]:
-    return sorted(_places().values(), key=lambda p: p.folder)
+    return sorted(builtin_places(), key=lambda p: p.folder)
 
 
-def display_name(class_name: str) -> str:
+def display_name_of_folder(class_name: str) -> str:
+    return re.sub(r"^\d+\s*[._\-)]\s*", "", class_name).replace("_", " ").strip()
+
+
+def display_name(class_name: str, place: Place | None = None) -> str:
     """A readable name: the landmark's display name, or the folder name without prefix and underscores."""
-    place = place_for(class_name)
-    return place.display_name if place else re.sub(r"^\d+\.", "", class_name).replace("_", " ")
+    place = place or place_for(class_name)
+    return place.display_name if place else display_name_of_folder(class_name)
+
+
+def places_table(classes: Iterable[str], dataset_root: str | Path | None = None) -> list[dict]:
+    """One row per class with its place's fields (empty where it has none), for an editable table."""
+    places = gazetteer(dataset_root)
+    rows = []
+    for name in classes:
+        place = places.place_for(name)
+        rows.append({"folder": name, "display_name": place.display_name if place else display_name_of_folder(name),
+                     "region": place.region if place else "", "country": place.country if place else "",
+                     "latitude": place.latitude if place else None, "longitude": place.longitude if place else None})
+    return rows
+
+
+def places_from_table(rows: Iterable[Mapping]) -> list[Place]:
+    """The places of an edited table: rows without both coordinates are left out; bad values raise DataError."""
+    places = []
+    for number, row in enumerate(rows, start=1):
+        latitude, longitude = row.get("latitude"), row.get("longitude")
+        if latitude is None or longitude is None or (isinstance(latitude, float) and math.isnan(latitude)) \
+                or (isinstance(longitude, float) and math.isnan(longitude)):
+            continue
+        places.append(_place_from_row({key: "" if value is None else str(value) for key, value in row.items()},
+                                      f"row {number}"))
+    return places

@@ -1,15 +1,17 @@
-"""Top-k predictions from an exported run, for a path, bytes or a PIL image."""
+"""Top-k predictions from an exported run, for a path, bytes or a PIL image, with the open-set score."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
+from .errors import ImageError
 from .export import load_exported
+from .fileio import read_json
 from .images import ImageSource, load_rgb
+from .places import Place, dataset_places_file, gazetteer
 from .runs import resolve_run
 
 
@@ -20,8 +22,34 @@ class Prediction:
     index: int
 
 
+@dataclass(frozen=True)
+class Assessment:
+    """What the model says about one photo: ranked predictions and how familiar the photo looks.
+
+    ``familiarity`` is None for models exported before the open-set decision existed.
+    """
+    predictions: list[Prediction]
+    familiarity: float | None
+
+
+def run_dataset(run_dir: Path) -> Path | None:
+    """The folder a run was trained on, if it is still there."""
+    data_root = (read_json(run_dir / "config.json", default={}) or {}).get("data")
+    return Path(data_root) if data_root and Path(data_root).is_dir() else None
+
+
+def run_places(run_dir: Path, classes: list[str]) -> dict[str, Place | None]:
+    """Each class's place: built-in places, overridden by the training dataset's ``places.csv``."""
+    return gazetteer(run_dataset(run_dir)).for_classes(classes)
+
+
 class Predictor:
-    """Loads a run's exported TorchScript model once; each call decodes, orients and classifies."""
+    """Loads a run's exported TorchScript model once; each call decodes, orients and classifies.
+
+    ``probability_threshold`` and ``familiarity_threshold`` are the run's default
+    tag decision (chosen at evaluation, carried by the exported model);
+    ``familiarity_threshold`` is None when the model has no feature bank.
+    """
 
     def __init__(self, run: str | Path, device: torch.device | str = "cpu"):
         self.run_dir = resolve_run(run)
@@ -29,19 +57,52 @@ class Predictor:
         self.module, self.meta = load_exported(self.run_dir, self.device)
         self.classes: list[str] = list(self.meta["classes"])
         self.resize_size: int = int(self.meta["resize_size"])
+        self.open_set = hasattr(self.module, "classify") and self.meta.get("familiarity_threshold") is not None
+        evaluation = read_json(self.run_dir / "evaluation.json", default={}) or {}
+        carried = self.meta.get("probability_threshold")  # models exported before it was carried: evaluation's
+        self.probability_threshold: float = float(carried if carried is not None
+                                                  else evaluation.get("default_threshold", 0.5))
+        self.familiarity_threshold: float | None = (float(self.meta["familiarity_threshold"])
+                                                    if self.open_set else None)
+        self._places: tuple[object, dict[str, Place | None]] | None = None
+
+    @property
+    def places(self) -> dict[str, Place | None]:
+        """Each class's place, re-read when the dataset's ``places.csv`` changes (the app edits it)."""
+        root = run_dataset(self.run_dir)
+        places_file = dataset_places_file(root) if root else None
+        version = (str(places_file), places_file.stat().st_mtime_ns) if places_file and places_file.exists() else None
+        if self._places is None or self._places[0] != version:
+            self._places = (version, gazetteer(root).for_classes(self.classes))
+        return self._places[1]
 
     def _tensor(self, source: ImageSource) -> torch.Tensor:
         image = load_rgb(source, min_side=self.resize_size)
         return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).to(self.device)
 
     @torch.inference_mode()
-    def probabilities(self, source: ImageSource) -> np.ndarray:
-        return self.module(self._tensor(source)).cpu().numpy()
+    def classify(self, source: ImageSource) -> tuple[np.ndarray, float | None]:
+        """(class probabilities, familiarity or None)."""
+        tensor = self._tensor(source)
+        if self.open_set:
+            probs, familiarity = self.module.classify(tensor)
+            result = probs.cpu().numpy(), float(familiarity)
+        else:
+            result = self.module(tensor).cpu().numpy(), None
+        if not np.isfinite(result[0]).all() or (result[1] is not None and not np.isfinite(result[1])):
+            raise ImageError("the model gave no finite probabilities for this image")
+        return result
 
-    def predict(self, source: ImageSource, top_k: int = 5) -> list[Prediction]:
-        probs = self.probabilities(source)
+    def probabilities(self, source: ImageSource) -> np.ndarray:
+        return self.classify(source)[0]
+
+    def _ranked(self, probs: np.ndarray, top_k: int) -> list[Prediction]:
         order = np.argsort(-probs)[: max(1, min(top_k, len(probs)))]
         return [Prediction(self.classes[i], float(probs[i]), int(i)) for i in order]
 
-    def predict_many(self, sources: Sequence[ImageSource], top_k: int = 5) -> list[list[Prediction]]:
-        return [self.predict(source, top_k) for source in sources]
+    def predict(self, source: ImageSource, top_k: int = 5) -> list[Prediction]:
+        return self._ranked(self.probabilities(source), top_k)
+
+    def assess(self, source: ImageSource, top_k: int = 5) -> Assessment:
+        probs, familiarity = self.classify(source)
+        return Assessment(self._ranked(probs, top_k), familiarity)

@@ -1,38 +1,55 @@
 """Tag photos with the recognised landmark and its location.
 
-For each photo: predict, then decide — *tagged* (top probability at or above the
-threshold), *abstained* (below it: no tag beats a wrong place), *has_gps* (the
-photo already has GPS EXIF and ``overwrite_gps`` is off) or *unreadable*.
+For each photo: predict, then decide — *tagged* (a landmark the model knows,
+recognised with enough probability), *unknown* (the photo does not look like
+any landmark the model learned: see :mod:`.openset`), *abstained* (a known
+landmark but too unsure which: no tag beats a wrong place), *has_gps* (the
+photo already has GPS EXIF and ``overwrite_gps`` is off) or *unreadable*. A
+tagged photo whose class has no place (no ``places.csv`` entry) gets the name
+only, and the report says so.
 
-Writing: JPEGs get GPS and the landmark name (ImageDescription, XPKeywords) in a
-new EXIF APP1 segment spliced into the original bytes, so the compressed pixels
-are never re-encoded. Other formats are copied byte for byte with an XMP sidecar
-(``photo.png.xmp``) that exiftool and photo managers read. Originals are only
-changed with ``in_place=True``; every write is atomic.
+Writing: JPEGs get the tags in their metadata segments through exiv2
+(``pyexiv2``), so the compressed pixels are never re-encoded: EXIF GPS,
+ImageDescription and XPKeywords; IPTC Keywords, City and Country; XMP
+``dc:subject`` / ``dc:description`` / ``photoshop:City``/``Country`` and GPS,
+which photo managers (digiKam, Lightroom, darktable, Apple Photos) read. Other
+formats are copied byte for byte with an XMP sidecar (``photo.png.xmp``)
+carrying the same fields. Originals are only changed with ``in_place=True``;
+every write is atomic.
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
 import os
-import struct
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
-from xml.sax.saxutils import escape
+from typing import Callable, Iterable, Iterator, Mapping
+from xml.sax.saxutils import escape, quoteattr
 
-from PIL import ExifTags, Image, TiffImagePlugin
+import pyexiv2
+from PIL import ExifTags
 
 from .errors import ImageError, LandmarkError
 from .fileio import write_bytes_atomic, write_json_atomic
 from .images import open_image
 from .places import Place, display_name, place_for
 
-STATUSES = ("tagged", "abstained", "has_gps", "unreadable")
-REPORT_FIELDS = ["file", "output", "status", "prediction", "probability", "landmark", "region", "country",
-                 "latitude", "longitude", "size", "mtime_ns", "error"]
+STATUSES = ("tagged", "unknown", "abstained", "has_gps", "unreadable")
+#: What each outcome means, for reports and the app.
+STATUS_MEANINGS = {
+    "tagged": "a landmark the model knows, tagged with its name and place",
+    "unknown": "not a landmark this model knows: left untagged",
+    "abstained": "looks like a known landmark, but too unsure which: left untagged",
+    "has_gps": "already has a GPS position: left untagged",
+    "unreadable": "not a readable image",
+}
+REPORT_FIELDS = ["file", "output", "status", "prediction", "probability", "familiarity", "landmark", "region",
+                 "country", "latitude", "longitude", "note", "size", "mtime_ns", "error"]
+NO_PLACE_NOTE = "no place for this class: tagged by name only (add it to the dataset's places.csv)"
+
+pyexiv2.set_log_level(4)  # exiv2's warnings about odd but readable files would go to stderr otherwise
 
 
 @dataclass(frozen=True)
@@ -43,12 +60,25 @@ class TagDecision:
     place: Place | None = None
     existing_gps: tuple[float, float] | None = None
     error: str | None = None
+    familiarity: float | None = None
+
+    @property
+    def name(self) -> str:
+        return display_name(self.prediction, self.place) if self.prediction else ""
 
     @property
     def description(self) -> str:
-        if self.place:
-            return f"{self.place.display_name}, {self.place.region}, {self.place.country}"
-        return display_name(self.prediction) if self.prediction else ""
+        return self.place.description if self.place else self.name
+
+    @property
+    def keywords(self) -> list[str]:
+        place = self.place
+        parts = [self.name] + ([place.region, place.country] if place else []) + ["landmark"]
+        return list(dict.fromkeys(part for part in parts if part))
+
+    @property
+    def note(self) -> str:
+        return NO_PLACE_NOTE if self.status == "tagged" and self.place is None else ""
 
 
 # --- reading GPS ---------------------------------------------------------------------------------
@@ -76,81 +106,99 @@ def read_gps(source) -> tuple[float, float] | None:
 # --- deciding ------------------------------------------------------------------------------------
 
 def decide(predictions, threshold: float, existing_gps: tuple[float, float] | None = None,
-           overwrite_gps: bool = False) -> TagDecision:
-    """The tag for one photo from its ranked predictions (``Prediction`` objects)."""
+           overwrite_gps: bool = False, *, familiarity: float | None = None,
+           familiarity_threshold: float | None = None, places: Mapping[str, Place | None] | None = None) -> TagDecision:
+    """The tag for one photo from its ranked predictions (``Prediction`` objects) and its familiarity.
+
+    ``places`` maps class names to places (a run's, with its dataset's
+    ``places.csv``); without it the built-in places are used.
+    """
     top = predictions[0]
-    place = place_for(top.label)
+    place = places.get(top.label) if places is not None else place_for(top.label)
+    decision = dict(prediction=top.label, probability=top.probability, place=place, existing_gps=existing_gps,
+                    familiarity=familiarity)
     if existing_gps and not overwrite_gps:
-        return TagDecision("has_gps", top.label, top.probability, place, existing_gps)
+        return TagDecision("has_gps", **decision)
+    if familiarity_threshold is not None and familiarity is not None and familiarity < familiarity_threshold:
+        return TagDecision("unknown", **decision)
     if top.probability < threshold:
-        return TagDecision("abstained", top.label, top.probability, place, existing_gps)
-    return TagDecision("tagged", top.label, top.probability, place, existing_gps)
+        return TagDecision("abstained", **decision)
+    return TagDecision("tagged", **decision)
+
+
+def decide_for(predictor, source, *, threshold: float | None = None, existing_gps=None,
+               overwrite_gps: bool = False, open_set: bool = True, assessment=None) -> TagDecision:
+    """Predict one photo with a :class:`~.predict.Predictor` (or use its ``assessment``) and decide at the run's
+    default thresholds (``threshold`` overrides the probability threshold; ``open_set=False`` skips the
+    familiarity check)."""
+    assessment = assessment or predictor.assess(source, top_k=1)
+    return decide(assessment.predictions, predictor.probability_threshold if threshold is None else threshold,
+                  existing_gps, overwrite_gps, familiarity=assessment.familiarity,
+                  familiarity_threshold=predictor.familiarity_threshold if open_set else None,
+                  places=predictor.places)
 
 
 # --- writing -------------------------------------------------------------------------------------
 
-def _rational_dms(value: float) -> tuple:
+def _dms(value: float) -> tuple[int, int, Fraction]:
     value = abs(value)
     degrees = int(value)
     minutes = int((value - degrees) * 60)
-    seconds = Fraction((value - degrees - minutes / 60) * 3600).limit_denominator(10000)
-    return (TiffImagePlugin.IFDRational(degrees, 1), TiffImagePlugin.IFDRational(minutes, 1),
-            TiffImagePlugin.IFDRational(seconds.numerator, seconds.denominator))
+    return degrees, minutes, Fraction((value - degrees - minutes / 60) * 3600).limit_denominator(10000)
 
 
-def exif_with_tag(image: Image.Image, decision: TagDecision) -> bytes:
-    """The photo's EXIF plus GPS position and the landmark name, as an APP1 payload."""
-    exif = image.getexif()
-    text = decision.description
-    exif[ExifTags.Base.ImageDescription] = text
-    exif[ExifTags.Base.XPKeywords] = (f"{text};landmark".encode("utf-16-le") + b"\0\0")
-    if decision.place:
-        gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
-        gps.clear()
-        gps[ExifTags.GPS.GPSVersionID] = b"\x02\x03\x00\x00"
-        gps[ExifTags.GPS.GPSLatitudeRef] = "N" if decision.place.latitude >= 0 else "S"
-        gps[ExifTags.GPS.GPSLatitude] = _rational_dms(decision.place.latitude)
-        gps[ExifTags.GPS.GPSLongitudeRef] = "E" if decision.place.longitude >= 0 else "W"
-        gps[ExifTags.GPS.GPSLongitude] = _rational_dms(decision.place.longitude)
-    return exif.tobytes()
+def _exif_rational(value: float) -> str:
+    degrees, minutes, seconds = _dms(value)
+    return f"{degrees}/1 {minutes}/1 {seconds.numerator}/{seconds.denominator}"
 
 
-def splice_jpeg_exif(jpeg: bytes, exif: bytes) -> bytes:
-    """Replace (or add) the EXIF APP1 segment of a JPEG without touching the compressed image data."""
-    if jpeg[:2] != b"\xff\xd8":
-        raise ImageError("not a JPEG file")
-    if len(exif) + 2 > 0xFFFF:
-        raise ImageError("EXIF data too large for one JPEG segment")
-    position, kept, insert_at = 2, [], None
-    while position + 4 <= len(jpeg) and jpeg[position] == 0xFF:
-        marker = jpeg[position + 1]
-        if marker in (0xDA, 0xD9):  # start of scan: the rest is image data
-            break
-        length = struct.unpack(">H", jpeg[position + 2:position + 4])[0]
-        segment = jpeg[position:position + 2 + length]
-        is_exif = marker == 0xE1 and segment[4:10] == b"Exif\x00\x00"
-        if not is_exif:
-            kept.append(segment)
-            if marker == 0xE0 and insert_at is None:
-                insert_at = len(kept)  # after JFIF APP0, as the standards ask
-        position += 2 + length
-    insert_at = insert_at if insert_at is not None else 0
-    app1 = b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif
-    return b"\xff\xd8" + b"".join(kept[:insert_at]) + app1 + b"".join(kept[insert_at:]) + jpeg[position:]
+def _xmp_coordinate(value: float, positive: str, negative: str) -> str:
+    degrees = int(abs(value))
+    return f"{degrees},{(abs(value) - degrees) * 60:.6f}{positive if value >= 0 else negative}"
+
+
+def _metadata(decision: TagDecision) -> tuple[dict, dict, dict]:
+    """(EXIF, IPTC, XMP) fields of a tag, keyed as exiv2 names them."""
+    place, text = decision.place, decision.description
+    exif = {"Exif.Image.ImageDescription": text, "Exif.Image.XPKeywords": ";".join(decision.keywords)}
+    iptc = {"Iptc.Envelope.CharacterSet": "\x1b%G",  # UTF-8, so readers decode non-ASCII names right
+            "Iptc.Application2.Keywords": decision.keywords, "Iptc.Application2.Caption": text}
+    xmp = {"Xmp.dc.subject": decision.keywords, "Xmp.dc.description": {'lang="x-default"': text}}
+    if place:
+        exif.update({"Exif.GPSInfo.GPSVersionID": "2 3 0 0",
+                     "Exif.GPSInfo.GPSLatitudeRef": "N" if place.latitude >= 0 else "S",
+                     "Exif.GPSInfo.GPSLatitude": _exif_rational(place.latitude),
+                     "Exif.GPSInfo.GPSLongitudeRef": "E" if place.longitude >= 0 else "W",
+                     "Exif.GPSInfo.GPSLongitude": _exif_rational(place.longitude)})
+        iptc.update({"Iptc.Application2.City": place.region, "Iptc.Application2.CountryName": place.country})
+        xmp.update({"Xmp.photoshop.City": place.region, "Xmp.photoshop.Country": place.country,
+                    "Xmp.exif.GPSVersionID": "2.3.0.0",
+                    "Xmp.exif.GPSLatitude": _xmp_coordinate(place.latitude, "N", "S"),
+                    "Xmp.exif.GPSLongitude": _xmp_coordinate(place.longitude, "E", "W")})
+    return exif, iptc, xmp
+
+
+def jpeg_with_tag(jpeg: bytes, decision: TagDecision) -> bytes:
+    """The JPEG's bytes with the tag in its EXIF, IPTC and XMP segments; the compressed image data is untouched."""
+    exif, iptc, xmp = _metadata(decision)
+    try:
+        with pyexiv2.ImageData(jpeg) as image:
+            if decision.place:  # a new position replaces the whole old one (altitude, timestamps...)
+                image.modify_exif({key: None for key in image.read_exif() if key.startswith("Exif.GPSInfo.")})
+            image.modify_exif(exif)
+            image.modify_iptc({key: value for key, value in iptc.items() if value})
+            image.modify_xmp({key: value for key, value in xmp.items() if value})
+            return image.get_bytes()
+    except RuntimeError as error:  # exiv2 refuses metadata it cannot parse: never write a half-tagged file
+        raise ImageError(f"cannot write tags into this JPEG ({error})") from None
 
 
 def xmp_sidecar(decision: TagDecision) -> str:
+    exif, iptc, xmp = _metadata(decision)
     place = decision.place
-    gps = ""
-    if place:
-        def coordinate(value: float, positive: str, negative: str) -> str:
-            degrees = int(abs(value))
-            minutes = (abs(value) - degrees) * 60
-            return f"{degrees},{minutes:.6f}{positive if value >= 0 else negative}"
-        gps = (f'\n   exif:GPSLatitude="{coordinate(place.latitude, "N", "S")}"'
-               f'\n   exif:GPSLongitude="{coordinate(place.longitude, "E", "W")}"'
-               f'\n   exif:GPSVersionID="2.3.0.0"')
-    text = escape(decision.description)
+    gps = "".join(f"\n   exif:{key}={quoteattr(xmp['Xmp.exif.' + key])}"
+                  for key in ("GPSLatitude", "GPSLongitude", "GPSVersionID")) if place else ""
+    subjects = "".join(f"<rdf:li>{escape(keyword)}</rdf:li>" for keyword in decision.keywords)
     return f"""<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
 <x:xmpmeta xmlns:x="adobe:ns:meta/">
  <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
@@ -158,10 +206,10 @@ def xmp_sidecar(decision: TagDecision) -> str:
    xmlns:dc="http://purl.org/dc/elements/1.1/"
    xmlns:exif="http://ns.adobe.com/exif/1.0/"
    xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/"
-   photoshop:City="{escape(place.region) if place else ''}"
-   photoshop:Country="{escape(place.country) if place else ''}"{gps}>
-   <dc:description><rdf:Alt><rdf:li xml:lang="x-default">{text}</rdf:li></rdf:Alt></dc:description>
-   <dc:subject><rdf:Bag><rdf:li>{text}</rdf:li><rdf:li>landmark</rdf:li></rdf:Bag></dc:subject>
+   photoshop:City={quoteattr(place.region if place else '')}
+   photoshop:Country={quoteattr(place.country if place else '')}{gps}>
+   <dc:description><rdf:Alt><rdf:li xml:lang="x-default">{escape(decision.description)}</rdf:li></rdf:Alt></dc:description>
+   <dc:subject><rdf:Bag>{subjects}</rdf:Bag></dc:subject>
   </rdf:Description>
  </rdf:RDF>
 </x:xmpmeta>
@@ -173,7 +221,7 @@ def tagged_bytes(data: bytes, decision: TagDecision) -> tuple[bytes, str | None]
     """(photo bytes with the tag, sidecar XMP text or None)."""
     image = open_image(data)
     if image.format == "JPEG":
-        return splice_jpeg_exif(data, exif_with_tag(image, decision)), None
+        return jpeg_with_tag(data, decision), None
     return data, xmp_sidecar(decision)
 
 
@@ -228,24 +276,37 @@ def _done_before(report_path: Path) -> dict[str, tuple[int, int]]:
     return done
 
 
-def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | None, threshold: float,
-              in_place: bool = False, overwrite_gps: bool = False, report_path: Path,
+def _report_fields(report_path: Path) -> list[str]:
+    """The columns of an existing report (an older version may have fewer), or today's for a new one."""
+    if report_path.exists() and report_path.stat().st_size:
+        with open(report_path, newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), None)
+        if header:
+            return header
+    return REPORT_FIELDS
+
+
+def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | None, threshold: float | None = None,
+              in_place: bool = False, overwrite_gps: bool = False, report_path: Path, open_set: bool = True,
               progress: Callable[[int, dict], None] | None = None) -> dict:
     """Tag every photo under ``paths``; stream one CSV row per file to ``report_path``.
 
-    Files already in the report with the same size and modification time are
-    skipped, so an interrupted or repeated run only does the new work. Returns
-    counts per status (plus ``skipped``) and writes them to ``report.json``
+    ``threshold`` overrides the run's probability threshold; ``open_set=False``
+    tags photos the model finds unfamiliar too. Files already in the report
+    with the same size and modification time are skipped, so an interrupted or
+    repeated run only does the new work. Returns counts per status (plus
+    ``skipped`` and ``tagged_without_place``) and writes them to ``report.json``
     beside the CSV.
     """
     if not in_place and out_dir is None:
         raise LandmarkError("give an output folder (--out DIR) or --overwrite to tag the originals in place")
     report_path.parent.mkdir(parents=True, exist_ok=True)
     done = _done_before(report_path)
-    counts = {status: 0 for status in STATUSES} | {"skipped": 0}
-    new_file = not report_path.exists()
+    counts = {status: 0 for status in STATUSES} | {"skipped": 0, "tagged_without_place": 0}
+    fields = _report_fields(report_path)
+    new_file = not report_path.exists() or report_path.stat().st_size == 0
     with open(report_path, "a", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=REPORT_FIELDS)
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         if new_file:
             writer.writeheader()
         for index, (path, base) in enumerate(iter_files(paths), start=1):
@@ -257,29 +318,34 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
             row = {"file": key, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
             try:
                 data = path.read_bytes()
-                existing = read_gps(data)
-                decision = decide(predictor.predict(data, top_k=1), threshold, existing, overwrite_gps)
+                decision = decide_for(predictor, data, threshold=threshold, existing_gps=read_gps(data),
+                                      overwrite_gps=overwrite_gps, open_set=open_set)
+                if decision.status == "tagged":
+                    destination = path if in_place else out_dir / path.relative_to(base)
+                    write_tagged(data, destination, decision)
+                    row["output"] = str(destination)
+                    if in_place:  # the file changed: record its new identity so a re-run skips it
+                        stat = path.stat()
+                        row.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
             except ImageError as error:
                 decision = TagDecision("unreadable", error=str(error))
-            if decision.status == "tagged":
-                destination = path if in_place else out_dir / path.relative_to(base)
-                write_tagged(data, destination, decision)
-                row["output"] = str(destination)
-                if in_place:  # the file changed: record its new identity so a re-run skips it
-                    stat = path.stat()
-                    row.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
             place = decision.place
             row.update(status=decision.status, prediction=decision.prediction or "",
                        probability=f"{decision.probability:.4f}" if decision.probability is not None else "",
-                       landmark=place.display_name if place else "", region=place.region if place else "",
+                       familiarity=f"{decision.familiarity:.4f}" if decision.familiarity is not None else "",
+                       landmark=decision.name if decision.prediction else "", region=place.region if place else "",
                        country=place.country if place else "", latitude=place.latitude if place else "",
-                       longitude=place.longitude if place else "", error=decision.error or "")
+                       longitude=place.longitude if place else "", note=decision.note, error=decision.error or "")
             writer.writerow(row)
             handle.flush()
             counts[decision.status] += 1
+            counts["tagged_without_place"] += bool(decision.note)
             if progress:
                 progress(index, counts)
-    write_json_atomic(report_path.with_suffix(".json"), {"report": str(report_path), "threshold": threshold, "counts": counts})
+    write_json_atomic(report_path.with_suffix(".json"), {
+        "report": str(report_path), "counts": counts, "meanings": STATUS_MEANINGS,
+        "probability_threshold": predictor.probability_threshold if threshold is None else threshold,
+        "familiarity_threshold": predictor.familiarity_threshold if open_set else None})
     return counts
 
 
@@ -287,13 +353,9 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
 
 def _cmd_tag(args) -> int:
     import sys
-    from .fileio import read_json
     from .predict import Predictor
 
     predictor = Predictor(args.run)
-    threshold = args.min_confidence
-    if threshold is None:
-        threshold = float((read_json(predictor.run_dir / "evaluation.json") or {}).get("default_threshold", 0.5))
     out_dir = None if args.overwrite else Path(args.out or "tagged")
     report = Path(args.report) if args.report else (out_dir or Path(".")) / "tag-report.csv"
 
@@ -301,9 +363,19 @@ def _cmd_tag(args) -> int:
         if index % 50 == 0:
             print(f"\r{index:,} files  " + "  ".join(f"{k} {v}" for k, v in counts.items()), end="", file=sys.stderr, flush=True)
 
-    counts = tag_files(predictor, args.paths, out_dir=out_dir, threshold=threshold, in_place=args.overwrite,
-                       overwrite_gps=args.overwrite_gps, report_path=report, progress=progress)
-    print(f"\nthreshold {threshold:.2f}: " + ", ".join(f"{v} {k}" for k, v in counts.items()), file=sys.stderr)
+    counts = tag_files(predictor, args.paths, out_dir=out_dir, threshold=args.min_confidence, in_place=args.overwrite,
+                       overwrite_gps=args.overwrite_gps, report_path=report, open_set=not args.tag_unfamiliar,
+                       progress=progress)
+    threshold = predictor.probability_threshold if args.min_confidence is None else args.min_confidence
+    rule = f"probability >= {threshold:.2f}"
+    if predictor.familiarity_threshold is not None and not args.tag_unfamiliar:
+        rule += f" and familiarity >= {predictor.familiarity_threshold:.3f}"
+    elif predictor.familiarity_threshold is None:
+        rule += " (this model has no open-set check: run landmark evaluate to add it)"
+    print(f"\ntagged when {rule}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()), file=sys.stderr)
+    if counts["tagged_without_place"]:
+        print(f"{counts['tagged_without_place']} photos tagged by name only: their class has no place "
+              "(add it to the dataset's places.csv)", file=sys.stderr)
     print(report)
     return 0
 
@@ -314,6 +386,8 @@ def add_cli(sub) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="photos or folders")
     parser.add_argument("--min-confidence", type=float, help="abstain below this probability "
                         "(default: the threshold chosen on the run's validation split)")
+    parser.add_argument("--tag-unfamiliar", action="store_true",
+                        help="also tag photos that look like no landmark the model learned (not recommended)")
     parser.add_argument("--out", help="folder for tagged copies (default: ./tagged)")
     parser.add_argument("--overwrite", action="store_true", help="write the tags into the original files")
     parser.add_argument("--overwrite-gps", action="store_true", help="also tag photos that already have GPS")

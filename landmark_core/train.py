@@ -197,6 +197,10 @@ class PreparedData:
     mean: list[float]
     std: list[float]
     split: dict  # paths of each split, saved with the run
+    #: Photos of other places (``unknown/`` folders): decoded only when evaluation calibrates the open-set decision.
+    unknown_calibration: list[str] = field(default_factory=list)
+    unknown_evaluation: list[str] = field(default_factory=list)
+    cache_dir: Path | None = None
 
 
 def run_preprocessing(config: TrainConfig) -> Preprocessing:
@@ -229,7 +233,15 @@ def prepare_data(config: TrainConfig, progress: Callable[[str, int, int], None] 
     split = {"classes": dataset.classes, "train": train.paths, "val": val.paths, "test": test.paths,
              "skipped": {**train.skipped, **val.skipped, **test.skipped},
              "test_taken_from_train": dataset.test_taken_from_train}
-    return PreparedData(dataset.classes, train, val, test, mean, std, split)
+    return PreparedData(dataset.classes, train, val, test, mean, std, split, dataset.unknown_calibration,
+                        dataset.unknown_evaluation, cache)
+
+
+def decode_photos(config: TrainConfig, paths: Sequence[str], cache_dir: Path | None = None) -> data_lib.DecodedSplit:
+    """Photos outside the classes (label -1), decoded with the run's preprocessing."""
+    preprocessing = run_preprocessing(config)
+    return data_lib.decode_split([data_lib.Sample(path, -1) for path in paths], preprocessing.resize_size,
+                                 cache_dir=cache_dir, interpolation=preprocessing.interpolation)
 
 
 # --- engine -----------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ import pandas as pd
 import streamlit as st
 
 from landmark_core.fileio import read_json
-from landmark_core.insights import cell_images, confusion_frame, per_class_frame, short_label, top_losses
+from landmark_core.insights import (cell_images, confusion_frame, familiarity_curve_frame, per_class_frame, short_label,
+                                   tagged_unknowns, top_losses)
 from pages.common import finished_runs, run_label
 
 st.title("📊 Evaluate")
@@ -38,6 +39,44 @@ if calibration:
                       "–" if point["coverage"] is None else f"{point['coverage']:.1%}",
                       help=f"The share of test photos a confidence threshold ({point['threshold'] or 1:.2f}) can tag "
                            f"while {point['precision']:.0%} of the tagged ones are right.")
+open_set = evaluation.get("open_set")
+if open_set:
+    st.subheader("Known or unknown: photos of places the model never learned")
+    known, unknown = open_set["known"], open_set["unknown"]
+    auroc = open_set["auroc"]["unknown photos"]["familiarity"] or open_set["auroc"]["leave-one-class-out"]["familiarity"]
+    o = st.columns(4)
+    o[0].metric("Known test photos tagged", f"{known['tagged_share']:.1%}" if known["tagged_share"] is not None else "–",
+                help="At the default decision: probability and familiarity both at least their thresholds.")
+    o[1].metric("Precision of those tags", f"{known['precision']:.1%}" if known.get("precision") is not None else "–")
+    o[2].metric("Unknown photos tagged", f"{unknown['tagged_share']:.1%}" if unknown["tagged_share"] is not None else "–",
+                help="Photos of other places (the dataset's unknown/ folder, evaluation half) that would still get a "
+                     "tag. Without the familiarity check: "
+                     + (f"{open_set['unknown_without_open_set']['tagged_share']:.0%}."
+                        if open_set["unknown_without_open_set"]["tagged_share"] is not None else "–"))
+    o[3].metric("AUROC known vs unknown", f"{auroc:.3f}" if auroc is not None else "–",
+                help="How well familiarity tells known photos from unknown ones (1 perfect, 0.5 chance); against "
+                     "unknown photos when the dataset has them, else against leave-one-class-out photos.")
+    st.caption(f"Familiarity threshold **{open_set['familiarity_threshold']:.3f}** (set from "
+               f"{' and '.join(open_set['threshold_basis'])}), probability threshold "
+               f"**{open_set['probability_threshold']:.2f}**. Unknown photos: {open_set['unknown_photos']['calibration']} "
+               f"to calibrate, {open_set['unknown_photos']['evaluation']} to evaluate"
+               + ("" if open_set["unknown_photos"]["evaluation"] else
+                  " — add an `unknown/` folder of photos of other places to the dataset to measure and tighten this")
+               + ".")
+    curve = familiarity_curve_frame(evaluation)
+    rule = alt.Chart(pd.DataFrame({"threshold": [open_set["familiarity_threshold"]]})).mark_rule(
+        strokeDash=[4, 4], color="gray").encode(x="threshold:Q")
+    st.altair_chart(rule + alt.Chart(curve).mark_line().encode(
+        x=alt.X("threshold:Q", title="familiarity threshold"), y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1]), title=None),
+        color=alt.Color("series:N", title=None), tooltip=["threshold", "series", alt.Tooltip("value:Q", format=".1%")]
+    ).properties(height=260), width="stretch")
+    mistakes = tagged_unknowns(evaluation)
+    if not mistakes.empty:
+        st.caption("Unknown photos that would still be tagged:")
+        columns = st.columns(6)
+        for i, row in enumerate(mistakes.itertuples()):
+            columns[i % 6].image(row.path, width="stretch",
+                                 caption=f"as {short_label(row.predicted_name)} · familiarity {row.familiarity:.2f}")
 if evaluation.get("skipped_images"):
     st.caption(f"{len(evaluation['skipped_images'])} unreadable files were skipped.")
 

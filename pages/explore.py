@@ -6,6 +6,7 @@ from landmark_core.data import AUGMENTATIONS, dataset_report, scan_dataset
 from landmark_core.errors import LandmarkError
 from landmark_core.explore import augmentation_preview, image_table, training_stats
 from landmark_core.insights import short_label
+from landmark_core.places import PLACES_FILE, places_from_table, places_table, save_places
 from pages.common import require_dataset, show_error
 
 st.title("🔎 Explore the dataset")
@@ -27,7 +28,10 @@ except LandmarkError as error:
 
 images = image_table(report)
 st.caption(f"`{dataset.root}` · {len(dataset.classes)} classes · {len(dataset.train)} train / {len(dataset.test)} test files"
-           + (" · test split taken from train" if dataset.test_taken_from_train else ""))
+           + (" · test split taken from train" if dataset.test_taken_from_train else "")
+           + (f" · {len(dataset.unknown_calibration) + len(dataset.unknown_evaluation)} photos of other places in "
+              "unknown/ (they calibrate and test the open-set decision, never a class)"
+              if dataset.unknown_calibration or dataset.unknown_evaluation else ""))
 
 counts = images.groupby(["class", "split"]).size().reset_index(name="images")
 counts["label"] = counts["class"].map(short_label)
@@ -97,3 +101,20 @@ if st.button("Compute mean and std"):
             st.table(pd.DataFrame({"channel": ["R", "G", "B"], "mean": mean, "std": std}))
         except LandmarkError as error:
             show_error(error)
+
+st.subheader("Places")
+table = pd.DataFrame(places_table(dataset.classes, dataset.root))
+missing = table[table["latitude"].isna()]
+st.caption(f"Where each landmark is: tagged photos get this name and GPS position. "
+           + (f"**{len(missing)} classes have no place** and would be tagged by name only: fill in their coordinates. "
+              if len(missing) else "Every class has a place. ")
+           + f"Saved as `{PLACES_FILE}` in the dataset folder; it overrides the built-in places.")
+edited = st.data_editor(table, hide_index=True, disabled=["folder"], key="places", column_config={
+    "latitude": st.column_config.NumberColumn(min_value=-90.0, max_value=90.0, format="%.4f"),
+    "longitude": st.column_config.NumberColumn(min_value=-180.0, max_value=180.0, format="%.4f")})
+if st.button(f"Save {PLACES_FILE}"):
+    try:
+        path = save_places(dataset.root, places_from_table(edited.to_dict("records")))
+        st.success(f"Saved {path}")
+    except (LandmarkError, OSError) as error:
+        show_error(error)

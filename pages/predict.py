@@ -6,7 +6,7 @@ from landmark_core.errors import ImageError
 from landmark_core.fileio import read_json
 from landmark_core.images import MAX_UPLOAD_BYTES, check_upload
 from landmark_core.places import display_name
-from landmark_core.tagging import decide, read_gps, tagged_bytes, tagged_zip
+from landmark_core.tagging import STATUS_MEANINGS, decide_for, read_gps, tagged_bytes, tagged_zip
 from pages.common import finished_runs, predictor_for, run_label, show_error
 
 st.title("📍 Predict & tag")
@@ -18,10 +18,17 @@ if not runs:
 chosen = st.multiselect("Models (side by side)", runs, default=runs[:2], format_func=run_label)
 if not chosen:
     st.stop()
-default_threshold = float((read_json(chosen[0].path / "evaluation.json") or {}).get("default_threshold", 0.5))
-threshold = st.slider("Tag only when the top probability is at least", 0.0, 1.0, default_threshold, 0.01,
+tagger = predictor_for(chosen[0].path)
+threshold = st.slider("Tag only when the top probability is at least", 0.0, 1.0, tagger.probability_threshold, 0.01,
                       help="Below it the photo gets no tag: abstaining beats a wrong location. "
                            "The default is chosen on the validation split (see Evaluate).")
+if tagger.familiarity_threshold is not None:
+    st.caption(f"Tags come from **{run_label(chosen[0])}**. A photo is tagged only if it also looks like the training "
+               f"photos of its landmark (familiarity at least {tagger.familiarity_threshold:.2f}); otherwise it is "
+               "*unknown*: " + STATUS_MEANINGS["unknown"] + ".")
+else:
+    st.caption(f"Tags come from **{run_label(chosen[0])}**. This model has no open-set check yet: evaluate it again "
+               "(`landmark evaluate RUN`) so that photos of places it never learned are left untagged.")
 
 uploads = st.file_uploader("Drop photos here", accept_multiple_files=True, max_upload_size=MAX_UPLOAD_BYTES // 2**20)
 split = read_json(chosen[0].path / "split.json") or {}
@@ -37,11 +44,11 @@ if not photos:
     st.stop()
 
 tagged_items = []
-for name, data in photos:
+for index, (name, data) in enumerate(photos):
     st.divider()
     try:
         check_upload(data, name)
-        results = {run.run_id: predictor_for(run.path).predict(data, top_k=5) for run in chosen}
+        assessments = {run.run_id: predictor_for(run.path).assess(data, top_k=5) for run in chosen}
         existing = read_gps(data)
     except ImageError as error:
         st.error(str(error))
@@ -52,29 +59,35 @@ for name, data in photos:
     columns = st.columns([1] + [1.3] * len(chosen) + [1.3])
     columns[0].image(data, caption=name, width="stretch")
     for column, run in zip(columns[1:], chosen):
-        top = pd.DataFrame([{"landmark": display_name(p.label), "probability": p.probability} for p in results[run.run_id]])
-        column.caption(run_label(run))
+        assessment = assessments[run.run_id]
+        top = pd.DataFrame([{"landmark": display_name(p.label), "probability": p.probability} for p in assessment.predictions])
+        column.caption(run_label(run) + (f" · familiarity {assessment.familiarity:.2f}" if assessment.familiarity is not None else ""))
         column.altair_chart(alt.Chart(top).mark_bar().encode(
             x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
             y=alt.Y("landmark:N", sort="-x", title=None),
             tooltip=["landmark", alt.Tooltip("probability:Q", format=".1%")]).properties(height=170), width="stretch")
         column.markdown("\n".join(f"{rank}. {row.landmark} — {row.probability:.1%}" for rank, row in enumerate(top.itertuples(), 1)))
-    decision = decide(results[chosen[0].run_id], threshold, existing)
+    decision = decide_for(tagger, data, threshold=threshold, existing_gps=existing, assessment=assessments[chosen[0].run_id])
     with columns[-1]:
         if decision.status == "tagged":
             st.success(f"Tag: **{decision.description}** ({decision.probability:.0%})")
             if decision.place:
                 st.caption(f"GPS {decision.place.latitude:.4f}, {decision.place.longitude:.4f}")
                 st.map(pd.DataFrame({"lat": [decision.place.latitude], "lon": [decision.place.longitude]}), zoom=3, height=180)
+            else:
+                st.caption("No place for this class: tagged by name only (add it on the Explore page).")
             photo, sidecar = tagged_bytes(data, decision)
-            st.download_button("Download tagged copy", photo, file_name=f"tagged-{name}", key=f"dl-{name}")
+            st.download_button("Download tagged copy", photo, file_name=f"tagged-{name}", key=f"dl-{index}-{name}")
             if sidecar:
-                st.download_button("Download XMP sidecar", sidecar, file_name=f"tagged-{name}.xmp", key=f"xmp-{name}")
-            tagged_items.append((f"tagged-{name}", data, decision))
+                st.download_button("Download XMP sidecar", sidecar, file_name=f"tagged-{name}.xmp", key=f"xmp-{index}-{name}")
+            tagged_items.append((f"{index:03d}-tagged-{name}", data, decision))
+        elif decision.status == "unknown":
+            st.warning(f"**Unknown**: not a landmark this model knows (familiarity {decision.familiarity:.2f}, needs "
+                       f"{tagger.familiarity_threshold:.2f}; top guess {decision.name}, {decision.probability:.0%}). No tag.")
         elif decision.status == "has_gps":
             st.info(f"Already geotagged ({decision.existing_gps[0]:.4f}, {decision.existing_gps[1]:.4f}); left as it is.")
         else:
-            st.warning(f"No tag: the top guess ({display_name(decision.prediction)}, {decision.probability:.0%}) "
+            st.warning(f"No tag: the top guess ({decision.name}, {decision.probability:.0%}) "
                        f"is under the {threshold:.0%} threshold.")
 
 if len(tagged_items) > 1:

@@ -50,9 +50,12 @@ def test_train_then_predict_from_the_cli(tiny_dataset, tmp_path):
     assert os.path.isdir(run_dir) and "epoch 1/1" in result.stderr
     image = next((tiny_dataset / "test").rglob("*.jpg"))
     text = run_cli("predict", run_dir, image, env_artifacts=tmp_path).stdout.splitlines()
-    assert text[0] == str(image) and len(text) == 1 + 3  # tiny set: 3 classes, so top-5 is all 3
+    # first line: the photo and the tag decision; then the top-5 (tiny set: 3 classes, so all 3)
+    assert text[0].split(": ")[0] == str(image) and len(text) == 1 + 3
+    assert text[0].split(": ")[1].split()[0].strip(",") in ("tagged", "unknown", "abstained")
     as_json = json.loads(run_cli("predict", run_dir, image, "--json", env_artifacts=tmp_path).stdout)
     assert as_json[0]["image"] == str(image) and len(as_json[0]["predictions"]) == 3
+    assert as_json[0]["outcome"] in ("tagged", "unknown", "abstained") and 0 < as_json[0]["familiarity"] <= 1
     assert as_json[0]["predictions"][0]["class"] in text[1]
     listing = run_cli("runs", env_artifacts=tmp_path).stdout
     assert "finished" in listing and "scratch_cnn" in listing

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import numpy as np
 
-from landmark_core.demo import ARCHETYPES, DEMO_CLASSES, SceneSpec, generate_demo_dataset, render_scene
+from landmark_core.demo import (ARCHETYPES, DEMO_CLASSES, UNKNOWN_ARCHETYPES, SceneSpec, generate_demo_dataset,
+                                render_scene)
 
 REAL_CLASSES = Path(__file__).resolve().parents[1].parent / "shared" / "landmark_images_classes.txt"
 
@@ -24,11 +25,11 @@ def test_render_is_deterministic_and_varied():
 
 
 def test_generated_layout_and_bytes_are_reproducible(tmp_path):
-    kwargs = dict(classes=DEMO_CLASSES[:2], train_per_class=3, test_per_class=2, workers=1)
+    kwargs = dict(classes=DEMO_CLASSES[:2], train_per_class=3, test_per_class=2, unknown_per_archetype=2, workers=1)
     generate_demo_dataset(tmp_path / "a", **kwargs)
     generate_demo_dataset(tmp_path / "b", **kwargs)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.jpg"))
-    assert len(files) == 2 * (3 + 2)
-    assert {f.parts[0] for f in files} == {"train", "test"}
+    assert len(files) == 2 * (3 + 2) + 2 * len(UNKNOWN_ARCHETYPES)
+    assert {f.parts[0] for f in files} == {"train", "test", "unknown"}
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
     assert (tmp_path / "a" / "DEMO.json").exists()

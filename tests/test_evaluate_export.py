@@ -27,7 +27,7 @@ def test_evaluation_outputs(trained_run):
     predictions = read_json(trained_run / "predictions.json")
     assert len(predictions) == n
     row = predictions[0]
-    assert set(row) == {"path", "true", "predicted", "loss", "top5"} and len(row["top5"]) == 3
+    assert set(row) == {"path", "true", "predicted", "loss", "top5", "familiarity"} and len(row["top5"]) == 3
     assert row["predicted"] == row["top5"][0][0]
     cell = [p for p in predictions if p["true"] == 0 and p["predicted"] == 1]
     assert len(cell) == matrix[0, 1]
@@ -115,3 +115,6 @@ def test_each_pretrained_backbone_trains_evaluates_exports_and_predicts(tiny_dat
         top = predictor.predict(row["path"], top_k=3)
         assert top[0].index == row["predicted"]
         assert [p.probability for p in top] == pytest.approx([p for _, p in row["top5"]], abs=2e-3)
+        # the exported model carries the feature bank: the same familiarity as evaluation computed
+        assert predictor.assess(row["path"]).familiarity == pytest.approx(row["familiarity"], abs=2e-3)
+    assert predictor.familiarity_threshold == pytest.approx(evaluation["default_familiarity_threshold"])

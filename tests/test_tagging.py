@@ -14,8 +14,7 @@ from PIL import ExifTags, Image
 from landmark_core.fileio import read_json
 from landmark_core.places import place_for
 from landmark_core.predict import Prediction, Predictor
-from landmark_core.tagging import (TagDecision, decide, read_gps, splice_jpeg_exif, exif_with_tag, tag_files,
-                                   tagged_bytes, xmp_sidecar)
+from landmark_core.tagging import TagDecision, decide, read_gps, tag_files, tagged_bytes, write_tagged
 
 
 def digest(path):
@@ -46,6 +45,11 @@ def test_decide():
     assert decide(top, 0.95).status == "abstained"
     assert decide(top, 0.5, existing_gps=(1.0, 2.0)).status == "has_gps"
     assert decide(top, 0.5, existing_gps=(1.0, 2.0), overwrite_gps=True).status == "tagged"
+    # the open-set check: a photo unlike the training photos is "unknown", however sure the softmax is
+    assert decide(top, 0.5, familiarity=0.3, familiarity_threshold=0.6).status == "unknown"
+    assert decide(top, 0.5, familiarity=0.7, familiarity_threshold=0.6).status == "tagged"
+    assert decide(top, 0.95, familiarity=0.7, familiarity_threshold=0.6).status == "abstained"
+    assert decide(top, 0.5, familiarity=0.3).status == "tagged"  # no threshold: a model without a feature bank
 
 
 def test_jpeg_tag_is_read_back_and_pixels_are_not_reencoded(trained_run):
@@ -72,10 +76,17 @@ def test_existing_exif_is_kept_and_old_gps_replaced():
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", exif=exif.tobytes())
     decision = TagDecision("tagged", "16.Eiffel_Tower", 0.9, place_for("16.Eiffel_Tower"))
-    once = splice_jpeg_exif(buffer.getvalue(), exif_with_tag(Image.open(buffer), decision))
-    twice = splice_jpeg_exif(once, exif_with_tag(Image.open(io.BytesIO(once)), decision))
-    assert twice.count(b"Exif\x00\x00") == 1
-    assert Image.open(io.BytesIO(twice)).getexif()[ExifTags.Base.Make] == "TestCam"
+    gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    gps.update({1: "S", 2: (10.0, 0.0, 0.0), 3: "W", 4: (20.0, 30.0, 0.0), 6: 1234.0})  # with an altitude
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif.tobytes())
+    once, _ = tagged_bytes(buffer.getvalue(), decision)
+    twice, _ = tagged_bytes(once, decision)
+    assert twice.count(b"Exif\x00\x00") == 1 and twice.count(b"http://ns.adobe.com/xap/1.0/") == 1
+    tagged_exif = Image.open(io.BytesIO(twice)).getexif()
+    assert tagged_exif[ExifTags.Base.Make] == "TestCam"
+    assert 6 not in tagged_exif.get_ifd(ExifTags.IFD.GPSInfo)  # the old position's altitude went with it
+    assert read_gps(twice) == pytest.approx((48.8584, 2.2945), abs=1e-5)
 
 
 def test_xmp_sidecar_for_formats_without_exif():
@@ -85,6 +96,7 @@ def test_xmp_sidecar_for_formats_without_exif():
     data, sidecar = tagged_bytes(png.getvalue(), decision)
     assert data == png.getvalue()
     assert 'exif:GPSLatitude="50,53.694000N"' in sidecar and "Atomium" in sidecar
+    assert "<rdf:li>Atomium</rdf:li><rdf:li>Brussels</rdf:li><rdf:li>Belgium</rdf:li><rdf:li>landmark</rdf:li>" in sidecar
     from xml.dom.minidom import parseString
     parseString(sidecar.split("?>", 1)[1].rsplit("<?xpacket", 1)[0])  # well-formed XML
 
@@ -93,8 +105,10 @@ def test_tag_folder_report_and_rerun(trained_run, photos, tmp_path):
     predictor = Predictor(trained_run)
     before = {p: digest(p) for p in photos.rglob("*") if p.is_file()}
     out, report = tmp_path / "out", tmp_path / "out" / "report.csv"
-    counts = tag_files(predictor, [photos], out_dir=out, threshold=0.0, report_path=report)
-    assert counts == {"tagged": 4, "abstained": 0, "has_gps": 1, "unreadable": 1, "skipped": 0}
+    # open_set=False: this test is about writing; the open-set decision has its own tests
+    counts = tag_files(predictor, [photos], out_dir=out, threshold=0.0, report_path=report, open_set=False)
+    assert counts == {"tagged": 4, "unknown": 0, "abstained": 0, "has_gps": 1, "unreadable": 1, "skipped": 0,
+                      "tagged_without_place": 0}
     assert {p: digest(p) for p in photos.rglob("*") if p.is_file()} == before  # originals untouched
     rows = list(csv.DictReader(open(report)))
     assert len(rows) == 6 and {r["status"] for r in rows} == {"tagged", "has_gps", "unreadable"}
@@ -109,7 +123,7 @@ def test_tag_folder_report_and_rerun(trained_run, photos, tmp_path):
     assert (out / "sub" / "p2.jpg").exists()  # folder structure kept
     assert not (out / "has_gps.jpg").exists() and not (out / "broken.jpg").exists()
     assert json.loads(report.with_suffix(".json").read_text())["counts"]["tagged"] == 4
-    again = tag_files(predictor, [photos], out_dir=out, threshold=0.0, report_path=report)
+    again = tag_files(predictor, [photos], out_dir=out, threshold=0.0, report_path=report, open_set=False)
     assert again["skipped"] == 6 and again["tagged"] == 0
     assert len(list(csv.DictReader(open(report)))) == 6
 
@@ -122,12 +136,63 @@ def test_abstention_writes_nothing(trained_run, photos, tmp_path):
 
 def test_overwrite_tags_originals_in_place(trained_run, photos, tmp_path):
     target = photos / "p0.jpg"
-    tag_files(Predictor(trained_run), [target], out_dir=None, in_place=True, threshold=0.0, report_path=tmp_path / "r.csv")
+    tag_files(Predictor(trained_run), [target], out_dir=None, in_place=True, threshold=0.0, report_path=tmp_path / "r.csv",
+              open_set=False)
     assert read_gps(target) is not None
 
 
 def test_tag_cli(trained_run, photos, tmp_path):
     result = subprocess.run([sys.executable, "-m", "landmark_core", "tag", str(trained_run), str(photos), "--out",
-                             str(tmp_path / "t"), "--min-confidence", "0"], capture_output=True, text=True, timeout=300)
+                             str(tmp_path / "t"), "--min-confidence", "0", "--tag-unfamiliar"],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("tag-report.csv") and "4 tagged" in result.stderr
+
+
+def test_report_from_an_older_version_keeps_its_columns(trained_run, photos, tmp_path):
+    report = tmp_path / "r.csv"
+    old_fields = ["file", "output", "status", "prediction", "probability", "landmark", "region", "country",
+                  "latitude", "longitude", "size", "mtime_ns", "error"]
+    report.write_text(",".join(old_fields) + "\n")
+    tag_files(Predictor(trained_run), [photos / "p0.jpg"], out_dir=tmp_path / "out", report_path=report)
+    rows = list(csv.DictReader(open(report)))
+    assert len(rows) == 1 and None not in rows[0] and rows[0]["status"] in ("tagged", "unknown", "abstained")
+
+
+EXIFTOOL = shutil.which("exiftool")
+
+
+@pytest.mark.skipif(EXIFTOOL is None, reason="exiftool is not installed (.ci/run installs it)")
+def test_exiftool_reads_gps_keywords_and_non_ascii_names(tmp_path):
+    """What photo managers read: GPS, XMP dc:subject, IPTC Keywords, and the description with its accents."""
+    from landmark_core.places import Place
+    place = Place("zurich", "Zürich Straße", "Zürich", "Schweiz", 47.3769, 8.5417)
+    decision = TagDecision("tagged", "zurich", 0.9, place)
+    original = (tmp_path / "original.jpg")
+    Image.new("RGB", (32, 24), (10, 120, 200)).save(original, "JPEG")
+    tagged, _ = tagged_bytes(original.read_bytes(), decision)
+    (tmp_path / "tagged.jpg").write_bytes(tagged)
+    result = subprocess.run([EXIFTOOL, "-j", "-n", "-G1", "-charset", "iptc=utf8", str(tmp_path / "tagged.jpg")],
+                            capture_output=True, text=True, timeout=60)
+    tags = json.loads(result.stdout)[0]
+    assert tags["Composite:GPSLatitude"] == pytest.approx(47.3769, abs=1e-5)
+    assert tags["Composite:GPSLongitude"] == pytest.approx(8.5417, abs=1e-5)
+    assert tags["IFD0:ImageDescription"] == "Zürich Straße, Zürich, Schweiz"
+    assert tags["XMP-dc:Subject"] == ["Zürich Straße", "Zürich", "Schweiz", "landmark"]
+    assert tags["IPTC:Keywords"] == ["Zürich Straße", "Zürich", "Schweiz", "landmark"]
+    assert tags["XMP-photoshop:City"] == "Zürich" and tags["XMP-photoshop:Country"] == "Schweiz"
+    scan = original.read_bytes().index(b"\xff\xda")
+    assert tagged.endswith(original.read_bytes()[scan:])  # pixels byte-identical
+
+
+@pytest.mark.skipif(EXIFTOOL is None, reason="exiftool is not installed (.ci/run installs it)")
+def test_exiftool_reads_the_sidecar(tmp_path):
+    decision = TagDecision("tagged", "37.Atomium", 0.9, place_for("37.Atomium"))
+    png = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(png)
+    write_tagged(png.read_bytes(), tmp_path / "out.png", decision)
+    result = subprocess.run([EXIFTOOL, "-j", "-n", "-G1", str(tmp_path / "out.png.xmp")], capture_output=True,
+                            text=True, timeout=60)
+    tags = json.loads(result.stdout)[0]
+    assert tags["XMP-dc:Subject"] == ["Atomium", "Brussels", "Belgium", "landmark"]
+    assert tags["XMP-exif:GPSLatitude"] == pytest.approx(place_for("37.Atomium").latitude, abs=1e-4)

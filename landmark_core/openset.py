@@ -1,0 +1,150 @@
+"""Is this a landmark the model knows at all? The open-set half of the tag decision.
+
+A photo library is mostly places the model never learned, and the softmax has
+no answer for them: it spreads 100% over the known classes whatever the photo.
+So besides "which landmark" we ask "does this photo look like the training
+photos of that landmark". The score, *familiarity*, is the cosine similarity
+of the photo's backbone feature to its nearest training photo of the predicted
+class (the run keeps the normalised training features, a *feature bank*, and
+the exported model carries it). Measured against the alternatives on real
+photos (BENCHMARKS.md, open set): maximum softmax probability, energy and
+Mahalanobis distance to class means all separate known from unknown landmarks
+less well.
+
+The threshold needs examples of unknown landmarks. Every run has some for
+free: each training photo, compared with the bank *without its own class*, is a
+photo of a landmark the rest of the model never saw (leave-one-class-out
+pseudo-unknowns). Real unknown photos (an ``unknown/`` folder) tighten it
+further. A photo is tagged only when both its probability and its familiarity
+clear their thresholds.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+#: At most this share of leave-one-class-out pseudo-unknowns may pass the familiarity threshold. Measured on
+#: real photos (BENCHMARKS.md, open set), 10% of pseudo-unknowns let through ~4-5% of real unknown landmarks.
+PSEUDO_UNKNOWN_PASS = 0.10
+#: With real unknown photos to calibrate on, at most this share of them may be tagged.
+MAX_UNKNOWN_TAGGED = 0.05
+#: Fewer calibration unknowns than this are too few to set a threshold at a 5% rate.
+MIN_CALIBRATION_UNKNOWNS = 20
+#: Familiarity thresholds of the curve Evaluate draws.
+FAMILIARITY_GRID = [round(t, 2) for t in np.arange(0.0, 1.0001, 0.01)]
+
+
+def normalise_features(features: torch.Tensor) -> torch.Tensor:
+    return F.normalize(features.float(), dim=1)
+
+
+def familiarity(features: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
+                predicted: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each feature (N, D) to its nearest bank row (M, D) of its predicted class.
+
+    ``bank`` holds normalised features. TorchScript compiles this function into
+    the exported model, so evaluation and prediction compute the same number.
+    """
+    similarity = normalise_features(features) @ bank.float().t()
+    same_class = bank_labels.unsqueeze(0) == predicted.unsqueeze(1)
+    return similarity.masked_fill(~same_class, -1.0).max(dim=1).values
+
+
+def leave_one_class_out(features: torch.Tensor, labels: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
+                        chunk: int = 1024) -> np.ndarray:
+    """Familiarity of each photo to its nearest bank photo of *another* class: a pseudo-unknown's score."""
+    scores = []
+    for start in range(0, len(features), chunk):
+        similarity = normalise_features(features[start:start + chunk]) @ bank.float().t()
+        own_class = labels[start:start + chunk].unsqueeze(1) == bank_labels.unsqueeze(0)
+        scores.append(similarity.masked_fill(own_class, -1.0).max(dim=1).values)
+    return torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32)
+
+
+class Scores(NamedTuple):
+    probability: np.ndarray  # top calibrated probability
+    predicted: np.ndarray
+    familiarity: np.ndarray
+
+
+class Scorer:
+    """Top probability, predicted class and familiarity of photos from their features and logits."""
+
+    def __init__(self, bank: torch.Tensor, bank_labels: torch.Tensor, temperature: float = 1.0):
+        self.bank, self.bank_labels, self.temperature = bank, bank_labels, temperature
+
+    def __call__(self, features: torch.Tensor, logits: np.ndarray) -> Scores:
+        if len(logits) == 0:
+            return Scores(np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.float32))
+        scaled = logits / self.temperature
+        probs = np.exp(scaled - scaled.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        predicted = probs.argmax(1)
+        return Scores(probs.max(1), predicted,
+                      familiarity(features, self.bank, self.bank_labels, torch.from_numpy(predicted)).numpy())
+
+
+def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """The free-energy score ``T * logsumexp(logits / T)`` (higher: more familiar)."""
+    scaled = logits / temperature
+    top = scaled.max(1, keepdims=True)
+    return temperature * (top[:, 0] + np.log(np.exp(scaled - top).sum(1)))
+
+
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float | None:
+    """Area under the ROC curve of telling known (positive) from unknown photos by a score."""
+    if len(known) == 0 or len(unknown) == 0:
+        return None
+    return float(roc_auc_score(np.r_[np.ones(len(known)), np.zeros(len(unknown))], np.r_[known, unknown]))
+
+
+def choose_familiarity_threshold(pseudo_unknown: np.ndarray, unknown: np.ndarray | None = None,
+                                 unknown_confident: np.ndarray | None = None) -> dict:
+    """The familiarity threshold, and what it was set from.
+
+    From pseudo-unknowns: the level that at most ``PSEUDO_UNKNOWN_PASS`` of them
+    reach. With at least ``MIN_CALIBRATION_UNKNOWNS`` real unknown photos, also
+    the lowest level at which at most ``MAX_UNKNOWN_TAGGED`` of them would be
+    tagged (``unknown_confident``: they also clear the probability threshold);
+    the stricter of the two wins, because a wrong place is the worst outcome.
+    """
+    threshold = float(np.quantile(pseudo_unknown, 1 - PSEUDO_UNKNOWN_PASS)) if len(pseudo_unknown) else 0.0
+    basis = ["leave-one-class-out"] if len(pseudo_unknown) else []
+    if unknown is not None and len(unknown) >= MIN_CALIBRATION_UNKNOWNS:
+        confident = np.ones(len(unknown), bool) if unknown_confident is None else unknown_confident
+        candidates = np.sort(np.unique(np.r_[unknown, 1.0]))
+        real = next(float(t) for t in candidates
+                    if (confident & (unknown >= t)).mean() <= MAX_UNKNOWN_TAGGED)
+        basis.append("unknown photos")
+        threshold = max(threshold, real)
+    return {"threshold": round(threshold, 4), "basis": basis,
+            "calibration_unknowns": 0 if unknown is None else int(len(unknown))}
+
+
+def operating_point(probability: np.ndarray, familiarity_scores: np.ndarray, probability_threshold: float,
+                    familiarity_threshold: float, correct: np.ndarray | None = None) -> dict:
+    """What the joint rule does to a set of photos: the share tagged and, for known photos, its precision."""
+    tagged = (probability >= probability_threshold) & (familiarity_scores >= familiarity_threshold)
+    point = {"count": int(len(tagged)), "tagged": int(tagged.sum()),
+             "tagged_share": float(tagged.mean()) if len(tagged) else None}
+    if correct is not None:
+        point["precision"] = float(correct[tagged].mean()) if tagged.any() else None
+    return point
+
+
+def familiarity_curve(known_probability, known_familiarity, known_correct, unknown_probability, unknown_familiarity,
+                      probability_threshold: float) -> list[dict]:
+    """For each familiarity threshold (at the probability threshold): known coverage and precision, unknowns tagged."""
+    rows = []
+    for threshold in FAMILIARITY_GRID:
+        known = operating_point(known_probability, known_familiarity, probability_threshold, threshold, known_correct)
+        row = {"threshold": threshold, "known_tagged": known["tagged_share"], "precision": known["precision"]}
+        if len(unknown_familiarity):
+            row["unknown_tagged"] = operating_point(unknown_probability, unknown_familiarity, probability_threshold,
+                                                    threshold)["tagged_share"]
+        rows.append(row)
+    return rows
