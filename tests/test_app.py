@@ -118,3 +118,39 @@ def test_explore_reports_whether_test_photos_leak_from_train(app_env):
     at = page("explore").run()
     assert not at.exception
     assert any("No test photo is also a training photo" in s.value for s in at.success)
+
+
+def test_evaluate_shows_the_open_set_decision(app_env):
+    at = page("evaluate").run()
+    assert not at.exception
+    labels = [m.label for m in at.metric]
+    assert {"Known test photos tagged", "Unknown photos tagged", "AUROC known vs unknown"} <= set(labels), labels
+    assert any("Known or unknown" in s.value for s in at.subheader)
+
+
+def test_predict_page_agrees_with_the_library_on_unknown_photos(app_env):
+    """The page's outcome for each photo of the demo's unknown/ folder is the library's (and so the CLI's)."""
+    from landmark_core.predict import Predictor
+    from landmark_core.tagging import decide_for
+    run = next(r for r in list_runs() if r.state == "finished")
+    predictor = Predictor(run.path)
+    for photo in sorted((app_env / "data" / "demo" / "unknown").glob("*.jpg"))[:3]:
+        expected = decide_for(predictor, photo).status
+        at = page("predict").run()
+        at.file_uploader[0].set_value((photo.name, photo.read_bytes(), "image/jpeg"))
+        at.run()
+        assert not at.exception
+        shown_unknown = any(w.value.startswith("**Unknown**") for w in at.warning)
+        assert shown_unknown == (expected == "unknown"), (photo.name, expected)
+        assert bool(at.success) == (expected == "tagged")
+
+
+def test_explore_lists_classes_without_a_place_and_saves_places_csv(app_env, tmp_path):
+    at = page("explore").run()
+    assert not at.exception
+    assert any("Places" == s.value for s in at.subheader)
+    save = next(b for b in at.button if b.label.startswith("Save places.csv"))
+    save.click().run()
+    assert not at.exception
+    assert (app_env / "data" / "demo" / "places.csv").exists()
+    (app_env / "data" / "demo" / "places.csv").unlink()  # the shared demo stays as it was
