@@ -3,6 +3,7 @@
     python -m bench            # full run on this machine (tens of minutes on 2 CPU cores)
     python -m bench --smoke    # tiny sizes, seconds: keeps the benchmarks working (CI)
     python -m bench --only real fewshot --data DIR [DIR ...]   # real photos: class folders (train/ + test/)
+    python -m bench --only openset --data DIR DIR              # each set's photos as the other's unknown landmarks
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from landmark_core.allocator import keep_freed_memory
 from . import suites
 from .common import demo_dataset, machine
 
-NAMES = ["input", "frozen", "throughput", "inference", "tta", "real", "fewshot"]
+NAMES = ["input", "frozen", "throughput", "inference", "tta", "real", "fewshot", "openset"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # as every training process does (landmark_core.train.train)
     scale = suites.SMOKE if args.smoke else suites.FULL
     out = Path(args.out) if args.out else (None if args.smoke else Path("BENCHMARKS.md"))
-    chosen = args.only or [name for name in NAMES if name not in ("real", "fewshot") or args.data or args.smoke]
+    chosen = args.only or [name for name in NAMES if name not in ("real", "fewshot", "openset") or args.data or args.smoke]
     with tempfile.TemporaryDirectory(prefix="landmark-bench-") as scratch:
         work = Path(args.work or scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -42,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
             photo_dataset(work / "photos", scale.photos)
 
         def photos_for_smoke() -> Path:
+            return photo_dataset_for_smoke("real-smoke")
+
+        def photo_dataset_for_smoke(name: str, first_class: int = 0) -> Path:
             from .common import photo_dataset
-            return photo_dataset(work / "real-smoke", max(scale.photos, 12), classes=3)
+            return photo_dataset(work / name, max(scale.photos, 12), classes=3, first_class=first_class)
         runners = {
             "input": lambda: suites.input_pipeline(scale, demo, work),
             "frozen": lambda: suites.frozen_backbone(scale, demo, work),
@@ -52,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             "tta": lambda: suites.time_to_accuracy(scale, demo, work),
             "real": lambda: suites.real_photos(scale, [Path(d).resolve() for d in args.data] or [photos_for_smoke()], work),
             "fewshot": lambda: suites.few_shot(scale, [Path(d).resolve() for d in args.data] or [photos_for_smoke()], work),
+            "openset": lambda: suites.open_set(scale, [Path(d).resolve() for d in args.data] or [
+                photos_for_smoke(), photo_dataset_for_smoke("openset-smoke-b", first_class=3)], work),
         }
         command = ("python -m bench" + (" --smoke" if args.smoke else "") + (f" --only {' '.join(args.only)}" if args.only else "")
                    + (f" --data {' '.join(args.data)}" if args.data else ""))

@@ -73,7 +73,7 @@ def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> flo
     return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def photo_dataset(root: Path, count: int, classes: int = 6, seed: int = 0) -> Path:
+def photo_dataset(root: Path, count: int, classes: int = 6, seed: int = 0, first_class: int = 0) -> Path:
     """Photo-sized JPEGs (800x600 to 1600x1200) made from demo scenes plus sensor-like noise, in train/ layout."""
     from landmark_core.demo import DEMO_CLASSES, SceneSpec, render_scene
 
@@ -83,7 +83,7 @@ def photo_dataset(root: Path, count: int, classes: int = 6, seed: int = 0) -> Pa
     rng = np.random.default_rng(seed)
     sizes = [(800, 600), (1024, 768), (1280, 960), (1600, 1200), (1200, 1600)]
     for i in range(count):
-        name = DEMO_CLASSES[i % classes]
+        name = DEMO_CLASSES[first_class + i % classes]
         scene = render_scene(SceneSpec(name, seed, "train", i))
         size = sizes[int(rng.integers(len(sizes)))]
         big = np.asarray(scene.resize(size, Image.BICUBIC), dtype=np.float32)

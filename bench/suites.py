@@ -540,3 +540,63 @@ def few_shot(scale: Scale, datasets: list[Path], work: Path) -> Table:
     table.notes.append("Probe: L-BFGS logistic regression on standardised features, L2 0.03 (no validation split to "
                        "choose with); augmented crops use the training augmentation (full, strength 0.6).")
     return table
+
+
+def _with_unknowns(known: Path, unknown: Path, folder: Path, *, calibrate: bool) -> Path:
+    """A dataset of ``known``'s classes whose unknown photos are all of ``unknown``'s (linked, not copied).
+
+    ``calibrate``: a root ``unknown/`` (halved between calibration and evaluation); otherwise ``test/unknown/``,
+    so every unknown photo only evaluates and the thresholds come from leave-one-class-out photos alone.
+    """
+    shutil.rmtree(folder, ignore_errors=True)
+    source = data_lib.scan_dataset(known)
+    for split, samples in (("train", source.train), ("test", source.test)):
+        for sample in samples:
+            target = folder / split / source.classes[sample.label] / Path(sample.path).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(Path(sample.path).resolve())
+    others = data_lib.scan_dataset(unknown)
+    destination = folder / ("unknown" if calibrate else "test/unknown")
+    destination.mkdir(parents=True, exist_ok=True)
+    for index, sample in enumerate(others.train + others.test):
+        (destination / f"{index:05d}{Path(sample.path).suffix}").symlink_to(Path(sample.path).resolve())
+    return folder
+
+
+def open_set(scale: Scale, datasets: list[Path], work: Path) -> Table:
+    """Train the default transfer recipe on one set with another set's photos as unknown landmarks."""
+    from landmark_core.models import DEFAULT_TRANSFER_MODEL
+    from landmark_core.train import TrainConfig, train_new
+
+    table = Table("8. Open set: photos of landmarks the model never learned (default transfer recipe)",
+                  ["known set", "unknown set", "thresholds from", "AUROC familiarity", "AUROC max probability",
+                   "AUROC energy", "familiarity threshold", "probability threshold", "known tagged (test)",
+                   "precision of those tags", "unknown tagged", "unknown tagged without the familiarity check",
+                   "unknown tagged vs without"])
+    pairs = [(a, b) for a in datasets for b in datasets if a != b]
+    for known, unknown in pairs:
+        for calibrate in (True, False):
+            root = _with_unknowns(known, unknown, work / "openset" / f"{known.name}-{unknown.name}-{int(calibrate)}",
+                                  calibrate=calibrate)
+            overrides = {} if scale.name == "full" else dict(image_size=scale.image_size, epochs=1, freeze_epochs=1)
+            run = train_new(TrainConfig(data=str(root), model=DEFAULT_TRANSFER_MODEL, **overrides), work)
+            report = json.loads((run / "evaluation.json").read_text())["open_set"]
+            auroc = report["auroc"]["unknown photos"]
+            unknown_share, without = report["unknown"]["tagged_share"], report["unknown_without_open_set"]["tagged_share"]
+            table.add(known.name, f"{unknown.name} ({report['unknown_photos']['evaluation']} photos)",
+                      " + ".join(report["threshold_basis"]) + (f" ({report['unknown_photos']['calibration']})" if calibrate else ""),
+                      auroc["familiarity"], auroc["max_probability"], auroc["energy"], report["familiarity_threshold"],
+                      report["probability_threshold"], f"{report['known']['tagged_share']:.1%}",
+                      "-" if report["known"]["precision"] is None else f"{report['known']['precision']:.1%}",
+                      f"{unknown_share:.1%}", f"{without:.1%}", f"{unknown_share / without:.2f}x" if without else "-")
+    table.notes += [
+        "Each set's own train/test split; the other set's photos (train and test) are the unknown landmarks. "
+        "'unknown photos': a root unknown/ folder, halved by file name between calibration and evaluation; "
+        "'leave-one-class-out' alone: every unknown photo only evaluates, as with a library of places nobody "
+        "collected examples of.",
+        "Familiarity: cosine similarity of a photo's backbone feature to its nearest training photo of the predicted "
+        "class, plus a tenth of the log of its calibrated top probability. AUROC: known test photos vs the evaluated unknown photos (1 = perfectly told apart).",
+        "A photo is tagged when its calibrated probability and its familiarity both reach their thresholds; the last "
+        "columns compare with the probability threshold alone (the decision before the open-set check).",
+    ]
+    return table

@@ -183,10 +183,12 @@ def cmd_evaluate(args) -> int:
     run_dir = resolve_run(args.run)
     summary = evaluate_run(run_dir, device=resolve_device(args.device), checkpoint=args.checkpoint)
     exported = read_json(run_dir / EXPORT_META) or {}
-    if exported.get("checkpoint") == args.checkpoint and exported.get("temperature") != summary["calibration"]["temperature"]:
-        # the tag threshold just written assumes these calibrated probabilities: the exported model must give them
+    carried = (exported.get("temperature"), exported.get("probability_threshold"), exported.get("familiarity_threshold"))
+    chosen = (summary["calibration"]["temperature"], summary["default_threshold"], summary["default_familiarity_threshold"])
+    if exported.get("checkpoint") == args.checkpoint and carried != chosen:
+        # the exported model carries the calibration and both tag thresholds: it must give what evaluation chose
         export_run(run_dir, checkpoint=args.checkpoint)
-        print(f"re-exported {run_dir.name} with the new calibration", file=sys.stderr)
+        print(f"re-exported {run_dir.name} with the new calibration and thresholds", file=sys.stderr)
     if args.json:
         calibration = {k: v for k, v in summary["calibration"].items() if k in ("temperature", "fitted_on")}
         calibration.update({f"{split}_ece_{when}": summary["calibration"][split][f"ece_{when}"]

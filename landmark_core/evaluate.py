@@ -190,7 +190,8 @@ def open_set_report(scorer: openset.Scorer, choice: dict, probability_threshold:
     unknown = unknown or (torch.zeros(0, scorer.bank.shape[1]), np.zeros((0, test[1].shape[1]), np.float32))
     other = scorer(*unknown)
     correct = known.predicted == test_labels
-    test_pseudo = openset.leave_one_class_out(test[0], torch.from_numpy(test_labels), scorer.bank, scorer.bank_labels)
+    test_pseudo = openset.leave_one_class_out(test[0], torch.from_numpy(test_labels), test[1], scorer.temperature,
+                                              scorer.bank, scorer.bank_labels)
     return {
         "score": "familiarity",
         "familiarity_threshold": threshold, "probability_threshold": probability_threshold,
@@ -228,7 +229,7 @@ def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=
                   tta_flip=bool(config.tta_flip))
     test_features, test_logits = split_outputs(model, prepared.test, **common)
     val_features, val_logits = split_outputs(model, prepared.val, **common)
-    train_features, _ = split_outputs(model, prepared.train, **common)
+    train_features, train_logits = split_outputs(model, prepared.train, **common)
     calibration = calibration_report(val_logits, prepared.val.labels, test_logits, prepared.test.labels,
                                      fit=bool(config.calibrate))
     temperature = calibration["temperature"]
@@ -248,7 +249,8 @@ def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=
     # threshold on the validation photos that pass it: those are the photos the tag decision has to sort out.
     val_labels = np.asarray(prepared.val.labels, dtype=np.int64)
     pseudo = openset.leave_one_class_out(torch.cat([train_features, val_features]),
-                                         torch.cat([bank_labels, torch.from_numpy(val_labels)]), bank, bank_labels)
+                                         torch.cat([bank_labels, torch.from_numpy(val_labels)]),
+                                         np.concatenate([train_logits, val_logits]), temperature, bank, bank_labels)
     calibration_scores = scorer(*unknowns["calibration"]) if "calibration" in unknowns else None
     choice = openset.choose_familiarity_threshold(
         pseudo, *((calibration_scores.familiarity, calibration_scores.probability >= MIN_DEFAULT_THRESHOLD)

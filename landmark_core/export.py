@@ -101,7 +101,7 @@ class ExportedClassifier(nn.Module):
         """(class probabilities, familiarity): familiarity is 1 for every photo when there is no feature bank."""
         features, probs = self._features_and_probabilities(image)
         if self.has_feature_bank:
-            scores = familiarity(features, self.bank, self.bank_labels, probs.argmax(dim=1))
+            scores = familiarity(features, self.bank, self.bank_labels, probs)
         else:
             scores = torch.ones(probs.shape[0], device=probs.device)
         if image.dim() == 3:

@@ -6,17 +6,18 @@ So besides "which landmark" we ask "does this photo look like the training
 photos of that landmark". The score, *familiarity*, is the cosine similarity
 of the photo's backbone feature to its nearest training photo of the predicted
 class (the run keeps the normalised training features, a *feature bank*, and
-the exported model carries it). Measured against the alternatives on real
-photos (BENCHMARKS.md, open set): maximum softmax probability, energy and
-Mahalanobis distance to class means all separate known from unknown landmarks
-less well.
+the exported model carries it), plus a tenth of the log of the calibrated top
+probability, so a photo that is both close to one training photo and torn
+between classes counts as less familiar. Measured against the alternatives on
+real photos (BENCHMARKS.md, table 8): the softmax probability and the energy
+score alone separate known from unknown landmarks less well.
 
 The threshold needs examples of unknown landmarks. Every run has some for
-free: each training photo, compared with the bank *without its own class*, is a
-photo of a landmark the rest of the model never saw (leave-one-class-out
-pseudo-unknowns). Real unknown photos (an ``unknown/`` folder) tighten it
-further. A photo is tagged only when both its probability and its familiarity
-clear their thresholds.
+free: each training photo, with its own class taken out of the feature bank
+and of the softmax, is a photo of a landmark the rest of the model never saw
+(leave-one-class-out pseudo-unknowns). Real unknown photos (an ``unknown/``
+folder) tighten it further. A photo is tagged only when both its probability
+and its familiarity clear their thresholds.
 """
 from __future__ import annotations
 
@@ -28,40 +29,55 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 #: At most this share of leave-one-class-out pseudo-unknowns may pass the familiarity threshold. Measured on
-#: real photos (BENCHMARKS.md, open set), 10% of pseudo-unknowns let through ~4-5% of real unknown landmarks.
+#: real photos (BENCHMARKS.md, table 8), 10% of pseudo-unknowns let through ~3-5% of real unknown landmarks.
 PSEUDO_UNKNOWN_PASS = 0.10
 #: With real unknown photos to calibrate on, at most this share of them may be tagged.
 MAX_UNKNOWN_TAGGED = 0.05
 #: Fewer calibration unknowns than this are too few to set a threshold at a 5% rate.
 MIN_CALIBRATION_UNKNOWNS = 20
 #: Familiarity thresholds of the curve Evaluate draws.
-FAMILIARITY_GRID = [round(t, 2) for t in np.arange(0.0, 1.0001, 0.01)]
+FAMILIARITY_GRID = [round(t, 2) for t in np.arange(-0.3, 1.0001, 0.01)]
 
 
 def normalise_features(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(features.float(), dim=1)
 
 
-def familiarity(features: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
-                predicted: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of each feature (N, D) to its nearest bank row (M, D) of its predicted class.
+#: Weight of the log top probability in familiarity (chosen on the development sets among 0, 0.03, 0.05, 0.1, 0.2).
+PROBABILITY_WEIGHT = 0.1
+
+
+def familiarity(features: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, probabilities: torch.Tensor,
+                probability_weight: float = PROBABILITY_WEIGHT) -> torch.Tensor:
+    """Familiarity of each photo: cosine similarity of its feature (N, D) to the nearest bank row (M, D) of its
+    predicted class, plus ``probability_weight`` times the log of its top probability (N, C).
 
     ``bank`` holds normalised features. TorchScript compiles this function into
     the exported model, so evaluation and prediction compute the same number.
     """
+    top, predicted = probabilities.max(dim=1)
     similarity = normalise_features(features) @ bank.float().t()
     same_class = bank_labels.unsqueeze(0) == predicted.unsqueeze(1)
-    return similarity.masked_fill(~same_class, -1.0).max(dim=1).values
+    nearest = similarity.masked_fill(~same_class, -1.0).max(dim=1).values
+    return nearest + probability_weight * torch.log(top.float().clamp_min(1e-12))
 
 
-def leave_one_class_out(features: torch.Tensor, labels: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
-                        chunk: int = 1024) -> np.ndarray:
-    """Familiarity of each photo to its nearest bank photo of *another* class: a pseudo-unknown's score."""
+def leave_one_class_out(features: torch.Tensor, labels: torch.Tensor, logits: np.ndarray, temperature: float,
+                        bank: torch.Tensor, bank_labels: torch.Tensor, chunk: int = 1024) -> np.ndarray:
+    """Familiarity of each known photo as if its class had never been learned: its own class taken out of the
+    bank and of the softmax. These pseudo-unknowns are what the familiarity threshold is set from."""
     scores = []
     for start in range(0, len(features), chunk):
+        own = labels[start:start + chunk]
+        scaled = torch.from_numpy(np.asarray(logits[start:start + chunk], dtype=np.float32)) / temperature
+        scaled[torch.arange(len(own)), own] = float("-inf")
+        probabilities = torch.softmax(scaled, dim=1)
+        keep_bank = bank_labels.unsqueeze(0) != own.unsqueeze(1)  # the bank without the photo's own class
+        top, predicted = probabilities.max(dim=1)
         similarity = normalise_features(features[start:start + chunk]) @ bank.float().t()
-        own_class = labels[start:start + chunk].unsqueeze(1) == bank_labels.unsqueeze(0)
-        scores.append(similarity.masked_fill(own_class, -1.0).max(dim=1).values)
+        same_class = (bank_labels.unsqueeze(0) == predicted.unsqueeze(1)) & keep_bank
+        nearest = similarity.masked_fill(~same_class, -1.0).max(dim=1).values
+        scores.append(nearest + PROBABILITY_WEIGHT * torch.log(top.clamp_min(1e-12)))
     return torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32)
 
 
@@ -80,12 +96,9 @@ class Scorer:
     def __call__(self, features: torch.Tensor, logits: np.ndarray) -> Scores:
         if len(logits) == 0:
             return Scores(np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.float32))
-        scaled = logits / self.temperature
-        probs = np.exp(scaled - scaled.max(1, keepdims=True))
-        probs /= probs.sum(1, keepdims=True)
-        predicted = probs.argmax(1)
-        return Scores(probs.max(1), predicted,
-                      familiarity(features, self.bank, self.bank_labels, torch.from_numpy(predicted)).numpy())
+        probs = torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)) / self.temperature, dim=1)
+        return Scores(probs.max(1).values.numpy(), probs.argmax(1).numpy(),
+                      familiarity(features, self.bank, self.bank_labels, probs).numpy())
 
 
 def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

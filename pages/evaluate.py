@@ -22,8 +22,8 @@ m[0].metric("Top-1 accuracy", f"{evaluation['top1']:.1%}")
 m[1].metric("Top-5 accuracy", f"{evaluation['top5']:.1%}")
 m[2].metric("Test images", evaluation["num_images"])
 m[3].metric("Suggested tag threshold", f"{evaluation['default_threshold']:.2f}",
-            help="The lowest calibrated confidence (at least 0.5) at which predictions on the validation split are "
-                 "≥98% right.")
+            help="The lowest calibrated confidence (at least 0.5) at which the validation photos that pass the "
+                 "familiarity check are ≥98% right.")
 calibration = evaluation.get("calibration")
 if calibration:
     c = st.columns(4)

@@ -22,13 +22,17 @@ def test_familiarity_is_the_similarity_to_the_nearest_training_photo_of_the_pred
     bank = openset.normalise_features(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
     labels = torch.tensor([0, 1, 1])
     photo = torch.tensor([[2.0, 0.1]])
-    own = openset.familiarity(photo, bank, labels, torch.tensor([0]))
-    other = openset.familiarity(photo, bank, labels, torch.tensor([1]))
-    assert own.item() == pytest.approx(float(np.cos(np.arctan2(0.1, 2.0))), abs=1e-5)
-    assert other.item() == pytest.approx(float(np.cos(np.pi / 4 - np.arctan2(0.1, 2.0))), abs=1e-5)  # [1, 1] is nearer than [0, 1]
-    # leave-one-class-out: the nearest photo of another class, whatever the prediction
-    pseudo = openset.leave_one_class_out(photo, torch.tensor([0]), bank, labels)
-    assert pseudo[0] == pytest.approx(other.item(), abs=1e-5)
+    angle = float(np.arctan2(0.1, 2.0))
+    sure_of_class_0, torn_towards_1 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.4, 0.6]])
+    own = openset.familiarity(photo, bank, labels, sure_of_class_0)
+    other = openset.familiarity(photo, bank, labels, torn_towards_1)
+    assert own.item() == pytest.approx(np.cos(angle), abs=1e-5)  # log(1) adds nothing
+    # [1, 1] is nearer than [0, 1]; being torn (60%) costs a tenth of log(0.6)
+    assert other.item() == pytest.approx(np.cos(np.pi / 4 - angle) + 0.1 * np.log(0.6), abs=1e-5)
+    # leave-one-class-out: the photo's own class leaves the bank and the softmax
+    logits = np.log(np.array([[0.7, 0.3]], dtype=np.float32))
+    pseudo = openset.leave_one_class_out(photo, torch.tensor([0]), logits, 1.0, bank, labels)
+    assert pseudo[0] == pytest.approx(np.cos(np.pi / 4 - angle), abs=1e-5)  # class 1 at probability 1
 
 
 def test_threshold_from_pseudo_unknowns_and_the_stricter_of_real_unknowns():

@@ -130,7 +130,7 @@ def test_tag_folder_report_and_rerun(trained_run, photos, tmp_path):
 
 def test_abstention_writes_nothing(trained_run, photos, tmp_path):
     counts = tag_files(Predictor(trained_run), [photos / "p0.jpg"], out_dir=tmp_path / "out", threshold=1.01,
-                       report_path=tmp_path / "r.csv")
+                       report_path=tmp_path / "r.csv", open_set=False)  # the probability threshold alone
     assert counts["abstained"] == 1 and not (tmp_path / "out").exists()
 
 
