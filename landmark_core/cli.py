@@ -81,23 +81,8 @@ def cmd_data_download(args) -> int:
 
 
 def cmd_data_import(args) -> int:
-    from .data import scan_dataset
-    from .download import find_dataset_root, safe_extract
-    archive = Path(args.zip)
-    if not archive.is_file():
-        raise LandmarkError(f"no such file: {archive}")
-    target = data_dir() / (args.name or archive.stem)
-    safe_extract(archive, target)
-    try:
-        try:
-            root = find_dataset_root(target)
-        except LandmarkError:  # no train/: class folders directly
-            root = target
-        dataset = scan_dataset(root)
-    except LandmarkError:
-        import shutil
-        shutil.rmtree(target, ignore_errors=True)  # not a dataset: leave nothing behind
-        raise
+    from .download import import_dataset
+    root, dataset = import_dataset(args.zip, data_dir(), args.name)
     print(root)
     print(f"{dataset.num_classes} classes, {len(dataset.train)} train / {len(dataset.test)} test files", file=sys.stderr)
     return 0
@@ -389,6 +374,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except LandmarkError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `landmark runs | head -3`: the reader left; nothing more to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not complain either
+        return 141
+    except OSError as error:  # a read-only folder, a full disk: the reason and the path, in one line
+        where = f": {error.filename}" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -118,8 +119,14 @@ def scan_dataset(root: str | os.PathLike, *, test_fraction: float = 0.2, seed: i
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {root}")
     train_dir, test_dir = root / "train", root / "test"
+    if test_dir.is_dir() and not train_dir.is_dir():
+        raise DataError(f"{root} has test/ but no train/ (expected train/ and test/ with one folder per class, "
+                        "or class folders directly)")
     base = train_dir if train_dir.is_dir() else root
     class_dirs = _class_folders(base)
+    for class_dir in class_dirs:  # a class folder linked to its own split folder (or above) would hold every photo
+        if base.resolve().is_relative_to(class_dir.resolve()):
+            raise DataError(f"{class_dir} links back to {class_dir.resolve()}, which contains the dataset itself")
     if not class_dirs:
         raise DataError(f"{base} has no class folders (expected train/ and test/ with one folder per class, "
                         "like 00.Haleakala_National_Park, or class folders directly)")
@@ -147,20 +154,15 @@ def scan_dataset(root: str | os.PathLike, *, test_fraction: float = 0.2, seed: i
 # --- cache folder ----------------------------------------------------------------------------
 
 def cache_dir_for(root: str | os.PathLike) -> Path:
-    """``root/.landmark_cache`` when writable, else a per-root folder in the user cache."""
+    """The decoded-image cache of a dataset: a folder per dataset in the user cache, never in the photos' folder.
+
+    ``$LANDMARK_CACHE``, else ``$XDG_CACHE_HOME/landmark_core``, else ``~/.cache/landmark_core``.
+    """
     root = Path(root).resolve()
-    local = root / ".landmark_cache"
-    try:
-        local.mkdir(exist_ok=True)
-        probe = local / ".write-test"
-        probe.touch()
-        probe.unlink()
-        return local
-    except OSError:
-        digest = hashlib.sha1(str(root).encode()).hexdigest()[:16]
-        fallback = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "landmark_core" / digest
-        fallback.mkdir(parents=True, exist_ok=True)
-        return fallback
+    base = os.environ.get("LANDMARK_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "landmark_core"
+    folder = Path(base) / (re.sub(r"[^A-Za-z0-9_.-]", "_", root.name)[:40] + "-" + hashlib.sha1(str(root).encode()).hexdigest()[:16])
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def content_key(samples: Sequence[Sample], *extra) -> str:

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from .data import scan_dataset
-from .errors import ArchiveError, DataError, DownloadError
+from .data import Dataset, scan_dataset
+from .errors import ArchiveError, DataError, DownloadError, ImageError, LandmarkError
+from .fileio import process_alive
 
 DATASET_URL = "https://udacity-dlnfd.s3-us-west-1.amazonaws.com/datasets/landmark_images.zip"
 DATASET_NAME = "landmark_images"
@@ -93,6 +94,7 @@ class ArchiveLimits:
     max_entries: int = 100_000
     max_ratio: float = 200.0            # JPEGs barely compress; text compresses ~10x; bombs ~1000x
     ratio_floor_bytes: int = 1 << 20    # small entries may compress well without suspicion
+    total_ratio_floor_bytes: int = 16 << 20  # so may a small archive as a whole
 
 
 def _check_member(info: zipfile.ZipInfo) -> str | None:
@@ -132,6 +134,11 @@ def check_archive(zip_path: str | os.PathLike, limits: ArchiveLimits = ArchiveLi
     if total > limits.max_total_bytes:
         raise ArchiveError(f"archive refused: it would unpack to {total / 2**30:.1f} GiB "
                            f"(limit {limits.max_total_bytes / 2**30:.1f} GiB)")
+    compressed = sum(info.compress_size for info in members)
+    if total > limits.total_ratio_floor_bytes and total > limits.max_ratio * max(1, compressed):
+        # many small entries each under the per-entry floor can still be a bomb together
+        raise ArchiveError(f"archive refused: it expands {total / max(1, compressed):.0f}x overall "
+                           f"(limit {limits.max_ratio:.0f}x), a zip bomb")
     return members
 
 
@@ -142,7 +149,8 @@ def safe_extract(zip_path: str | os.PathLike, target: str | os.PathLike, limits:
         raise ArchiveError(f"{target} already exists; remove it first")
     members = check_archive(zip_path, limits)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    remove_stale_partials(target.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=target.parent))
     written = 0
     try:
         with zipfile.ZipFile(zip_path) as archive:
@@ -169,6 +177,61 @@ def safe_extract(zip_path: str | os.PathLike, target: str | os.PathLike, limits:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Remove half-extracted folders (``.NAME.partial-PID-*``) whose extracting process is gone (killed)."""
+    removed = []
+    for path in folder.glob(".*.partial-*"):
+        match = re.search(r"\.partial-(\d+)-", path.name)
+        if path.is_dir() and match and not process_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def dataset_folder_name(name: str) -> str:
+    """A name for a folder under the data folder: one plain path component, or a clear error."""
+    if not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name or "\x00" in name \
+            or os.path.isabs(name):
+        raise DataError(f"--name {name!r} must be a plain folder name (no slashes, not starting with a dot)")
+    return name
+
+
+def import_dataset(zip_path: str | os.PathLike, data_dir: str | os.PathLike, name: str | None = None,
+                   limits: ArchiveLimits = ArchiveLimits()) -> tuple[Path, Dataset]:
+    """Unpack a zip of photos (``train/`` + ``test/`` or class folders) safely into ``data_dir/name``.
+
+    Returns (dataset root, its index). An archive that is not a dataset of
+    images leaves nothing behind.
+    """
+    from .images import open_image
+
+    archive = Path(zip_path)
+    if not archive.is_file():
+        raise DataError(f"no such file: {archive}")
+    target = Path(data_dir) / dataset_folder_name(name or archive.stem)
+    safe_extract(archive, target, limits)
+    try:
+        try:
+            root = find_dataset_root(target)
+        except DataError:  # no train/: class folders directly
+            root = target
+        dataset = scan_dataset(root)
+        readable = 0
+        for sample in (dataset.train + dataset.test)[:50]:
+            try:
+                open_image(sample.path)
+                readable += 1
+            except ImageError:
+                continue
+        if readable == 0:
+            raise DataError(f"{archive.name} holds no images Pillow can read (checked "
+                            f"{min(50, len(dataset.train) + len(dataset.test))} files)")
+    except LandmarkError:
+        shutil.rmtree(target, ignore_errors=True)  # not a dataset: leave nothing behind
+        raise
+    return root, dataset
 
 
 def zlib_error():

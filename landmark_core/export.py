@@ -9,6 +9,7 @@ signature does not match: TorchScript is code, so only our own files are run.
 """
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import warnings
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from .errors import ModelError, RunError
 from .fileio import read_json, save_atomic, sha256_file, write_json_atomic
 from .openset import familiarity
-from .runs import runs_dir
+from .runs import artifacts_dir, runs_dir
 
 MODEL_FILE = "model.ts"
 #: What a frozen export keeps besides ``forward``: readers of the file use them.
@@ -111,22 +112,32 @@ class ExportedClassifier(nn.Module):
 
 # --- signing ------------------------------------------------------------------------------------
 
-def _signing_key(artifacts: Path) -> bytes:
-    path = artifacts / ".signing_key"
+def _key_folder(run_dir: Path) -> Path:
+    """Where the signing key of a run lives: its artifacts folder (``<artifacts>/runs/<run>``), or the current
+    artifacts folder for a run kept elsewhere — never some folder two levels above an arbitrary path."""
+    parent = run_dir.resolve().parent
+    return parent.parent if parent.name == "runs" else artifacts_dir()
+
+
+def _signing_key(folder: Path, create: bool) -> Optional[bytes]:
+    path = folder / ".signing_key"
     if not path.exists():
-        artifacts.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
+        if not create:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+        except FileExistsError:  # another process made it first
+            pass
     return path.read_text().strip().encode()
 
 
-def _artifacts_of(run_dir: Path) -> Path:
-    return run_dir.resolve().parent.parent  # <artifacts>/runs/<run_id>
-
-
-def _signature(run_dir: Path, digest: str) -> str:
-    return hmac.new(_signing_key(_artifacts_of(run_dir)), f"{run_dir.name}:{digest}".encode(), hashlib.sha256).hexdigest()
+def _signature(key: bytes, meta: dict) -> str:
+    """HMAC of everything the prediction depends on: the model file's hash and every other field of export.json."""
+    payload = json.dumps({k: v for k, v in meta.items() if k != "signature"}, sort_keys=True, separators=(",", ":"))
+    return hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()
 
 
 # --- export / load ------------------------------------------------------------------------------
@@ -166,31 +177,44 @@ def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float = 1e-4)
         outputs = [torch.cat([probs, score.view(1)]) for probs, score in
                    (wrapper.classify(probe), scripted.classify(probe), reloaded.classify(probe))]
     max_diff = float(max((outputs[0] - outputs[1]).abs().max(), (outputs[0] - outputs[2]).abs().max()))
-    if max_diff > tolerance:
+    if not torch.isfinite(outputs[0]).all():
+        path.unlink(missing_ok=True)
+        raise ModelError(f"{run_dir.name}: the model gives non-finite probabilities (its weights hold NaN or inf); "
+                         "nothing was exported")
+    if not max_diff <= tolerance:
         path.unlink(missing_ok=True)
         raise ModelError(f"export round trip differs by {max_diff:.2e} (tolerance {tolerance:.0e})")
-    digest = sha256_file(path)
-    write_json_atomic(run_dir / EXPORT_META, {
-        "file": MODEL_FILE, "sha256": digest, "signature": _signature(run_dir, digest), "checkpoint": checkpoint,
+    meta = {
+        "file": MODEL_FILE, "sha256": sha256_file(path), "checkpoint": checkpoint,
         "classes": wrapper.class_names, "image_size": wrapper.image_size, "resize_size": wrapper.resize_size,
         "interpolation": wrapper.interpolation, "temperature": wrapper.temperature, "flip_tta": wrapper.flip_tta,
         "probability_threshold": wrapper.probability_threshold,
         "familiarity_threshold": wrapper.familiarity_threshold if wrapper.has_feature_bank else None,
         "feature_bank_size": int(len(wrapper.bank_labels)),
-        "round_trip_max_abs_diff": max_diff, "torch": torch.__version__})
+        "round_trip_max_abs_diff": max_diff, "torch": torch.__version__}
+    meta["signature"] = _signature(_signing_key(_key_folder(run_dir), create=True), meta)
+    write_json_atomic(run_dir / EXPORT_META, meta)
     return path
 
 
 def load_exported(run_dir: Path, device="cpu") -> Tuple[torch.jit.ScriptModule, dict]:
     """Load a run's TorchScript model after checking it is the file this artifacts folder exported."""
-    meta = read_json(run_dir / EXPORT_META)
+    try:
+        meta = read_json(run_dir / EXPORT_META)
+    except ValueError:
+        raise ModelError(f"{run_dir.name}/{EXPORT_META} is damaged; export the run again: landmark export {run_dir}") from None
     path = run_dir / MODEL_FILE
     if meta is None or not path.exists():
         raise RunError(f"{run_dir.name} has no exported model yet (run: landmark export {run_dir.name})")
-    digest = sha256_file(path)
-    if digest != meta.get("sha256") or not hmac.compare_digest(_signature(run_dir, digest), str(meta.get("signature", ""))):
-        raise ModelError(f"{run_dir.name}/{MODEL_FILE} does not match the hash recorded when this app exported it; "
-                         "refusing to load a modified or foreign model file")
+    key = _signing_key(_key_folder(run_dir), create=False)
+    if key is None:
+        raise ModelError(f"{run_dir.name} was exported under another artifacts folder (no signing key in "
+                         f"{_key_folder(run_dir)}); to trust it here, export it again: landmark export {run_dir}")
+    if not isinstance(meta, dict) or sha256_file(path) != meta.get("sha256") \
+            or not hmac.compare_digest(_signature(key, meta), str(meta.get("signature", ""))):
+        raise ModelError(f"{run_dir.name}/{MODEL_FILE} or {EXPORT_META} does not match what this app exported "
+                         f"(modified, foreign, or exported by an older version); refusing to load it. If you trust "
+                         f"the run's checkpoints, export it again: landmark export {run_dir}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)

@@ -100,6 +100,14 @@ def load_rgb(source: ImageSource, *, min_side: int | None = None, max_pixels: in
     """
     image = open_image(source, max_pixels)
     name = _describe(source)
+    if min_side:
+        # Resizing the short side to min_side scales the long side too: a 1x200,000 strip would become
+        # min_side x (min_side * 200,000) pixels. Refuse before decoding anything.
+        width, height = image.size
+        resized = min_side * min_side * (max(width, height) / min(width, height))
+        if resized > max_pixels:
+            raise ImageError(f"{name}: {width}x{height} is too thin to classify (resized to a {min_side}-pixel short "
+                             f"side it would have {resized:,.0f} pixels; limit {max_pixels:,})")
     try:
         if getattr(image, "is_animated", False):
             image.seek(0)

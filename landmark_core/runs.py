@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RunError
-from .fileio import read_json, read_jsonl, write_json_atomic
+from .fileio import process_alive, read_json, read_jsonl, write_json_atomic
 
 STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
@@ -61,26 +61,10 @@ def resolve_run(run: str | os.PathLike, artifacts: Path | None = None) -> Path:
     return path
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours has exited even though kill(0) succeeds
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True
-
-
 def read_status(run_dir: Path) -> dict:
     """``status.json`` with ``state`` corrected to "interrupted" when its process is gone."""
     status = read_json(run_dir / "status.json", default={"state": "queued"}) or {"state": "queued"}
-    if status.get("state") in ACTIVE_STATES and not _pid_alive(status.get("pid")):
+    if status.get("state") in ACTIVE_STATES and not process_alive(status.get("pid")):
         if status.get("state") == "running" or status.get("launched"):
             status = {**status, "state": "interrupted"}
     return status
@@ -109,10 +93,23 @@ class RunSummary:
     error: str | None
 
 
+def _readable(path: Path, default):
+    """A run file's JSON, or ``default`` when it is missing or damaged (listing runs must never fail on one)."""
+    try:
+        value = read_json(path, default=default)
+    except (ValueError, OSError):
+        return default
+    return value if isinstance(value, type(default)) or default is None else default
+
+
 def summarize(run_dir: Path) -> RunSummary:
-    config = read_json(run_dir / "config.json", default={}) or {}
-    status = read_status(run_dir)
-    evaluation = read_json(run_dir / "evaluation.json", default=None)
+    config = _readable(run_dir / "config.json", {})
+    try:
+        status = read_status(run_dir)
+    except (ValueError, OSError):
+        status = {"state": "damaged", "error": "status.json is damaged"}
+    evaluation = _readable(run_dir / "evaluation.json", None)
+    evaluation = evaluation if isinstance(evaluation, dict) else None
     epochs = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
     best = max((r["val_acc"] for r in epochs if r.get("val_acc") is not None), default=None)
     return RunSummary(
@@ -136,9 +133,7 @@ def launch_background(run_dir: Path, *, resume: bool = False) -> int:
     The child outlives the caller (a Streamlit page, a closed tab); its output
     goes to ``log.txt`` in the run folder. Returns the child's pid.
     """
-    args = [sys.executable, "-m", "landmark_core", "train", "--run-dir", str(run_dir)]
-    if resume:
-        args.append("--resume")
+    args = [sys.executable, "-m", "landmark_core", "train", "--resume" if resume else "--run-dir", str(run_dir)]
     log = open(run_dir / "log.txt", "ab")
     try:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -153,7 +148,7 @@ def request_cancel(run_dir: Path) -> None:
     """Ask a running training process to stop after the current batch."""
     (run_dir / "CANCEL").touch()
     pid = read_status(run_dir).get("pid")
-    if pid and _pid_alive(pid):
+    if pid and process_alive(pid):
         try:
             os.kill(pid, signal.SIGTERM)
         except OSError:

@@ -250,29 +250,55 @@ def tagged_zip(items: list[tuple[str, bytes, TagDecision]]) -> bytes:
 
 # --- batch ---------------------------------------------------------------------------------------
 
-def iter_files(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[Path, Path]]:
-    """(file, its base folder) for files and folders given, walking folders lazily in sorted order."""
+def iter_files(paths: Iterable[str | os.PathLike], exclude: Iterable[Path] = ()) -> Iterator[tuple[Path, Path]]:
+    """(file, its base folder) for files and folders given, walking folders lazily in sorted order.
+
+    ``exclude``: files and folders to leave out (the tagged copies and the report, when they are written inside
+    a folder being tagged: otherwise a re-run would tag its own output).
+    """
+    excluded = {Path(p).resolve() for p in exclude}
+
+    def skipped(path: Path) -> bool:
+        return bool(excluded) and path.resolve() in excluded
+
     for given in paths:
         given = Path(given)
         if given.is_file():
-            yield given, given.parent
+            if not skipped(given):
+                yield given, given.parent
         elif given.is_dir():
             for folder, dirs, files in os.walk(given):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not skipped(Path(folder) / d))
                 for name in sorted(files):
-                    if not name.startswith(".") and not name.endswith(".xmp"):
+                    if not name.startswith(".") and not name.endswith(".xmp") and not skipped(Path(folder) / name):
                         yield Path(folder) / name, given
         else:
             raise LandmarkError(f"no such file or folder: {given}")
 
 
+def _repair_torn_tail(report_path: Path) -> None:
+    """Drop a last line cut short by a kill mid-write (no final newline), so appending starts on a fresh line."""
+    if not report_path.exists() or report_path.stat().st_size == 0:
+        return
+    with open(report_path, "rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+        data = handle.seek(0) or handle.read()
+        handle.truncate(data.rfind(b"\n") + 1)
+
+
 def _done_before(report_path: Path) -> dict[str, tuple[int, int]]:
+    """Files a previous run finished: their (size, mtime) as recorded; rows that do not parse are redone."""
     done = {}
     if report_path.exists():
-        with open(report_path, newline="", encoding="utf-8") as handle:
+        with open(report_path, newline="", encoding="utf-8", errors="replace") as handle:
             for row in csv.DictReader(handle):
-                if row.get("status") in STATUSES and row.get("size"):
-                    done[row["file"]] = (int(row["size"]), int(row["mtime_ns"]))
+                try:
+                    if row.get("status") in STATUSES and row.get("file"):
+                        done[row["file"]] = (int(row["size"]), int(row["mtime_ns"]))
+                except (TypeError, ValueError):
+                    continue
     return done
 
 
@@ -300,7 +326,10 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
     """
     if not in_place and out_dir is None:
         raise LandmarkError("give an output folder (--out DIR) or --overwrite to tag the originals in place")
+    out_dir = out_dir.resolve() if out_dir is not None else None
+    report_path = report_path.resolve()
     report_path.parent.mkdir(parents=True, exist_ok=True)
+    _repair_torn_tail(report_path)
     done = _done_before(report_path)
     counts = {status: 0 for status in STATUSES} | {"skipped": 0, "tagged_without_place": 0}
     fields = _report_fields(report_path)
@@ -309,21 +338,25 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         if new_file:
             writer.writeheader()
-        for index, (path, base) in enumerate(iter_files(paths), start=1):
+        own_output = [p for p in (out_dir, report_path, report_path.with_suffix(".json")) if p is not None]
+        for index, (path, base) in enumerate(iter_files(paths, exclude=own_output), start=1):
             stat = path.stat()
             key = str(path.resolve())
             if done.get(key) == (stat.st_size, stat.st_mtime_ns):
                 counts["skipped"] += 1
                 continue
-            row = {"file": key, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            row = {"file": key, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}  # absolute, like "output"
             try:
                 data = path.read_bytes()
                 decision = decide_for(predictor, data, threshold=threshold, existing_gps=read_gps(data),
                                       overwrite_gps=overwrite_gps, open_set=open_set)
                 if decision.status == "tagged":
                     destination = path if in_place else out_dir / path.relative_to(base)
-                    write_tagged(data, destination, decision)
-                    row["output"] = str(destination)
+                    try:
+                        write_tagged(data, destination, decision)
+                    except OSError as error:  # every later photo would fail the same way: stop, saying why
+                        raise LandmarkError(f"cannot write {destination}: {error.strerror or error}") from None
+                    row["output"] = str(destination.resolve())
                     if in_place:  # the file changed: record its new identity so a re-run skips it
                         stat = path.stat()
                         row.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
@@ -359,9 +392,12 @@ def _cmd_tag(args) -> int:
     out_dir = None if args.overwrite else Path(args.out or "tagged")
     report = Path(args.report) if args.report else (out_dir or Path(".")) / "tag-report.csv"
 
+    shown = []
+
     def progress(index: int, counts: dict) -> None:
         if index % 50 == 0:
             print(f"\r{index:,} files  " + "  ".join(f"{k} {v}" for k, v in counts.items()), end="", file=sys.stderr, flush=True)
+            shown.append(index)
 
     counts = tag_files(predictor, args.paths, out_dir=out_dir, threshold=args.min_confidence, in_place=args.overwrite,
                        overwrite_gps=args.overwrite_gps, report_path=report, open_set=not args.tag_unfamiliar,
@@ -372,7 +408,9 @@ def _cmd_tag(args) -> int:
         rule += f" and familiarity >= {predictor.familiarity_threshold:.3f}"
     elif predictor.familiarity_threshold is None:
         rule += " (this model has no open-set check: run landmark evaluate to add it)"
-    print(f"\ntagged when {rule}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()), file=sys.stderr)
+    if shown:  # end the progress line before the summary
+        print(file=sys.stderr)
+    print(f"tagged when {rule}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()), file=sys.stderr)
     if counts["tagged_without_place"]:
         print(f"{counts['tagged_without_place']} photos tagged by name only: their class has no place "
               "(add it to the dataset's places.csv)", file=sys.stderr)

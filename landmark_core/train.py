@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from . import data as data_lib
 from .allocator import keep_freed_memory
-from .errors import LandmarkError, RunError, TrainingCancelled
-from .fileio import append_jsonl, read_json, read_jsonl, save_atomic, write_bytes_atomic, write_json_atomic
+from .errors import DataError, LandmarkError, RunError, TrainingCancelled
+from .fileio import (append_jsonl, process_alive, read_json, read_jsonl, save_atomic, write_bytes_atomic,
+                     write_json_atomic)
 from .models import LandmarkNet, Preprocessing, build_model, folded_for_inference, get_spec, inference_batch_size
 from .probe import class_weights, fit_linear_head
 from .runs import new_run_dir, now_iso, write_status
@@ -36,6 +37,12 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 #: (landmark_core.probe); ``sgd`` takes minibatch steps with the optimizer, as unfrozen epochs do.
 HEAD_SOLVERS = ("lbfgs", "sgd")
 SCHEDULERS = ("cosine", "onecycle", "plateau", "none")
+
+
+#: Upper bounds that keep a typo from asking for terabytes (an image_size of 1,000,000 is a 53 TiB batch).
+MAX_IMAGE_SIZE = 1024
+MAX_BATCH_SIZE = 4096
+MAX_EPOCHS = 10_000
 
 
 @dataclass
@@ -102,6 +109,9 @@ class TrainConfig:
             accelerated = _device_or_error(self.device).type != "cpu"
             fine_tune = accelerated or values["freeze_epochs"] == 0
             values["epochs"] = values["freeze_epochs"] + (model_defaults["fine_tune_epochs"] if fine_tune else 0)
+        if self.freeze_epochs is None and isinstance(values["epochs"], int):
+            # the model's default frozen epochs shrink to fit a shorter run; only explicit values can conflict
+            values["freeze_epochs"] = min(values["freeze_epochs"], values["epochs"])
         preprocessing = spec.preprocessing.at_size(values["image_size"])
         values["resize_size"] = values["resize_size"] or preprocessing.resize_size
         values["interpolation"] = values["interpolation"] or preprocessing.interpolation
@@ -110,34 +120,56 @@ class TrainConfig:
         return config
 
     def validate(self) -> None:
+        """Every field's range, checked before a run folder is created: a bad value is one line, not a crash later."""
         problems = []
+
+        def number(name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < low or value > high or (low_open and value == low) or (high_open and value == high):
+                low_text, high_text = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
+                problems.append(f"{name} must be a number in {low_text}, {high_text} (got {value!r})")
+
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
         if self.scheduler not in SCHEDULERS:
             problems.append(f"scheduler must be one of {', '.join(SCHEDULERS)}")
-        for name in ("epochs", "batch_size", "image_size"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1")
-        if self.image_size is not None and self.image_size < 16:
-            problems.append("image_size must be at least 16")
-        if not self.lr > 0:
-            problems.append("lr must be positive")
-        if not 0 <= self.augment <= 1:
-            problems.append("augment must be between 0 and 1")
+        number("epochs", 1, MAX_EPOCHS)
+        number("batch_size", 1, MAX_BATCH_SIZE)
+        number("image_size", 16, MAX_IMAGE_SIZE)
+        if not problems:  # resize_size follows image_size: one message for one mistake
+            number("resize_size", 16, 2 * MAX_IMAGE_SIZE)
+        number("lr", 0, 1e6, low_open=True)
+        number("weight_decay", 0, 10)
+        number("momentum", 0, 1, high_open=True)
+        number("label_smoothing", 0, 1, high_open=True)
+        number("augment", 0, 1)
+        number("warmup_epochs", 0, MAX_EPOCHS)
+        number("freeze_epochs", 0, MAX_EPOCHS)
+        number("backbone_lr_scale", 0, 10)
+        number("feature_views", 1, 64)
+        number("val_fraction", 0, 1, low_open=True, high_open=True)
+        number("test_fraction", 0, 1, low_open=True, high_open=True)
+        number("early_stopping_patience", 0, MAX_EPOCHS)
+        number("log_every", 1, 1_000_000)
         if self.augmentation not in data_lib.AUGMENTATIONS:
             problems.append(f"augmentation must be one of {', '.join(data_lib.AUGMENTATIONS)}")
-        if not 0 < self.val_fraction < 1:
-            problems.append("val_fraction must be between 0 and 1")
         if self.head_solver not in HEAD_SOLVERS:
             problems.append(f"head_solver must be one of {', '.join(HEAD_SOLVERS)}")
-        if self.feature_views < 1:
-            problems.append("feature_views must be at least 1")
         if self.head_solver == "lbfgs" and not self.cache_features and self.freeze_epochs > 0:
             problems.append("head_solver lbfgs fits the head on cached features: drop --no-feature-cache or use sgd")
-        if self.resize_size < self.image_size:
+        if not problems and self.resize_size < self.image_size:
             problems.append("resize_size must be at least image_size")
+        if not problems and self.freeze_epochs > self.epochs:
+            problems.append(f"freeze_epochs ({self.freeze_epochs}) cannot exceed epochs ({self.epochs})")
         if self.interpolation not in ("bilinear", "bicubic"):
             problems.append("interpolation must be bilinear or bicubic")
+        if self.mixed_precision not in ("auto", "off", "bf16"):
+            problems.append("mixed_precision must be auto, off or bf16")
+        try:
+            _device_or_error(self.device)
+        except LandmarkError as error:
+            problems.append(str(error))
         if problems:
             raise LandmarkError("invalid training config: " + "; ".join(problems))
 
@@ -381,7 +413,8 @@ class Engine:
         groups = [{"params": list(self.model.head.parameters()), "lr": c.lr},
                   {"params": list(self.model.backbone.parameters()), "lr": c.lr * c.backbone_lr_scale}]
         if c.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=True)
+            return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                                   nesterov=c.momentum > 0)  # torch refuses Nesterov without momentum
         if c.optimizer == "adam":
             return torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay)
         return torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
@@ -391,8 +424,11 @@ class Engine:
         optimizer_epochs = c.epochs - c.freeze_epochs if self.probing else c.epochs  # probe epochs take no steps
         total = max(1, optimizer_epochs * self.steps_per_epoch)
         if c.scheduler == "onecycle":
+            if total < 3:  # no room for a warm-up and an annealing phase: keep the learning rate constant
+                return None
+            # the warm-up phase must end after step 0, or OneCycleLR divides by zero (a few steps in all)
             return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=[g["lr"] for g in self.optimizer.param_groups],
-                                                       total_steps=total, pct_start=0.25)
+                                                       total_steps=total, pct_start=max(0.25, 2 / total))
         if c.scheduler == "cosine":
             warmup = max(1, int(c.warmup_epochs * self.steps_per_epoch))
 
@@ -454,6 +490,9 @@ class Engine:
         else:
             train_loss, train_acc = self._train_steps(network, train_batches)
         val = evaluate_batches(network, val_batches, tta_flip=c.tta_flip)
+        for loss in (train_loss, val["loss"]):
+            if loss is not None and not math.isfinite(loss):
+                self._diverged(loss)
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(val["acc"])
         self.epoch += 1
@@ -487,6 +526,10 @@ class Engine:
         self.fire("on_batch_end")
         return loss, accuracy
 
+    def _diverged(self, loss: float) -> None:
+        raise RunError(f"training diverged: the loss became {loss} in epoch {self.epoch + 1} "
+                       f"(lr {self.config.lr:g}; try a smaller --lr). Nothing was exported.")
+
     def _train_steps(self, network: nn.Module, train_batches) -> tuple[float, float]:
         device = self.device
         total_loss, correct, seen = 0.0, 0, 0
@@ -494,6 +537,8 @@ class Engine:
             with torch.autocast(device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext():
                 logits = network(inputs)
                 loss = self.criterion(logits.float(), labels)
+            if not torch.isfinite(loss):  # one more step would write non-finite weights into the checkpoints
+                self._diverged(loss.item())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -647,7 +692,13 @@ def create_run(config: TrainConfig, artifacts: Path | None = None) -> Path:
     config = config.resolved()
     if not config.data:
         raise LandmarkError("no dataset given (--data DIR)")
-    data_lib.scan_dataset(config.data, test_fraction=config.test_fraction, seed=config.seed)  # fail early
+    # absolute, so the run can be evaluated and resumed from any directory
+    config = replace(config, data=str(Path(config.data).expanduser().resolve()),
+                     weights_path=str(Path(config.weights_path).expanduser().resolve()) if config.weights_path else None)
+    dataset = data_lib.scan_dataset(config.data, test_fraction=config.test_fraction, seed=config.seed)  # fail early
+    if dataset.num_classes < 2:
+        raise DataError(f"{config.data} has {dataset.num_classes} class ({', '.join(dataset.classes)}); "
+                        "a classifier needs at least 2")
     run_dir = new_run_dir(config.model, artifacts)
     write_json_atomic(run_dir / "config.json", config.to_dict())
     write_status(run_dir, state="queued", created=now_iso(), epochs=config.epochs, epoch=0)
@@ -663,15 +714,75 @@ def train(run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] 
     the last checkpoint stays, so ``resume=True`` continues from it.
     """
     keep_freed_memory()
-    config = TrainConfig.from_dict(read_json(run_dir / "config.json")).resolved()
+    config = load_run_config(run_dir)
+    previous = read_json(run_dir / "status.json", default={}) or {}
+    if previous.get("state") == "finished":
+        raise RunError(f"{run_dir.name} has finished: there is nothing to resume (train a new run; "
+                       f"`landmark export {run_dir.name}` exports it again)")
+    with RunLock(run_dir):
+        return _train_locked(run_dir, config, previous, resume=resume, callbacks=callbacks, progress=progress,
+                             evaluate_and_export=evaluate_and_export)
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    """The run's resolved config, or a RunError saying the file is damaged."""
+    try:
+        values = read_json(run_dir / "config.json")
+        if not isinstance(values, dict):
+            raise ValueError("not a JSON object")
+        return TrainConfig.from_dict(values).resolved()
+    except LandmarkError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise RunError(f"{run_dir.name}/config.json is damaged ({error}); the run cannot be rebuilt from it") from None
+
+
+class RunLock:
+    """One trainer per run: ``run_dir/LOCK`` holds the training process's pid while it runs.
+
+    A lock left by a process that no longer exists (killed) is taken over; a live one is refused.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "LOCK"
+
+    def __enter__(self) -> "RunLock":
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self.holder()
+                if holder is not None and process_alive(holder) and holder != os.getpid():
+                    raise RunError(f"{self.path.parent.name} is being trained by process {holder}; "
+                                   f"stop it first (Stop in the app, or: kill {holder})") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(os.getpid()))
+            return self
+        raise RunError(f"cannot lock {self.path}")
+
+    def holder(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def __exit__(self, *exc) -> None:
+        if self.holder() == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+
+def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, *, resume: bool, callbacks, progress,
+                  evaluate_and_export: bool) -> Path:
     (run_dir / "CANCEL").unlink(missing_ok=True)
     started = time.time()
-    previous = read_json(run_dir / "status.json", default={}) or {}
     write_status(run_dir, state="running", pid=os.getpid(), started=previous.get("started") or now_iso(), error=None)
     old_handler = signal.signal(signal.SIGTERM, _raise_cancel) if _in_main_thread() else None
     try:
         torch.manual_seed(config.seed)
         device = resolve_device(config.device)
+        resume_state = _resume_state(run_dir, device) if resume else None  # before decoding: a bad file fails fast
         prepared = prepare_data(config, progress)
         write_json_atomic(run_dir / "split.json", prepared.split)
         torch.manual_seed(config.seed)  # initialisation must not depend on what ran earlier in this process
@@ -688,9 +799,8 @@ def train(run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] 
             *([EarlyStopping(config.early_stopping_patience)] if config.early_stopping_patience else []),
             *callbacks])
         if resume:
-            checkpoint = run_dir / "checkpoint_last.pt"
-            if checkpoint.exists():
-                engine.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
+            if resume_state is not None:
+                engine.load_state_dict(resume_state)
             _restrict_metrics(run_dir / "metrics.jsonl", engine.epoch)
         engine.fit()
         train_seconds = previous.get("train_seconds", 0.0) + time.time() - started
@@ -723,6 +833,17 @@ def train(run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] 
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
+
+
+def _resume_state(run_dir: Path, device: torch.device) -> dict | None:
+    checkpoint = run_dir / "checkpoint_last.pt"
+    if not checkpoint.exists():
+        return None
+    try:
+        return torch.load(checkpoint, map_location=device, weights_only=True)
+    except Exception as error:  # a pickle with code in it, or a damaged file: never run it
+        raise RunError(f"{checkpoint.name} cannot be read as a plain weights checkpoint "
+                       f"({type(error).__name__}); it is damaged or not this app's") from None
 
 
 def _in_main_thread() -> bool:

@@ -52,7 +52,9 @@ with st.expander("New training run", expanded=not list_runs()):
     if start:
         config = TrainConfig(data=str(dataset), model=model, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
                              image_size=int(image_size), optimizer=optimizer, scheduler=scheduler, augment=float(augment),
-                             augmentation=augmentation, freeze_epochs=int(freeze_epochs), head_solver=head_solver,
+                             augmentation=augmentation, head_solver=head_solver,
+                             # left at the model's default it shrinks to fit fewer epochs; a value the user chose is checked
+                             freeze_epochs=None if int(freeze_epochs) == defaults.freeze_epochs else int(freeze_epochs),
                              tta_flip=tta_flip, class_balanced=class_balanced)
         try:
             run_dir = create_run(config)

@@ -15,6 +15,12 @@ TINY_CLASSES = DEMO_CLASSES[:3]
 TINY_MODEL = {"width": 8, "depth": 2}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Decoded-image caches of test datasets go to a temporary folder, not the user's cache (subprocesses too)."""
+    os.environ["LANDMARK_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data") / "tiny"

@@ -154,3 +154,16 @@ def test_explore_lists_classes_without_a_place_and_saves_places_csv(app_env, tmp
     assert not at.exception
     assert (app_env / "data" / "demo" / "places.csv").exists()
     (app_env / "data" / "demo" / "places.csv").unlink()  # the shared demo stays as it was
+
+
+def test_train_form_refuses_more_frozen_epochs_than_epochs(app_env):
+    before = {r.run_id for r in list_runs(app_env)}
+    at = page("train").run()
+    at.number_input[0].set_value(1)  # epochs
+    frozen = next(n for n in at.number_input if n.label.startswith("Frozen-backbone epochs"))
+    frozen.set_value(8)
+    at.button(key="FormSubmitter:train_form-Start").click()
+    at.run()
+    assert not at.exception
+    assert any("freeze_epochs (8) cannot exceed epochs (1)" in e.value for e in at.error)
+    assert {r.run_id for r in list_runs(app_env)} == before

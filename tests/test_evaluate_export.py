@@ -60,6 +60,7 @@ def test_tampered_model_file_is_refused(trained_run, tmp_path):
     import shutil
     copy = tmp_path / "runs" / trained_run.name
     shutil.copytree(trained_run, copy)
+    shutil.copy(trained_run.parent.parent / ".signing_key", tmp_path)  # the same artifacts folder, in effect
     data = bytearray((copy / "model.ts").read_bytes())
     data[-100] ^= 0xFF
     (copy / "model.ts").write_bytes(bytes(data))
@@ -73,6 +74,7 @@ def test_foreign_model_with_forged_hash_is_refused(trained_run, tmp_path):
     from landmark_core.fileio import sha256_file
     copy = tmp_path / "other" / "runs" / trained_run.name
     shutil.copytree(trained_run, copy)
+    (tmp_path / "other" / ".signing_key").write_text("a" * 64)  # that artifacts folder's own key
     meta = read_json(copy / "export.json")
     meta["sha256"] = sha256_file(copy / "model.ts")
     (copy / "export.json").write_text(json.dumps(meta))
