@@ -205,18 +205,19 @@ def cmd_export(args) -> int:
 def cmd_predict(args) -> int:
     from .errors import ImageError
     from .predict import Predictor
-    from .tagging import decide_for
+    from .tagging import decide_for, read_gps
     predictor = Predictor(args.run)
     results, failures = [], 0
     for image in args.images:
         try:
             assessment = predictor.assess(image, top_k=args.top_k)
+            existing_gps = read_gps(image)
         except ImageError as error:
             failures += 1
             print(f"error: {error}", file=sys.stderr)
             results.append({"image": image, "error": str(error)})
             continue
-        decision = decide_for(predictor, image, assessment=assessment)
+        decision = decide_for(predictor, image, assessment=assessment, existing_gps=existing_gps)
         place = decision.place
         results.append({"image": image, "outcome": decision.status, "familiarity": assessment.familiarity,
                         "landmark": decision.name if decision.status == "tagged" else None,

@@ -21,9 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ModelError, RunError
-from .fileio import read_json, save_atomic, sha256_file, write_json_atomic
+from .fileio import read_json, sha256_file, write_json_atomic
 from .openset import familiarity
-from .runs import artifacts_dir, runs_dir
+from .runs import runs_dir
 
 MODEL_FILE = "model.ts"
 #: What a frozen export keeps besides ``forward``: readers of the file use them.
@@ -112,19 +112,22 @@ class ExportedClassifier(nn.Module):
 
 # --- signing ------------------------------------------------------------------------------------
 
-def _key_folder(run_dir: Path) -> Path:
-    """Where the signing key of a run lives: its artifacts folder (``<artifacts>/runs/<run>``), or the current
-    artifacts folder for a run kept elsewhere — never some folder two levels above an arbitrary path."""
-    parent = run_dir.resolve().parent
-    return parent.parent if parent.name == "runs" else artifacts_dir()
+def signing_key_path() -> Path:
+    """This user's signing key: ``$LANDMARK_KEY``, else ``$XDG_CONFIG_HOME/landmark_core/signing_key``, else
+    ``~/.config/landmark_core/signing_key``. Never inside a run or artifacts folder, so a folder someone hands you
+    cannot bring a key that vouches for its own model files; runs can be renamed and moved freely."""
+    configured = os.environ.get("LANDMARK_KEY")
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "landmark_core" / "signing_key"
 
 
-def _signing_key(folder: Path, create: bool) -> Optional[bytes]:
-    path = folder / ".signing_key"
+def _signing_key(create: bool) -> Optional[bytes]:
+    path = signing_key_path()
     if not path.exists():
         if not create:
             return None
-        folder.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
@@ -156,7 +159,10 @@ def build_exportable(run_dir: Path, checkpoint: str = "best") -> ExportedClassif
     return ExportedClassifier(model, meta["classes"], meta["mean"], meta["std"], config.image_size,
                               preprocessing.resize_size, preprocessing.interpolation,
                               float(calibration.get("temperature", 1.0)), bool(config.tta_flip), bank,
-                              float(calibration.get("probability_threshold", 0.5)),
+                              # evaluated before thresholds were kept per checkpoint: evaluation's own choice
+                              float(calibration.get("probability_threshold",
+                                                    (read_json(run_dir / "evaluation.json", default={}) or {})
+                                                    .get("default_threshold", 0.5))),
                               float(calibration.get("familiarity_threshold", -1.0))).eval()
 
 
@@ -168,33 +174,44 @@ def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float = 1e-4)
         # Freezing inlines the weights and folds each BatchNorm into its convolution: +10-25% CPU throughput.
         scripted = torch.jit.freeze(torch.jit.script(wrapper), preserved_attrs=PRESERVED_ATTRIBUTES)
     path = run_dir / MODEL_FILE
-    save_atomic(path, lambda tmp: scripted.save(str(tmp)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        reloaded = torch.jit.load(str(path), map_location="cpu")
-    probe = torch.randint(0, 256, (3, 157, 211), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        outputs = [torch.cat([probs, score.view(1)]) for probs, score in
-                   (wrapper.classify(probe), scripted.classify(probe), reloaded.classify(probe))]
-    max_diff = float(max((outputs[0] - outputs[1]).abs().max(), (outputs[0] - outputs[2]).abs().max()))
-    if not torch.isfinite(outputs[0]).all():
-        path.unlink(missing_ok=True)
-        raise ModelError(f"{run_dir.name}: the model gives non-finite probabilities (its weights hold NaN or inf); "
-                         "nothing was exported")
-    if not max_diff <= tolerance:
-        path.unlink(missing_ok=True)
-        raise ModelError(f"export round trip differs by {max_diff:.2e} (tolerance {tolerance:.0e})")
+    # Saved and checked under a temporary name: a refused export leaves the last good model.ts in place.
+    candidate = run_dir / f".{MODEL_FILE}.{os.getpid()}.candidate"
+    try:
+        scripted.save(str(candidate))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            reloaded = torch.jit.load(str(candidate), map_location="cpu")
+        max_diff = _check_round_trip(run_dir, wrapper, scripted, reloaded, tolerance)
+        digest = sha256_file(candidate)
+        os.replace(candidate, path)
+    finally:
+        candidate.unlink(missing_ok=True)
     meta = {
-        "file": MODEL_FILE, "sha256": sha256_file(path), "checkpoint": checkpoint,
+        "file": MODEL_FILE, "sha256": digest, "checkpoint": checkpoint,
         "classes": wrapper.class_names, "image_size": wrapper.image_size, "resize_size": wrapper.resize_size,
         "interpolation": wrapper.interpolation, "temperature": wrapper.temperature, "flip_tta": wrapper.flip_tta,
         "probability_threshold": wrapper.probability_threshold,
         "familiarity_threshold": wrapper.familiarity_threshold if wrapper.has_feature_bank else None,
         "feature_bank_size": int(len(wrapper.bank_labels)),
         "round_trip_max_abs_diff": max_diff, "torch": torch.__version__}
-    meta["signature"] = _signature(_signing_key(_key_folder(run_dir), create=True), meta)
+    meta["signature"] = _signature(_signing_key(create=True), meta)
     write_json_atomic(run_dir / EXPORT_META, meta)
     return path
+
+
+def _check_round_trip(run_dir: Path, wrapper: ExportedClassifier, scripted, reloaded, tolerance: float) -> float:
+    """The eager, scripted and reloaded models agree on a probe image, with finite outputs; the largest gap."""
+    probe = torch.randint(0, 256, (3, 157, 211), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        outputs = [torch.cat([probs, score.view(1)]) for probs, score in
+                   (wrapper.classify(probe), scripted.classify(probe), reloaded.classify(probe))]
+    max_diff = float(max((outputs[0] - outputs[1]).abs().max(), (outputs[0] - outputs[2]).abs().max()))
+    if not torch.isfinite(outputs[0]).all():
+        raise ModelError(f"{run_dir.name}: the model gives non-finite probabilities (its weights hold NaN or inf); "
+                         "nothing was exported")
+    if not max_diff <= tolerance:
+        raise ModelError(f"export round trip differs by {max_diff:.2e} (tolerance {tolerance:.0e})")
+    return max_diff
 
 
 def load_exported(run_dir: Path, device="cpu") -> Tuple[torch.jit.ScriptModule, dict]:
@@ -206,10 +223,10 @@ def load_exported(run_dir: Path, device="cpu") -> Tuple[torch.jit.ScriptModule, 
     path = run_dir / MODEL_FILE
     if meta is None or not path.exists():
         raise RunError(f"{run_dir.name} has no exported model yet (run: landmark export {run_dir.name})")
-    key = _signing_key(_key_folder(run_dir), create=False)
+    key = _signing_key(create=False)
     if key is None:
-        raise ModelError(f"{run_dir.name} was exported under another artifacts folder (no signing key in "
-                         f"{_key_folder(run_dir)}); to trust it here, export it again: landmark export {run_dir}")
+        raise ModelError(f"{run_dir.name} was exported by another user or machine (no signing key at "
+                         f"{signing_key_path()}); to trust it here, export it again: landmark export {run_dir}")
     if not isinstance(meta, dict) or sha256_file(path) != meta.get("sha256") \
             or not hmac.compare_digest(_signature(key, meta), str(meta.get("signature", ""))):
         raise ModelError(f"{run_dir.name}/{MODEL_FILE} or {EXPORT_META} does not match what this app exported "

@@ -129,12 +129,13 @@ def choose_familiarity_threshold(pseudo_unknown: np.ndarray, unknown: np.ndarray
     basis = ["leave-one-class-out"] if len(pseudo_unknown) else []
     if unknown is not None and len(unknown) >= MIN_CALIBRATION_UNKNOWNS:
         confident = np.ones(len(unknown), bool) if unknown_confident is None else unknown_confident
-        candidates = np.sort(np.unique(np.r_[unknown, 1.0]))
-        real = next(float(t) for t in candidates
-                    if (confident & (unknown >= t)).mean() <= MAX_UNKNOWN_TAGGED)
+        candidates = np.sort(np.unique(unknown))
+        above_all = float(np.nextafter(unknown.max(), np.inf))  # float16 features can score a little over 1.0
+        real = next((float(t) for t in candidates if (confident & (unknown >= t)).mean() <= MAX_UNKNOWN_TAGGED),
+                    above_all)
         basis.append("unknown photos")
         threshold = max(threshold, real)
-    return {"threshold": round(threshold, 4), "basis": basis,
+    return {"threshold": float(threshold), "basis": basis,  # not rounded: rounding down would let more through
             "calibration_unknowns": 0 if unknown is None else int(len(unknown))}
 
 

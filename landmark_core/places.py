@@ -41,11 +41,15 @@ class Place:
         return ", ".join(part for part in (self.display_name, self.region, self.country) if part)
 
 
-def normalise(name: str) -> str:
-    """The matching key of a class or place name: ``21.Taj_Mahal`` -> ``taj mahal``, ``Zürich`` -> ``zurich``."""
+def normalise(name: str, strip_number: bool = True) -> str:
+    """The matching key of a class or place name: ``21.Taj_Mahal`` -> ``taj mahal``, ``Zürich`` -> ``zurich``.
+
+    ``strip_number=False`` keeps a leading number that may be part of the name (``10_Downing_Street``).
+    """
     # accents dropped too: "Haleakala" finds "Haleakalā"
     name = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c)).strip().lower()
-    name = re.sub(r"^\d+\s*[._\-)]\s*", "", name)  # numbering prefix: "21.", "07-", "3)"
+    if strip_number:
+        name = re.sub(r"^\d+\s*[._\-)]\s*", "", name)  # numbering prefix: "21.", "07-", "3)"
     return re.sub(r"[\s_\-]+", " ", name).strip()
 
 
@@ -84,15 +88,26 @@ class Gazetteer:
     """Places looked up by class name; later sources override earlier ones."""
 
     def __init__(self, places: Iterable[Place] = ()):
-        self._by_folder: dict[str, Place] = {}
-        self._by_display_name: dict[str, Place] = {}  # a second key: "Taj Mahal" finds "21.Taj_Mahal"
+        self._by_folder: dict[str, Place | None] = {}
+        self._by_display_name: dict[str, Place | None] = {}  # a second key: "Taj Mahal" finds "21.Taj_Mahal"
+        stripped_owner: dict[str, str] = {}
         for place in places:
-            self._by_folder[normalise(place.folder)] = place
-            self._by_display_name[normalise(place.display_name)] = place
+            for strip in (False, True):
+                for index, name in ((self._by_folder, place.folder), (self._by_display_name, place.display_name)):
+                    key = normalise(name, strip)
+                    index[key] = place
+                    if strip:  # "10 Downing St" and "11 Downing St" both strip to "downing st": neither may claim it
+                        owner = stripped_owner.setdefault(key, normalise(place.folder))
+                        if owner != normalise(place.folder) and key != normalise(name, False):
+                            index[key] = None
 
     def place_for(self, class_name: str) -> Place | None:
-        key = normalise(class_name)
-        return self._by_folder.get(key) or self._by_display_name.get(key)
+        # the whole name first ("10 Downing Street"), then without a numbering prefix ("21.Taj_Mahal")
+        for key in (normalise(class_name, strip_number=False), normalise(class_name)):
+            place = self._by_folder.get(key) or self._by_display_name.get(key)
+            if place:
+                return place
+        return None
 
     def for_classes(self, classes: Iterable[str]) -> dict[str, Place | None]:
         return {name: self.place_for(name) for name in classes}
@@ -142,7 +157,8 @@ def all_places() -> list[Place]:
 
 
 def display_name_of_folder(class_name: str) -> str:
-    return re.sub(r"^\d+\s*[._\-)]\s*", "", class_name).replace("_", " ").strip()
+    """``21.Taj_Mahal`` -> ``Taj Mahal``; a number without the course's ``NN.`` prefix stays (``10 Downing Street``)."""
+    return re.sub(r"^\d+\.", "", class_name).replace("_", " ").strip()
 
 
 def display_name(class_name: str, place: Place | None = None) -> str:

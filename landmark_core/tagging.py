@@ -352,6 +352,9 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
                                       overwrite_gps=overwrite_gps, open_set=open_set)
                 if decision.status == "tagged":
                     destination = path if in_place else out_dir / path.relative_to(base)
+                    if not in_place and destination.resolve() == path.resolve():
+                        raise LandmarkError(f"--out {out_dir} would overwrite the originals in it; choose another "
+                                            "folder (or --overwrite to tag the originals on purpose)")
                     try:
                         write_tagged(data, destination, decision)
                     except OSError as error:  # every later photo would fail the same way: stop, saying why

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -26,8 +27,7 @@ import torch.nn.functional as F
 from . import data as data_lib
 from .allocator import keep_freed_memory
 from .errors import DataError, LandmarkError, RunError, TrainingCancelled
-from .fileio import (append_jsonl, process_alive, read_json, read_jsonl, save_atomic, write_bytes_atomic,
-                     write_json_atomic)
+from .fileio import append_jsonl, read_json, read_jsonl, save_atomic, write_bytes_atomic, write_json_atomic
 from .models import LandmarkNet, Preprocessing, build_model, folded_for_inference, get_spec, inference_batch_size
 from .probe import class_weights, fit_linear_head
 from .runs import new_run_dir, now_iso, write_status
@@ -738,39 +738,37 @@ def load_run_config(run_dir: Path) -> TrainConfig:
 
 
 class RunLock:
-    """One trainer per run: ``run_dir/LOCK`` holds the training process's pid while it runs.
+    """One trainer per run: an exclusive ``flock`` on ``run_dir/LOCK`` held while this process trains it.
 
-    A lock left by a process that no longer exists (killed) is taken over; a live one is refused.
+    The kernel releases the lock when the process ends however it ends (SIGKILL included), so a lock is never
+    stale and never confused by a reused pid; the file keeps the holder's pid for the message.
     """
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "LOCK"
+        self.handle = None
 
     def __enter__(self) -> "RunLock":
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                holder = self.holder()
-                if holder is not None and process_alive(holder) and holder != os.getpid():
-                    raise RunError(f"{self.path.parent.name} is being trained by process {holder}; "
-                                   f"stop it first (Stop in the app, or: kill {holder})") from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(str(os.getpid()))
-            return self
-        raise RunError(f"cannot lock {self.path}")
-
-    def holder(self) -> int | None:
+        handle = open(self.path, "a+")
         try:
-            return int(self.path.read_text().strip())
-        except (OSError, ValueError):
-            return None
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunError(f"{self.path.parent.name} is being trained by process {holder}; "
+                           f"stop it first (Stop in the app, or: kill {holder})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self.handle = handle
+        return self
 
     def __exit__(self, *exc) -> None:
-        if self.holder() == os.getpid():
-            self.path.unlink(missing_ok=True)
+        # the file stays: unlinking a locked path would let a newcomer lock a different inode of the same name
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
 
 
 def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, *, resume: bool, callbacks, progress,

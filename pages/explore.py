@@ -103,7 +103,11 @@ if st.button("Compute mean and std"):
             show_error(error)
 
 st.subheader("Places")
-table = pd.DataFrame(places_table(dataset.classes, dataset.root))
+try:
+    table = pd.DataFrame(places_table(dataset.classes, dataset.root))
+except LandmarkError as error:  # a damaged places.csv: say where, and offer the table to write a good one
+    show_error(error)
+    table = pd.DataFrame(places_table(dataset.classes))
 missing = table[table["latitude"].isna()]
 st.caption(f"Where each landmark is: tagged photos get this name and GPS position. "
            + (f"**{len(missing)} classes have no place** and would be tagged by name only: fill in their coordinates. "

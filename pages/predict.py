@@ -2,7 +2,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from landmark_core.errors import ImageError
+from landmark_core.errors import ImageError, LandmarkError
 from landmark_core.fileio import read_json
 from landmark_core.images import MAX_UPLOAD_BYTES, check_upload
 from landmark_core.places import display_name
@@ -18,7 +18,12 @@ if not runs:
 chosen = st.multiselect("Models (side by side)", runs, default=runs[:2], format_func=run_label)
 if not chosen:
     st.stop()
-tagger = predictor_for(chosen[0].path)
+try:
+    tagger = predictor_for(chosen[0].path)
+    tagger.places  # a damaged places.csv shows here, once, with its line number
+except LandmarkError as error:
+    show_error(error)
+    st.stop()
 threshold = st.slider("Tag only when the top probability is at least", 0.0, 1.0, tagger.probability_threshold, 0.01,
                       help="Below it the photo gets no tag: abstaining beats a wrong location. "
                            "The default is chosen on the validation split (see Evaluate).")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,14 @@ from PIL import Image
 
 from landmark_core.demo import DEMO_CLASSES, generate_demo_dataset
 
+# Decoded-image caches and the signing key of the test session live in a temporary folder, not the user's
+# (set at import, before any fixture trains or exports, and inherited by every subprocess).
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="landmark-tests-"))
+os.environ["LANDMARK_CACHE"] = str(_SESSION_HOME / "cache")
+os.environ["LANDMARK_KEY"] = str(_SESSION_HOME / "signing_key")
+
 TINY_CLASSES = DEMO_CLASSES[:3]
 TINY_MODEL = {"width": 8, "depth": 2}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def private_cache(tmp_path_factory):
-    """Decoded-image caches of test datasets go to a temporary folder, not the user's cache (subprocesses too)."""
-    os.environ["LANDMARK_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="session")

@@ -167,3 +167,25 @@ def test_train_form_refuses_more_frozen_epochs_than_epochs(app_env):
     assert not at.exception
     assert any("freeze_epochs (8) cannot exceed epochs (1)" in e.value for e in at.error)
     assert {r.run_id for r in list_runs(app_env)} == before
+
+
+def test_predict_page_explains_a_model_it_cannot_trust(app_env, tmp_path, monkeypatch):
+    import streamlit as st
+    st.cache_resource.clear()
+    monkeypatch.setenv("LANDMARK_KEY", str(tmp_path / "someone-elses-key"))
+    at = page("predict").run()
+    st.cache_resource.clear()
+    assert not at.exception
+    assert any("landmark export" in e.value for e in at.error)
+
+
+def test_explore_reports_a_damaged_places_file_and_still_offers_the_table(app_env):
+    places = app_env / "data" / "demo" / "places.csv"
+    places.write_text("folder,latitude,longitude\nx,north,1\n")
+    try:
+        at = page("explore").run()
+        assert not at.exception
+        assert any("must be numbers" in e.value for e in at.error)
+        assert any(b.label.startswith("Save places.csv") for b in at.button)
+    finally:
+        places.unlink()

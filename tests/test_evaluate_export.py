@@ -60,7 +60,6 @@ def test_tampered_model_file_is_refused(trained_run, tmp_path):
     import shutil
     copy = tmp_path / "runs" / trained_run.name
     shutil.copytree(trained_run, copy)
-    shutil.copy(trained_run.parent.parent / ".signing_key", tmp_path)  # the same artifacts folder, in effect
     data = bytearray((copy / "model.ts").read_bytes())
     data[-100] ^= 0xFF
     (copy / "model.ts").write_bytes(bytes(data))
@@ -69,14 +68,17 @@ def test_tampered_model_file_is_refused(trained_run, tmp_path):
 
 
 def test_foreign_model_with_forged_hash_is_refused(trained_run, tmp_path):
-    """A copied run in another artifacts folder has no valid signature there."""
+    """A run exported elsewhere (signed with another key) is refused, even with a consistent hash."""
+    import hashlib
+    import hmac
     import shutil
     from landmark_core.fileio import sha256_file
     copy = tmp_path / "other" / "runs" / trained_run.name
     shutil.copytree(trained_run, copy)
-    (tmp_path / "other" / ".signing_key").write_text("a" * 64)  # that artifacts folder's own key
     meta = read_json(copy / "export.json")
     meta["sha256"] = sha256_file(copy / "model.ts")
+    payload = json.dumps({k: v for k, v in meta.items() if k != "signature"}, sort_keys=True, separators=(",", ":"))
+    meta["signature"] = hmac.new(b"a" * 64, payload.encode(), hashlib.sha256).hexdigest()  # someone else's key
     (copy / "export.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="refusing"):
         Predictor(copy)

@@ -76,19 +76,6 @@ def test_a_diverging_run_fails_with_the_reason_and_exports_nothing(tiny_dataset,
     assert not (run / "model.ts").exists() and not (run / "evaluation.json").exists()
 
 
-def test_export_refuses_a_model_with_non_finite_weights(finished_copy):
-    checkpoint = finished_copy / "checkpoint_best.pt"
-    state = torch.load(checkpoint, weights_only=True)
-    name = next(k for k, v in state["model"].items() if v.dtype.is_floating_point and "head" in k)
-    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
-    torch.save(state, checkpoint)
-    before = (finished_copy / "model.ts").read_bytes()
-    with pytest.raises(ModelError, match="non-finite"):
-        export_run(finished_copy)
-    # the refused export removed its own file; the last good model is gone with it, never replaced by a NaN one
-    assert not (finished_copy / "model.ts").exists() or (finished_copy / "model.ts").read_bytes() == before
-
-
 # --- 2. OneCycle with very few steps -------------------------------------------------------------
 
 def test_onecycle_with_one_step_per_epoch_trains(tiny_dataset, tmp_path):
@@ -202,17 +189,21 @@ def test_import_names_cannot_leave_the_data_folder(tiny_dataset, tmp_path, name)
 
 def test_a_run_being_trained_cannot_be_trained_twice(tiny_dataset, tmp_path):
     run = create_run(tiny_config(tiny_dataset, epochs=1), tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # another trainer: a process holding the run's lock (as a training process does) and then killed
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               f"handle = open({str(run / 'LOCK')!r}, 'a+'); fcntl.flock(handle, fcntl.LOCK_EX)\n"
+                               "handle.write(str(os.getpid())); handle.flush(); print('locked', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
     try:
-        (run / "LOCK").write_text(str(holder.pid))
+        assert holder.stdout.readline().strip() == "locked"
         result = landmark("train", "--resume", run, artifacts=tmp_path)
         assert f"being trained by process {holder.pid}" in one_line_error(result)
         assert read_status(run)["state"] == "queued"
     finally:
         holder.kill()
         holder.wait()
-    train(run, resume=True)  # the holder is gone: its stale lock is taken over
-    assert read_status(run)["state"] == "finished" and not (run / "LOCK").exists()
+    train(run, resume=True)  # the holder was killed: the kernel released its lock
+    assert read_status(run)["state"] == "finished"
 
 
 def test_resuming_a_finished_run_changes_nothing(finished_copy, tmp_path):
@@ -232,20 +223,38 @@ def test_edited_export_metadata_is_refused(finished_copy):
         Predictor(finished_copy)
 
 
-def test_renamed_and_moved_runs(finished_copy, tmp_path, monkeypatch):
+def test_renamed_and_moved_runs_stay_trusted_and_foreign_keys_bring_nothing(finished_copy, tmp_path, monkeypatch):
     renamed = finished_copy.with_name("my-best-run")
     finished_copy.rename(renamed)
-    assert Predictor(renamed).classes  # renamed inside its artifacts folder: still trusted
+    assert Predictor(renamed).classes  # renamed: still trusted
     elsewhere = tmp_path / "backup" / "deep" / "my-best-run"
     shutil.copytree(renamed, elsewhere)
-    monkeypatch.setenv("LANDMARK_ARTIFACTS", str(tmp_path / "artifacts"))
-    assert Predictor(elsewhere).classes  # moved out, used with its artifacts folder: still trusted
-    monkeypatch.setenv("LANDMARK_ARTIFACTS", str(tmp_path / "other-artifacts"))
+    assert Predictor(elsewhere).classes  # moved out of any artifacts folder: still trusted
+    # a folder that brings its own key next to its runs vouches for nothing
+    (tmp_path / "backup" / ".signing_key").write_text("f" * 64)
+    other_user = tmp_path / "other-user" / "signing_key"
+    monkeypatch.setenv("LANDMARK_KEY", str(other_user))
     with pytest.raises(ModelError, match="landmark export"):
-        Predictor(elsewhere)  # another artifacts folder: it says what to do ...
-    assert not (tmp_path / "backup" / ".signing_key").exists()  # ... and writes no key two folders up
+        Predictor(elsewhere)  # another user's key: it says what to do ...
+    assert not other_user.exists()  # ... and loading never creates a key
     export_run(elsewhere)
-    assert Predictor(elsewhere).classes and (tmp_path / "other-artifacts" / ".signing_key").exists()
+    assert Predictor(elsewhere).classes and other_user.exists()
+
+
+def test_a_failed_export_keeps_the_last_good_model(finished_copy):
+    before = (finished_copy / "model.ts").read_bytes()
+    meta_before = (finished_copy / "export.json").read_text()
+    checkpoint = finished_copy / "checkpoint_best.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    name = next(k for k, v in state["model"].items() if v.dtype.is_floating_point and "head" in k)
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    torch.save(state, checkpoint)
+    with pytest.raises(ModelError, match="non-finite"):
+        export_run(finished_copy)
+    assert (finished_copy / "model.ts").read_bytes() == before
+    assert (finished_copy / "export.json").read_text() == meta_before
+    assert Predictor(finished_copy).classes  # still loads
+    assert not list(finished_copy.glob(".model.ts*"))
 
 
 # --- 9. One line, not an internal error ----------------------------------------------------------
@@ -388,3 +397,14 @@ def test_fuzzed_photos_through_the_whole_tag_path(fuzz_predictor, tmp_path_facto
     assert sum(counts[s] for s in STATUSES) == 1
     row = next(csv.DictReader(open(folder / "out" / "report.csv")))
     assert row["status"] in STATUSES and (row["status"] != "unreadable" or row["error"])
+
+
+def test_out_cannot_be_the_folder_being_tagged(finished_copy, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(read_json(finished_copy / "predictions.json")[0]["path"], photos / "p.jpg")
+    before = (photos / "p.jpg").read_bytes()
+    result = landmark("tag", finished_copy, photos, "--out", photos, "--min-confidence", "0", "--tag-unfamiliar",
+                      "--report", tmp_path / "r.csv", artifacts=tmp_path / "artifacts")
+    assert "would overwrite the originals" in one_line_error(result)
+    assert (photos / "p.jpg").read_bytes() == before

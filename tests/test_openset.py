@@ -139,3 +139,10 @@ def test_unknown_demo_archetypes_are_mostly_refused(tmp_path):
     assert open_set["auroc"]["unknown photos"]["familiarity"] >= 0.8
     # without the open-set check the same thresholds would tag more of them
     assert open_set["unknown_without_open_set"]["tagged_share"] >= open_set["unknown"]["tagged_share"]
+
+
+def test_threshold_when_unknown_photos_tie_above_one():
+    """float16 feature banks can score a photo a little over 1.0; duplicates tie there."""
+    unknown = np.r_[np.linspace(0.1, 0.5, 18), [1.00003, 1.00003]]
+    choice = openset.choose_familiarity_threshold(np.linspace(0, 0.5, 50), unknown, np.ones(20, bool))
+    assert choice["threshold"] > 1.00003

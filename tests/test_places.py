@@ -22,12 +22,16 @@ def test_accents_and_display_names_match():
     assert place_for("colosseum rome") is None
 
 
+def gazetteer_with(folder, *rows: str):
+    """The places of a dataset folder whose places.csv holds these rows."""
+    (folder / "places.csv").write_text("folder,display_name,region,country,latitude,longitude\n"
+                                       + "".join(row + "\n" for row in rows), encoding="utf-8")
+    return gazetteer(folder)
+
+
 def test_places_csv_overrides_and_extends_the_built_in_places(tmp_path):
-    (tmp_path / "places.csv").write_text(
-        "folder,display_name,region,country,latitude,longitude\n"
-        "colosseum rome,Colosseum,Rome,Italy,41.8902,12.4922\n"
-        "21.Taj_Mahal,Taj Mahal (my spot),Agra,India,27.0,78.0\n", encoding="utf-8")
-    places = gazetteer(tmp_path)
+    places = gazetteer_with(tmp_path, "colosseum rome,Colosseum,Rome,Italy,41.8902,12.4922",
+                            "21.Taj_Mahal,Taj Mahal (my spot),Agra,India,27.0,78.0")
     assert places.place_for("Colosseum_Rome").latitude == pytest.approx(41.8902)
     assert places.place_for("Taj Mahal").display_name == "Taj Mahal (my spot)"
     assert places.place_for("16.Eiffel_Tower") == place_for("16.Eiffel_Tower")  # the rest stay built in
@@ -82,3 +86,12 @@ def test_user_classes_get_coordinates_and_unplaced_ones_are_tagged_by_name(tiny_
     tag_files(predictor, photos, out_dir=tmp_path / "out2", threshold=0.0, open_set=False, report_path=tmp_path / "r2.csv")
     for row in csv.DictReader(open(tmp_path / "r2.csv")):
         assert row["status"] == "tagged" and row["latitude"] != "" and row["note"] == ""
+
+
+def test_numbers_that_are_part_of_a_name_are_kept(tmp_path):
+    places = gazetteer_with(tmp_path, "10 Downing Street,10 Downing Street,London,United Kingdom,51.5034,-0.1276",
+                            "11 Downing Street,11 Downing Street,London,United Kingdom,51.5033,-0.1280")
+    assert places.place_for("10_Downing_Street").longitude == pytest.approx(-0.1276)
+    assert places.place_for("11_Downing_Street").longitude == pytest.approx(-0.1280)
+    assert places.place_for("12_Downing_Street") is None  # ambiguous without its number: no place beats a wrong one
+    assert places.place_for("21.Taj_Mahal").folder == "21.Taj_Mahal"
