@@ -1,9 +1,9 @@
 """The open-set decision: familiarity, its threshold, unknown/ folders, and predict, tag and CLI agreeing on it."""
+import contextlib
 import csv
+import io
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from landmark_core import openset
+from landmark_core.cli import main
 from landmark_core.data import scan_dataset
 from landmark_core.export import export_run
 from landmark_core.fileio import read_json
@@ -91,7 +92,7 @@ def test_evaluation_reports_the_open_set_decision(trained_run):
 
 
 def test_predict_tag_and_cli_agree_on_unknown_decisions(trained_run, tiny_dataset, tmp_path):
-    """The same photos, three ways: the library, `landmark predict --json`, and the `landmark tag` report."""
+    """The same photos, three ways: the library, `landmark predict --json` and the tag report (the app: test_app)."""
     predictor = Predictor(trained_run)
     # threshold the familiarity at the median of these photos so both outcomes occur
     photos = sorted((tiny_dataset / "unknown").iterdir())[:6] + sorted((tiny_dataset / "test").rglob("*.jpg"))[:6]
@@ -111,10 +112,10 @@ def test_predict_tag_and_cli_agree_on_unknown_decisions(trained_run, tiny_datase
         export_run(run)
         reloaded = Predictor(run)
         assert reloaded.familiarity_threshold == pytest.approx(predictor.familiarity_threshold)
-        cli = subprocess.run([sys.executable, "-m", "landmark_core", "predict", str(run), *map(str, photos), "--json"],
-                             capture_output=True, text=True, timeout=300)
-        assert cli.returncode == 0, cli.stderr
-        assert {str(Path(r["image"]).resolve()): r["outcome"] for r in json.loads(cli.stdout)} == library
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):  # `landmark predict --json`, in this process
+            assert main(["predict", str(run), *map(str, photos), "--json"]) == 0
+        assert {str(Path(r["image"]).resolve()): r["outcome"] for r in json.loads(output.getvalue())} == library
         report = tmp_path / "report.csv"
         tag_files(reloaded, photos, out_dir=tmp_path / "out", report_path=report)
         assert {row["file"]: row["status"] for row in csv.DictReader(open(report))} == library

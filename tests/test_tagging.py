@@ -198,8 +198,7 @@ def test_exiftool_reads_the_sidecar(tmp_path):
     assert tags["XMP-exif:GPSLatitude"] == pytest.approx(place_for("37.Atomium").latitude, abs=1e-4)
 
 
-def test_predict_says_has_gps_like_tag_does(trained_run, photos):
-    result = subprocess.run([sys.executable, "-m", "landmark_core", "predict", str(trained_run), str(photos / "has_gps.jpg"),
-                             "--json"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)[0]["outcome"] == "has_gps"
+def test_predict_says_has_gps_like_tag_does(trained_run, photos, capsys):
+    from landmark_core.cli import main
+    assert main(["predict", str(trained_run), str(photos / "has_gps.jpg"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["outcome"] == "has_gps"
