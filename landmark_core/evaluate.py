@@ -145,12 +145,6 @@ def summarize_predictions(probs: np.ndarray, labels: np.ndarray, classes: list[s
     return summary, rows
 
 
-def calibrated_temperature(run_dir: Path, checkpoint: str = "best") -> float:
-    """The temperature evaluation fit for ``checkpoint`` (1.0 before any evaluation)."""
-    entry = (read_json(run_dir / CALIBRATION_FILE, default={}) or {}).get(checkpoint) or {}
-    return float(entry.get("temperature", 1.0))
-
-
 def calibration_report(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.ndarray, test_labels: np.ndarray,
                        fit: bool = True) -> dict:
     """Fit the temperature on validation; expected calibration error before and after, on both splits."""
@@ -213,6 +207,7 @@ def open_set_report(scorer: openset.Scorer, choice: dict, probability_threshold:
                                                             probability_threshold, -1.0),
         "curve": openset.familiarity_curve(known.probability, known.familiarity, correct, other.probability,
                                            other.familiarity, probability_threshold),
+        "test_familiarity": known.familiarity,  # per test photo, for predictions.json (popped before saving)
     }
 
 
@@ -266,7 +261,7 @@ def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=
         open_set["unknown_predictions"] += [
             {"path": path, "split": name, "predicted": int(p), "probability": float(q), "familiarity": float(f)}
             for path, p, q, f in zip(unknown_paths[name], scores.predicted, scores.probability, scores.familiarity)]
-    for row, value in zip(rows, scorer(test_features, test_logits).familiarity):
+    for row, value in zip(rows, open_set.pop("test_familiarity")):
         row["familiarity"] = float(value)
     summary.update({
         "run_id": run_dir.name, "checkpoint": checkpoint, "epoch": meta["epoch"],

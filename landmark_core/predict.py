@@ -38,11 +38,6 @@ def run_dataset(run_dir: Path) -> Path | None:
     return Path(data_root) if data_root and Path(data_root).is_dir() else None
 
 
-def run_places(run_dir: Path, classes: list[str]) -> dict[str, Place | None]:
-    """Each class's place: built-in places, overridden by the training dataset's ``places.csv``."""
-    return gazetteer(run_dataset(run_dir)).for_classes(classes)
-
-
 class Predictor:
     """Loads a run's exported TorchScript model once; each call decodes, orients and classifies.
 

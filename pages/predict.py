@@ -78,7 +78,13 @@ for index, (name, data) in enumerate(photos):
             st.success(f"Tag: **{decision.description}** ({decision.probability:.0%})")
             if decision.place:
                 st.caption(f"GPS {decision.place.latitude:.4f}, {decision.place.longitude:.4f}")
-                st.map(pd.DataFrame({"lat": [decision.place.latitude], "lon": [decision.place.longitude]}), zoom=3, height=180)
+                # drawn from the coordinates alone: no map tiles, nothing fetched from the internet
+                where = pd.DataFrame({"latitude": [decision.place.latitude], "longitude": [decision.place.longitude],
+                                      "place": [decision.place.display_name]})
+                st.altair_chart(alt.Chart(where).mark_circle(size=120, color="crimson").encode(
+                    x=alt.X("longitude:Q", scale=alt.Scale(domain=[-180, 180])),
+                    y=alt.Y("latitude:Q", scale=alt.Scale(domain=[-90, 90])), tooltip=["place", "latitude", "longitude"]
+                ).properties(height=180), width="stretch")
             else:
                 st.caption("No place for this class: tagged by name only (add it on the Explore page).")
             photo, sidecar = tagged_bytes(data, decision)
