@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", nargs="+", default=[], metavar="DIR",
                         help="real-photo datasets for the 'real' benchmark (default with --smoke: a tiny generated set)")
     args = parser.parse_args(argv)
-    keep_freed_memory()  # as every training process does (landmark_core.train.train)
+    keep_freed_memory()  # as every training process does (landmark_core.pipeline.train)
     scale = suites.SMOKE if args.smoke else suites.FULL
     out = Path(args.out) if args.out else (None if args.smoke else Path("BENCHMARKS.md"))
     chosen = args.only or [name for name in NAMES if name not in ("real", "fewshot", "openset") or args.data or args.smoke]

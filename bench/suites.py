@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from landmark_core import data as data_lib
 from landmark_core.models import build_model, get_spec, list_models, model_info
 from landmark_core.probe import DEFAULT_WEIGHT_DECAY as DEFAULT_PROBE_DECAY
+from landmark_core.transforms import freeze_scripted, resize_side_for
 
 from .common import Table, jpeg_bytes, matmul_gflops, percentiles, photo_dataset, timed
 
@@ -93,7 +93,7 @@ def input_pipeline(scale: Scale, demo: Path, work: Path) -> Table:
         dataset = data_lib.scan_dataset(root)
         # exactly the images the baseline's ImageFolder(train/) reads
         samples = dataset.train + (dataset.test if dataset.test_taken_from_train else [])
-        side = data_lib.cache_side_for(scale.image_size)
+        side = resize_side_for(scale.image_size)
         cache = work / f"cache-{root.name}"
         for augmentation, pipeline in (("crop_flip", "ours, crop_flip (the baseline's own augmentation: random crop + flip)"),
                                     ("full", "ours, full (adds scale, aspect ratio and colour jitter)")):
@@ -129,11 +129,11 @@ def input_pipeline(scale: Scale, demo: Path, work: Path) -> Table:
 # 2 -------------------------------------------------------------------------------------------------
 
 def frozen_backbone(scale: Scale, demo: Path, work: Path) -> Table:
-    from landmark_core.train import FeatureBatches
+    from landmark_core.engine import FeatureBatches
     table = Table(f"2. Frozen-backbone transfer (efficientnet_lite0, {scale.frozen_images} images at {scale.frozen_size} px, augmentation on)",
                   ["variant", "one-time cost s", "seconds per frozen epoch", "speed-up per epoch", "10 epochs total s", "10-epoch speed-up"])
     samples = data_lib.scan_dataset(demo).train[: scale.frozen_images]
-    split = data_lib.decode_split(samples, data_lib.cache_side_for(scale.frozen_size))
+    split = data_lib.decode_split(samples, resize_side_for(scale.frozen_size))
     model = build_model("efficientnet_lite0", 12, pretrained=True).to(memory_format=torch.channels_last)
     model.set_backbone_trainable(False)
     loader = data_lib.BatchLoader(split, batch_size=64, image_size=scale.frozen_size, mean=[0.5] * 3, std=[0.5] * 3,
@@ -200,12 +200,12 @@ def inference(scale: Scale, demo: Path, work: Path) -> Table:
     size = get_spec("efficientnet_lite0").train_defaults["image_size"] if scale.name == "full" else scale.image_size
     exported_model = build_model("efficientnet_lite0", 12, pretrained=True).eval().to(memory_format=torch.channels_last)
     wrapper = ExportedClassifier(exported_model, [str(i) for i in range(12)], [0.5] * 3, [0.5] * 3, size,
-                                 data_lib.cache_side_for(size)).eval()
+                                 resize_side_for(size)).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = work / "model.ts"
         # exactly what export_run writes: scripted, then frozen (BatchNorm folded into the convolutions)
-        torch.jit.freeze(torch.jit.script(wrapper), preserved_attrs=PRESERVED_ATTRIBUTES).save(str(path))
+        freeze_scripted(wrapper, PRESERVED_ATTRIBUTES).save(str(path))
         scripted = torch.jit.load(str(path))
         unfrozen = torch.jit.script(wrapper)
     flops = model_info("efficientnet_lite0", size, 12)["gflops"]
@@ -239,9 +239,7 @@ def inference(scale: Scale, demo: Path, work: Path) -> Table:
         bare = [timed(exported_model, prepared)[0] for _ in range(scale.latency_repeats + 2)][2:]
         bare_p50, bare_p95 = percentiles(bare)
         table.add("bare model forward (tensor already prepared)", "-", 1000 * bare_p50, 1000 * bare_p95, 1.0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            frozen_model = torch.jit.freeze(torch.jit.script(exported_model))
+        frozen_model = freeze_scripted(exported_model)
         frozen = [timed(frozen_model, prepared)[0] for _ in range(scale.latency_repeats + 3)][3:]
         frozen_p50, frozen_p95 = percentiles(frozen)
         table.add("bare forward of the frozen model (BatchNorm folded, as in the export)", "-", 1000 * frozen_p50,
@@ -254,7 +252,7 @@ def inference(scale: Scale, demo: Path, work: Path) -> Table:
                 table.add(label, photo_name, 1000 * p50, 1000 * p95, p50 / bare_p50)
                 if fn is torchscript_path:
                     overheads.append(f"{photo_name} {p50 / frozen_p50:.2f}x")
-        side = data_lib.cache_side_for(size)
+        side = resize_side_for(size)
         rates = {}
         for label, module in (("frozen", scripted), ("not frozen", unfrozen)):
             for batch_size in (8, 32):
@@ -287,7 +285,9 @@ class _ReachTarget(Exception):
 def time_to_accuracy(scale: Scale, demo: Path, work: Path) -> Table:
     """Wall time until test accuracy reaches the target, evaluating the test split after every epoch."""
     from landmark_core.evaluate import predict_split
-    from landmark_core.train import Callback, StopTraining, TrainConfig, create_run, train
+    from landmark_core.config import TrainConfig
+    from landmark_core.engine import Callback
+    from landmark_core.pipeline import create_run, train
 
     table = Table(f"5. Time to {scale.tta_target:.0%} test accuracy on the demo data (wall clock, including data preparation)",
                   ["recipe", "model", "reached", "epochs", "seconds", "test acc at stop", "speed-up vs course recipe"])
@@ -305,14 +305,14 @@ def time_to_accuracy(scale: Scale, demo: Path, work: Path) -> Table:
 
         def on_epoch_end(self, engine):
             if self.decoded is None:
-                self.decoded = data_lib.decode_split(test, data_lib.cache_side_for(engine.config.image_size),
+                self.decoded = data_lib.decode_split(test, resize_side_for(engine.config.image_size),
                                                      cache_dir=data_lib.cache_dir_for(demo))
             probs = predict_split(engine.model, self.decoded, image_size=engine.config.image_size, mean=engine.data.mean,
                                   std=engine.data.std, device=engine.device)
             acc = float((probs.argmax(1) == self.decoded.labels).mean())
             self.result = (engine.epoch, time.perf_counter() - self.started, acc)
             if acc >= scale.tta_target or time.perf_counter() - self.started > scale.tta_budget_s:
-                raise StopTraining
+                engine.should_stop = True
 
     results = {}
     for name in ("scratch_cnn", "efficientnet_lite0"):
@@ -416,7 +416,9 @@ REAL_RECIPES = (
 def real_photos(scale: Scale, datasets: list[Path], work: Path) -> Table:
     """Train each recipe on each class-folder dataset of real photos: accuracy, calibration, coverage, wall time."""
     from landmark_core.evaluate import predict_split
-    from landmark_core.train import Callback, TrainConfig, create_run, run_preprocessing, train
+    from landmark_core.config import run_preprocessing, TrainConfig
+    from landmark_core.engine import Callback
+    from landmark_core.pipeline import create_run, train
 
     table = Table("6. Real photos: each recipe trained on each development set (cold start, wall clock)",
                   ["dataset", "model", "recipe", "test top-1", "test top-5", "top-1 vs previous default (points)",
@@ -492,7 +494,8 @@ def few_shot(scale: Scale, datasets: list[Path], work: Path) -> Table:
     """
     from landmark_core.models import build_model, folded_for_inference
     from landmark_core.probe import fit_linear_head
-    from landmark_core.train import FeatureBatches, TrainConfig, run_preprocessing
+    from landmark_core.config import run_preprocessing, TrainConfig
+    from landmark_core.engine import FeatureBatches
 
     view_sets = {"centre crop only": 1, "centre + mirror": 2, "centre + mirror + 2 augmented (default)": 4,
                  "centre + mirror + 6 augmented": 8}
@@ -566,7 +569,8 @@ def _with_unknowns(known: Path, unknown: Path, folder: Path, *, calibrate: bool)
 def open_set(scale: Scale, datasets: list[Path], work: Path) -> Table:
     """Train the default transfer recipe on one set with another set's photos as unknown landmarks."""
     from landmark_core.models import DEFAULT_TRANSFER_MODEL
-    from landmark_core.train import TrainConfig, train_new
+    from landmark_core.config import TrainConfig
+    from landmark_core.pipeline import train_new
 
     table = Table("8. Open set: photos of landmarks the model never learned (default transfer recipe)",
                   ["known set", "unknown set", "thresholds from", "AUROC familiarity", "AUROC max probability",

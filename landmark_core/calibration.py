@@ -12,6 +12,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Each row's ``k`` best classes, best first (all of them when there are fewer than ``k``)."""
+    scores = np.asarray(scores)
+    k = max(1, min(k, scores.shape[-1]))
+    return np.argsort(-scores, axis=-1, kind="stable")[..., :k]
+
+
+def top_k_hits(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Whether each row's label is among its ``k`` best-scored classes (top-k accuracy is the mean)."""
+    return (top_k_indices(scores, k) == np.asarray(labels)[:, None]).any(-1)
+
+
 #: Bins of the expected calibration error (the usual 15 equal-width confidence bins).
 ECE_BINS = 15
 

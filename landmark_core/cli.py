@@ -120,26 +120,20 @@ def cmd_data_stats(args) -> int:
 
 
 def _config_from_args(args):
-    from .train import TrainConfig
-    values = dict(data=resolve_data(args.data), model=args.model, image_size=args.image_size, batch_size=args.batch_size,
-                  epochs=args.epochs, optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-                  scheduler=args.scheduler, label_smoothing=args.label_smoothing, augment=args.augment,
-                  augmentation=args.augmentation,
-                  freeze_epochs=args.freeze_epochs, seed=args.seed, device=args.device, weights_path=args.weights,
-                  pretrained=not args.no_pretrained, early_stopping_patience=args.early_stopping,
-                  cache_features=not args.no_feature_cache, head_solver=args.head_solver, feature_views=args.feature_views,
-                  tta_flip=True if args.tta_flip else None, class_balanced=args.class_balanced,
-                  calibrate=not args.no_calibration)
-    return TrainConfig(**values)
+    from .config import TrainConfig
+    given = {f.name: getattr(args, f.name) for f in _config_flags() if getattr(args, f.name) is not None}
+    given["data"] = resolve_data(given.get("data", ""))
+    return TrainConfig(**given)
 
 
 def cmd_train(args) -> int:
-    from .runs import launch_background, resolve_run
-    from .train import ConsoleProgress, create_run, train
+    from .callbacks import ConsoleProgress
+    from .pipeline import create_run, train
+    from .runs import Run, launch_background, resolve_run
 
     if args.run_dir or args.resume:
         run_dir = resolve_run(args.run_dir or args.resume)
-        resume = bool(args.resume) or (run_dir / "checkpoint_last.pt").exists()
+        resume = bool(args.resume) or Run(run_dir).checkpoint("last").exists()
     else:
         if not args.data:
             raise LandmarkError("--data DIR is required (or --data demo for the built-in demo set)")
@@ -152,8 +146,7 @@ def cmd_train(args) -> int:
     print(run_dir, flush=True)
     train(run_dir, resume=resume, callbacks=[ConsoleProgress(lambda line: print(line, file=sys.stderr, flush=True))],
           progress=lambda stage, done, total: ProgressBar(stage)(done, total) if done == total else None)
-    from .fileio import read_json
-    evaluation = read_json(run_dir / "evaluation.json") or {}
+    evaluation = Run(run_dir).evaluation or {}
     if evaluation:
         print(f"test top-1 {evaluation['top1']:.3f}  top-5 {evaluation['top5']:.3f}", file=sys.stderr)
     return 0
@@ -161,13 +154,13 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_run
-    from .export import EXPORT_META, export_run
-    from .fileio import read_json
-    from .runs import resolve_run
-    from .train import resolve_device
-    run_dir = resolve_run(args.run)
+    from .config import resolve_device
+    from .export import export_run
+    from .runs import Run
+    run = Run.open(args.run)
+    run_dir = run.path
     summary = evaluate_run(run_dir, device=resolve_device(args.device), checkpoint=args.checkpoint)
-    exported = read_json(run_dir / EXPORT_META) or {}
+    exported = run.export_meta or {}
     carried = (exported.get("temperature"), exported.get("probability_threshold"), exported.get("familiarity_threshold"))
     chosen = (summary["calibration"]["temperature"], summary["default_threshold"], summary["default_familiarity_threshold"])
     if exported.get("checkpoint") == args.checkpoint and carried != chosen:
@@ -236,6 +229,40 @@ def cmd_predict(args) -> int:
     return 1 if failures else 0
 
 
+def cmd_tag(args) -> int:
+    from .predict import Predictor
+    from .tagging import tag_files
+
+    predictor = Predictor(args.run)
+    out_dir = None if args.overwrite else Path(args.out or "tagged")
+    report = Path(args.report) if args.report else (out_dir or Path(".")) / "tag-report.csv"
+
+    shown = []
+
+    def progress(index: int, counts: dict) -> None:
+        if index % 50 == 0:
+            print(f"\r{index:,} files  " + "  ".join(f"{k} {v}" for k, v in counts.items()), end="", file=sys.stderr, flush=True)
+            shown.append(index)
+
+    counts = tag_files(predictor, args.paths, out_dir=out_dir, threshold=args.min_confidence, in_place=args.overwrite,
+                       overwrite_gps=args.overwrite_gps, report_path=report, open_set=not args.tag_unfamiliar,
+                       progress=progress)
+    threshold = predictor.probability_threshold if args.min_confidence is None else args.min_confidence
+    rule = f"probability >= {threshold:.2f}"
+    if predictor.familiarity_threshold is not None and not args.tag_unfamiliar:
+        rule += f" and familiarity >= {predictor.familiarity_threshold:.3f}"
+    elif predictor.familiarity_threshold is None:
+        rule += " (this model has no open-set check: run landmark evaluate to add it)"
+    if shown:  # end the progress line before the summary
+        print(file=sys.stderr)
+    print(f"tagged when {rule}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()), file=sys.stderr)
+    if counts["tagged_without_place"]:
+        print(f"{counts['tagged_without_place']} photos tagged by name only: their class has no place "
+              "(add it to the dataset's places.csv)", file=sys.stderr)
+    print(report)
+    return 0
+
+
 def cmd_runs(args) -> int:
     from .runs import list_runs
     runs = list_runs()
@@ -261,11 +288,40 @@ def cmd_models(args) -> int:
 
 # --- parser -----------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    from .data import AUGMENTATIONS
-    from .models import DEFAULT_TRANSFER_MODEL, list_models
-    from .train import HEAD_SOLVERS, OPTIMIZERS, SCHEDULERS
+def _config_flags() -> list:
+    """The TrainConfig fields a user sets from the command line (each with its help text)."""
+    import dataclasses
 
+    from .config import TrainConfig
+    return [f for f in dataclasses.fields(TrainConfig) if "help" in f.metadata]
+
+
+#: Flags that existed before the flags were generated from TrainConfig, kept working.
+_FLAG_ALIASES = {"weights_path": ["--weights"], "early_stopping_patience": ["--early-stopping"]}
+_NEGATIVE_ALIASES = {"cache_features": "--no-feature-cache", "calibrate": "--no-calibration"}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field: type and choices from the field, help from its ``setting``."""
+    from .config import CHOICES, TrainConfig
+    defaults = TrainConfig()
+    for f in _config_flags():
+        flags = ["--" + f.name.replace("_", "-"), *_FLAG_ALIASES.get(f.name, [])]
+        default = getattr(defaults, f.name)
+        shown = f" (default: {default})" if default not in (None, "") else ""
+        kind = str(f.type).split(" | ")[0]
+        if kind == "bool":
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f.metadata["help"] + shown)
+            if f.name in _NEGATIVE_ALIASES:
+                parser.add_argument(_NEGATIVE_ALIASES[f.name], dest=f.name, action="store_false", help=argparse.SUPPRESS)
+        else:
+            parser.add_argument(*flags, dest=f.name, type={"int": int, "float": float}.get(kind, str), default=None,
+                                choices=CHOICES.get(f.name), help=f.metadata["help"] + shown,
+                                metavar=None if f.name in CHOICES else f.name.split("_")[-1].upper())
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="landmark", description="Landmark photo classification and tagging.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -290,38 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_data_stats)
 
-    train = sub.add_parser("train", help="train a model; prints the run folder")
-    train.add_argument("--data", help="dataset folder, or 'demo'")
-    train.add_argument("--model", default="scratch_cnn", choices=list_models(),
-                       help=f"scratch_cnn (from random weights) or a pretrained model; {DEFAULT_TRANSFER_MODEL} was the "
-                            "most accurate on real photos")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--image-size", type=int)
-    train.add_argument("--optimizer", choices=OPTIMIZERS)
-    train.add_argument("--scheduler", choices=SCHEDULERS)
-    train.add_argument("--weight-decay", type=float)
-    train.add_argument("--label-smoothing", type=float)
-    train.add_argument("--augment", type=float, help="augmentation strength 0-1")
-    train.add_argument("--augmentation", choices=AUGMENTATIONS,
-                       help="full: random resized crop, flip, colour jitter; crop_flip: random crop + flip (fastest)")
-    train.add_argument("--freeze-epochs", type=int, help="epochs with the pretrained backbone frozen")
-    train.add_argument("--head-solver", choices=HEAD_SOLVERS,
-                       help="how frozen epochs fit the head: lbfgs (logistic regression on cached features, one more "
-                            "augmented view each epoch; default for pretrained models) or sgd (minibatch steps)")
-    train.add_argument("--feature-views", type=int, help="views of each training photo whose features are cached")
-    train.add_argument("--tta-flip", action="store_true",
-                       help="average the prediction of each photo and its mirror image (evaluation and export)")
-    train.add_argument("--class-balanced", action="store_true", help="weight the loss by inverse class frequency")
-    train.add_argument("--no-calibration", action="store_true",
-                       help="keep the raw softmax (no temperature fit on the validation split)")
-    train.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE")
-    train.add_argument("--no-feature-cache", action="store_true", help="recompute frozen backbone features every epoch")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    train.add_argument("--weights", help="a state-dict file of pretrained weights (e.g. resnet18-f37072fd.pth)")
-    train.add_argument("--no-pretrained", action="store_true", help="random initialisation")
+    train = sub.add_parser("train", help="train a model; prints the run folder",
+                           description="Every training setting (TrainConfig); unset ones take the model's defaults.")
+    _add_config_flags(train)
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted or cancelled run")
     train.add_argument("--run-dir", help=argparse.SUPPRESS)
     train.add_argument("--background", action="store_true", help="train in a detached process")
@@ -352,17 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list registered models")
     models.set_defaults(func=cmd_models)
-    _register_extra_commands(sub)
+
+    tag = sub.add_parser("tag", help="tag photos with the predicted landmark and its GPS position")
+    tag.add_argument("run", help="a finished run")
+    tag.add_argument("paths", nargs="+", metavar="PATH", help="photos or folders")
+    tag.add_argument("--min-confidence", type=float, help="abstain below this probability "
+                     "(default: the threshold chosen on the run's validation split)")
+    tag.add_argument("--tag-unfamiliar", action="store_true",
+                     help="also tag photos that look like no landmark the model learned (not recommended)")
+    tag.add_argument("--out", help="folder for tagged copies (default: ./tagged)")
+    tag.add_argument("--overwrite", action="store_true", help="write the tags into the original files")
+    tag.add_argument("--overwrite-gps", action="store_true", help="also tag photos that already have GPS")
+    tag.add_argument("--report", help="CSV report path (default: OUT/tag-report.csv)")
+    tag.set_defaults(func=cmd_tag)
     return parser
-
-
-def _register_extra_commands(sub) -> None:
-    """Commands from other modules (tagging) register themselves here."""
-    try:
-        from .tagging import add_cli
-    except ImportError:
-        return
-    add_cli(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

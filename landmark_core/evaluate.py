@@ -11,42 +11,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from . import data as data_lib
 from . import openset
-from .calibration import (coverage_at_precision, expected_calibration_error, fit_temperature, reliability,
-                          softmax)
+from .calibration import (coverage_at_precision, expected_calibration_error, fit_temperature, reliability, softmax,
+                          top_k_hits, top_k_indices)
 from .errors import RunError
 from .fileio import read_json, save_atomic, write_json_atomic
-from .models import LandmarkNet, build_model, inference_batch_size
+from .checkpoints import load_run_model
+from .models import LandmarkNet, inference_batch_size
+from .prepare import decode_photos, prepare_data
+from .runs import Run
 
 #: Thresholds of the coverage curve: fine steps, because calibrated probabilities spread over the whole range.
-#: The temperature (and test-time flip) of each evaluated checkpoint, written by evaluation, applied by export.
-CALIBRATION_FILE = "calibration.json"
 THRESHOLDS = [round(t, 2) for t in np.arange(0.0, 1.0, 0.01)]
 #: Precision targets whose coverage Evaluate reports.
 PRECISION_TARGETS = (0.95, 0.98)
-
-
-def load_run_model(run_dir: Path, checkpoint: str = "best", device: torch.device | str = "cpu") -> tuple[LandmarkNet, dict]:
-    """Rebuild a run's model from its folder alone; returns (model in eval mode, checkpoint meta)."""
-    from .train import TrainConfig
-
-    path = run_dir / f"checkpoint_{checkpoint}.pt"
-    if not path.exists():
-        raise RunError(f"{run_dir.name} has no {path.name} yet (has it trained an epoch?)")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:
-        raise RunError(f"{path.name} cannot be read ({type(error).__name__}); the file may be damaged") from None
-    config = TrainConfig.from_dict(state["config"])
-    model = build_model(config.model, len(state["classes"]), pretrained=False, **config.model_options)
-    model.load_state_dict(state["model"])
-    model.to(device).eval()
-    return model, {"config": config, "classes": state["classes"], "mean": state["mean"], "std": state["std"],
-                   "epoch": state["epoch"]}
 
 
 @torch.no_grad()
@@ -122,8 +103,7 @@ def choose_threshold(curve: list[dict], target_accuracy: float = 0.98, min_accep
 def summarize_predictions(probs: np.ndarray, labels: np.ndarray, classes: list[str], paths: list[str]) -> tuple[dict, list[dict]]:
     n_classes = len(classes)
     predicted = probs.argmax(1) if len(labels) else np.zeros(0, dtype=int)
-    k = min(5, n_classes)
-    top_k = np.argsort(-probs, axis=1)[:, :k] if len(labels) else np.zeros((0, k), dtype=int)
+    top_k = top_k_indices(probs, 5) if len(labels) else np.zeros((0, min(5, n_classes)), dtype=int)
     matrix = confusion_matrix(labels, predicted, labels=list(range(n_classes)))
     precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=list(range(n_classes)), zero_division=0)
     pairs = [(int(t), int(p), int(matrix[t, p])) for t in range(n_classes) for p in range(n_classes) if t != p and matrix[t, p] > 0]
@@ -132,7 +112,7 @@ def summarize_predictions(probs: np.ndarray, labels: np.ndarray, classes: list[s
     summary = {
         "num_images": int(len(labels)),
         "top1": float((predicted == labels).mean()) if len(labels) else None,
-        "top5": float((top_k == labels[:, None]).any(1).mean()) if len(labels) else None,
+        "top5": float(top_k_hits(probs, labels, 5).mean()) if len(labels) else None,
         "mean_loss": float(losses.mean()) if len(labels) else None,
         "classes": classes,
         "confusion_matrix": matrix.tolist(),
@@ -158,13 +138,9 @@ def calibration_report(val_logits: np.ndarray, val_labels: np.ndarray, test_logi
     return report
 
 
-def feature_bank_path(run_dir: Path, checkpoint: str = "best") -> Path:
-    return run_dir / f"feature_bank_{checkpoint}.pt"
-
-
 def load_feature_bank(run_dir: Path, checkpoint: str = "best") -> tuple[torch.Tensor, torch.Tensor] | None:
     """(normalised training features (N, D) float16, their labels (N,)) saved by evaluation, or None."""
-    path = feature_bank_path(run_dir, checkpoint)
+    path = Run(run_dir).feature_bank(checkpoint)
     if not path.exists():
         return None
     try:
@@ -214,7 +190,6 @@ def open_set_report(scorer: openset.Scorer, choice: dict, probability_threshold:
 def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=None, checkpoint: str = "best") -> dict:
     """Evaluate a run on its test split; calibrate probabilities, the tagging threshold and the open-set
     decision on validation (plus unknown photos when the dataset has them)."""
-    from .train import decode_photos, prepare_data
 
     model, meta = load_run_model(run_dir, checkpoint, device)
     config = meta["config"]
@@ -275,15 +250,15 @@ def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=
         "default_threshold": default_threshold,
         "default_familiarity_threshold": open_set["familiarity_threshold"],
         "open_set": open_set,
-        "skipped_images": (read_json(run_dir / "split.json", default={}) or {}).get("skipped", {}),
+        "skipped_images": (read_json(run_dir / Run.SPLIT, default={}) or {}).get("skipped", {}),
     })
-    save_atomic(feature_bank_path(run_dir, checkpoint),
+    save_atomic(Run(run_dir).feature_bank(checkpoint),
                 lambda tmp: torch.save({"features": bank, "labels": bank_labels}, tmp))
-    calibrations = read_json(run_dir / CALIBRATION_FILE, default={}) or {}
+    calibrations = read_json(run_dir / Run.CALIBRATION, default={}) or {}
     calibrations[checkpoint] = {"temperature": temperature, "tta_flip": bool(config.tta_flip),
                                 "probability_threshold": default_threshold,
                                 "familiarity_threshold": open_set["familiarity_threshold"]}
-    write_json_atomic(run_dir / CALIBRATION_FILE, calibrations)
-    write_json_atomic(run_dir / "predictions.json", rows)
-    write_json_atomic(run_dir / "evaluation.json", summary)
+    write_json_atomic(run_dir / Run.CALIBRATION, calibrations)
+    write_json_atomic(run_dir / Run.PREDICTIONS, rows)
+    write_json_atomic(run_dir / Run.EVALUATION, summary)
     return summary

@@ -6,7 +6,9 @@ import pandas as pd
 import torch
 
 from . import data as data_lib
+from .config import TrainConfig
 from .images import ImageSource, load_square
+from .transforms import resize_side_for
 
 
 def image_table(report: dict) -> pd.DataFrame:
@@ -22,7 +24,7 @@ def image_table(report: dict) -> pd.DataFrame:
 def augmentation_preview(source: ImageSource, *, strength: float, count: int = 6, image_size: int = 160,
                          seed: int = 0, augmentation: str = "full") -> list[np.ndarray]:
     """The training augmentation (``data.AUGMENTATIONS``) applied ``count`` times to one image (uint8 HxWx3)."""
-    square = torch.from_numpy(np.repeat(load_square(source, data_lib.cache_side_for(image_size))[None], count, axis=0))
+    square = torch.from_numpy(np.repeat(load_square(source, resize_side_for(image_size))[None], count, axis=0))
     generator = torch.Generator().manual_seed(seed)
     if augmentation == "crop_flip":
         return list(data_lib.crop_flip_batch(square, image_size, generator if strength > 0 else None).numpy())
@@ -33,10 +35,9 @@ def augmentation_preview(source: ImageSource, *, strength: float, count: int = 6
 def training_stats(root: str, *, image_size: int | None = None, val_fraction: float = 0.1,
                    seed: int = 0) -> tuple[list[float], list[float]]:
     """Mean and std of the training split exactly as a scratch_cnn run with these settings computes them."""
-    from .train import TrainConfig
     image_size = image_size or TrainConfig(data=root, model="scratch_cnn").resolved().image_size
     dataset = data_lib.scan_dataset(root, seed=seed)
     train, _ = data_lib.stratified_split(dataset.train, val_fraction, seed)
     cache = data_lib.cache_dir_for(dataset.root)
-    split = data_lib.decode_split(train, data_lib.cache_side_for(image_size), cache_dir=cache)
+    split = data_lib.decode_split(train, resize_side_for(image_size), cache_dir=cache)
     return data_lib.channel_stats(split, cache)

@@ -20,16 +20,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoints import load_run_model
+from .config import run_preprocessing
 from .errors import ModelError, RunError
+from .evaluate import load_feature_bank
 from .fileio import read_json, sha256_file, write_json_atomic
 from .openset import familiarity
-from .runs import runs_dir
+from .runs import Run
+from .transforms import freeze_scripted, resize_and_centre_crop
 
-MODEL_FILE = "model.ts"
 #: What a frozen export keeps besides ``forward``: readers of the file use them.
 PRESERVED_ATTRIBUTES = ["class_names", "image_size", "resize_size", "interpolation", "temperature", "flip_tta", "preprocess",
                         "classify", "has_feature_bank", "probability_threshold", "familiarity_threshold"]
-EXPORT_META = "export.json"
 
 
 class ExportedClassifier(nn.Module):
@@ -69,20 +71,13 @@ class ExportedClassifier(nn.Module):
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         batch = image.unsqueeze(0) if image.dim() == 3 else image
-        height, width = batch.shape[-2], batch.shape[-1]
-        scale = float(self.resize_size) / float(min(height, width))
-        new_h = max(self.resize_size, int(round(height * scale)))
-        new_w = max(self.resize_size, int(round(width * scale)))
         if batch.dtype == torch.uint8:  # torch's uint8 antialiased kernel: what decoding for training used
-            batch = F.interpolate(batch.contiguous(memory_format=torch.channels_last), size=[new_h, new_w],
-                                  mode=self.interpolation, align_corners=False, antialias=True).float() / 255.0
+            pixels = resize_and_centre_crop(batch.contiguous(memory_format=torch.channels_last), self.resize_size,
+                                            self.image_size, self.interpolation).float() / 255.0
         else:
-            batch = F.interpolate(batch.float() / 255.0, size=[new_h, new_w], mode=self.interpolation,
-                                  align_corners=False, antialias=True)
-        top = (new_h - self.image_size) // 2
-        left = (new_w - self.image_size) // 2
-        batch = batch[:, :, top:top + self.image_size, left:left + self.image_size]
-        return (batch - self.mean) / self.std
+            pixels = resize_and_centre_crop(batch.float() / 255.0, self.resize_size, self.image_size,
+                                            self.interpolation)
+        return (pixels - self.mean) / self.std
 
     def _features_and_probabilities(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         inputs = self.preprocess(image)
@@ -147,21 +142,18 @@ def _signature(key: bytes, meta: dict) -> str:
 
 def build_exportable(run_dir: Path, checkpoint: str = "best") -> ExportedClassifier:
     """The run's model wrapped with its preprocessing and, once evaluated, its calibration."""
-    from .evaluate import CALIBRATION_FILE, load_feature_bank, load_run_model
-    from .train import run_preprocessing
-
     model, meta = load_run_model(run_dir, checkpoint, "cpu")
     model = model.to(memory_format=torch.channels_last)  # oneDNN's fast convolution layout: ~1.4x batch throughput on CPU
     config = meta["config"]
     preprocessing = run_preprocessing(config)
-    calibration = (read_json(run_dir / CALIBRATION_FILE, default={}) or {}).get(checkpoint) or {}
+    calibration = (read_json(run_dir / Run.CALIBRATION, default={}) or {}).get(checkpoint) or {}
     bank = load_feature_bank(run_dir, checkpoint) if "familiarity_threshold" in calibration else None
     return ExportedClassifier(model, meta["classes"], meta["mean"], meta["std"], config.image_size,
                               preprocessing.resize_size, preprocessing.interpolation,
                               float(calibration.get("temperature", 1.0)), bool(config.tta_flip), bank,
                               # evaluated before thresholds were kept per checkpoint: evaluation's own choice
                               float(calibration.get("probability_threshold",
-                                                    (read_json(run_dir / "evaluation.json", default={}) or {})
+                                                    (read_json(run_dir / Run.EVALUATION, default={}) or {})
                                                     .get("default_threshold", 0.5))),
                               float(calibration.get("familiarity_threshold", -1.0))).eval()
 
@@ -169,13 +161,10 @@ def build_exportable(run_dir: Path, checkpoint: str = "best") -> ExportedClassif
 def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float = 1e-4) -> Path:
     """Script, save, reload and compare; record the hash. Returns the model file's path."""
     wrapper = build_exportable(run_dir, checkpoint)
-    with warnings.catch_warnings():  # TorchScript is deprecated upstream but is what the product ships
-        warnings.simplefilter("ignore", FutureWarning)
-        # Freezing inlines the weights and folds each BatchNorm into its convolution: +10-25% CPU throughput.
-        scripted = torch.jit.freeze(torch.jit.script(wrapper), preserved_attrs=PRESERVED_ATTRIBUTES)
-    path = run_dir / MODEL_FILE
+    scripted = freeze_scripted(wrapper, PRESERVED_ATTRIBUTES)
+    path = run_dir / Run.MODEL
     # Saved and checked under a temporary name: a refused export leaves the last good model.ts in place.
-    candidate = run_dir / f".{MODEL_FILE}.{os.getpid()}.candidate"
+    candidate = run_dir / f".{Run.MODEL}.{os.getpid()}.candidate"
     try:
         scripted.save(str(candidate))
         with warnings.catch_warnings():
@@ -187,7 +176,7 @@ def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float = 1e-4)
     finally:
         candidate.unlink(missing_ok=True)
     meta = {
-        "file": MODEL_FILE, "sha256": digest, "checkpoint": checkpoint,
+        "file": Run.MODEL, "sha256": digest, "checkpoint": checkpoint,
         "classes": wrapper.class_names, "image_size": wrapper.image_size, "resize_size": wrapper.resize_size,
         "interpolation": wrapper.interpolation, "temperature": wrapper.temperature, "flip_tta": wrapper.flip_tta,
         "probability_threshold": wrapper.probability_threshold,
@@ -195,7 +184,7 @@ def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float = 1e-4)
         "feature_bank_size": int(len(wrapper.bank_labels)),
         "round_trip_max_abs_diff": max_diff, "torch": torch.__version__}
     meta["signature"] = _signature(_signing_key(create=True), meta)
-    write_json_atomic(run_dir / EXPORT_META, meta)
+    write_json_atomic(run_dir / Run.EXPORT_META, meta)
     return path
 
 
@@ -217,10 +206,10 @@ def _check_round_trip(run_dir: Path, wrapper: ExportedClassifier, scripted, relo
 def load_exported(run_dir: Path, device="cpu") -> Tuple[torch.jit.ScriptModule, dict]:
     """Load a run's TorchScript model after checking it is the file this artifacts folder exported."""
     try:
-        meta = read_json(run_dir / EXPORT_META)
+        meta = read_json(run_dir / Run.EXPORT_META)
     except ValueError:
-        raise ModelError(f"{run_dir.name}/{EXPORT_META} is damaged; export the run again: landmark export {run_dir}") from None
-    path = run_dir / MODEL_FILE
+        raise ModelError(f"{run_dir.name}/{Run.EXPORT_META} is damaged; export the run again: landmark export {run_dir}") from None
+    path = run_dir / Run.MODEL
     if meta is None or not path.exists():
         raise RunError(f"{run_dir.name} has no exported model yet (run: landmark export {run_dir.name})")
     key = _signing_key(create=False)
@@ -229,7 +218,7 @@ def load_exported(run_dir: Path, device="cpu") -> Tuple[torch.jit.ScriptModule, 
                          f"{signing_key_path()}); to trust it here, export it again: landmark export {run_dir}")
     if not isinstance(meta, dict) or sha256_file(path) != meta.get("sha256") \
             or not hmac.compare_digest(_signature(key, meta), str(meta.get("signature", ""))):
-        raise ModelError(f"{run_dir.name}/{MODEL_FILE} or {EXPORT_META} does not match what this app exported "
+        raise ModelError(f"{run_dir.name}/{Run.MODEL} or {Run.EXPORT_META} does not match what this app exported "
                          f"(modified, foreign, or exported by an older version); refusing to load it. If you trust "
                          f"the run's checkpoints, export it again: landmark export {run_dir}")
     try:
@@ -237,12 +226,5 @@ def load_exported(run_dir: Path, device="cpu") -> Tuple[torch.jit.ScriptModule, 
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(path), map_location=device)
     except Exception as error:
-        raise ModelError(f"{run_dir.name}/{MODEL_FILE} cannot be loaded ({type(error).__name__})") from None
+        raise ModelError(f"{run_dir.name}/{Run.MODEL} cannot be loaded ({type(error).__name__})") from None
     return module.eval(), meta
-
-
-def exported_runs(artifacts: Optional[Path] = None) -> List[Path]:
-    parent = runs_dir(artifacts)
-    if not parent.is_dir():
-        return []
-    return sorted((p for p in parent.iterdir() if (p / EXPORT_META).exists()), reverse=True)

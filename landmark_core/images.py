@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageOps
 
 from .errors import ImageError
 
@@ -24,9 +24,8 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image]
 
 #: Largest image we decode: 64 megapixels covers every camera photo; a 30000x30000 bomb is refused.
 MAX_PIXELS = 64_000_000
-# Pillow's own guard raises only at 2x its limit and warns below; we check first and keep its check as a backstop.
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Pillow's own settings (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) are left as the application set
+# them: open_image checks the pixel count itself, and turns Pillow's bomb warning into a refusal.
 
 # Decoders fed hostile bytes raise almost anything (struct.error, IndexError, SyntaxError, ...): all of it
 # means "this file is not a readable image", so it becomes an ImageError.
@@ -132,18 +131,14 @@ def load_square(source: ImageSource, size: int, interpolation: str = "bilinear")
     uint8, the same kernel the exported model applies to uploads (and ~2x faster
     than Pillow's here).
     """
-    import torch
-    import torch.nn.functional as F
+    import torch  # lazily: reading and checking images needs no torch
+
+    from .transforms import resize_and_centre_crop
 
     pixels = torch.from_numpy(np.array(load_rgb(source, min_side=size), dtype=np.uint8))
-    height, width = pixels.shape[:2]
-    scale = size / min(height, width)
-    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
     # a (1, 3, H, W) channels-last view of the HWC array: torch's fast uint8 kernel, and HWC memory comes back
-    resized = F.interpolate(pixels[None].permute(0, 3, 1, 2), size=(new_h, new_w), mode=interpolation,
-                            align_corners=False, antialias=True)[0].permute(1, 2, 0)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return np.ascontiguousarray(resized[top:top + size, left:left + size].numpy())
+    square = resize_and_centre_crop(pixels[None].permute(0, 3, 1, 2), size, size, interpolation)
+    return np.ascontiguousarray(square[0].permute(1, 2, 0).numpy())
 
 
 #: Largest upload the app accepts per file.

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .fileio import read_json, read_jsonl
-from .runs import read_status
+from .runs import Run
 
 
 def short_label(class_name: str, width: int = 16) -> str:
@@ -23,8 +22,7 @@ def short_label(class_name: str, width: int = 16) -> str:
 
 
 def epoch_frame(run_dir: Path) -> pd.DataFrame:
-    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(Run(run_dir).epochs)
 
 
 def curves_frame(run_dirs: list[Path]) -> pd.DataFrame:
@@ -46,9 +44,8 @@ def curves_frame(run_dirs: list[Path]) -> pd.DataFrame:
 
 def live_progress(run_dir: Path) -> dict:
     """Where a run is: state, epoch and batch, recent batch losses, elapsed time and ETA."""
-    status = read_status(run_dir)
-    config = read_json(run_dir / "config.json", default={}) or {}
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    run = Run(run_dir)
+    status, config, records = run.status, run.config_values, run.metrics
     epochs = [r for r in records if r.get("kind") == "epoch"]
     batches = [r for r in records if r.get("kind") == "batch"]
     total_epochs = int(config.get("epochs") or 1)
@@ -92,9 +89,9 @@ def confusion_frame(evaluation: dict, normalize: bool = False) -> pd.DataFrame:
 
 def predictions_frame(run_dir: Path) -> pd.DataFrame:
     """One row per test image with class names, top-1 probability and loss."""
-    evaluation = read_json(run_dir / "evaluation.json") or {}
-    classes = evaluation.get("classes", [])
-    rows = read_json(run_dir / "predictions.json", default=[]) or []
+    run = Run(run_dir)
+    classes = (run.evaluation or {}).get("classes", [])
+    rows = run.predictions
     frame = pd.DataFrame(rows)
     if frame.empty:
         return pd.DataFrame(columns=["path", "true", "predicted", "loss", "top5", "true_name", "predicted_name",
@@ -116,8 +113,7 @@ def top_losses(run_dir: Path, n: int = 12) -> pd.DataFrame:
 
 
 def per_class_frame(run_dir: Path) -> pd.DataFrame:
-    evaluation = read_json(run_dir / "evaluation.json") or {}
-    return pd.DataFrame(evaluation.get("per_class", []))
+    return pd.DataFrame((Run(run_dir).evaluation or {}).get("per_class", []))
 
 
 def comparison(run_dirs: list[Path]) -> dict:
@@ -128,9 +124,8 @@ def comparison(run_dirs: list[Path]) -> dict:
     metrics, recalls = [], []
     predictions = {}
     for run_dir in run_dirs:
-        evaluation = read_json(run_dir / "evaluation.json") or {}
-        config = read_json(run_dir / "config.json") or {}
-        status = read_status(run_dir)
+        run = Run(run_dir)
+        evaluation, config, status = run.evaluation or {}, run.config_values, run.status
         metrics.append({"run": run_dir.name, "model": config.get("model"), "image size": config.get("image_size"),
                         "epochs": config.get("epochs"), "test top-1": evaluation.get("top1"),
                         "test top-5": evaluation.get("top5"), "train seconds": status.get("train_seconds")})

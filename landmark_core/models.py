@@ -16,8 +16,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .data import cache_side_for
+from .allocator import freed_memory_is_kept
 from .errors import ModelError
+from .transforms import freeze_scripted, resize_side_for
 
 RESNET18_CACHE_NAME = "resnet18-f37072fd.pth"
 
@@ -37,7 +38,7 @@ class Preprocessing:
 
     @property
     def resize_size(self) -> int:
-        return cache_side_for(self.input_size, self.crop_pct)
+        return resize_side_for(self.input_size, self.crop_pct)
 
     def at_size(self, input_size: int) -> "Preprocessing":
         return replace(self, input_size=input_size)
@@ -72,7 +73,6 @@ def inference_batch_size(device) -> int:
     tuned allocator (training processes) 110/94 at 64 vs 105/85 at 16; with
     glibc's defaults 85/60 at 64 vs 93/75 at 16.
     """
-    from .allocator import freed_memory_is_kept
     if torch.device(device).type != "cpu" or freed_memory_is_kept():
         return 64
     return 16
@@ -87,11 +87,8 @@ def folded_for_inference(module: nn.Module) -> nn.Module:
     """
     if module.training or next(module.parameters()).device.type != "cpu":
         return module
-    import warnings
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.jit.freeze(torch.jit.script(module))
+        return freeze_scripted(module)
     except Exception:  # not scriptable: the eager module gives the same numbers, only slower
         return module
 

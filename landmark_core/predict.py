@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .calibration import top_k_indices
 from .errors import ImageError
 from .export import load_exported
-from .fileio import read_json
 from .images import ImageSource, load_rgb
 from .places import Place, dataset_places_file, gazetteer
-from .runs import resolve_run
+from .runs import resolve_run, Run
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,6 @@ class Assessment:
     familiarity: float | None
 
 
-def run_dataset(run_dir: Path) -> Path | None:
-    """The folder a run was trained on, if it is still there."""
-    data_root = (read_json(run_dir / "config.json", default={}) or {}).get("data")
-    return Path(data_root) if data_root and Path(data_root).is_dir() else None
-
-
 class Predictor:
     """Loads a run's exported TorchScript model once; each call decodes, orients and classifies.
 
@@ -46,17 +40,16 @@ class Predictor:
     ``familiarity_threshold`` is None when the model has no feature bank.
     """
 
-    def __init__(self, run: str | Path, device: torch.device | str = "cpu"):
-        self.run_dir = resolve_run(run)
+    def __init__(self, run: str | Path | Run, device: torch.device | str = "cpu"):
+        self.run = Run.open(run)
+        self.run_dir = self.run.path
         self.device = torch.device(device)
         self.module, self.meta = load_exported(self.run_dir, self.device)
         self.classes: list[str] = list(self.meta["classes"])
         self.resize_size: int = int(self.meta["resize_size"])
         self.open_set = hasattr(self.module, "classify") and self.meta.get("familiarity_threshold") is not None
-        evaluation = read_json(self.run_dir / "evaluation.json", default={}) or {}
-        carried = self.meta.get("probability_threshold")  # models exported before it was carried: evaluation's
-        self.probability_threshold: float = float(carried if carried is not None
-                                                  else evaluation.get("default_threshold", 0.5))
+        carried = self.meta.get("probability_threshold")  # the verified export's; older exports: evaluation's
+        self.probability_threshold: float = float(carried) if carried is not None else self.run.default_threshold
         self.familiarity_threshold: float | None = (float(self.meta["familiarity_threshold"])
                                                     if self.open_set else None)
         self._places: tuple[object, dict[str, Place | None]] | None = None
@@ -64,7 +57,7 @@ class Predictor:
     @property
     def places(self) -> dict[str, Place | None]:
         """Each class's place, re-read when the dataset's ``places.csv`` changes (the app edits it)."""
-        root = run_dataset(self.run_dir)
+        root = self.run.dataset
         places_file = dataset_places_file(root) if root else None
         version = (str(places_file), places_file.stat().st_mtime_ns) if places_file and places_file.exists() else None
         if self._places is None or self._places[0] != version:
@@ -92,7 +85,7 @@ class Predictor:
         return self.classify(source)[0]
 
     def _ranked(self, probs: np.ndarray, top_k: int) -> list[Prediction]:
-        order = np.argsort(-probs)[: max(1, min(top_k, len(probs)))]
+        order = top_k_indices(probs, top_k)
         return [Prediction(self.classes[i], float(probs[i]), int(i)) for i in order]
 
     def predict(self, source: ImageSource, top_k: int = 5) -> list[Prediction]:

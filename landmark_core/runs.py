@@ -7,8 +7,10 @@ checkpoints, ``evaluation.json`` and the exported model.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +20,149 @@ from pathlib import Path
 from .errors import RunError
 from .fileio import process_alive, read_json, read_jsonl, write_json_atomic
 
-STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
-ACTIVE_STATES = ("queued", "running")
+class RunState(str, enum.Enum):
+    """Where a run is; compares equal to its string (``status.json`` stores the string)."""
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # its process is gone without saying how it ended (killed, machine restarted)
+    DAMAGED = "damaged"  # status.json cannot be read
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ACTIVE_STATES = (RunState.QUEUED, RunState.RUNNING)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run folder: the one place that names its files and reads them.
+
+    Everything a run is lives in its folder (see the module docstring); code elsewhere asks a ``Run`` for a
+    file or its content instead of spelling file names.
+    """
+    path: Path
+
+    CONFIG = "config.json"
+    STATUS = "status.json"
+    METRICS = "metrics.jsonl"
+    SPLIT = "split.json"
+    PREPROCESSING = "preprocessing.json"
+    EVALUATION = "evaluation.json"
+    PREDICTIONS = "predictions.json"
+    CALIBRATION = "calibration.json"
+    EXPORT_META = "export.json"
+    MODEL = "model.ts"
+    LOG = "log.txt"
+    ERROR = "error.txt"
+    CANCEL = "CANCEL"
+    LOCK = "LOCK"
+
+    @classmethod
+    def open(cls, run: "str | os.PathLike | Run", artifacts: Path | None = None) -> "Run":
+        """A run from its folder or its id; RunError when it is not a run folder."""
+        return run if isinstance(run, Run) else cls(resolve_run(run, artifacts))
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def checkpoint(self, kind: str = "best") -> Path:
+        """``checkpoint_best.pt`` (best validation epoch) or ``checkpoint_last.pt`` (what a resume continues)."""
+        return self.path / f"checkpoint_{kind}.pt"
+
+    def feature_bank(self, checkpoint: str = "best") -> Path:
+        """Normalised training features of a checkpoint: what familiarity compares photos against."""
+        return self.path / f"feature_bank_{checkpoint}.pt"
+
+    # -- contents (missing files read as empty; damaged ones as described on each)
+    @property
+    def config_values(self) -> dict:
+        """``config.json`` as saved ({} when missing or damaged); :meth:`config` for the resolved TrainConfig."""
+        values = _readable(self.file(self.CONFIG), {})
+        return values if isinstance(values, dict) else {}
+
+    def config(self):
+        """The run's resolved :class:`~landmark_core.config.TrainConfig`, or a RunError saying the file is damaged."""
+        from .config import TrainConfig  # the config resolves models: torch, which listing runs does not need
+        from .errors import LandmarkError
+        try:
+            values = read_json(self.file(self.CONFIG))
+            if not isinstance(values, dict):
+                raise ValueError("not a JSON object")
+            return TrainConfig.from_dict(values).resolved()
+        except LandmarkError:
+            raise
+        except (ValueError, TypeError) as error:
+            raise RunError(f"{self.id}/{self.CONFIG} is damaged ({error}); the run cannot be rebuilt from it") from None
+
+    @property
+    def status(self) -> dict:
+        return read_status(self.path)
+
+    @property
+    def state(self) -> RunState:
+        try:
+            return RunState(self.status.get("state", "queued"))
+        except (ValueError, OSError):
+            return RunState.DAMAGED
+
+    @property
+    def evaluation(self) -> dict | None:
+        value = _readable(self.file(self.EVALUATION), None)
+        return value if isinstance(value, dict) else None
+
+    @property
+    def predictions(self) -> list:
+        value = _readable(self.file(self.PREDICTIONS), [])
+        return value if isinstance(value, list) else []
+
+    @property
+    def split(self) -> dict:
+        value = _readable(self.file(self.SPLIT), {})
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def metrics(self) -> list[dict]:
+        return read_jsonl(self.file(self.METRICS))
+
+    @property
+    def epochs(self) -> list[dict]:
+        """The finished epochs' records."""
+        return [record for record in self.metrics if record.get("kind") == "epoch"]
+
+    @property
+    def export_meta(self) -> dict | None:
+        """``export.json`` (unverified: :func:`landmark_core.export.load_exported` checks its signature)."""
+        value = _readable(self.file(self.EXPORT_META), None)
+        return value if isinstance(value, dict) else None
+
+    @property
+    def exported(self) -> bool:
+        return self.file(self.MODEL).exists() and self.file(self.EXPORT_META).exists()
+
+    @property
+    def default_threshold(self) -> float:
+        """The probability threshold the run tags with: the exported model's, else evaluation's, else 0.5."""
+        carried = (self.export_meta or {}).get("probability_threshold")
+        if carried is not None:
+            return float(carried)
+        return float((self.evaluation or {}).get("default_threshold", 0.5))
+
+    @property
+    def dataset(self) -> Path | None:
+        """The folder the run was trained on, if it is still there."""
+        root = self.config_values.get("data")
+        return Path(root) if root and Path(root).is_dir() else None
+
+    def write_status(self, **fields) -> dict:
+        return write_status(self.path, **fields)
 
 
 def artifacts_dir() -> Path:
@@ -56,14 +199,14 @@ def resolve_run(run: str | os.PathLike, artifacts: Path | None = None) -> Path:
         candidate = runs_dir(artifacts) / str(run)
         if candidate.is_dir():
             path = candidate
-    if not (path / "config.json").is_file():
+    if not (path / Run.CONFIG).is_file():
         raise RunError(f"not a run folder (no config.json): {run}")
     return path
 
 
 def read_status(run_dir: Path) -> dict:
     """``status.json`` with ``state`` corrected to "interrupted" when its process is gone."""
-    status = read_json(run_dir / "status.json", default={"state": "queued"}) or {"state": "queued"}
+    status = read_json(run_dir / Run.STATUS, default={"state": "queued"}) or {"state": "queued"}
     if status.get("state") in ACTIVE_STATES and not process_alive(status.get("pid")):
         if status.get("state") == "running" or status.get("launched"):
             status = {**status, "state": "interrupted"}
@@ -71,9 +214,9 @@ def read_status(run_dir: Path) -> dict:
 
 
 def write_status(run_dir: Path, **fields) -> dict:
-    status = read_json(run_dir / "status.json", default={}) or {}
+    status = read_json(run_dir / Run.STATUS, default={}) or {}
     status.update(fields, updated=now_iso())
-    write_json_atomic(run_dir / "status.json", status)
+    write_json_atomic(run_dir / Run.STATUS, status)
     return status
 
 
@@ -92,6 +235,10 @@ class RunSummary:
     created: str | None
     error: str | None
 
+    @property
+    def run(self) -> Run:
+        return Run(self.path)
+
 
 def _readable(path: Path, default):
     """A run file's JSON, or ``default`` when it is missing or damaged (listing runs must never fail on one)."""
@@ -103,14 +250,14 @@ def _readable(path: Path, default):
 
 
 def summarize(run_dir: Path) -> RunSummary:
-    config = _readable(run_dir / "config.json", {})
+    run = Run(run_dir)
+    config = run.config_values
     try:
-        status = read_status(run_dir)
+        status = run.status
     except (ValueError, OSError):
-        status = {"state": "damaged", "error": "status.json is damaged"}
-    evaluation = _readable(run_dir / "evaluation.json", None)
-    evaluation = evaluation if isinstance(evaluation, dict) else None
-    epochs = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
+        status = {"state": RunState.DAMAGED.value, "error": f"{Run.STATUS} is damaged"}
+    evaluation = run.evaluation
+    epochs = run.epochs
     best = max((r["val_acc"] for r in epochs if r.get("val_acc") is not None), default=None)
     return RunSummary(
         run_id=run_dir.name, path=run_dir, state=status.get("state", "queued"), model=config.get("model", "?"),
@@ -123,8 +270,11 @@ def list_runs(artifacts: Path | None = None) -> list[RunSummary]:
     parent = runs_dir(artifacts)
     if not parent.is_dir():
         return []
-    runs = [summarize(p) for p in parent.iterdir() if (p / "config.json").is_file()]
+    runs = [summarize(p) for p in parent.iterdir() if (p / Run.CONFIG).is_file()]
     return sorted(runs, key=lambda r: r.run_id, reverse=True)
+
+
+BACKGROUND_NICENESS = 10
 
 
 def launch_background(run_dir: Path, *, resume: bool = False) -> int:
@@ -134,7 +284,11 @@ def launch_background(run_dir: Path, *, resume: bool = False) -> int:
     goes to ``log.txt`` in the run folder. Returns the child's pid.
     """
     args = [sys.executable, "-m", "landmark_core", "train", "--resume" if resume else "--run-dir", str(run_dir)]
-    log = open(run_dir / "log.txt", "ab")
+    # A lower CPU priority keeps the dashboard that launched the run responsive; with nothing
+    # else competing for the cores, training runs at full speed all the same.
+    if shutil.which("nice"):
+        args = ["nice", "-n", str(BACKGROUND_NICENESS), *args]
+    log = open(run_dir / Run.LOG, "ab")
     try:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, cwd=os.getcwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -146,7 +300,7 @@ def launch_background(run_dir: Path, *, resume: bool = False) -> int:
 
 def request_cancel(run_dir: Path) -> None:
     """Ask a running training process to stop after the current batch."""
-    (run_dir / "CANCEL").touch()
+    (run_dir / Run.CANCEL).touch()
     pid = read_status(run_dir).get("pid")
     if pid and process_alive(pid):
         try:

@@ -12,7 +12,7 @@ from landmark_core import cli
 from landmark_core.demo import generate_demo_dataset, is_complete_demo
 from landmark_core.download import DATASET_NAME, download_dataset, find_dataset_root
 from landmark_core.errors import LandmarkError
-from landmark_core.runs import artifacts_dir, list_runs
+from landmark_core.runs import artifacts_dir, list_runs, Run
 
 DEMO, REAL, FOLDER = "Built-in demo", "landmark_images (50 classes)", "A folder on this machine"
 
@@ -117,11 +117,11 @@ def load_predictor(run_dir: str, export_mtime: float):
 
 
 def predictor_for(run_dir: Path):
-    return load_predictor(str(run_dir), (run_dir / "model.ts").stat().st_mtime)
+    return load_predictor(str(run_dir), (run_dir / Run.MODEL).stat().st_mtime)
 
 
 def finished_runs() -> list:
-    return [r for r in list_runs() if r.state == "finished" and (r.path / "evaluation.json").exists()]
+    return [r for r in list_runs() if r.state == "finished" and r.run.evaluation is not None]
 
 
 def run_label(summary) -> str:

@@ -2,7 +2,6 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from landmark_core.fileio import read_json
 from landmark_core.insights import (cell_images, confusion_frame, familiarity_curve_frame, per_class_frame, short_label,
                                    tagged_unknowns, top_losses)
 from pages.common import finished_runs, run_label
@@ -14,7 +13,7 @@ if not runs:
     st.stop()
 
 summary = st.selectbox("Run", runs, format_func=run_label)
-evaluation = read_json(summary.path / "evaluation.json")
+evaluation = summary.run.evaluation
 classes = evaluation["classes"]
 
 m = st.columns(4)

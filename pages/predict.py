@@ -3,14 +3,13 @@ import pandas as pd
 import streamlit as st
 
 from landmark_core.errors import ImageError, LandmarkError
-from landmark_core.fileio import read_json
 from landmark_core.images import MAX_UPLOAD_BYTES, check_upload
 from landmark_core.places import display_name
 from landmark_core.tagging import STATUS_MEANINGS, decide_for, read_gps, tagged_bytes, tagged_zip
 from pages.common import finished_runs, predictor_for, run_label, show_error
 
 st.title("📍 Predict & tag")
-runs = [r for r in finished_runs() if (r.path / "model.ts").exists()]
+runs = [r for r in finished_runs() if r.run.exported]
 if not runs:
     st.info("No trained model yet: train one on the **Train** page.")
     st.stop()
@@ -36,7 +35,7 @@ else:
                "(`landmark evaluate RUN`) so that photos of places it never learned are left untagged.")
 
 uploads = st.file_uploader("Drop photos here", accept_multiple_files=True, max_upload_size=MAX_UPLOAD_BYTES // 2**20)
-split = read_json(chosen[0].path / "split.json") or {}
+split = chosen[0].run.split
 examples = split.get("test", [])[:: max(1, len(split.get("test", [])) // 6)][:6]
 picked = st.pills("…or try demo test photos", examples, selection_mode="multi",
                   format_func=lambda p: p.split("/")[-2].split(".", 1)[-1].replace("_", " ") + " · " + p.split("/")[-1]) if examples else []

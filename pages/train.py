@@ -7,7 +7,8 @@ from landmark_core.errors import LandmarkError
 from landmark_core.insights import curves_frame, live_progress
 from landmark_core.models import DEFAULT_TRANSFER_MODEL, list_models, model_info
 from landmark_core.runs import ACTIVE_STATES, launch_background, list_runs, request_cancel, resolve_run
-from landmark_core.train import HEAD_SOLVERS, OPTIMIZERS, SCHEDULERS, TrainConfig, create_run
+from landmark_core.config import HEAD_SOLVERS, OPTIMIZERS, SCHEDULERS, TrainConfig
+from landmark_core.pipeline import create_run
 from pages.common import format_seconds, require_dataset, show_error
 
 st.title("🏋️ Train")

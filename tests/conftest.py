@@ -37,7 +37,7 @@ def artifacts(tmp_path, monkeypatch) -> Path:
 
 
 def tiny_config(data: Path, **overrides):
-    from landmark_core.train import TrainConfig
+    from landmark_core.config import TrainConfig
     values = dict(data=str(data), model="scratch_cnn", image_size=32, batch_size=8, epochs=2, lr=3e-3,
                   model_options=dict(TINY_MODEL), log_every=1, device="cpu")
     values.update(overrides)
@@ -47,7 +47,7 @@ def tiny_config(data: Path, **overrides):
 @pytest.fixture(scope="session")
 def trained_run(tiny_dataset, tmp_path_factory) -> Path:
     """A finished, evaluated and exported tiny run (shared read-only by many tests)."""
-    from landmark_core.train import train_new
+    from landmark_core.pipeline import train_new
     artifacts = tmp_path_factory.mktemp("artifacts")
     return train_new(tiny_config(tiny_dataset), artifacts)
 
@@ -76,7 +76,7 @@ def noise_image(size=(64, 48), seed=0) -> Image.Image:
 @pytest.fixture(scope="session")
 def ui_artifacts(tmp_path_factory) -> Path:
     """An artifacts folder as the app sees it: demo data (5 classes) and one finished run."""
-    from landmark_core.train import train_new
+    from landmark_core.pipeline import train_new
     artifacts = tmp_path_factory.mktemp("ui") / "artifacts"
     generate_demo_dataset(artifacts / "data" / "demo", classes=DEMO_CLASSES[:5], train_per_class=8, test_per_class=3, workers=1)
     train_new(tiny_config(artifacts / "data" / "demo", epochs=1), artifacts)

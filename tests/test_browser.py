@@ -142,7 +142,7 @@ def test_ten_sessions_predict_while_two_runs_train(tmp_path):
     from landmark_core.demo import DEMO_CLASSES, generate_demo_dataset
     from landmark_core.fileio import read_json
     from landmark_core.runs import launch_background, read_status
-    from landmark_core.train import create_run, train_new
+    from landmark_core.pipeline import create_run, train_new
 
     from conftest import tiny_config
 
@@ -163,7 +163,8 @@ def test_ten_sessions_predict_while_two_runs_train(tmp_path):
         with streamlit_server(artifacts, tmp_path / "streamlit.log") as url, chromium_browser() as browser:
             pages = [browser.new_context().new_page() for _ in range(sessions)]
             for page in pages:
-                page.goto(f"{url}/predict")
+                page.set_default_timeout(120_000)  # ten sessions and two trainers share two cores
+                page.goto(f"{url}/predict", wait_until="commit")
             for page in pages:
                 expect(page.locator("input[type='file']")).to_be_attached()
             photos = [expected[i % len(expected)] for i in range(sessions)]

@@ -82,7 +82,8 @@ def test_data_demo_and_stats(tmp_path):
 def test_evaluate_reexports_when_the_calibration_changed(trained_run, tmp_path, monkeypatch, capsys):
     """The tag threshold evaluate writes assumes its calibrated probabilities: the exported model must give them."""
     import shutil
-    from landmark_core.export import EXPORT_META
+    from landmark_core.runs import Run
+    EXPORT_META = Run.EXPORT_META
     from landmark_core.fileio import read_json, write_json_atomic
     from landmark_core.predict import Predictor
     monkeypatch.setenv("LANDMARK_ARTIFACTS", str(tmp_path))
@@ -97,3 +98,28 @@ def test_evaluate_reexports_when_the_calibration_changed(trained_run, tmp_path, 
     assert Predictor(copy).module.temperature == pytest.approx(evaluation["calibration"]["temperature"])
     assert main(["evaluate", str(copy)]) == 0  # unchanged calibration: the export stays as it is
     assert "re-exported" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="POSIX process priorities")
+def test_background_training_yields_the_cpu_to_the_dashboard(tiny_dataset, artifacts):
+    """A run launched from the dashboard trains at a lower priority, so the pages stay responsive."""
+    import time
+
+    from conftest import tiny_config
+    from landmark_core.runs import BACKGROUND_NICENESS, launch_background, request_cancel
+    from landmark_core.pipeline import create_run
+
+    run_dir = create_run(tiny_config(tiny_dataset, epochs=200), artifacts)
+    pid = launch_background(run_dir)
+    lowered = min(19, os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICENESS)
+    try:
+        deadline, niceness = time.monotonic() + 30, None
+        while time.monotonic() < deadline:  # `nice` lowers its own priority, then becomes the trainer
+            niceness = os.getpriority(os.PRIO_PROCESS, pid)
+            if niceness >= lowered:
+                break
+            time.sleep(0.05)
+        assert niceness >= lowered
+    finally:
+        request_cancel(run_dir)
+        os.waitpid(pid, 0)

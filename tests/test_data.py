@@ -161,12 +161,13 @@ def test_unknown_augmentation_is_a_clear_error(tiny_dataset):
 def test_explore_preview_shows_each_recipe(tiny_dataset, augmentation):
     from landmark_core.explore import augmentation_preview
     from landmark_core.images import load_square
+    from landmark_core.transforms import resize_side_for
     path = data_lib.scan_dataset(tiny_dataset).train[0].path
     views = augmentation_preview(path, strength=1.0, count=4, image_size=32, augmentation=augmentation)
     assert len(views) == 4 and all(v.shape == (32, 32, 3) and v.dtype == np.uint8 for v in views)
     assert any(not np.array_equal(views[0], v) for v in views[1:])  # random per view
     if augmentation == "crop_flip":
-        square = load_square(path, data_lib.cache_side_for(32))
+        square = load_square(path, resize_side_for(32))
         windows = [square[t:t + 32, l:l + 32] for t in range(6) for l in range(6)]
         assert all(any(np.array_equal(v, w) or np.array_equal(v[:, ::-1], w) for w in windows) for v in views)
 

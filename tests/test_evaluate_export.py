@@ -104,7 +104,7 @@ def test_each_pretrained_backbone_trains_evaluates_exports_and_predicts(tiny_dat
     The exported model applies the same preprocessing (uint8 resize with the model's filter), flip averaging and
     temperature as evaluation, so its probabilities are evaluation's.
     """
-    from landmark_core.train import train_new
+    from landmark_core.pipeline import train_new
     from conftest import tiny_config
     run_dir = train_new(tiny_config(tiny_dataset, model=model, image_size=32, model_options={}, tta_flip=True,
                                     epochs=None, freeze_epochs=2, feature_views=2, device="cpu"), tmp_path)

@@ -31,7 +31,7 @@ from landmark_core.images import load_rgb
 from landmark_core.predict import Predictor
 from landmark_core.runs import read_status
 from landmark_core.tagging import STATUSES, tag_files
-from landmark_core.train import TrainConfig, create_run, train, train_new
+from landmark_core.pipeline import create_run, train, train_new
 
 
 def landmark(*args, cwd=None, artifacts=None):

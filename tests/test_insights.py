@@ -8,7 +8,7 @@ from landmark_core.evaluate import choose_threshold
 from landmark_core.fileio import read_json, write_json_atomic
 from landmark_core.insights import (cell_images, comparison, confusion_frame, curves_frame, live_progress, short_label,
                                     top_losses)
-from landmark_core.train import _autocast_dtype
+from landmark_core.engine import autocast_dtype
 
 
 def test_short_labels_stay_readable():
@@ -67,6 +67,6 @@ def test_threshold_ignores_accuracy_measured_on_few_images():
 
 
 def test_mixed_precision_only_where_it_pays():
-    assert _autocast_dtype("auto", torch.device("cpu")) is None
-    assert _autocast_dtype("off", torch.device("cpu")) is None
-    assert _autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("off", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16

@@ -127,7 +127,8 @@ def test_unknown_demo_archetypes_are_mostly_refused(tmp_path):
     """A pretrained backbone's default recipe on four demo landmarks: lighthouses, pyramids, windmills and scenes
     without a landmark (the demo's unknown/ folder) are left untagged at the default operating point."""
     from landmark_core.demo import DEMO_CLASSES, generate_demo_dataset
-    from landmark_core.train import TrainConfig, train_new
+    from landmark_core.config import TrainConfig
+    from landmark_core.pipeline import train_new
     data = generate_demo_dataset(tmp_path / "demo", classes=DEMO_CLASSES[:4], train_per_class=16, test_per_class=6,
                                  unknown_per_archetype=10, workers=1)
     run = train_new(TrainConfig(data=str(data), model="efficientnet_lite0", device="cpu", feature_views=2),

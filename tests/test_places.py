@@ -60,7 +60,7 @@ def test_edited_table_round_trips_through_places_csv(tmp_path):
 def test_user_classes_get_coordinates_and_unplaced_ones_are_tagged_by_name(tiny_dataset, tmp_path):
     """Folders named as users name them: two match built-in places, one gets its place from places.csv."""
     from conftest import tiny_config
-    from landmark_core.train import train_new
+    from landmark_core.pipeline import train_new
     data = tmp_path / "data"
     renames = {"07.Stonehenge": "stonehenge", "09.Golden_Gate_Bridge": "Golden Gate Bridge", "16.Eiffel_Tower": "my_garden"}
     for split in ("train", "test"):

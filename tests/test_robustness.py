@@ -20,7 +20,7 @@ from landmark_core.errors import ImageError, RunError
 from landmark_core.fileio import atomic_path, read_jsonl, write_json_atomic
 from landmark_core.images import load_rgb
 from landmark_core.runs import new_run_dir, read_status
-from landmark_core.train import create_run, train, train_new
+from landmark_core.pipeline import create_run, train, train_new
 
 from conftest import noise_image, tiny_config
 

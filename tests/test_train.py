@@ -6,7 +6,9 @@ import torch
 from landmark_core.errors import LandmarkError, TrainingCancelled
 from landmark_core.fileio import read_json, read_jsonl
 from landmark_core.runs import list_runs, read_status
-from landmark_core.train import Callback, TrainConfig, create_run, train, train_new
+from landmark_core.config import TrainConfig
+from landmark_core.engine import Callback
+from landmark_core.pipeline import create_run, train, train_new
 
 from conftest import tiny_config
 
@@ -35,7 +37,7 @@ def test_finished_run_folder_holds_everything(trained_run):
 
 
 def test_run_can_be_rebuilt_from_its_folder_alone(trained_run):
-    from landmark_core.evaluate import load_run_model
+    from landmark_core.checkpoints import load_run_model
     model, meta = load_run_model(trained_run)
     assert meta["config"].model == "scratch_cnn" and len(meta["classes"]) == 3 and len(meta["mean"]) == 3
 
@@ -98,7 +100,7 @@ def test_cached_features_train_the_head_exactly_like_recomputed_ones(tiny_datase
 def test_feature_views_are_used_in_blocks_and_computed_only_when_needed(tiny_dataset):
     from landmark_core import data as data_lib
     from landmark_core.models import build_model
-    from landmark_core.train import FeatureBatches
+    from landmark_core.engine import FeatureBatches
     split = data_lib.decode_split(data_lib.scan_dataset(tiny_dataset).train, 37)
     loader = data_lib.BatchLoader(split, batch_size=8, image_size=32, mean=[0.5] * 3, std=[0.25] * 3, shuffle=True,
                                   augment=0.5)
@@ -173,8 +175,9 @@ def test_probe_epochs_refit_the_head_on_more_views_then_fine_tune(tiny_dataset, 
 def test_probe_head_is_the_optimum_on_the_cached_views(tiny_dataset, artifacts):
     """After a probe-only run, the head is exactly the L-BFGS fit on the views' features."""
     from landmark_core import data as data_lib
-    from landmark_core.evaluate import load_run_model
-    from landmark_core.train import FeatureBatches, prepare_data
+    from landmark_core.checkpoints import load_run_model
+    from landmark_core.engine import FeatureBatches
+    from landmark_core.prepare import prepare_data
     from landmark_core.probe import fit_linear_head
     run_dir = train_new(_probe_config(tiny_dataset, epochs=2, freeze_epochs=2, feature_views=2), artifacts,
                         evaluate_and_export=False)
@@ -226,3 +229,59 @@ def test_transfer_choices_that_do_not_fit_together():
     assert TrainConfig(data="x", model="efficientnet_lite0", cache_features=False).resolved().head_solver == "sgd"
     with pytest.raises(LandmarkError, match="cached features"):
         TrainConfig(data="x", model="efficientnet_lite0", cache_features=False, head_solver="lbfgs").resolved()
+
+
+class Recorder(Callback):
+    """Runs after every built-in callback and notes what it saw."""
+    order = 100
+
+    def __init__(self):
+        self.epochs, self.errors = [], []
+
+    def on_epoch_end(self, engine):
+        self.epochs.append(engine.epoch)
+
+    def on_exception(self, engine, error):
+        self.errors.append(type(error).__name__)
+
+
+def test_early_stopping_resumes_exactly_and_every_callback_sees_the_last_epoch(tiny_dataset, artifacts):
+    """Early stopping's counters travel in the checkpoint: cancelled one epoch before it would stop, a resumed
+    run stops at the same epoch with the same weights; the epoch it stops in still reaches every callback."""
+    config = tiny_config(tiny_dataset, epochs=12, early_stopping_patience=2, lr=3e-2)
+    recorder = Recorder()
+    reference = train_new(config, artifacts, callbacks=[recorder], evaluate_and_export=False)
+    stopped_at = len([r for r in read_jsonl(reference / "metrics.jsonl") if r["kind"] == "epoch"])
+    assert 3 <= stopped_at < 12, "the tiny run should stop early (patience 2)"
+    assert recorder.epochs == list(range(1, stopped_at + 1)) and recorder.errors == []
+
+    run_dir = create_run(config, artifacts)
+    cancelled = Recorder()
+    with pytest.raises(TrainingCancelled):
+        train(run_dir, callbacks=[CancelAt(stopped_at - 1), cancelled], evaluate_and_export=False)
+    assert cancelled.errors == ["TrainingCancelled"]  # callbacks hear of cancellation through on_exception
+    train(run_dir, resume=True, evaluate_and_export=False)
+    resumed_epochs = [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert resumed_epochs == list(range(1, stopped_at + 1))
+    expected, resumed = _final_weights(reference), _final_weights(run_dir)
+    assert all(torch.allclose(expected[k].float(), resumed[k].float(), atol=1e-5) for k in expected)
+
+
+def test_callbacks_run_in_order():
+    from landmark_core.callbacks import Checkpointer, EarlyStopping, MetricsLogger, StatusUpdater
+    from landmark_core.engine import Engine, ordered
+    seen = []
+
+    class Named(Callback):
+        def __init__(self, name, order):
+            self.name, self.order = name, order
+
+        def on_fit_start(self, engine):
+            seen.append(self.name)
+
+    engine = Engine.__new__(Engine)  # only the ordering is under test
+    engine.callbacks = ordered([Named("late", 50), Named("first", -1), Named("also-late", 50)])
+    Engine.fire(engine, "on_fit_start")
+    assert seen == ["first", "late", "also-late"]
+    assert EarlyStopping.order < Checkpointer.order  # the checkpoint saves early stopping's updated counters
+    assert MetricsLogger.order < StatusUpdater.order

@@ -1,0 +1,109 @@
+"""The training side effects, each a callback on the engine's events (see :mod:`.engine` for the contract)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+from .checkpoints import save_checkpoint
+from .config import TrainConfig
+from .engine import Callback
+from .errors import TrainingCancelled
+from .fileio import append_jsonl
+from .runs import Run, write_status
+
+
+class MetricsLogger(Callback):
+    """Appends epoch records, and a batch record every ``every`` batches, to ``metrics.jsonl``."""
+    order = 0
+
+    def __init__(self, path: Path, every: int):
+        self.path, self.every = path, max(1, every)
+
+    def on_batch_end(self, engine):
+        if engine.batch % self.every == 0 or engine.batch == engine.last["batches"]:
+            append_jsonl(self.path, engine.last)
+
+    def on_epoch_end(self, engine):
+        append_jsonl(self.path, engine.last)
+
+
+class Checkpointer(Callback):
+    """Writes ``checkpoint_last.pt`` every epoch and ``checkpoint_best.pt`` on a new best validation accuracy."""
+
+    order = 20  # after the callbacks whose state it saves (early stopping)
+
+    def __init__(self, run_dir: Path, config: TrainConfig, meta: dict):
+        self.run_dir, self.config, self.meta = run_dir, config, meta
+
+    def on_epoch_end(self, engine):
+        val_acc = engine.last["val_acc"] if engine.last["val_acc"] is not None else -engine.last["train_loss"]
+        val_loss = engine.last["val_loss"] if engine.last["val_loss"] is not None else engine.last["train_loss"]
+        # ties in accuracy are common on small validation splits: the lower loss breaks them
+        is_best = val_acc > engine.best_val_acc or (val_acc == engine.best_val_acc and val_loss < engine.best_val_loss)
+        if is_best:
+            engine.best_val_acc, engine.best_val_loss = val_acc, val_loss
+        state = {**engine.state_dict(), "config": self.config.to_dict(), **self.meta}
+        if is_best:
+            save_checkpoint(Run(self.run_dir).checkpoint("best"), state)
+        save_checkpoint(Run(self.run_dir).checkpoint("last"), state)
+
+
+class EarlyStopping(Callback):
+    """Ends training after ``patience`` epochs without a better validation accuracy (training loss without
+    a validation split). Its counters are saved in checkpoints: a resumed run stops where the uninterrupted
+    one would have."""
+    order = 10
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.bad_epochs = patience, -math.inf, 0
+
+    def on_epoch_end(self, engine):
+        last = engine.last
+        score = last["val_acc"] if last["val_acc"] is not None else -last["train_loss"]
+        if score > self.best:
+            self.best, self.bad_epochs = score, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.patience:
+                engine.should_stop = True
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
+
+
+class StatusUpdater(Callback):
+    order = 30
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def on_epoch_end(self, engine):
+        write_status(self.run_dir, epoch=engine.epoch, epochs=engine.config.epochs)
+
+
+class CancelOnRequest(Callback):
+    """Raises :class:`TrainingCancelled` when a ``CANCEL`` file appears in the run folder."""
+
+    def __init__(self, run_dir: Path):
+        self.flag = run_dir / Run.CANCEL
+
+    def on_batch_end(self, engine):
+        if self.flag.exists():
+            raise TrainingCancelled("cancelled by request")
+
+
+class ConsoleProgress(Callback):
+    order = 40
+
+    def __init__(self, print_fn: Callable[[str], None] = print):
+        self.print = print_fn
+
+    def on_epoch_end(self, engine):
+        r = engine.last
+        val = f"val loss {r['val_loss']:.3f} acc {r['val_acc']:.3f}" if r["val_acc"] is not None else "no validation"
+        self.print(f"epoch {r['epoch']}/{r['epochs']}  train loss {r['train_loss']:.3f} acc {r['train_acc']:.3f}  "
+                   f"{val}  {r['epoch_seconds']:.1f}s")

@@ -1,0 +1,388 @@
+"""The training loop: an engine that fires named events, and the callback contract.
+
+Side effects (metrics, checkpoints, status, early stopping, cancellation, console output) are callbacks
+(:mod:`.callbacks`). The contract, as in Lightning: callbacks run in ``order``; each event reaches every
+callback; a callback ends training by setting ``engine.should_stop`` (the epoch finishes and every callback
+sees it); cancellation and failures are exceptions that callbacks hear of through ``on_exception``; a
+callback with state returns it from ``state_dict`` and it is saved in ``checkpoint_last.pt``, so a resumed
+run continues exactly as the uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import data as data_lib
+from .calibration import top_k_hits
+from .config import TrainConfig
+from .errors import RunError
+from .models import LandmarkNet, folded_for_inference, inference_batch_size
+from .prepare import PreparedData
+from .probe import class_weights, fit_linear_head
+
+
+class Callback:
+    """Override any of the named events; each receives the engine (``on_exception`` also the exception).
+
+    ``order``: lower runs first. ``state_key``: where :meth:`state_dict` is kept in checkpoints.
+    """
+    order: int = 0
+
+    @property
+    def state_key(self) -> str:
+        return type(self).__name__
+
+    def on_fit_start(self, engine: "Engine") -> None: ...
+    def on_epoch_start(self, engine: "Engine") -> None: ...
+    def on_batch_end(self, engine: "Engine") -> None: ...
+    def on_epoch_end(self, engine: "Engine") -> None: ...
+    def on_fit_end(self, engine: "Engine") -> None: ...
+    def on_exception(self, engine: "Engine", error: BaseException) -> None: ...
+
+    def state_dict(self) -> dict:
+        """State to save with checkpoints; empty for a stateless callback."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def ordered(callbacks: Sequence[Callback]) -> list[Callback]:
+    """Callbacks by ``order``; equal orders keep the caller's order (Lightning's rule)."""
+    return sorted(callbacks, key=lambda callback: callback.order)
+
+
+def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """bfloat16 where it is fast and needs no loss scaling (CUDA with bf16 support); None for full precision."""
+    if setting == "off":
+        return None
+    if setting == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+class FeatureBatches:
+    """Batches of cached backbone features for frozen-backbone epochs.
+
+    With the backbone frozen (and its BatchNorm in eval mode), ``head(backbone(x))``
+    equals ``head(cached_features)``; so features of ``views`` copies of the
+    training set are computed once and epochs only run the head. The ``epochs``
+    frozen epochs use the views in consecutive blocks (8 epochs, 4 views:
+    0,0,1,1,2,2,3,3), each computed when its first epoch starts, so the first
+    epochs (and an early stop) pay for as few views as possible.
+
+    ``exact_views``: view 0 is the centre crop and view 1 its mirror image (the
+    views a flip-averaged prediction sees), later views are augmented; otherwise
+    every view is augmented. ``tta_flip``: batches yield the mean of the features
+    of views 0 and 1, which through a linear head is the flip-averaged prediction.
+    """
+
+    def __init__(self, model: LandmarkNet, loader: data_lib.BatchLoader, views: int, augment: bool, epochs: int,
+                 backbone: Callable[[torch.Tensor], torch.Tensor] | None = None, *, exact_views: bool = False,
+                 tta_flip: bool = False):
+        self.model, self.loader, self.epoch = model, loader, 0
+        self.exact_views, self.tta_flip = exact_views, tta_flip
+        if exact_views:  # the probe refits on all views so far: the last frozen epoch uses them all
+            self.views = max(1, views if augment else min(views, 2))
+        else:
+            self.views = max(1, min(views if augment else 1, epochs))
+        if tta_flip:
+            self.views = max(self.views, 2)
+        self.epochs = max(1, epochs)
+        self.augment = augment
+        self.features: dict[int, torch.Tensor] = {}  # view -> (N, D), computed when an epoch first needs it
+        self.backbone = backbone  # the frozen backbone; by default folded for inference when first needed
+        self.labels = torch.from_numpy(np.asarray(loader.split.labels))
+
+    @torch.no_grad()
+    def _view(self, view: int) -> torch.Tensor:
+        if view not in self.features:
+            self.model.backbone.eval()
+            if self.backbone is None:
+                self.backbone = folded_for_inference(self.model.backbone)
+            exact = self.exact_views and view < 2
+            generator = torch.Generator().manual_seed(self.loader.seed * 7919 + view) if self.augment and not exact else None
+            chunk = inference_batch_size(self.loader.device)
+            chunks = []
+            for start in range(0, len(self.loader.split), chunk):
+                pixels = torch.from_numpy(np.array(self.loader.split.images[start:start + chunk]))
+                inputs = self.loader.prepare(pixels, generator)
+                chunks.append(self.backbone(inputs.flip(-1) if exact and view == 1 else inputs).float())
+            self.features[view] = torch.cat(chunks) if chunks else torch.zeros(0, self.model.feature_dim)
+        return self.features[view]
+
+    def precompute(self) -> "FeatureBatches":
+        for view in range(self.views):
+            self._view(view)
+        return self
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def views_so_far(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of the first views, more each epoch, all of them by the last frozen epoch, with their labels."""
+        count = min(self.views, math.ceil((self.epoch + 1) * self.views / self.epochs))
+        return torch.cat([self._view(v) for v in range(count)]), self.labels.repeat(count)
+
+    def evaluation_features(self) -> torch.Tensor:
+        if self.tta_flip:
+            return (self._view(0) + self._view(1)) / 2
+        return self._view(0)
+
+    def __iter__(self):
+        if self.tta_flip:
+            features = self.evaluation_features()
+        else:
+            features = self._view(min(self.views - 1, self.epoch * self.views // self.epochs))
+        generator = torch.Generator().manual_seed(self.loader.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(features), generator=generator) if self.loader.shuffle else torch.arange(len(features))
+        for start in range(0, len(order), self.loader.batch_size):
+            index = order[start:start + self.loader.batch_size]
+            yield features[index], self.labels[index].to(features.device)
+
+
+class Engine:
+    """The training loop. State a callback may read: ``epoch``, ``batch``, ``last``, ``model``, ``config``."""
+
+    def __init__(self, config: TrainConfig, model: LandmarkNet, data: PreparedData, device: torch.device,
+                 callbacks: Sequence[Callback] = ()):
+        self.config, self.data, self.device = config, data, device
+        self.model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
+        self.callbacks = ordered(callbacks)
+        self.should_stop = False  # set by a callback (early stopping) to end training after this epoch
+        loader_args = dict(batch_size=config.batch_size, image_size=config.image_size, mean=data.mean, std=data.std,
+                           device=device, seed=config.seed, channels_last=config.channels_last)
+        self.train_loader = data_lib.BatchLoader(data.train, shuffle=True, augment=config.augment,
+                                                 augmentation=config.augmentation, **loader_args)
+        self.val_loader = data_lib.BatchLoader(data.val, **loader_args)
+        self.class_weight = (class_weights(torch.from_numpy(np.asarray(data.train.labels)), len(data.classes)).to(device)
+                             if config.class_balanced else None)
+        self.criterion = nn.CrossEntropyLoss(weight=self.class_weight, label_smoothing=config.label_smoothing)
+        self.probing = config.head_solver == "lbfgs" and config.cache_features  # frozen epochs fit the head by L-BFGS
+        self.optimizer = self._make_optimizer()
+        self.steps_per_epoch = len(self.train_loader)
+        self.scheduler = self._make_scheduler()
+        self.epoch = 0  # epochs completed
+        self.batch = 0
+        self.last: dict = {}
+        self.best_val_acc = -math.inf
+        self.best_val_loss = math.inf
+        self._feature_batches: dict[str, FeatureBatches] = {}
+        self.started = time.time()
+        self.autocast = autocast_dtype(config.mixed_precision, device)
+        model.freeze_batchnorm = bool(config.freeze_batchnorm)
+        if config.freeze_epochs > 0:
+            model.set_backbone_trainable(False)
+
+    # -- construction
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        groups = [{"params": list(self.model.head.parameters()), "lr": c.lr},
+                  {"params": list(self.model.backbone.parameters()), "lr": c.lr * c.backbone_lr_scale}]
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                                   nesterov=c.momentum > 0)  # torch refuses Nesterov without momentum
+        if c.optimizer == "adam":
+            return torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay)
+
+    def _make_scheduler(self):
+        c = self.config
+        optimizer_epochs = c.epochs - c.freeze_epochs if self.probing else c.epochs  # probe epochs take no steps
+        total = max(1, optimizer_epochs * self.steps_per_epoch)
+        if c.scheduler == "onecycle":
+            if total < 3:  # no room for a warm-up and an annealing phase: keep the learning rate constant
+                return None
+            # the warm-up phase must end after step 0, or OneCycleLR divides by zero (a few steps in all)
+            return torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=[g["lr"] for g in self.optimizer.param_groups],
+                                                       total_steps=total, pct_start=max(0.25, 2 / total))
+        if c.scheduler == "cosine":
+            warmup = max(1, int(c.warmup_epochs * self.steps_per_epoch))
+
+            def factor(step):
+                if step < warmup:
+                    return (step + 1) / warmup
+                return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        if c.scheduler == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=0.3, patience=2)
+        return None
+
+    # -- events
+    def fire(self, event: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self, *args)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self.epoch < self.config.freeze_epochs
+
+    def _loaders(self):
+        """Pixel loaders, or cached-feature loaders while the backbone is frozen."""
+        if not (self.backbone_frozen and self.config.cache_features):
+            return self.model, self.train_loader, self.val_loader
+        if not self._feature_batches:
+            backbone = folded_for_inference(self.model.backbone.eval())
+            c = self.config
+            self._feature_batches = {
+                "train": FeatureBatches(self.model, self.train_loader, c.feature_views, c.augment > 0, c.freeze_epochs,
+                                        backbone, exact_views=self.probing),
+                "val": FeatureBatches(self.model, self.val_loader, 1, False, c.freeze_epochs, backbone,
+                                      exact_views=True, tta_flip=c.tta_flip)}
+        return self.model.head, self._feature_batches["train"], self._feature_batches["val"]
+
+    # -- loop
+    def fit(self) -> None:
+        """Train until the last epoch or until a callback sets ``should_stop``; every callback sees every event.
+
+        Cancellation is an exception (:class:`TrainingCancelled`): callbacks hear of it, and of any other
+        failure, through ``on_exception`` before it propagates.
+        """
+        try:
+            self.fire("on_fit_start")
+            while self.epoch < self.config.epochs and not self.should_stop:
+                self._run_epoch()
+            self.fire("on_fit_end")
+        except BaseException as error:
+            self.fire("on_exception", error)
+            raise
+
+    def _run_epoch(self) -> None:
+        c = self.config
+        if self.epoch == c.freeze_epochs and c.freeze_epochs > 0:
+            self.model.set_backbone_trainable(True)
+            self._feature_batches = {}
+        torch.manual_seed(c.seed * 1_000_003 + self.epoch)  # dropout: same on a resumed run
+        network, train_batches, val_batches = self._loaders()
+        train_batches.set_epoch(self.epoch)
+        self.fire("on_epoch_start")
+        epoch_start = time.time()
+        self.model.train()
+        if self.probing and self.backbone_frozen:
+            train_loss, train_acc = self._fit_head(train_batches, val_batches)
+        else:
+            train_loss, train_acc = self._train_steps(network, train_batches)
+        val = evaluate_batches(network, val_batches, tta_flip=c.tta_flip)
+        for loss in (train_loss, val["loss"]):
+            if loss is not None and not math.isfinite(loss):
+                self._diverged(loss)
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(val["acc"])
+        self.epoch += 1
+        self.last = {"kind": "epoch", "epoch": self.epoch, "epochs": c.epochs, "train_loss": train_loss,
+                     "train_acc": train_acc, "val_loss": val["loss"], "val_acc": val["acc"],
+                     "val_top5": val["top5"], "lr": self.optimizer.param_groups[0]["lr"],
+                     "backbone_frozen": network is not self.model or self.epoch <= c.freeze_epochs,
+                     "epoch_seconds": time.time() - epoch_start, "elapsed": time.time() - self.started}
+        self.fire("on_epoch_end")
+
+    def _fit_head(self, train_batches: FeatureBatches, val_batches: FeatureBatches) -> tuple[float, float]:
+        """A probe epoch: fit the head by L-BFGS on every feature view so far (one 'batch')."""
+        features, labels = train_batches.views_so_far()
+        features, labels = features.cpu(), labels.cpu()  # L-BFGS on the CPU: a full batch of a few MB
+        validating = len(val_batches.labels) > 0
+        head = fit_linear_head(features, labels, len(self.data.classes),
+                               val_features=val_batches.evaluation_features().cpu() if validating else None,
+                               val_labels=val_batches.labels if validating else None,
+                               class_weight=None if self.class_weight is None else self.class_weight.cpu())
+        linear = self.model.head[-1]
+        with torch.no_grad():
+            linear.weight.copy_(head.weight.to(linear.weight.device))
+            linear.bias.copy_(head.bias.to(linear.bias.device))
+            logits = head.logits(features)
+            loss = float(F.cross_entropy(logits, labels))
+            accuracy = float((logits.argmax(1) == labels).float().mean())
+        self.batch = 1
+        self.last = {"kind": "batch", "epoch": self.epoch + 1, "batch": 1, "batches": 1, "loss": loss,
+                     "weight_decay": head.weight_decay, "views": len(labels) // max(1, len(train_batches.labels)),
+                     "lr": self.optimizer.param_groups[0]["lr"], "elapsed": time.time() - self.started}
+        self.fire("on_batch_end")
+        return loss, accuracy
+
+    def _diverged(self, loss: float) -> None:
+        raise RunError(f"training diverged: the loss became {loss} in epoch {self.epoch + 1} "
+                       f"(lr {self.config.lr:g}; try a smaller --lr). Nothing was exported.")
+
+    def _train_steps(self, network: nn.Module, train_batches) -> tuple[float, float]:
+        device = self.device
+        total_loss, correct, seen = 0.0, 0, 0
+        for self.batch, (inputs, labels) in enumerate(train_batches, start=1):
+            with torch.autocast(device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext():
+                logits = network(inputs)
+                loss = self.criterion(logits.float(), labels)
+            if not torch.isfinite(loss):  # one more step would write non-finite weights into the checkpoints
+                self._diverged(loss.item())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step()
+            total_loss += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += len(labels)
+            self.last = {"kind": "batch", "epoch": self.epoch + 1, "batch": self.batch, "batches": len(train_batches),
+                         "loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"], "elapsed": time.time() - self.started}
+            self.fire("on_batch_end")
+        return total_loss / max(1, seen), correct / max(1, seen)
+
+    # -- state
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue exactly as the uninterrupted one, callbacks included."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None, "epoch": self.epoch,
+                "best_val_acc": self.best_val_acc, "best_val_loss": self.best_val_loss,
+                "should_stop": self.should_stop,
+                "callbacks": {callback.state_key: state for callback in self.callbacks
+                              if (state := callback.state_dict())}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.best_val_acc = int(state["epoch"]), float(state["best_val_acc"])
+        self.best_val_loss = float(state.get("best_val_loss", math.inf))
+        self.should_stop = bool(state.get("should_stop", False))
+        saved = state.get("callbacks") or {}
+        for callback in self.callbacks:
+            if callback.state_key in saved:
+                callback.load_state_dict(saved[callback.state_key])
+        self.model.set_backbone_trainable(self.epoch >= self.config.freeze_epochs)
+
+
+def predict_logits(network: nn.Module, inputs: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
+    """Logits of a batch; with ``tta_flip`` the mean of the images' and their mirror images' logits.
+
+    Feature batches (2-D inputs) already hold flip-averaged features when asked
+    (:class:`FeatureBatches`), and a linear head maps the mean to the mean.
+    """
+    logits = network(inputs).float()
+    if tta_flip and inputs.dim() == 4:
+        logits = (logits + network(inputs.flip(-1)).float()) / 2
+    return logits
+
+
+@torch.no_grad()
+def evaluate_batches(network: nn.Module, batches: Iterable, tta_flip: bool = False) -> dict:
+    network.eval()
+    total_loss, correct, top5, seen = 0.0, 0, 0, 0
+    for inputs, labels in batches:
+        logits = predict_logits(network, inputs, tta_flip)
+        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        top5 += int(top_k_hits(logits.cpu().numpy(), labels.cpu().numpy(), 5).sum())
+        seen += len(labels)
+    if seen == 0:
+        return {"loss": None, "acc": None, "top5": None}
+    return {"loss": total_loss / seen, "acc": correct / seen, "top5": top5 / seen}

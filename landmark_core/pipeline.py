@@ -1,0 +1,188 @@
+"""A run from start to finish: create its folder, train it (one trainer at a time), evaluate and export it.
+
+:func:`create_run` writes the resolved config; :func:`train` holds the run's lock, prepares the data, builds
+the model and the engine with the standard callbacks, and on success evaluates and exports. Cancellation
+(a ``CANCEL`` file, SIGTERM or Ctrl-C) is an exception; the last checkpoint stays, so a run resumes from it.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import threading
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from . import data as data_lib
+from .allocator import keep_freed_memory
+from .callbacks import CancelOnRequest, Checkpointer, EarlyStopping, MetricsLogger, StatusUpdater
+from .checkpoints import load_checkpoint
+from .config import TrainConfig, resolve_device, run_preprocessing
+from .engine import Callback, Engine
+from .errors import DataError, LandmarkError, RunError, TrainingCancelled
+from .evaluate import evaluate_run
+from .export import export_run
+from .fileio import read_json, read_jsonl, write_bytes_atomic, write_json_atomic
+from .models import build_model
+from .prepare import prepare_data
+from .runs import new_run_dir, now_iso, Run, write_status
+
+def _raise_cancel(signum, frame):
+    raise TrainingCancelled(f"stopped by signal {signum}")
+
+
+def _restrict_metrics(path: Path, epoch: int) -> None:
+    """On resume, drop records of the epoch that was interrupted (it is trained again)."""
+    kept = [r for r in read_jsonl(path) if r.get("epoch", 0) <= epoch]
+    write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+def create_run(config: TrainConfig, artifacts: Path | None = None) -> Path:
+    """Make a run folder with its resolved ``config.json`` and a queued status; train it later."""
+    config = config.resolved()
+    if not config.data:
+        raise LandmarkError("no dataset given (--data DIR)")
+    # absolute, so the run can be evaluated and resumed from any directory
+    config = replace(config, data=str(Path(config.data).expanduser().resolve()),
+                     weights_path=str(Path(config.weights_path).expanduser().resolve()) if config.weights_path else None)
+    dataset = data_lib.scan_dataset(config.data, test_fraction=config.test_fraction, seed=config.seed)  # fail early
+    if dataset.num_classes < 2:
+        raise DataError(f"{config.data} has {dataset.num_classes} class ({', '.join(dataset.classes)}); "
+                        "a classifier needs at least 2")
+    run_dir = new_run_dir(config.model, artifacts)
+    write_json_atomic(run_dir / Run.CONFIG, config.to_dict())
+    write_status(run_dir, state="queued", created=now_iso(), epochs=config.epochs, epoch=0)
+    return run_dir
+
+
+def train(run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] = (),
+          progress: Callable[[str, int, int], None] | None = None, evaluate_and_export: bool = True) -> Path:
+    """Train the run in ``run_dir`` (made by :func:`create_run`); return ``run_dir``.
+
+    Status moves queued → running → finished / failed / cancelled. Cancellation
+    (a ``CANCEL`` file, SIGTERM or Ctrl-C) is an exception raised inside the loop;
+    the last checkpoint stays, so ``resume=True`` continues from it.
+    """
+    keep_freed_memory()
+    config = Run(run_dir).config()
+    previous = read_json(run_dir / Run.STATUS, default={}) or {}
+    if previous.get("state") == "finished":
+        raise RunError(f"{run_dir.name} has finished: there is nothing to resume (train a new run; "
+                       f"`landmark export {run_dir.name}` exports it again)")
+    with RunLock(run_dir):
+        return _train_locked(run_dir, config, previous, resume=resume, callbacks=callbacks, progress=progress,
+                             evaluate_and_export=evaluate_and_export)
+
+
+class RunLock:
+    """One trainer per run: an exclusive ``flock`` on ``run_dir/LOCK`` held while this process trains it.
+
+    The kernel releases the lock when the process ends however it ends (SIGKILL included), so a lock is never
+    stale and never confused by a reused pid; the file keeps the holder's pid for the message.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / Run.LOCK
+        self.handle = None
+
+    def __enter__(self) -> "RunLock":
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunError(f"{self.path.parent.name} is being trained by process {holder}; "
+                           f"stop it first (Stop in the app, or: kill {holder})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # the file stays: unlinking a locked path would let a newcomer lock a different inode of the same name
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, *, resume: bool, callbacks, progress,
+                  evaluate_and_export: bool) -> Path:
+    (run_dir / Run.CANCEL).unlink(missing_ok=True)
+    started = time.time()
+    write_status(run_dir, state="running", pid=os.getpid(), started=previous.get("started") or now_iso(), error=None)
+    old_handler = signal.signal(signal.SIGTERM, _raise_cancel) if _in_main_thread() else None
+    try:
+        torch.manual_seed(config.seed)
+        device = resolve_device(config.device)
+        resume_state = _resume_state(run_dir, device) if resume else None  # before decoding: a bad file fails fast
+        prepared = prepare_data(config, progress)
+        write_json_atomic(run_dir / Run.SPLIT, prepared.split)
+        torch.manual_seed(config.seed)  # initialisation must not depend on what ran earlier in this process
+        model = build_model(config.model, len(prepared.classes), pretrained=config.pretrained,
+                            weights_path=config.weights_path, **config.model_options)
+        meta = {"classes": prepared.classes, "mean": prepared.mean, "std": prepared.std}
+        preprocessing = run_preprocessing(config)
+        write_json_atomic(run_dir / Run.PREPROCESSING, {**meta, "image_size": config.image_size,
+                                                           "resize_size": preprocessing.resize_size,
+                                                           "interpolation": preprocessing.interpolation})
+        engine = Engine(config, model, prepared, device, [
+            MetricsLogger(run_dir / Run.METRICS, config.log_every), Checkpointer(run_dir, config, meta),
+            StatusUpdater(run_dir), CancelOnRequest(run_dir),
+            *([EarlyStopping(config.early_stopping_patience)] if config.early_stopping_patience else []),
+            *callbacks])
+        if resume:
+            if resume_state is not None:
+                engine.load_state_dict(resume_state)
+            _restrict_metrics(run_dir / Run.METRICS, engine.epoch)
+        engine.fit()
+        train_seconds = previous.get("train_seconds", 0.0) + time.time() - started
+        write_status(run_dir, train_seconds=train_seconds)
+        if evaluate_and_export:
+            evaluate_run(run_dir, device=device, prepared=prepared)
+            export_run(run_dir)
+        write_status(run_dir, state="finished", finished=now_iso(), train_seconds=train_seconds)
+        return run_dir
+    except TrainingCancelled as stop:
+        write_status(run_dir, state="cancelled", error=str(stop), finished=now_iso(),
+                     train_seconds=previous.get("train_seconds", 0.0) + time.time() - started)
+        raise
+    except KeyboardInterrupt:
+        write_status(run_dir, state="cancelled", error="interrupted (Ctrl-C)", finished=now_iso())
+        raise TrainingCancelled("interrupted (Ctrl-C)") from None
+    except LandmarkError as error:
+        write_status(run_dir, state="failed", error=str(error), finished=now_iso())
+        raise
+    except OSError as error:  # disk full, permissions: fail the run with the reason
+        write_status(run_dir, state="failed", error=f"{error.strerror or error}: {error.filename or ''}".strip(": "),
+                     finished=now_iso())
+        raise RunError(f"run failed: {error}") from None
+    except Exception as error:
+        (run_dir / Run.ERROR).write_text(traceback.format_exc())
+        write_status(run_dir, state="failed", error=f"{type(error).__name__}: {error}", finished=now_iso())
+        raise
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+
+
+def _resume_state(run_dir: Path, device: torch.device) -> dict | None:
+    checkpoint = Run(run_dir).checkpoint("last")
+    return load_checkpoint(checkpoint, device) if checkpoint.exists() else None
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def train_new(config: TrainConfig, artifacts: Path | None = None, **kwargs) -> Path:
+    """Create a run folder for ``config`` and train it in this process."""
+    return train(create_run(config, artifacts), **kwargs)

@@ -1,0 +1,39 @@
+"""The tensor side of preprocessing, shared by training's decoder and the exported model.
+
+One resize-and-centre-crop (:func:`resize_and_centre_crop`), TorchScript-compatible, so the pixels a photo
+becomes are computed by the same code when training decodes it and when the exported model classifies it.
+"""
+import math
+import warnings
+from typing import List
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def resize_side_for(image_size: int, crop_pct: float = 0.875) -> int:
+    """The short side to resize to before a ``crop_pct`` centre crop (the classic Resize(256)/Crop(224) by default)."""
+    return int(math.ceil(image_size / crop_pct - 1e-9))  # 224 / 0.875 is 256 even when rounding says 256.00000001
+
+
+def resize_and_centre_crop(batch: torch.Tensor, resize_size: int, crop_size: int, interpolation: str) -> torch.Tensor:
+    """``(N, C, H, W)`` → ``(N, C, crop_size, crop_size)``: the short side resized to ``resize_size`` with the
+    antialiased ``interpolation`` filter, then the centre crop. uint8 stays uint8 (torch's fast uint8 kernel,
+    which is what training decoded with); a channels-last input gives channels-last memory back."""
+    height, width = batch.shape[-2], batch.shape[-1]
+    scale = float(resize_size) / float(min(height, width))
+    new_h = max(resize_size, int(round(height * scale)))
+    new_w = max(resize_size, int(round(width * scale)))
+    resized = F.interpolate(batch, size=[new_h, new_w], mode=interpolation, align_corners=False, antialias=True)
+    top = (new_h - crop_size) // 2
+    left = (new_w - crop_size) // 2
+    return resized[:, :, top:top + crop_size, left:left + crop_size]
+
+
+def freeze_scripted(module: nn.Module, preserved_attrs: List[str] = ()) -> torch.jit.ScriptModule:
+    """Script and freeze an eval-mode module: weights inlined, each BatchNorm folded into its convolution
+    (+10-40% CPU throughput). ``preserved_attrs`` are the methods and attributes readers of the result need."""
+    with warnings.catch_warnings():  # TorchScript is deprecated upstream but is what the product ships
+        warnings.simplefilter("ignore")
+        return torch.jit.freeze(torch.jit.script(module), preserved_attrs=list(preserved_attrs))

@@ -1,0 +1,116 @@
+"""The library's shape: its modules import in one direction only, never streamlit, and light commands stay light."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import landmark_core
+
+PACKAGE = Path(landmark_core.__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every landmark_core module ``path`` imports, at module level or inside functions (a lazy import still counts)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("landmark_core"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            if not target.startswith("landmark_core"):
+                continue
+            # `from . import data` names a module; `from .config import X` names something in one
+            submodules = {f"{target}.{alias.name}" for alias in node.names} & MODULES
+            found.update(submodules or {target})
+    # importing a.b.c runs the package a.b first
+    for target in list(found):
+        parts = target.split(".")
+        found.update(".".join(parts[:i]) for i in range(2, len(parts)))
+    found.discard(name)
+    found.discard("landmark_core")
+    return {target for target in found if target in MODULES and not name.startswith(target + ".")}
+
+
+MODULES = {module_name(path) for path in PACKAGE.rglob("*.py")}
+GRAPH = {module_name(path): imports_of(path) for path in PACKAGE.rglob("*.py")}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == "open":
+                return stack[stack.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_import_graph_is_acyclic():
+    assert len(GRAPH) > 20 and GRAPH["landmark_core.pipeline"] >= {"landmark_core.engine", "landmark_core.evaluate"}
+    cycle = find_cycle(GRAPH)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_training_layers_import_downward_only():
+    """The engine knows nothing of run folders' lifecycle; evaluation and export never import the pipeline."""
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for target in GRAPH[todo.pop()] - seen:
+                seen.add(target)
+                todo.append(target)
+        return seen
+
+    assert "landmark_core.pipeline" not in reaches("landmark_core.evaluate") | reaches("landmark_core.export")
+    assert not {"landmark_core.pipeline", "landmark_core.evaluate", "landmark_core.export"} & reaches("landmark_core.engine")
+    assert "landmark_core.cli" not in set().union(*(reaches(m) for m in MODULES if m != "landmark_core.__main__"))
+
+
+def test_the_library_never_imports_streamlit():
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        names += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        assert not any(name.split(".")[0] == "streamlit" for name in names), path
+    modules = " ".join(sorted(m for m in MODULES if not m.endswith("__main__")))
+    code = f"import importlib, sys\nfor m in '{modules}'.split(): importlib.import_module(m)\nprint('streamlit' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_light_commands_do_not_import_torch(tmp_path):
+    """`landmark runs` and `--help` answer without loading torch (seconds and ~900 MB saved)."""
+    code = ("import contextlib, io, sys\nfrom landmark_core.cli import main\n"
+            "for argv in (['runs'], ['runs', '--json'], ['--help'], ['train', '--help'], ['tag', '--help']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        try:\n            main(argv)\n        except SystemExit:\n            pass\n"
+            "print(sorted(m for m in ('torch', 'timm', 'torchvision', 'pandas') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={"LANDMARK_ARTIFACTS": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
