@@ -191,7 +191,7 @@ def cmd_evaluate(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_run
     from .runs import resolve_run
-    print(export_run(resolve_run(args.run), checkpoint=args.checkpoint))
+    print(export_run(resolve_run(args.run), checkpoint=args.checkpoint, format=args.format))
     return 0
 
 
@@ -361,9 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    export = sub.add_parser("export", help="export a run as TorchScript with preprocessing inside")
+    export = sub.add_parser("export", help="export a run (TorchScript or ONNX) with its preprocessing inside")
     export.add_argument("run")
     export.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    export.add_argument("--format", default="torchscript", choices=("torchscript", "onnx"),
+                        help="torchscript (default; what training exports) or onnx (ONNX Runtime and other "
+                             "runtimes); the app and `landmark predict` load whichever was exported last")
     export.set_defaults(func=cmd_export)
 
     predict = sub.add_parser("predict", help="top-k landmarks for images")

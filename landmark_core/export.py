@@ -1,11 +1,11 @@
-"""TorchScript export with the preprocessing and class names inside, and the trust check on load.
+"""Export with the preprocessing and class names inside (TorchScript or ONNX), and the trust check on load.
 
-The exported module takes a uint8 image tensor ``(3, H, W)`` of any size (or a
+The exported model takes a uint8 image tensor ``(3, H, W)`` of any size (or a
 batch ``(N, 3, H, W)``), resizes its short side, centre-crops, normalises and
-returns class probabilities; ``class_names`` is an attribute of the module. A
-run's ``export.json`` records the file's SHA-256 signed with a key private to
-this artifacts folder, and :func:`load_exported` refuses any file whose hash or
-signature does not match: TorchScript is code, so only our own files are run.
+returns class probabilities and each photo's familiarity. A run's
+``export.json`` records the format and the file's SHA-256, signed with this
+user's key, and :func:`load_exported` refuses any file whose hash or signature
+does not match: TorchScript is code, so only our own files are run.
 """
 import hashlib
 import hmac
@@ -158,25 +158,34 @@ def build_exportable(run_dir: Path, checkpoint: str = "best") -> ExportedClassif
                               float(calibration.get("familiarity_threshold", -1.0))).eval()
 
 
-def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float = 1e-4) -> Path:
-    """Script, save, reload and compare; record the hash. Returns the model file's path."""
+#: Export formats and the file each writes in the run folder.
+FORMATS = {"torchscript": Run.MODEL, "onnx": Run.ONNX_MODEL}
+#: ONNX Runtime's resize rounds differently from torch's uint8 kernel by a level on a few pixels.
+FORMAT_TOLERANCE = {"torchscript": 1e-4, "onnx": 2e-3}
+
+
+def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float | None = None,
+               format: str = "torchscript") -> Path:
+    """Write the model in ``format``, load it back, compare it with the eager model, and sign the record.
+
+    Returns the model file's path. ``export.json`` records the format, so :func:`load_exported` (and the
+    Predictor) load whichever was exported last.
+    """
+    if format not in FORMATS:
+        raise ModelError(f"unknown export format {format!r} (use {' or '.join(FORMATS)})")
     wrapper = build_exportable(run_dir, checkpoint)
-    scripted = freeze_scripted(wrapper, PRESERVED_ATTRIBUTES)
-    path = run_dir / Run.MODEL
-    # Saved and checked under a temporary name: a refused export leaves the last good model.ts in place.
-    candidate = run_dir / f".{Run.MODEL}.{os.getpid()}.candidate"
+    path = run_dir / FORMATS[format]
+    # Saved and checked under a temporary name: a refused export leaves the last good model in place.
+    candidate = run_dir / f".{path.name}.{os.getpid()}.candidate"
     try:
-        scripted.save(str(candidate))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            reloaded = torch.jit.load(str(candidate), map_location="cpu")
-        max_diff = _check_round_trip(run_dir, wrapper, scripted, reloaded, tolerance)
+        reloaded = _write_torchscript(wrapper, candidate) if format == "torchscript" else _write_onnx(wrapper, candidate)
+        max_diff = _check_round_trip(run_dir, wrapper, reloaded, FORMAT_TOLERANCE[format] if tolerance is None else tolerance)
         digest = sha256_file(candidate)
         os.replace(candidate, path)
     finally:
         candidate.unlink(missing_ok=True)
     meta = {
-        "file": Run.MODEL, "sha256": digest, "checkpoint": checkpoint,
+        "format": format, "file": path.name, "sha256": digest, "checkpoint": checkpoint,
         "classes": wrapper.class_names, "image_size": wrapper.image_size, "resize_size": wrapper.resize_size,
         "interpolation": wrapper.interpolation, "temperature": wrapper.temperature, "flip_tta": wrapper.flip_tta,
         "probability_threshold": wrapper.probability_threshold,
@@ -188,43 +197,149 @@ def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float = 1e-4)
     return path
 
 
-def _check_round_trip(run_dir: Path, wrapper: ExportedClassifier, scripted, reloaded, tolerance: float) -> float:
-    """The eager, scripted and reloaded models agree on a probe image, with finite outputs; the largest gap."""
-    probe = torch.randint(0, 256, (3, 157, 211), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        outputs = [torch.cat([probs, score.view(1)]) for probs, score in
-                   (wrapper.classify(probe), scripted.classify(probe), reloaded.classify(probe))]
-    max_diff = float(max((outputs[0] - outputs[1]).abs().max(), (outputs[0] - outputs[2]).abs().max()))
-    if not torch.isfinite(outputs[0]).all():
-        raise ModelError(f"{run_dir.name}: the model gives non-finite probabilities (its weights hold NaN or inf); "
-                         "nothing was exported")
-    if not max_diff <= tolerance:
-        raise ModelError(f"export round trip differs by {max_diff:.2e} (tolerance {tolerance:.0e})")
+def _write_torchscript(wrapper: ExportedClassifier, path: Path) -> list:
+    """Script and freeze, save, load back: the scripted and the reloaded module, to be compared with the eager."""
+    scripted = freeze_scripted(wrapper, PRESERVED_ATTRIBUTES)
+    scripted.save(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return [scripted, torch.jit.load(str(path), map_location="cpu")]
+
+
+class _Classify(nn.Module):
+    """ONNX graphs have one entry point: ``classify`` as ``forward``."""
+
+    def __init__(self, wrapper: ExportedClassifier):
+        super().__init__()
+        self.wrapper = wrapper
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.wrapper.classify(image)
+
+
+def _antialiased_resize_symbolic(mode: str):
+    """ONNX Resize (opset 18) with antialiasing for torch's antialiased resize, which the TorchScript-based
+    exporter would export without it (a different picture for every photo larger than the input).
+    torch's antialiased bicubic is Pillow's, whose cubic coefficient is -0.5."""
+    def symbolic(g, image, output_size, align_corners, scale_factors):
+        leading = g.op("Slice", g.op("Shape", image), g.op("Constant", value_t=torch.tensor([0])),
+                       g.op("Constant", value_t=torch.tensor([2])))
+        sizes = g.op("Concat", leading, output_size, axis_i=0)
+        empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
+        return g.op("Resize", image, empty, empty, sizes, mode_s=mode, antialias_i=1, cubic_coeff_a_f=-0.5,
+                    coordinate_transformation_mode_s="half_pixel", exclude_outside_i=0)
+    return symbolic
+
+
+ONNX_OPSET = 18  # the first with antialiased Resize
+
+
+def _write_onnx(wrapper: ExportedClassifier, path: Path) -> list:
+    """Trace ``classify`` into ONNX with dynamic batch and photo size; the ONNX Runtime session, to compare."""
+    from torch.onnx import register_custom_op_symbolic
+    register_custom_op_symbolic("aten::_upsample_bicubic2d_aa", _antialiased_resize_symbolic("cubic"), ONNX_OPSET)
+    register_custom_op_symbolic("aten::_upsample_bilinear2d_aa", _antialiased_resize_symbolic("linear"), ONNX_OPSET)
+    example = torch.randint(0, 256, (1, 3, 300, 400), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings(), torch.no_grad():
+        # The torch.export-based exporter cannot follow the photo-size arithmetic of the resize (tried: it does
+        # not finish); the TorchScript-based one traces it with sizes as tensors (transforms).
+        warnings.simplefilter("ignore")
+        # eval(): the exporter restores the mode it found, and a new module is in training mode
+        torch.onnx.export(_Classify(wrapper).eval(), (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=["image"], output_names=["probabilities", "familiarity"],
+                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                        "probabilities": {0: "batch"}, "familiarity": {0: "batch"}})
+    return [OnnxClassifier(path)]
+
+
+class OnnxClassifier:
+    """An exported ONNX model run by ONNX Runtime, answering like the TorchScript module: uint8 image tensors
+    ``(3, H, W)`` or ``(N, 3, H, W)`` in, ``classify`` gives (probabilities, familiarity)."""
+
+    def __init__(self, path: Path, device="cpu"):
+        import onnxruntime
+        providers = ["CPUExecutionProvider"]
+        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+
+    def classify(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        batch = image.unsqueeze(0) if image.dim() == 3 else image
+        probabilities, familiarity = (torch.from_numpy(output) for output in
+                                      self.session.run(None, {"image": batch.cpu().numpy()}))
+        return (probabilities[0], familiarity[0]) if image.dim() == 3 else (probabilities, familiarity)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.classify(image)[0]
+
+    def eval(self) -> "OnnxClassifier":
+        return self
+
+
+#: Probe photos of the round trip: odd sizes, both orientations, one smaller than the input.
+_PROBE_SHAPES = ((3, 157, 211), (3, 480, 360), (3, 90, 120))
+
+
+def _probe_photo(shape, generator: torch.Generator) -> torch.Tensor:
+    """A smooth random picture (coarse noise, enlarged): like a photo, unlike pixel noise, it does not turn the
+    one-level rounding differences between resize kernels (ONNX Runtime vs torch) into large output changes."""
+    coarse = torch.rand(1, shape[0], 6, 8, generator=generator) * 255
+    return F.interpolate(coarse, size=list(shape[1:]), mode="bilinear", align_corners=False)[0].round().to(torch.uint8)
+
+
+def _check_round_trip(run_dir: Path, wrapper: ExportedClassifier, reloaded: list, tolerance: float) -> float:
+    """The eager model and each reloaded one agree on probe photos (same top-5, probabilities and familiarity
+    within ``tolerance``), with finite outputs; the largest gap."""
+    generator = torch.Generator().manual_seed(0)
+    max_diff = 0.0
+    for shape in _PROBE_SHAPES:
+        probe = _probe_photo(shape, generator)
+        with torch.no_grad():
+            expected_probs, expected_score = wrapper.classify(probe)
+            if not (torch.isfinite(expected_probs).all() and torch.isfinite(expected_score)):
+                raise ModelError(f"{run_dir.name}: the model gives non-finite probabilities (its weights hold NaN or "
+                                 "inf); nothing was exported")
+            for model in reloaded:
+                probs, score = model.classify(probe)
+                gap = float(max((probs - expected_probs).abs().max(), (score - expected_score).abs().max()))
+                max_diff = max(max_diff, gap)
+                same_top5 = torch.equal(top_five(probs), top_five(expected_probs)) or gap <= 1e-6
+                if not gap <= tolerance or not same_top5:
+                    raise ModelError(f"export round trip differs by {gap:.2e} (tolerance {tolerance:.0e})"
+                                     + ("" if same_top5 else " and ranks the classes differently"))
     return max_diff
 
 
-def load_exported(run_dir: Path, device="cpu") -> Tuple[torch.jit.ScriptModule, dict]:
-    """Load a run's TorchScript model after checking it is the file this artifacts folder exported."""
+def top_five(probabilities: torch.Tensor) -> torch.Tensor:
+    return torch.topk(probabilities, min(5, probabilities.shape[-1])).indices
+
+
+def load_exported(run_dir: Path, device="cpu") -> Tuple[object, dict]:
+    """Load a run's exported model (TorchScript module or :class:`OnnxClassifier`) after checking it is the file
+    this user exported."""
     try:
         meta = read_json(run_dir / Run.EXPORT_META)
     except ValueError:
         raise ModelError(f"{run_dir.name}/{Run.EXPORT_META} is damaged; export the run again: landmark export {run_dir}") from None
-    path = run_dir / Run.MODEL
+    format = meta.get("format", "torchscript") if isinstance(meta, dict) else "torchscript"
+    path = run_dir / FORMATS.get(format, Run.MODEL)
     if meta is None or not path.exists():
         raise RunError(f"{run_dir.name} has no exported model yet (run: landmark export {run_dir.name})")
     key = _signing_key(create=False)
     if key is None:
         raise ModelError(f"{run_dir.name} was exported by another user or machine (no signing key at "
                          f"{signing_key_path()}); to trust it here, export it again: landmark export {run_dir}")
-    if not isinstance(meta, dict) or sha256_file(path) != meta.get("sha256") \
+    if not isinstance(meta, dict) or format not in FORMATS or sha256_file(path) != meta.get("sha256") \
             or not hmac.compare_digest(_signature(key, meta), str(meta.get("signature", ""))):
-        raise ModelError(f"{run_dir.name}/{Run.MODEL} or {Run.EXPORT_META} does not match what this app exported "
+        raise ModelError(f"{run_dir.name}/{path.name} or {Run.EXPORT_META} does not match what this app exported "
                          f"(modified, foreign, or exported by an older version); refusing to load it. If you trust "
                          f"the run's checkpoints, export it again: landmark export {run_dir}")
     try:
+        if format == "onnx":
+            return OnnxClassifier(path, device), meta
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(path), map_location=device)
     except Exception as error:
-        raise ModelError(f"{run_dir.name}/{Run.MODEL} cannot be loaded ({type(error).__name__})") from None
+        raise ModelError(f"{run_dir.name}/{path.name} cannot be loaded ({type(error).__name__})") from None
     return module.eval(), meta

@@ -56,6 +56,7 @@ class Run:
     CALIBRATION = "calibration.json"
     EXPORT_META = "export.json"
     MODEL = "model.ts"
+    ONNX_MODEL = "model.onnx"
     LOG = "log.txt"
     ERROR = "error.txt"
     CANCEL = "CANCEL"
@@ -145,7 +146,9 @@ class Run:
 
     @property
     def exported(self) -> bool:
-        return self.file(self.MODEL).exists() and self.file(self.EXPORT_META).exists()
+        """Whether the run has an exported model (the file its ``export.json`` names)."""
+        meta = self.export_meta
+        return meta is not None and self.file(self.ONNX_MODEL if meta.get("format") == "onnx" else self.MODEL).exists()
 
     @property
     def default_threshold(self) -> float:

@@ -21,6 +21,8 @@ def resize_and_centre_crop(batch: torch.Tensor, resize_size: int, crop_size: int
     """``(N, C, H, W)`` → ``(N, C, crop_size, crop_size)``: the short side resized to ``resize_size`` with the
     antialiased ``interpolation`` filter, then the centre crop. uint8 stays uint8 (torch's fast uint8 kernel,
     which is what training decoded with); a channels-last input gives channels-last memory back."""
+    if not torch.jit.is_scripting() and torch.jit.is_tracing():
+        return _traced_resize_and_centre_crop(batch, resize_size, crop_size, interpolation)
     height, width = batch.shape[-2], batch.shape[-1]
     scale = float(resize_size) / float(min(height, width))
     new_h = max(resize_size, int(round(height * scale)))
@@ -37,3 +39,24 @@ def freeze_scripted(module: nn.Module, preserved_attrs: List[str] = ()) -> torch
     with warnings.catch_warnings():  # TorchScript is deprecated upstream but is what the product ships
         warnings.simplefilter("ignore")
         return torch.jit.freeze(torch.jit.script(module), preserved_attrs=list(preserved_attrs))
+
+
+@torch.jit.unused
+def _traced_resize_and_centre_crop(batch: torch.Tensor, resize_size: int, crop_size: int,
+                                   interpolation: str) -> torch.Tensor:
+    """The same resize and crop with the sizes kept as tensors, so a traced graph (ONNX) serves any photo size.
+
+    The resize runs on floats (ONNX Resize has no uint8 cubic kernel) and is rounded back to uint8 levels, as
+    torch's uint8 kernel rounds: the two agree to within one level on a few pixels.
+    """
+    shape = torch._shape_as_tensor(batch)
+    height, width = shape[-2].float(), shape[-1].float()
+    scale = resize_size / torch.minimum(height, width)
+    new_h = torch.clamp(torch.round(height * scale), min=resize_size).long()
+    new_w = torch.clamp(torch.round(width * scale), min=resize_size).long()
+    pixels = batch.float() if batch.dtype == torch.uint8 else batch
+    resized = F.interpolate(pixels, size=[new_h, new_w], mode=interpolation, align_corners=False, antialias=True)
+    if batch.dtype == torch.uint8:
+        resized = resized.round().clamp(0, 255).to(torch.uint8)
+    top, left = (new_h - crop_size) // 2, (new_w - crop_size) // 2
+    return resized[:, :, top:top + crop_size, left:left + crop_size]

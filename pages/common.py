@@ -111,13 +111,13 @@ def show_error(error: Exception) -> None:
 
 @st.cache_resource(max_entries=8, show_spinner="Loading model…")
 def load_predictor(run_dir: str, export_mtime: float):
-    """One Predictor per exported run (re-exporting changes the mtime and so the cache key)."""
+    """One Predictor per exported run (re-exporting rewrites export.json: a new mtime, so a new cache key)."""
     from landmark_core.predict import Predictor
     return Predictor(run_dir)
 
 
 def predictor_for(run_dir: Path):
-    return load_predictor(str(run_dir), (run_dir / Run.MODEL).stat().st_mtime)
+    return load_predictor(str(run_dir), (run_dir / Run.EXPORT_META).stat().st_mtime)
 
 
 def finished_runs() -> list:

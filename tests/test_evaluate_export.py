@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,36 @@ def test_each_pretrained_backbone_trains_evaluates_exports_and_predicts(tiny_dat
         # the exported model carries the feature bank: the same familiarity as evaluation computed
         assert predictor.assess(row["path"]).familiarity == pytest.approx(row["familiarity"], abs=2e-3)
     assert predictor.familiarity_threshold == pytest.approx(evaluation["default_familiarity_threshold"])
+
+
+def test_onnx_export_round_trips_through_onnxruntime(trained_run, tmp_path):
+    """ONNX with the preprocessing inside, run by ONNX Runtime: the same top-5 and probabilities as the TorchScript
+    export on real decoded photos of several sizes; signed, recorded in export.json, and loaded by the Predictor."""
+    import io
+    import shutil
+
+    from landmark_core.export import OnnxClassifier, export_run
+    from landmark_core.runs import Run
+
+    torchscript = Predictor(trained_run)
+    copy = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
+    path = export_run(copy, format="onnx")
+    meta = read_json(copy / "export.json")
+    assert path.name == "model.onnx" and meta["format"] == "onnx" and meta["file"] == "model.onnx"
+    assert meta["round_trip_max_abs_diff"] <= 2e-3 and Run(copy).exported
+    onnx = Predictor(copy)
+    assert isinstance(onnx.module, OnnxClassifier)
+    rows = read_json(trained_run / "predictions.json")
+    photos = [row["path"] for row in rows[:6]]
+    big = io.BytesIO()
+    Image.open(photos[0]).convert("RGB").resize((1200, 900)).save(big, format="JPEG")
+    for photo in photos + [big.getvalue()]:
+        expected, got = torchscript.assess(photo), onnx.assess(photo)
+        assert [p.label for p in got.predictions] == [p.label for p in expected.predictions]
+        assert np.allclose([p.probability for p in got.predictions], [p.probability for p in expected.predictions],
+                           atol=2e-3)
+        assert got.familiarity == pytest.approx(expected.familiarity, abs=2e-3)
+    with open(path, "ab") as handle:  # a changed ONNX file is refused like a changed TorchScript one
+        handle.write(b"\0")
+    with pytest.raises(ModelError, match="does not match"):
+        Predictor(copy)
