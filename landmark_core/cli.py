@@ -9,28 +9,14 @@ import time
 from pathlib import Path
 
 from .errors import LandmarkError, TrainingCancelled
-
-DEMO_ALIASES = ("demo",)
-
-
-def data_dir() -> Path:
-    from .runs import artifacts_dir
-    return artifacts_dir() / "data"
-
-
-def demo_dir() -> Path:
-    return data_dir() / "demo"
-
+from .locations import DEMO_ALIASES, data_dir, demo_dir, resolve_dataset
 
 def resolve_data(value: str) -> str:
-    """``demo`` means the built-in demo set (generated on first use); anything else is a folder."""
-    if value in DEMO_ALIASES:
-        from .demo import generate_demo_dataset, is_complete_demo
-        if not is_complete_demo(demo_dir()):
-            print(f"creating the demo dataset in {demo_dir()} ...", file=sys.stderr)
-            generate_demo_dataset(demo_dir(), progress=ProgressBar("demo classes"))
-        return str(demo_dir())
-    return value
+    """``demo`` means the built-in demo set (drawn on first use, with a progress bar); anything else is a folder."""
+    from .demo import is_complete_demo
+    if value in DEMO_ALIASES and not is_complete_demo(demo_dir()):
+        print(f"creating the demo dataset in {demo_dir()} ...", file=sys.stderr)
+    return resolve_dataset(value, progress=ProgressBar("demo classes"))
 
 
 class ProgressBar:

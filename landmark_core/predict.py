@@ -12,7 +12,7 @@ from .errors import ImageError
 from .export import load_exported
 from .images import ImageSource, load_rgb
 from .places import Place, dataset_places_file, gazetteer
-from .runs import resolve_run, Run
+from .runs import Run
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .errors import RunError
 from .fileio import process_alive, read_json, read_jsonl, write_json_atomic
+from .locations import runs_dir
 
 class RunState(str, enum.Enum):
     """Where a run is; compares equal to its string (``status.json`` stores the string)."""
@@ -166,15 +167,6 @@ class Run:
 
     def write_status(self, **fields) -> dict:
         return write_status(self.path, **fields)
-
-
-def artifacts_dir() -> Path:
-    """``$LANDMARK_ARTIFACTS`` or ``./artifacts``."""
-    return Path(os.environ.get("LANDMARK_ARTIFACTS", "artifacts")).expanduser()
-
-
-def runs_dir(artifacts: Path | None = None) -> Path:
-    return (artifacts or artifacts_dir()) / "runs"
 
 
 def now_iso() -> str:

@@ -8,21 +8,21 @@ from pathlib import Path
 
 import streamlit as st
 
-from landmark_core import cli
 from landmark_core.demo import generate_demo_dataset, is_complete_demo
 from landmark_core.download import DATASET_NAME, download_dataset, find_dataset_root
 from landmark_core.errors import LandmarkError
-from landmark_core.runs import artifacts_dir, list_runs, Run
+from landmark_core.locations import artifacts_dir, data_dir, demo_dir
+from landmark_core.runs import list_runs, Run
 
 DEMO, REAL, FOLDER = "Built-in demo", "landmark_images (50 classes)", "A folder on this machine"
 
 
 def demo_path() -> Path:
-    return cli.demo_dir()
+    return demo_dir()
 
 
 def real_path() -> Path | None:
-    folder = cli.data_dir() / DATASET_NAME
+    folder = data_dir() / DATASET_NAME
     try:
         return find_dataset_root(folder) if folder.is_dir() else None
     except LandmarkError:
@@ -52,7 +52,7 @@ def download_real_data() -> None:
             bar.progress(min(1.0, done / total), text=f"Downloading… {done / 2**20:,.0f} / {total / 2**20:,.0f} MiB")
 
     try:
-        root = download_dataset(cli.data_dir(), progress=report)
+        root = download_dataset(data_dir(), progress=report)
     except LandmarkError as error:
         st.error(f"Download failed: {error}")
         st.stop()
@@ -118,6 +118,17 @@ def load_predictor(run_dir: str, export_mtime: float):
 
 def predictor_for(run_dir: Path):
     return load_predictor(str(run_dir), (run_dir / Run.EXPORT_META).stat().st_mtime)
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def _assessment(run_dir: str, export_mtime: float, photo: bytes):
+    return load_predictor(run_dir, export_mtime).assess(photo, top_k=5)
+
+
+def assessment_for(run_dir: Path, photo: bytes):
+    """A model's top-5 and familiarity for a photo, computed once per model and photo: moving a slider or
+    adding a model does not classify the other photos again."""
+    return _assessment(str(run_dir), (run_dir / Run.EXPORT_META).stat().st_mtime, photo)
 
 
 def finished_runs() -> list:

@@ -6,7 +6,7 @@ from landmark_core.errors import ImageError, LandmarkError
 from landmark_core.images import MAX_UPLOAD_BYTES, check_upload
 from landmark_core.places import display_name
 from landmark_core.tagging import STATUS_MEANINGS, decide_for, read_gps, tagged_bytes, tagged_zip
-from pages.common import finished_runs, predictor_for, run_label, show_error
+from pages.common import assessment_for, finished_runs, predictor_for, run_label, show_error
 
 st.title("📍 Predict & tag")
 runs = [r for r in finished_runs() if r.run.exported]
@@ -52,7 +52,7 @@ for index, (name, data) in enumerate(photos):
     st.divider()
     try:
         check_upload(data, name)
-        assessments = {run.run_id: predictor_for(run.path).assess(data, top_k=5) for run in chosen}
+        assessments = {run.run_id: assessment_for(run.path, data) for run in chosen}
         existing = read_gps(data)
     except ImageError as error:
         st.error(str(error))

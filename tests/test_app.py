@@ -56,6 +56,8 @@ def test_explore_shows_counts_samples_and_problems(app_env):
 
 
 def test_predict_page_shows_five_predictions_for_an_upload(app_env):
+    from landmark_core.predict import Predictor
+    from landmark_core.tagging import decide_for
     at = page("predict").run()
     buffer = io.BytesIO()
     Image.open(next((app_env / "data" / "demo" / "test").rglob("*.jpg"))).save(buffer, format="PNG")
@@ -64,7 +66,11 @@ def test_predict_page_shows_five_predictions_for_an_upload(app_env):
     assert not at.exception
     lists = [m.value for m in at.markdown if m.value.startswith("1. ")]
     assert lists and len(lists[0].splitlines()) == 5
-    assert at.success or at.warning  # a tag, or an abstention below the threshold
+    expected = decide_for(Predictor(next(r for r in list_runs() if r.state == "finished").path), buffer.getvalue())
+    if expected.status == "tagged":
+        assert any(expected.name in s.value for s in at.success), [s.value for s in at.success]
+    else:  # abstained or unknown: a warning that names the top guess, and no tag
+        assert not at.success and any(expected.name in w.value for w in at.warning)
 
 
 def test_predict_page_reports_a_bad_upload_and_still_predicts_the_good_one(app_env):

@@ -1,19 +1,18 @@
-from pathlib import Path
-
 import numpy as np
 
 from landmark_core.demo import (ARCHETYPES, DEMO_CLASSES, UNKNOWN_ARCHETYPES, SceneSpec, generate_demo_dataset,
                                 render_scene)
 
-REAL_CLASSES = Path(__file__).resolve().parents[1].parent / "shared" / "landmark_images_classes.txt"
-
 
 def test_demo_classes_are_real_landmark_images_folders():
+    """The bundled gazetteer names the 50 folders of landmark_images (checked against the dataset's listing,
+    00.Haleakala_National_Park ... 49.Temple_of_Olympian_Zeus), and every demo class is one of them."""
     from landmark_core.places import all_places
-    real = {p.folder for p in all_places()}
-    assert len(DEMO_CLASSES) >= 10 and set(DEMO_CLASSES) <= real and set(ARCHETYPES) == set(DEMO_CLASSES)
-    if REAL_CLASSES.exists():
-        assert set(DEMO_CLASSES) <= set(REAL_CLASSES.read_text().split())
+    real = [p.folder for p in all_places()]
+    assert len(real) == len(set(real)) == 50
+    assert [folder.split(".", 1)[0] for folder in real] == [f"{i:02d}" for i in range(50)]
+    assert real[0] == "00.Haleakala_National_Park" and real[-1] == "49.Temple_of_Olympian_Zeus"
+    assert len(DEMO_CLASSES) >= 10 and set(DEMO_CLASSES) <= set(real) and set(ARCHETYPES) == set(DEMO_CLASSES)
 
 
 def test_render_is_deterministic_and_varied():

