@@ -1,7 +1,10 @@
 """The benchmarks keep working: a smoke run at tiny sizes writes a complete report."""
+import pytest
+
 from bench.__main__ import main
 
 
+@pytest.mark.slow
 def test_benchmark_smoke_run_writes_every_table(tmp_path):
     out = tmp_path / "BENCH.md"
     assert main(["--smoke", "--out", str(out), "--work", str(tmp_path / "work")]) == 0

@@ -43,6 +43,7 @@ def test_errors_are_one_line_without_traceback(tmp_path, args, message):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_train_then_predict_from_the_cli(tiny_dataset, tmp_path):
     result = run_cli("train", "--data", tiny_dataset, "--model", "scratch_cnn", "--epochs", "1", "--image-size", "32",
                      "--batch-size", "8", "--device", "cpu", env_artifacts=tmp_path)

@@ -171,6 +171,7 @@ def test_corrupt_zip_is_refused(tmp_path):
         safe_extract(tmp_path / "a.zip", tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_import_of_a_user_zip_from_the_cli(tmp_path):
     import subprocess
     import sys

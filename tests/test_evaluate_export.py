@@ -98,6 +98,7 @@ def test_export_is_frozen_with_batchnorm_folded_and_matches_the_eager_model(trai
         assert torch.allclose(module(batch), eager(batch), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
 def test_each_pretrained_backbone_trains_evaluates_exports_and_predicts(tiny_dataset, tmp_path, model):
     """The default transfer recipe end to end: probe epochs, calibration, export (flip averaging on), prediction.

@@ -123,6 +123,7 @@ def test_predict_tag_and_cli_agree_on_unknown_decisions(trained_run, tiny_datase
         shutil.rmtree(run)
 
 
+@pytest.mark.slow
 def test_unknown_demo_archetypes_are_mostly_refused(tmp_path):
     """A pretrained backbone's default recipe on four demo landmarks: lighthouses, pyramids, windmills and scenes
     without a landmark (the demo's unknown/ folder) are left untagged at the default operating point."""

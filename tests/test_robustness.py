@@ -119,6 +119,7 @@ def _wait_for_progress(path, count, process, timeout=120):
     return False
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_reaches_the_same_model(tiny_dataset, artifacts):
     """A real training process is killed with SIGKILL several times; each resume continues to the same final state."""
     config = tiny_config(tiny_dataset, epochs=4)
