@@ -104,7 +104,7 @@ class Predictor:
         return Assessment(self._ranked(probs, top_k), familiarity)
 
     def assess_batch(self, squares: list[np.ndarray], top_k: int = 5) -> list[Assessment | None]:
-        """:meth:`assess` for many photos already :meth:`decode`\ d, in one forward pass; None for a photo the
+        """:meth:`assess` for many photos already decoded (:meth:`decode`), in one forward pass; None for a photo the
         model gives non-finite numbers for."""
         if not squares:
             return []
