@@ -4,6 +4,7 @@
     python -m bench --smoke    # tiny sizes, seconds: keeps the benchmarks working (CI)
     python -m bench --only real fewshot --data DIR [DIR ...]   # real photos: class folders (train/ + test/)
     python -m bench --only openset --data DIR DIR              # each set's photos as the other's unknown landmarks
+    python -m bench --only tagging                             # landmark tag on a 20,000-photo library
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from landmark_core.allocator import keep_freed_memory
 from . import suites
 from .common import demo_dataset, machine
 
-NAMES = ["input", "frozen", "throughput", "inference", "tta", "real", "fewshot", "openset"]
+NAMES = ["input", "frozen", "throughput", "inference", "tta", "real", "fewshot", "openset", "tagging"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.work or scratch)
         work.mkdir(parents=True, exist_ok=True)
         demo = demo_dataset(work / "demo", scale.demo_per_class, scale.demo_test_per_class, scale.demo_classes)
-        if "inference" in chosen or "input" in chosen:
+        if {"inference", "input", "tagging"} & set(chosen):
             from .common import photo_dataset
             photo_dataset(work / "photos", scale.photos)
 
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             "tta": lambda: suites.time_to_accuracy(scale, demo, work),
             "real": lambda: suites.real_photos(scale, [Path(d).resolve() for d in args.data] or [photos_for_smoke()], work),
             "fewshot": lambda: suites.few_shot(scale, [Path(d).resolve() for d in args.data] or [photos_for_smoke()], work),
+            "tagging": lambda: suites.tagging(scale, work),
             "openset": lambda: suites.open_set(scale, [Path(d).resolve() for d in args.data] or [
                 photos_for_smoke(), photo_dataset_for_smoke("openset-smoke-b", first_class=3)], work),
         }

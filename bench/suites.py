@@ -41,13 +41,18 @@ class Scale:
     few_shot_models: tuple = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
     few_shot_k: tuple = (4, 8, 16)
     few_shot_draws: int = 5
+    #: Tagging: files in the libraries whose peak memory is compared (multiples of ``tag_timed``), and how many the
+    #: loops are timed on (also the files per folder of the library).
+    tag_libraries: tuple = (2_000, 20_000)
+    tag_timed: int = 1_000
 
 
 FULL = Scale("full")
 SMOKE = Scale("smoke", demo_per_class=6, demo_test_per_class=3, demo_classes=3, photos=6, image_size=64, frozen_images=24,
               frozen_size=64, throughput_sizes=(64,), throughput_batch=4, throughput_steps=1, latency_repeats=3,
               tta_target=0.0, tta_budget_s=60.0, tta_max_epochs=1,
-              real_recipes=(0, 2), few_shot_models=("efficientnet_lite0",), few_shot_k=(1,), few_shot_draws=1)
+              real_recipes=(0, 2), few_shot_models=("efficientnet_lite0",), few_shot_k=(1,), few_shot_draws=1,
+              tag_libraries=(20, 60), tag_timed=20)
 
 
 def _classic_loader(root: Path, size: int, batch_size: int = 64):
@@ -604,4 +609,82 @@ def open_set(scale: Scale, datasets: list[Path], work: Path) -> Table:
         "A photo is tagged when its calibrated probability and its familiarity both reach their thresholds; the last "
         "columns compare with the probability threshold alone (the decision before the open-set check).",
     ]
+    return table
+
+
+def _tag_in_fresh_process(run: Path, library: Path, out: Path, count: int, workers: int | None,
+                          batch_size: int) -> dict:
+    """Tag the first ``count`` files of ``library`` in a new interpreter: its peak RSS is the tagging's alone."""
+    import subprocess
+    import sys
+    code = ("import json, resource, sys, time; from pathlib import Path\n"
+            "from landmark_core.predict import Predictor\nfrom landmark_core.tagging import tag_files\n"
+            "run, library, out, count, workers, batch = sys.argv[1:7]\n"
+            "folders = sorted(p for p in Path(library).iterdir() if p.is_dir())\n"
+            "per_folder = sum(1 for _ in folders[0].iterdir())\n"
+            "chosen = folders[:int(count) // per_folder]  # whole folders: the walk stays lazy, as for a user\n"
+            "predictor = Predictor(run)\nstarted = time.perf_counter()\n"
+            "counts = tag_files(predictor, chosen, out_dir=Path(out), report_path=Path(out) / 'report.csv', "
+            "workers=int(workers) if workers != 'None' else None, batch_size=int(batch), count_first=False)\n"
+            "seconds = time.perf_counter() - started\n"
+            "print(json.dumps({'seconds': seconds, 'files': sum(counts[k] for k in ('tagged', 'unknown', 'abstained', "
+            "'has_gps', 'unreadable')), 'counts': counts, "
+            "'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
+    result = subprocess.run([sys.executable, "-c", code, str(run), str(library), str(out), str(count), str(workers),
+                             str(batch_size)], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def tagging(scale: Scale, work: Path) -> Table:
+    """`landmark tag` on a large library: the one-photo-at-a-time loop against threads + batches, and memory."""
+    import os
+    import shutil
+
+    from landmark_core.config import TrainConfig
+    from landmark_core.demo import DEMO_CLASSES, generate_demo_dataset
+    from landmark_core.models import DEFAULT_TRANSFER_MODEL
+    from landmark_core.pipeline import train_new
+
+    data = work / "tag-train"
+    generate_demo_dataset(data, classes=DEMO_CLASSES[:6], train_per_class=8, test_per_class=2, workers=1)
+    overrides = {} if scale.name == "full" else dict(image_size=scale.image_size)
+    run = train_new(TrainConfig(data=str(data), model=DEFAULT_TRANSFER_MODEL, epochs=1, freeze_epochs=1, **overrides),
+                    work / "tag-artifacts")
+    sources = sorted((photo_dataset(work / "photos", scale.photos) / "train").rglob("*.jpg"))
+    library = work / "tag-library"
+    largest = max(scale.tag_libraries)
+    if not (library / ".complete").exists():
+        shutil.rmtree(library, ignore_errors=True)
+        for index in range(largest):  # hard links of the distinct photos: a big library at no disk cost
+            folder = library / f"{index // scale.tag_timed:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            os.link(sources[index % len(sources)], folder / f"IMG_{index:06d}.jpg")
+        (library / ".complete").touch()
+
+    table = Table(f"9. Tagging a photo library ({DEFAULT_TRANSFER_MODEL}, photo-sized JPEGs 800x600 to 1600x1200, CPU)",
+                  ["path", "files", "photos/s", "vs one at a time", "peak RSS MiB", "100,000 photos (extrapolated)"])
+    timed_count = min(scale.tag_timed, largest)
+
+    def measure(label, count, workers, batch_size):
+        out = work / f"tag-out-{label}-{count}"
+        shutil.rmtree(out, ignore_errors=True)
+        return _tag_in_fresh_process(run, library, out, count, workers, batch_size)
+
+    baseline = measure("single", timed_count, 1, 1)
+    base_rate = baseline["files"] / baseline["seconds"]
+
+    def add(label, result):
+        rate = result["files"] / result["seconds"]
+        hours = 100_000 / rate / 3600
+        table.add(label, result["files"], rate, rate / base_rate, result["peak_rss_mib"], f"{hours:.1f} h")
+
+    add("one photo at a time (1 thread, batch 1: the loop before)", baseline)
+    add("threads + batches (default: a thread per core, batch 32)", measure("batched", timed_count, None, 32))
+    for count in scale.tag_libraries:
+        add("threads + batches, whole library", measure("library", count, None, 32))
+    table.notes.append("Each row is a fresh process tagging the first N files of one library (hard links of "
+                       f"{len(sources)} distinct photos), writing tagged copies and the CSV report; peak RSS is that "
+                       "process's maximum resident memory. Memory must not grow with the library: compare the last "
+                       "two rows.")
     return table

@@ -26,6 +26,7 @@ class ProgressBar:
         self.label, self.scale, self.unit = label, unit_scale, unit
         self.tty = sys.stderr.isatty()
         self.last = 0.0
+        self.line_open = False  # a terminal line drawn without its newline yet
 
     def __call__(self, done: int, total: int | None) -> None:
         now = time.time()
@@ -41,6 +42,7 @@ class ProgressBar:
         else:
             line = f"{self.label} {amount}"
         print(("\r" + line) if self.tty else line, end="\n" if finished or not self.tty else "", file=sys.stderr, flush=True)
+        self.line_open = self.tty and not finished
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -219,27 +221,31 @@ def cmd_tag(args) -> int:
     from .predict import Predictor
     from .tagging import tag_files
 
-    predictor = Predictor(args.run)
+    from .config import resolve_device
+
+    shard = _parse_shard(args.shard) if args.shard else None
+    predictor = Predictor(args.run, device=resolve_device(args.device))
     out_dir = None if args.overwrite else Path(args.out or "tagged")
-    report = Path(args.report) if args.report else (out_dir or Path(".")) / "tag-report.csv"
+    suffix = f"-shard-{shard[0]}-of-{shard[1]}" if shard else ""  # each shard its own report: no shared file
+    report = Path(args.report) if args.report else (out_dir or Path(".")) / f"tag-report{suffix}.csv"
+    bar = ProgressBar("tagging")
 
-    shown = []
-
-    def progress(index: int, counts: dict) -> None:
-        if index % 50 == 0:
-            print(f"\r{index:,} files  " + "  ".join(f"{k} {v}" for k, v in counts.items()), end="", file=sys.stderr, flush=True)
-            shown.append(index)
+    def progress(state) -> None:
+        eta = f"  ETA {_duration(state.eta_seconds)}" if state.eta_seconds is not None else ""
+        bar.label = (f"tagging {state.files_per_second:5.1f} files/s{eta}  "
+                     + " ".join(f"{k} {v}" for k, v in state.counts.items() if v))
+        bar(state.done, state.total)
 
     counts = tag_files(predictor, args.paths, out_dir=out_dir, threshold=args.min_confidence, in_place=args.overwrite,
                        overwrite_gps=args.overwrite_gps, report_path=report, open_set=not args.tag_unfamiliar,
-                       progress=progress)
+                       progress=progress, workers=args.workers, batch_size=args.batch_size, shard=shard)
     threshold = predictor.probability_threshold if args.min_confidence is None else args.min_confidence
     rule = f"probability >= {threshold:.2f}"
     if predictor.familiarity_threshold is not None and not args.tag_unfamiliar:
         rule += f" and familiarity >= {predictor.familiarity_threshold:.3f}"
     elif predictor.familiarity_threshold is None:
         rule += " (this model has no open-set check: run landmark evaluate to add it)"
-    if shown:  # end the progress line before the summary
+    if bar.line_open:  # end the progress line before the summary
         print(file=sys.stderr)
     print(f"tagged when {rule}: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()), file=sys.stderr)
     if counts["tagged_without_place"]:
@@ -247,6 +253,21 @@ def cmd_tag(args) -> int:
               "(add it to the dataset's places.csv)", file=sys.stderr)
     print(report)
     return 0
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise LandmarkError(f"--shard takes K/N, e.g. 1/4 (got {text!r})") from None
+    if not 1 <= k <= n:
+        raise LandmarkError(f"--shard K/N needs 1 <= K <= N (got {text})")
+    return k, n
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def cmd_runs(args) -> int:
@@ -379,7 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--out", help="folder for tagged copies (default: ./tagged)")
     tag.add_argument("--overwrite", action="store_true", help="write the tags into the original files")
     tag.add_argument("--overwrite-gps", action="store_true", help="also tag photos that already have GPS")
-    tag.add_argument("--report", help="CSV report path (default: OUT/tag-report.csv)")
+    tag.add_argument("--report", help="CSV report path (default: OUT/tag-report.csv, or OUT/tag-report-shard-K-of-N.csv)")
+    tag.add_argument("--workers", type=int, help="threads decoding photos (default: one per core, at most 8)")
+    tag.add_argument("--batch-size", type=int, default=32, help="photos per forward pass (default: 32)")
+    tag.add_argument("--shard", metavar="K/N", help="tag only this process's share of the files (1/4 ... 4/4): run N "
+                     "processes, or one per GPU, on the same library; no file is tagged twice")
+    tag.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
     tag.set_defaults(func=cmd_tag)
     return parser
 

@@ -10,7 +10,7 @@ import torch
 from .calibration import top_k_indices
 from .errors import ImageError
 from .export import load_exported
-from .images import ImageSource, load_rgb
+from .images import ImageSource, load_square
 from .places import Place, dataset_places_file, gazetteer
 from .runs import Run
 
@@ -33,7 +33,7 @@ class Assessment:
 
 
 class Predictor:
-    """Loads a run's exported TorchScript model once; each call decodes, orients and classifies.
+    """Loads a run's exported model once; each call decodes, orients and classifies (one photo, or a batch).
 
     ``probability_threshold`` and ``familiarity_threshold`` are the run's default
     tag decision (chosen at evaluation, carried by the exported model);
@@ -47,6 +47,7 @@ class Predictor:
         self.module, self.meta = load_exported(self.run_dir, self.device)
         self.classes: list[str] = list(self.meta["classes"])
         self.resize_size: int = int(self.meta["resize_size"])
+        self.interpolation: str = str(self.meta.get("interpolation", "bilinear"))
         self.open_set = hasattr(self.module, "classify") and self.meta.get("familiarity_threshold") is not None
         carried = self.meta.get("probability_threshold")  # the verified export's; older exports: evaluation's
         self.probability_threshold: float = float(carried) if carried is not None else self.run.default_threshold
@@ -64,20 +65,27 @@ class Predictor:
             self._places = (version, gazetteer(root).for_classes(self.classes))
         return self._places[1]
 
-    def _tensor(self, source: ImageSource) -> torch.Tensor:
-        image = load_rgb(source, min_side=self.resize_size)
-        return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).to(self.device)
+    def decode(self, source: ImageSource) -> np.ndarray:
+        """The photo as the model sees it before its centre crop: the short side resized to ``resize_size`` and
+        centre-cropped square (uint8, S x S x 3), exactly as training decoded its photos. Any thread may call it;
+        squares of one size batch together (:meth:`assess_batch`)."""
+        return load_square(source, self.resize_size, self.interpolation)
 
     @torch.inference_mode()
+    def _classify_squares(self, squares: list[np.ndarray]) -> list[tuple[np.ndarray, float | None] | None]:
+        """(probabilities, familiarity) per decoded square; None where the model gives non-finite numbers."""
+        batch = torch.from_numpy(np.stack(squares)).permute(0, 3, 1, 2).to(self.device)
+        if self.open_set:
+            probs, familiarity = self.module.classify(batch)
+            rows = zip(probs.cpu().numpy(), familiarity.cpu().numpy().tolist())
+        else:
+            rows = ((row, None) for row in self.module(batch).cpu().numpy())
+        return [(p, f) if np.isfinite(p).all() and (f is None or np.isfinite(f)) else None for p, f in rows]
+
     def classify(self, source: ImageSource) -> tuple[np.ndarray, float | None]:
         """(class probabilities, familiarity or None)."""
-        tensor = self._tensor(source)
-        if self.open_set:
-            probs, familiarity = self.module.classify(tensor)
-            result = probs.cpu().numpy(), float(familiarity)
-        else:
-            result = self.module(tensor).cpu().numpy(), None
-        if not np.isfinite(result[0]).all() or (result[1] is not None and not np.isfinite(result[1])):
+        result = self._classify_squares([self.decode(source)])[0]
+        if result is None:
             raise ImageError("the model gave no finite probabilities for this image")
         return result
 
@@ -94,3 +102,11 @@ class Predictor:
     def assess(self, source: ImageSource, top_k: int = 5) -> Assessment:
         probs, familiarity = self.classify(source)
         return Assessment(self._ranked(probs, top_k), familiarity)
+
+    def assess_batch(self, squares: list[np.ndarray], top_k: int = 5) -> list[Assessment | None]:
+        """:meth:`assess` for many photos already decoded (:meth:`decode`), in one forward pass; None for a photo the
+        model gives non-finite numbers for."""
+        if not squares:
+            return []
+        return [None if result is None else Assessment(self._ranked(result[0], top_k), result[1])
+                for result in self._classify_squares(squares)]

@@ -19,9 +19,14 @@ every write is atomic.
 """
 from __future__ import annotations
 
+import collections
 import csv
+import fcntl
 import io
 import os
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -312,74 +317,203 @@ def _report_fields(report_path: Path) -> list[str]:
     return REPORT_FIELDS
 
 
+def in_shard(path: Path, base: Path, shard: tuple[int, int] | None) -> bool:
+    """Whether ``path`` belongs to shard ``(k, n)`` (1-based): a stable hash of its path under the folder given,
+    so every process that tags the same library with the same ``n`` agrees, and no file is in two shards."""
+    if shard is None:
+        return True
+    k, n = shard
+    try:
+        name = path.relative_to(base).as_posix()
+    except ValueError:
+        name = path.name
+    return zlib.crc32(name.encode("utf-8", "surrogateescape")) % n == k - 1
+
+
+@dataclass
+class TagProgress:
+    """Where a tagging run is: files handled (tagged, skipped or failed) of ``total``, and the recent rate."""
+    done: int
+    total: int | None
+    counts: dict
+    files_per_second: float
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if self.total is None or self.files_per_second <= 0:
+            return None
+        return max(0.0, (self.total - self.done) / self.files_per_second)
+
+
+@dataclass
+class _Decoded:
+    path: Path
+    base: Path
+    size: int
+    mtime_ns: int
+    square: object = None  # uint8 S x S x 3, as Predictor.decode gives it; dropped once classified
+    gps: tuple[float, float] | None = None
+    error: str | None = None
+    assessment: object = None
+    output: str = ""
+
+
+def _decode_one(predictor, path: Path, base: Path) -> _Decoded:
+    """Read, decode and look for GPS in one file (a worker thread: Pillow and torch release the GIL)."""
+    stat = path.stat()
+    item = _Decoded(path, base, stat.st_size, stat.st_mtime_ns)
+    try:
+        data = path.read_bytes()
+        item.square, item.gps = predictor.decode(data), read_gps(data)
+    except ImageError as error:
+        item.error = str(error)
+    return item
+
+
+def _batches(items: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _ReportLock:
+    """One tagger per report: two processes appending to one CSV would interleave rows."""
+
+    def __init__(self, report_path: Path):
+        self.path = report_path.with_name(report_path.name + ".lock")
+
+    def __enter__(self):
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise LandmarkError(f"another process is writing {self.path.name[:-5]}; give each tagging process its "
+                                "own --report (shards get their own by default)") from None
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
 def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | None, threshold: float | None = None,
               in_place: bool = False, overwrite_gps: bool = False, report_path: Path, open_set: bool = True,
-              progress: Callable[[int, dict], None] | None = None) -> dict:
-    """Tag every photo under ``paths``; stream one CSV row per file to ``report_path``.
+              progress: Callable[[TagProgress], None] | None = None, workers: int | None = None,
+              batch_size: int = 32, shard: tuple[int, int] | None = None, count_first: bool = True) -> dict:
+    """Tag every photo under ``paths`` (or this process's ``shard`` of them); stream one CSV row per file to
+    ``report_path``.
 
-    ``threshold`` overrides the run's probability threshold; ``open_set=False``
-    tags photos the model finds unfamiliar too. Files already in the report
-    with the same size and modification time are skipped, so an interrupted or
-    repeated run only does the new work. Returns counts per status (plus
-    ``skipped`` and ``tagged_without_place``) and writes them to ``report.json``
-    beside the CSV.
+    Files stream from a lazy walk through a bounded window: ``workers`` threads decode them while the model
+    classifies whole batches, so memory stays flat however large the library is. ``threshold`` overrides the
+    run's probability threshold; ``open_set=False`` tags photos the model finds unfamiliar too. Files already
+    in the report with the same size and modification time are skipped, so an interrupted or repeated run only
+    does the new work (a row cut short by a kill is dropped and redone). Returns counts per status (plus
+    ``skipped`` and ``tagged_without_place``) and writes them to ``report.json`` beside the CSV.
     """
     if not in_place and out_dir is None:
         raise LandmarkError("give an output folder (--out DIR) or --overwrite to tag the originals in place")
+    if shard is not None and not (len(shard) == 2 and 1 <= shard[0] <= shard[1]):
+        raise LandmarkError(f"a shard is K/N with 1 <= K <= N (got {shard})")
     out_dir = out_dir.resolve() if out_dir is not None else None
     report_path = report_path.resolve()
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    _repair_torn_tail(report_path)
-    done = _done_before(report_path)
-    counts = {status: 0 for status in STATUSES} | {"skipped": 0, "tagged_without_place": 0}
-    fields = _report_fields(report_path)
-    new_file = not report_path.exists() or report_path.stat().st_size == 0
-    with open(report_path, "a", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        if new_file:
-            writer.writeheader()
-        own_output = [p for p in (out_dir, report_path, report_path.with_suffix(".json")) if p is not None]
-        for index, (path, base) in enumerate(iter_files(paths, exclude=own_output), start=1):
-            stat = path.stat()
-            key = str(path.resolve())
-            if done.get(key) == (stat.st_size, stat.st_mtime_ns):
-                counts["skipped"] += 1
-                continue
-            row = {"file": key, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}  # absolute, like "output"
-            try:
-                data = path.read_bytes()
-                decision = decide_for(predictor, data, threshold=threshold, existing_gps=read_gps(data),
-                                      overwrite_gps=overwrite_gps, open_set=open_set)
-                if decision.status == "tagged":
-                    destination = path if in_place else out_dir / path.relative_to(base)
-                    if not in_place and destination.resolve() == path.resolve():
-                        raise LandmarkError(f"--out {out_dir} would overwrite the originals in it; choose another "
-                                            "folder (or --overwrite to tag the originals on purpose)")
-                    try:
-                        write_tagged(data, destination, decision)
-                    except OSError as error:  # every later photo would fail the same way: stop, saying why
-                        raise LandmarkError(f"cannot write {destination}: {error.strerror or error}") from None
-                    row["output"] = str(destination.resolve())
-                    if in_place:  # the file changed: record its new identity so a re-run skips it
-                        stat = path.stat()
-                        row.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-            except ImageError as error:
-                decision = TagDecision("unreadable", error=str(error))
-            place = decision.place
-            row.update(status=decision.status, prediction=decision.prediction or "",
-                       probability=f"{decision.probability:.4f}" if decision.probability is not None else "",
-                       familiarity=f"{decision.familiarity:.4f}" if decision.familiarity is not None else "",
-                       landmark=decision.name if decision.prediction else "", region=place.region if place else "",
-                       country=place.country if place else "", latitude=place.latitude if place else "",
-                       longitude=place.longitude if place else "", note=decision.note, error=decision.error or "")
-            writer.writerow(row)
-            handle.flush()
-            counts[decision.status] += 1
-            counts["tagged_without_place"] += bool(decision.note)
-            if progress:
-                progress(index, counts)
+    workers = max(1, workers or min(8, os.cpu_count() or 1))
+    own_output = [p for p in (out_dir, report_path, report_path.with_suffix(".json"),
+                              report_path.with_name(report_path.name + ".lock")) if p is not None]
+
+    def files() -> Iterator[tuple[Path, Path]]:
+        return ((path, base) for path, base in iter_files(paths, exclude=own_output) if in_shard(path, base, shard))
+
+    with _ReportLock(report_path):
+        _repair_torn_tail(report_path)
+        done = _done_before(report_path)
+        total = sum(1 for _ in files()) if count_first else None  # a walk: cheap next to decoding
+        counts = {status: 0 for status in STATUSES} | {"skipped": 0, "tagged_without_place": 0}
+        fields = _report_fields(report_path)
+        new_file = not report_path.exists() or report_path.stat().st_size == 0
+        started, handled = time.monotonic(), 0
+
+        def pending() -> Iterator[tuple[Path, Path]]:
+            nonlocal handled
+            for path, base in files():
+                stat = path.stat()
+                if done.get(str(path.resolve())) == (stat.st_size, stat.st_mtime_ns):
+                    counts["skipped"] += 1
+                    handled += 1
+                    continue
+                yield path, base
+
+        with open(report_path, "a", newline="", encoding="utf-8") as handle, \
+                ThreadPoolExecutor(max_workers=workers, thread_name_prefix="landmark-decode") as pool:
+            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+            if new_file:
+                writer.writeheader()
+            window: collections.deque = collections.deque()  # batches being decoded: at most ``workers`` + 1
+            batches = _batches(pending(), batch_size)
+            while True:
+                while len(window) <= workers and (batch := next(batches, None)) is not None:
+                    window.append([pool.submit(_decode_one, predictor, path, base) for path, base in batch])
+                if not window:
+                    break
+                decoded = [future.result() for future in window.popleft()]
+                readable = [item for item in decoded if item.error is None]
+                for item, assessment in zip(readable, predictor.assess_batch([item.square for item in readable], 1)):
+                    item.square, item.assessment = None, assessment  # the pixels are done with: memory stays flat
+                    if assessment is None:
+                        item.error = "the model gave no finite probabilities for this image"
+                for item in decoded:
+                    decision = _decide_and_write(predictor, item, threshold=threshold, overwrite_gps=overwrite_gps,
+                                                 open_set=open_set, in_place=in_place, out_dir=out_dir)
+                    writer.writerow(_report_row(item, decision))
+                    counts[decision.status] += 1
+                    counts["tagged_without_place"] += bool(decision.note)
+                    handled += 1
+                handle.flush()  # a batch at a time: a kill loses at most the batch being written
+                if progress:
+                    elapsed = time.monotonic() - started
+                    progress(TagProgress(handled, total, dict(counts), handled / elapsed if elapsed > 0 else 0.0))
     write_json_atomic(report_path.with_suffix(".json"), {
-        "report": str(report_path), "counts": counts, "meanings": STATUS_MEANINGS,
+        "report": str(report_path), "counts": counts, "meanings": STATUS_MEANINGS, "shard": list(shard) if shard else None,
         "probability_threshold": predictor.probability_threshold if threshold is None else threshold,
         "familiarity_threshold": predictor.familiarity_threshold if open_set else None})
     return counts
+
+
+def _decide_and_write(predictor, item: _Decoded, *, threshold, overwrite_gps, open_set, in_place, out_dir) -> TagDecision:
+    """The decision for one classified photo, and its tagged copy (or the original, tagged in place)."""
+    if item.error is not None:
+        return TagDecision("unreadable", error=item.error)
+    decision = decide_for(predictor, None, threshold=threshold, existing_gps=item.gps, overwrite_gps=overwrite_gps,
+                          open_set=open_set, assessment=item.assessment)
+    if decision.status != "tagged":
+        return decision
+    destination = item.path if in_place else out_dir / item.path.relative_to(item.base)
+    if not in_place and destination.resolve() == item.path.resolve():
+        raise LandmarkError(f"--out {out_dir} would overwrite the originals in it; choose another "
+                        "folder (or --overwrite to tag the originals on purpose)")
+    try:
+        write_tagged(item.path.read_bytes(), destination, decision)
+    except OSError as error:  # every later photo would fail the same way: stop, saying why
+        raise LandmarkError(f"cannot write {destination}: {error.strerror or error}") from None
+    item.output = str(destination.resolve())
+    if in_place:  # the file changed: record its new identity so a re-run skips it
+        stat = item.path.stat()
+        item.size, item.mtime_ns = stat.st_size, stat.st_mtime_ns
+    return decision
+
+
+def _report_row(item: _Decoded, decision: TagDecision) -> dict:
+    place = decision.place
+    return {"file": str(item.path.resolve()), "size": item.size, "mtime_ns": item.mtime_ns,  # absolute, like output
+            "output": item.output, "status": decision.status, "prediction": decision.prediction or "",
+            "probability": f"{decision.probability:.4f}" if decision.probability is not None else "",
+            "familiarity": f"{decision.familiarity:.4f}" if decision.familiarity is not None else "",
+            "landmark": decision.name if decision.prediction else "", "region": place.region if place else "",
+            "country": place.country if place else "", "latitude": place.latitude if place else "",
+            "longitude": place.longitude if place else "", "note": decision.note, "error": decision.error or ""}

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
+from landmark_core.errors import LandmarkError
 from landmark_core.fileio import read_json
 from landmark_core.places import place_for
 from landmark_core.predict import Prediction, Predictor
@@ -202,3 +203,81 @@ def test_predict_says_has_gps_like_tag_does(trained_run, photos, capsys):
     from landmark_core.cli import main
     assert main(["predict", str(trained_run), str(photos / "has_gps.jpg"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["outcome"] == "has_gps"
+
+
+def _report_rows(report):
+    return sorted((r["file"], r["status"], r["prediction"], r["probability"], r["familiarity"])
+                  for r in csv.DictReader(open(report)))
+
+
+def test_batched_parallel_tagging_decides_like_one_photo_at_a_time(trained_run, photos, tmp_path):
+    """Threads and batches change the speed, not a single decision: the report equals the one-at-a-time loop's,
+    and each row equals what `decide_for` (the Predict page and `landmark predict`) says for that photo."""
+    from landmark_core.tagging import TagProgress, decide_for
+    predictor = Predictor(trained_run)
+    seen = []
+    tag_files(predictor, [photos], out_dir=tmp_path / "a", report_path=tmp_path / "a.csv", workers=1, batch_size=1)
+    tag_files(predictor, [photos], out_dir=tmp_path / "b", report_path=tmp_path / "b.csv", workers=3, batch_size=4,
+              progress=seen.append)
+    assert _report_rows(tmp_path / "a.csv") == _report_rows(tmp_path / "b.csv")
+    for file, status, prediction, probability, _ in _report_rows(tmp_path / "b.csv"):
+        if status != "unreadable":
+            single = decide_for(predictor, file, existing_gps=read_gps(file))
+            assert (single.status, single.prediction) == (status, prediction)
+            assert single.probability == pytest.approx(float(probability), abs=1e-4)
+    assert all(isinstance(p, TagProgress) for p in seen) and seen[-1].done == seen[-1].total == 6
+    assert seen[-1].files_per_second > 0 and seen[-1].eta_seconds == 0
+
+
+def test_shards_tag_disjoint_files_that_cover_the_library(trained_run, photos, tmp_path):
+    predictor = Predictor(trained_run)
+    for k in (1, 2, 3):
+        tag_files(predictor, [photos], out_dir=tmp_path / "out", report_path=tmp_path / f"shard{k}.csv",
+                  shard=(k, 3), threshold=0.0, open_set=False)
+    files = [r["file"] for k in (1, 2, 3) for r in csv.DictReader(open(tmp_path / f"shard{k}.csv"))]
+    assert len(files) == len(set(files)) == 6  # every photo once, in exactly one shard
+    with pytest.raises(LandmarkError, match="K/N"):
+        tag_files(predictor, [photos], out_dir=tmp_path / "out", report_path=tmp_path / "x.csv", shard=(4, 3))
+
+
+def test_two_taggers_cannot_share_one_report(trained_run, photos, tmp_path):
+    from landmark_core.tagging import _ReportLock
+    report = tmp_path / "report.csv"
+    with _ReportLock(report):  # as a running `landmark tag` holds it
+        with pytest.raises(LandmarkError, match="another process is writing report.csv"):
+            tag_files(Predictor(trained_run), [photos], out_dir=tmp_path / "out", report_path=report)
+    tag_files(Predictor(trained_run), [photos], out_dir=tmp_path / "out", report_path=report)  # released: fine
+
+
+@pytest.mark.slow
+def test_a_killed_tagging_run_resumes_without_duplicates(trained_run, photos, tmp_path):
+    """SIGKILL `landmark tag` mid-library, run it again: every photo once in the report, originals untouched."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    library = tmp_path / "library"
+    library.mkdir()
+    sources = sorted(p for p in photos.rglob("*.jpg") if p.name != "broken.jpg")
+    for i in range(240):  # hard links: a large library at no disk cost
+        os.link(sources[i % len(sources)], library / f"photo{i:04d}.jpg")
+    before = {p.name: digest(p) for p in library.iterdir()}
+    out, report = tmp_path / "out", tmp_path / "out" / "report.csv"
+    command = [sys.executable, "-m", "landmark_core", "tag", str(trained_run), str(library), "--out", str(out),
+               "--report", str(report), "--batch-size", "2", "--workers", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if report.exists() and report.read_bytes().count(b"\n") > 11:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    rows_before = report.read_bytes().count(b"\n") - 1
+    assert 10 <= rows_before < 240, "the kill should land mid-library"
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    rows = list(csv.DictReader(open(report)))
+    assert sorted(r["file"] for r in rows) == sorted(str(p.resolve()) for p in library.iterdir())  # once each
+    assert {p.name: digest(p) for p in library.iterdir()} == before
+    assert json.loads(report.with_suffix(".json").read_text())["counts"]["skipped"] >= rows_before
