@@ -48,3 +48,15 @@ def load_run_model(run_dir: Path, checkpoint: str = "best", device: torch.device
     model.to(device).eval()
     return model, {"config": config, "classes": state["classes"], "mean": state["mean"], "std": state["std"],
                    "epoch": state["epoch"]}
+
+
+def load_feature_bank(run_dir: Path, checkpoint: str = "best") -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(normalised training features (N, D) float16, their labels (N,)) saved by evaluation, or None."""
+    path = Run(run_dir).feature_bank(checkpoint)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state["features"], state["labels"]
+    except Exception as error:
+        raise RunError(f"{path.name} cannot be read ({type(error).__name__}); run landmark evaluate again") from None

@@ -153,7 +153,7 @@ def cmd_evaluate(args) -> int:
     chosen = (summary["calibration"]["temperature"], summary["default_threshold"], summary["default_familiarity_threshold"])
     if exported.get("checkpoint") == args.checkpoint and carried != chosen:
         # the exported model carries the calibration and both tag thresholds: it must give what evaluation chose
-        export_run(run_dir, checkpoint=args.checkpoint)
+        export_run(run_dir, checkpoint=args.checkpoint, format=exported.get("format", "torchscript"))
         print(f"re-exported {run_dir.name} with the new calibration and thresholds", file=sys.stderr)
     if args.json:
         calibration = {k: v for k, v in summary["calibration"].items() if k in ("temperature", "fitted_on")}
@@ -221,10 +221,12 @@ def cmd_tag(args) -> int:
     from .predict import Predictor
     from .tagging import tag_files
 
-    from .config import resolve_device
+    from .config import device_or_error
 
     shard = _parse_shard(args.shard) if args.shard else None
-    predictor = Predictor(args.run, device=resolve_device(args.device))
+    if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
+        raise LandmarkError("--batch-size and --workers must be at least 1")
+    predictor = Predictor(args.run, device=device_or_error(args.device))
     out_dir = None if args.overwrite else Path(args.out or "tagged")
     suffix = f"-shard-{shard[0]}-of-{shard[1]}" if shard else ""  # each shard its own report: no shared file
     report = Path(args.report) if args.report else (out_dir or Path(".")) / f"tag-report{suffix}.csv"

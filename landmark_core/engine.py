@@ -33,7 +33,7 @@ class Callback:
 
     ``order``: lower runs first. ``state_key``: where :meth:`state_dict` is kept in checkpoints.
     """
-    order: int = 0
+    order: int = 50  # the built-in callbacks run at 0-40: yours see the epoch after they have
 
     @property
     def state_key(self) -> str:
@@ -255,7 +255,11 @@ class Engine:
                 self._run_epoch()
             self.fire("on_fit_end")
         except BaseException as error:
-            self.fire("on_exception", error)
+            for callback in self.callbacks:
+                try:
+                    callback.on_exception(self, error)
+                except Exception:  # the original failure is what the user must see
+                    pass
             raise
 
     def _run_epoch(self) -> None:

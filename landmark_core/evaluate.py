@@ -17,7 +17,6 @@ from . import data as data_lib
 from . import openset
 from .calibration import (coverage_at_precision, expected_calibration_error, fit_temperature, reliability, softmax,
                           top_k_hits, top_k_indices)
-from .errors import RunError
 from .fileio import read_json, save_atomic, write_json_atomic
 from .checkpoints import load_run_model
 from .models import LandmarkNet, inference_batch_size
@@ -136,18 +135,6 @@ def calibration_report(val_logits: np.ndarray, val_labels: np.ndarray, test_logi
                         "reliability_before": reliability(softmax(logits), labels),
                         "reliability_after": reliability(softmax(logits, temperature), labels)}
     return report
-
-
-def load_feature_bank(run_dir: Path, checkpoint: str = "best") -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(normalised training features (N, D) float16, their labels (N,)) saved by evaluation, or None."""
-    path = Run(run_dir).feature_bank(checkpoint)
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return state["features"], state["labels"]
-    except Exception as error:
-        raise RunError(f"{path.name} cannot be read ({type(error).__name__}); run landmark evaluate again") from None
 
 
 def open_set_report(scorer: openset.Scorer, choice: dict, probability_threshold: float, *,

@@ -20,10 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoints import load_run_model
+from .checkpoints import load_feature_bank, load_run_model
 from .config import run_preprocessing
 from .errors import ModelError, RunError
-from .evaluate import load_feature_bank
 from .fileio import read_json, sha256_file, write_json_atomic
 from .openset import familiarity
 from .runs import Run

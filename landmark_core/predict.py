@@ -75,6 +75,8 @@ class Predictor:
     def _classify_squares(self, squares: list[np.ndarray]) -> list[tuple[np.ndarray, float | None] | None]:
         """(probabilities, familiarity) per decoded square; None where the model gives non-finite numbers."""
         batch = torch.from_numpy(np.stack(squares)).permute(0, 3, 1, 2).to(self.device)
+        if self.device.type != "cpu":  # torch's antialiased resize has no uint8 kernel on GPUs; on these squares
+            batch = batch.float()      # it is the identity either way (S x S to S), so the numbers are the same
         if self.open_set:
             probs, familiarity = self.module.classify(batch)
             rows = zip(probs.cpu().numpy(), familiarity.cpu().numpy().tolist())

@@ -20,6 +20,7 @@ every write is atomic.
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import fcntl
 import io
@@ -420,6 +421,9 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
         raise LandmarkError("give an output folder (--out DIR) or --overwrite to tag the originals in place")
     if shard is not None and not (len(shard) == 2 and 1 <= shard[0] <= shard[1]):
         raise LandmarkError(f"a shard is K/N with 1 <= K <= N (got {shard})")
+    if batch_size < 1:
+        raise LandmarkError(f"the batch size must be at least 1 (got {batch_size})")
+    paths = list(paths)  # walked twice (count, then tag): a generator would be empty the second time
     out_dir = out_dir.resolve() if out_dir is not None else None
     report_path = report_path.resolve()
     report_path.parent.mkdir(parents=True, exist_ok=True)
@@ -449,8 +453,8 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
                     continue
                 yield path, base
 
-        with open(report_path, "a", newline="", encoding="utf-8") as handle, \
-                ThreadPoolExecutor(max_workers=workers, thread_name_prefix="landmark-decode") as pool:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="landmark-decode")
+        with open(report_path, "a", newline="", encoding="utf-8") as handle, _cancelling(pool):
             writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
             if new_file:
                 writer.writeheader()
@@ -471,10 +475,10 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
                     decision = _decide_and_write(predictor, item, threshold=threshold, overwrite_gps=overwrite_gps,
                                                  open_set=open_set, in_place=in_place, out_dir=out_dir)
                     writer.writerow(_report_row(item, decision))
+                    handle.flush()  # row by row: a kill loses at most the photo being written
                     counts[decision.status] += 1
                     counts["tagged_without_place"] += bool(decision.note)
                     handled += 1
-                handle.flush()  # a batch at a time: a kill loses at most the batch being written
                 if progress:
                     elapsed = time.monotonic() - started
                     progress(TagProgress(handled, total, dict(counts), handled / elapsed if elapsed > 0 else 0.0))
@@ -483,6 +487,17 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
         "probability_threshold": predictor.probability_threshold if threshold is None else threshold,
         "familiarity_threshold": predictor.familiarity_threshold if open_set else None})
     return counts
+
+
+@contextlib.contextmanager
+def _cancelling(pool: ThreadPoolExecutor):
+    """Shut the decoders down when tagging ends; on an error or Ctrl-C, without decoding what is still queued."""
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _decide_and_write(predictor, item: _Decoded, *, threshold, overwrite_gps, open_set, in_place, out_dir) -> TagDecision:

@@ -231,13 +231,15 @@ def test_batched_parallel_tagging_decides_like_one_photo_at_a_time(trained_run, 
 
 def test_shards_tag_disjoint_files_that_cover_the_library(trained_run, photos, tmp_path):
     predictor = Predictor(trained_run)
-    for k in (1, 2, 3):
-        tag_files(predictor, [photos], out_dir=tmp_path / "out", report_path=tmp_path / f"shard{k}.csv",
-                  shard=(k, 3), threshold=0.0, open_set=False)
+    for k in (1, 2, 3):  # paths may be any iterable, a generator too (it is walked twice: count, then tag)
+        tag_files(predictor, (path for path in [photos]), out_dir=tmp_path / "out",
+                  report_path=tmp_path / f"shard{k}.csv", shard=(k, 3), threshold=0.0, open_set=False)
     files = [r["file"] for k in (1, 2, 3) for r in csv.DictReader(open(tmp_path / f"shard{k}.csv"))]
     assert len(files) == len(set(files)) == 6  # every photo once, in exactly one shard
     with pytest.raises(LandmarkError, match="K/N"):
         tag_files(predictor, [photos], out_dir=tmp_path / "out", report_path=tmp_path / "x.csv", shard=(4, 3))
+    with pytest.raises(LandmarkError, match="batch size"):
+        tag_files(predictor, [photos], out_dir=tmp_path / "out", report_path=tmp_path / "x.csv", batch_size=0)
 
 
 def test_two_taggers_cannot_share_one_report(trained_run, photos, tmp_path):

@@ -285,6 +285,10 @@ def test_callbacks_run_in_order():
     assert seen == ["first", "late", "also-late"]
     assert EarlyStopping.order < Checkpointer.order  # the checkpoint saves early stopping's updated counters
     assert MetricsLogger.order < StatusUpdater.order
+    from landmark_core.callbacks import CancelOnRequest, ConsoleProgress
+    built_in = (MetricsLogger, EarlyStopping, Checkpointer, StatusUpdater, ConsoleProgress)
+    assert Callback.order > max(c.order for c in built_in)  # a user's callback sees what the built-ins did
+    assert CancelOnRequest.order >= MetricsLogger.order
 
 
 def test_best_checkpoint_is_written_without_a_validation_split(tmp_path, artifacts):
