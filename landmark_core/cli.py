@@ -114,9 +114,9 @@ def _config_from_args(args):
     return TrainConfig(**given)
 
 
+# Commands check what they were given (a run, a folder) before importing torch: a typo is answered at once.
+
 def cmd_train(args) -> int:
-    from .callbacks import ConsoleProgress
-    from .pipeline import create_run, train
     from .runs import Run, launch_background, resolve_run
 
     if args.run_dir or args.resume:
@@ -125,12 +125,15 @@ def cmd_train(args) -> int:
     else:
         if not args.data:
             raise LandmarkError("--data DIR is required (or --data demo for the built-in demo set)")
+        from .pipeline import create_run
         run_dir, resume = create_run(_config_from_args(args)), False
     if args.background:
         pid = launch_background(run_dir, resume=resume)
         print(run_dir)
         print(f"training in the background (pid {pid}); follow it with: landmark runs", file=sys.stderr)
         return 0
+    from .callbacks import ConsoleProgress
+    from .pipeline import train
     print(run_dir, flush=True)
     train(run_dir, resume=resume, callbacks=[ConsoleProgress(lambda line: print(line, file=sys.stderr, flush=True))],
           progress=lambda stage, done, total: ProgressBar(stage)(done, total) if done == total else None)
@@ -141,11 +144,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_run
-    from .config import resolve_device
-    from .export import export_run
     from .runs import Run
     run = Run.open(args.run)
+    from .config import resolve_device
+    from .evaluate import evaluate_run
+    from .export import export_run
     run_dir = run.path
     summary = evaluate_run(run_dir, device=resolve_device(args.device), checkpoint=args.checkpoint)
     exported = run.export_meta or {}
@@ -177,17 +180,20 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_run
     from .runs import resolve_run
-    print(export_run(resolve_run(args.run), checkpoint=args.checkpoint, format=args.format))
+    run_dir = resolve_run(args.run)
+    from .export import export_run
+    print(export_run(run_dir, checkpoint=args.checkpoint, format=args.format))
     return 0
 
 
 def cmd_predict(args) -> int:
+    from .runs import Run
+    run = Run.open(args.run)
     from .errors import ImageError
     from .predict import Predictor
     from .tagging import decide_for, read_gps
-    predictor = Predictor(args.run)
+    predictor = Predictor(run)
     results, failures = [], 0
     for image in args.images:
         try:
