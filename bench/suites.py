@@ -613,11 +613,12 @@ def open_set(scale: Scale, datasets: list[Path], work: Path) -> Table:
 
 
 def _tag_in_fresh_process(run: Path, library: Path, out: Path, count: int, workers: int | None,
-                          batch_size: int) -> dict:
-    """Tag the first ``count`` files of ``library`` in a new interpreter: its peak RSS is the tagging's alone."""
+                          batch_size: int | None) -> dict:
+    """Tag the first ``count`` files of ``library`` in a new interpreter: its peak RSS is the tagging's alone
+    (VmHWM: ``ru_maxrss`` would carry over the parent's peak across fork and exec)."""
     import subprocess
     import sys
-    code = ("import json, resource, sys, time; from pathlib import Path\n"
+    code = ("import json, sys, time; from pathlib import Path\n"
             "from landmark_core.predict import Predictor\nfrom landmark_core.tagging import tag_files\n"
             "run, library, out, count, workers, batch = sys.argv[1:7]\n"
             "folders = sorted(p for p in Path(library).iterdir() if p.is_dir())\n"
@@ -625,11 +626,12 @@ def _tag_in_fresh_process(run: Path, library: Path, out: Path, count: int, worke
             "chosen = folders[:int(count) // per_folder]  # whole folders: the walk stays lazy, as for a user\n"
             "predictor = Predictor(run)\nstarted = time.perf_counter()\n"
             "counts = tag_files(predictor, chosen, out_dir=Path(out), report_path=Path(out) / 'report.csv', "
-            "workers=int(workers) if workers != 'None' else None, batch_size=int(batch), count_first=False)\n"
+            "workers=int(workers) if workers != 'None' else None, batch_size=int(batch) if batch != 'None' else None, "
+            "count_first=False)\n"
             "seconds = time.perf_counter() - started\n"
             "print(json.dumps({'seconds': seconds, 'files': sum(counts[k] for k in ('tagged', 'unknown', 'abstained', "
             "'has_gps', 'unreadable')), 'counts': counts, "
-            "'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
+            "'peak_rss_mib': int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024}))")
     result = subprocess.run([sys.executable, "-c", code, str(run), str(library), str(out), str(count), str(workers),
                              str(batch_size)], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).resolve().parents[1])
@@ -680,9 +682,10 @@ def tagging(scale: Scale, work: Path) -> Table:
         table.add(label, result["files"], rate, rate / base_rate, result["peak_rss_mib"], f"{hours:.1f} h")
 
     add("one photo at a time (1 thread, batch 1: the loop before)", baseline)
-    add("threads + batches (default: a thread per core, batch 32)", measure("batched", timed_count, None, 32))
+    add("decoding thread + batches (the defaults: a thread per 2 cores, batch 8)", measure("batched", timed_count, None, None))
+    add("2 decoding threads, batch 32", measure("wide", timed_count, 2, 32))
     for count in scale.tag_libraries:
-        add("threads + batches, whole library", measure("library", count, None, 32))
+        add("the defaults, whole library", measure("library", count, None, None))
     table.notes.append("Each row is a fresh process tagging the first N files of one library (hard links of "
                        f"{len(sources)} distinct photos), writing tagged copies and the CSV report; peak RSS is that "
                        "process's maximum resident memory. Memory must not grow with the library: compare the last "

@@ -230,8 +230,6 @@ def cmd_tag(args) -> int:
     from .config import device_or_error
 
     shard = _parse_shard(args.shard) if args.shard else None
-    if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
-        raise LandmarkError("--batch-size and --workers must be at least 1")
     predictor = Predictor(args.run, device=device_or_error(args.device))
     out_dir = None if args.overwrite else Path(args.out or "tagged")
     suffix = f"-shard-{shard[0]}-of-{shard[1]}" if shard else ""  # each shard its own report: no shared file
@@ -409,8 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--overwrite", action="store_true", help="write the tags into the original files")
     tag.add_argument("--overwrite-gps", action="store_true", help="also tag photos that already have GPS")
     tag.add_argument("--report", help="CSV report path (default: OUT/tag-report.csv, or OUT/tag-report-shard-K-of-N.csv)")
-    tag.add_argument("--workers", type=int, help="threads decoding photos (default: one per core, at most 8)")
-    tag.add_argument("--batch-size", type=int, default=32, help="photos per forward pass (default: 32)")
+    tag.add_argument("--workers", type=int, help="threads decoding photos (default: one per two cores on a CPU, "
+                     "one per core with a GPU; at most 8)")
+    tag.add_argument("--batch-size", type=int, help="photos per forward pass (default: 8 on a CPU, 64 on a GPU)")
     tag.add_argument("--shard", metavar="K/N", help="tag only this process's share of the files (1/4 ... 4/4): run N "
                      "processes, or one per GPU, on the same library; no file is tagged twice")
     tag.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")

@@ -238,7 +238,7 @@ def test_shards_tag_disjoint_files_that_cover_the_library(trained_run, photos, t
     assert len(files) == len(set(files)) == 6  # every photo once, in exactly one shard
     with pytest.raises(LandmarkError, match="K/N"):
         tag_files(predictor, [photos], out_dir=tmp_path / "out", report_path=tmp_path / "x.csv", shard=(4, 3))
-    with pytest.raises(LandmarkError, match="batch size"):
+    with pytest.raises(LandmarkError, match="at least 1"):
         tag_files(predictor, [photos], out_dir=tmp_path / "out", report_path=tmp_path / "x.csv", batch_size=0)
 
 
