@@ -159,8 +159,10 @@ def build_exportable(run_dir: Path, checkpoint: str = "best") -> ExportedClassif
 
 #: Export formats and the file each writes in the run folder.
 FORMATS = {"torchscript": Run.MODEL, "onnx": Run.ONNX_MODEL}
-#: ONNX Runtime's resize rounds differently from torch's uint8 kernel by a level on a few pixels.
-FORMAT_TOLERANCE = {"torchscript": 1e-4, "onnx": 2e-3}
+#: ONNX Runtime's resize rounds differently from torch's uint8 kernel by a level on a few pixels: with the Lite
+#: models' bicubic filter that moves probabilities and familiarity by up to ~5e-3 (measured on efficientnet_lite2;
+#: the top-5 stays the same, and is required to).
+FORMAT_TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-2}
 
 
 def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float | None = None,

@@ -123,6 +123,13 @@ def test_each_pretrained_backbone_trains_evaluates_exports_and_predicts(tiny_dat
         assert [p.probability for p in top] == pytest.approx([p for _, p in row["top5"]], abs=2e-3)
         # the exported model carries the feature bank: the same familiarity as evaluation computed
         assert predictor.assess(row["path"]).familiarity == pytest.approx(row["familiarity"], abs=2e-3)
+    # ONNX with the model's bicubic resize passes its own round trip against ONNX Runtime, and ranks alike
+    from landmark_core.export import FORMAT_TOLERANCE, export_run
+    export_run(run_dir, format="onnx")
+    assert read_json(run_dir / "export.json")["round_trip_max_abs_diff"] <= FORMAT_TOLERANCE["onnx"]
+    onnx = Predictor(run_dir)
+    for row in read_json(run_dir / "predictions.json")[:4]:
+        assert onnx.predict(row["path"], top_k=1)[0].index == row["predicted"]
     assert predictor.familiarity_threshold == pytest.approx(evaluation["default_familiarity_threshold"])
 
 
