@@ -7,6 +7,7 @@ from typing import Callable
 
 from .checkpoints import save_checkpoint
 from .config import TrainConfig
+from .distributed import SINGLE_PROCESS, World
 from .engine import Callback
 from .errors import TrainingCancelled
 from .fileio import append_jsonl
@@ -86,13 +87,17 @@ class StatusUpdater(Callback):
 
 
 class CancelOnRequest(Callback):
-    """Raises :class:`TrainingCancelled` when a ``CANCEL`` file appears in the run folder."""
+    """Raises :class:`TrainingCancelled` when a ``CANCEL`` file appears in the run folder.
 
-    def __init__(self, run_dir: Path):
-        self.flag = run_dir / Run.CANCEL
+    Processes of a distributed run agree after every batch (whichever saw the file first), so all of them
+    stop at the same batch and none is left waiting for the others in a collective.
+    """
+
+    def __init__(self, run_dir: Path, world: World = SINGLE_PROCESS):
+        self.flag, self.world = run_dir / Run.CANCEL, world
 
     def on_batch_end(self, engine):
-        if self.flag.exists():
+        if self.world.any(self.flag.exists()):
             raise TrainingCancelled("cancelled by request")
 
 

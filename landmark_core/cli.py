@@ -117,29 +117,66 @@ def _config_from_args(args):
 # Commands check what they were given (a run, a folder) before importing torch: a typo is answered at once.
 
 def cmd_train(args) -> int:
-    from .runs import Run, launch_background, resolve_run
+    from . import distributed
+    from .runs import Run, launch_background, read_status, resolve_run
 
+    if distributed.launched_by_torchrun():
+        return _train_as_rank(args)
     if args.run_dir or args.resume:
         run_dir = resolve_run(args.run_dir or args.resume)
         resume = bool(args.resume) or Run(run_dir).checkpoint("last").exists()
+        processes = args.nproc_per_node or read_status(run_dir).get("processes") or 1  # resume as it ran
     else:
         if not args.data:
             raise LandmarkError("--data DIR is required (or --data demo for the built-in demo set)")
         from .pipeline import create_run
         run_dir, resume = create_run(_config_from_args(args)), False
+        processes = args.nproc_per_node or 1
+    if processes < 1:
+        raise LandmarkError("--nproc-per-node must be at least 1")
     if args.background:
-        pid = launch_background(run_dir, resume=resume)
+        pid = launch_background(run_dir, resume=resume, processes=processes)
         print(run_dir)
         print(f"training in the background (pid {pid}); follow it with: landmark runs", file=sys.stderr)
         return 0
-    from .callbacks import ConsoleProgress
-    from .pipeline import train
     print(run_dir, flush=True)
-    train(run_dir, resume=resume, callbacks=[ConsoleProgress(lambda line: print(line, file=sys.stderr, flush=True))],
-          progress=lambda stage, done, total: ProgressBar(stage)(done, total) if done == total else None)
+    if processes > 1:
+        from .pipeline import train_distributed
+        train_distributed(run_dir, processes)
+    else:
+        from .callbacks import ConsoleProgress
+        from .pipeline import train
+        train(run_dir, resume=resume, callbacks=[ConsoleProgress(lambda line: print(line, file=sys.stderr, flush=True))],
+              progress=lambda stage, done, total: ProgressBar(stage)(done, total) if done == total else None)
     evaluation = Run(run_dir).evaluation or {}
     if evaluation:
         print(f"test top-1 {evaluation['top1']:.3f}  top-5 {evaluation['top5']:.3f}", file=sys.stderr)
+    return 0
+
+
+def _train_as_rank(args) -> int:
+    """One rank of a run launched by torchrun (ours, or a user's own across machines): rank 0 creates the run
+    folder when none is given and tells the others where it is; rank 0 alone prints and writes."""
+    from . import distributed
+    from .callbacks import ConsoleProgress
+    from .config import device_or_error
+    from .pipeline import create_run, train
+    from .runs import Run, resolve_run
+
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if args.run_dir or args.resume:
+        run_dir = resolve_run(args.run_dir or args.resume)
+    else:
+        if not args.data:
+            raise LandmarkError("--data DIR is required (or --run-dir RUN)")
+        config = _config_from_args(args)
+        world, _ = distributed.join(device_or_error(config.device))
+        run_dir = Path(world.broadcast_object(str(create_run(config)) if world.is_main else None))
+        if main_rank:
+            print(run_dir, flush=True)
+    resume = Run(run_dir).checkpoint("last").exists()
+    console = [ConsoleProgress(lambda line: print(line, file=sys.stderr, flush=True))] if main_rank else []
+    train(run_dir, resume=resume, callbacks=console)
     return 0
 
 
@@ -365,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted or cancelled run")
     train.add_argument("--run-dir", help=argparse.SUPPRESS)
     train.add_argument("--background", action="store_true", help="train in a detached process")
+    train.add_argument("--nproc-per-node", type=int, metavar="N",
+                       help="data-parallel training with N processes on this machine through torchrun (one per GPU, "
+                            "or CPU processes); --batch-size stays the global batch. Resuming uses the run's own N "
+                            "unless given")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run on its test split")

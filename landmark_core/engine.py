@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from . import data as data_lib
 from .calibration import top_k_hits
 from .config import TrainConfig
+from .distributed import SINGLE_PROCESS, World
 from .errors import RunError
 from .models import LandmarkNet, folded_for_inference, inference_batch_size
 from .prepare import PreparedData
@@ -101,9 +102,13 @@ class FeatureBatches:
         self.features: dict[int, torch.Tensor] = {}  # view -> (N, D), computed when an epoch first needs it
         self.backbone = backbone  # the frozen backbone; by default folded for inference when first needed
         self.labels = torch.from_numpy(np.asarray(loader.split.labels))
+        self.world = loader.world
 
     @torch.no_grad()
     def _view(self, view: int) -> torch.Tensor:
+        """Features of one view of the split; in a distributed run each process computes its contiguous share
+        of the rows (drawing the augmentation numbers of every chunk, so its rows match one process's) and the
+        shares are gathered."""
         if view not in self.features:
             self.model.backbone.eval()
             if self.backbone is None:
@@ -111,12 +116,20 @@ class FeatureBatches:
             exact = self.exact_views and view < 2
             generator = torch.Generator().manual_seed(self.loader.seed * 7919 + view) if self.augment and not exact else None
             chunk = inference_batch_size(self.loader.device)
-            chunks = []
+            mine = self.world.share(len(self.loader.split))
+            chunks = [torch.zeros(0, self.model.feature_dim, device=self.loader.device)]
             for start in range(0, len(self.loader.split), chunk):
-                pixels = torch.from_numpy(np.array(self.loader.split.images[start:start + chunk]))
-                inputs = self.loader.prepare(pixels, generator)
+                end = min(start + chunk, len(self.loader.split))
+                low, high = max(start, mine.start), min(end, mine.stop)
+                if high <= low:
+                    if generator is not None and low < end:  # a chunk before this share: keep the draws in step
+                        self.loader.prepare(torch.zeros((0, *self.loader.split.images.shape[1:]), dtype=torch.uint8),
+                                            generator, slice(0, 0), end - start)
+                    continue
+                pixels = torch.from_numpy(np.array(self.loader.split.images[low:high]))
+                inputs = self.loader.prepare(pixels, generator, slice(low - start, high - start), end - start)
                 chunks.append(self.backbone(inputs.flip(-1) if exact and view == 1 else inputs).float())
-            self.features[view] = torch.cat(chunks) if chunks else torch.zeros(0, self.model.feature_dim)
+            self.features[view] = self.world.gather_rows(torch.cat(chunks))
         return self.features[view]
 
     def precompute(self) -> "FeatureBatches":
@@ -149,26 +162,37 @@ class FeatureBatches:
         order = torch.randperm(len(features), generator=generator) if self.loader.shuffle else torch.arange(len(features))
         for start in range(0, len(order), self.loader.batch_size):
             index = order[start:start + self.loader.batch_size]
+            index = index[self.world.share(len(index))]
             yield features[index], self.labels[index].to(features.device)
 
 
 class Engine:
-    """The training loop. State a callback may read: ``epoch``, ``batch``, ``last``, ``model``, ``config``."""
+    """The training loop. State a callback may read: ``epoch``, ``batch``, ``last``, ``model``, ``config``, ``world``.
+
+    With a distributed ``world`` the trained module is wrapped in ``DistributedDataParallel`` (anew whenever
+    the set of trained parameters changes: head only, then the whole network), every process sees its share
+    of each global batch, and every number in ``last`` is reduced over the processes.
+    """
 
     def __init__(self, config: TrainConfig, model: LandmarkNet, data: PreparedData, device: torch.device,
-                 callbacks: Sequence[Callback] = ()):
-        self.config, self.data, self.device = config, data, device
+                 callbacks: Sequence[Callback] = (), world: World = SINGLE_PROCESS):
+        self.config, self.data, self.device, self.world = config, data, device, world
+        if world.is_distributed and device.type == "cuda" and not config.freeze_batchnorm:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # batch statistics of the global batch
         self.model = model.to(device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format)
+        self._replicated: tuple | None = None  # (module, trained-parameter mask, its DistributedDataParallel)
         self.callbacks = ordered(callbacks)
         self.should_stop = False  # set by a callback (early stopping) to end training after this epoch
         loader_args = dict(batch_size=config.batch_size, image_size=config.image_size, mean=data.mean, std=data.std,
-                           device=device, seed=config.seed, channels_last=config.channels_last)
+                           device=device, seed=config.seed, channels_last=config.channels_last, world=world)
         self.train_loader = data_lib.BatchLoader(data.train, shuffle=True, augment=config.augment,
                                                  augmentation=config.augmentation, **loader_args)
         self.val_loader = data_lib.BatchLoader(data.val, **loader_args)
         self.class_weight = (class_weights(torch.from_numpy(np.asarray(data.train.labels)), len(data.classes)).to(device)
                              if config.class_balanced else None)
-        self.criterion = nn.CrossEntropyLoss(weight=self.class_weight, label_smoothing=config.label_smoothing)
+        # summed, then divided by the global batch's total weight: each process's share of one mean
+        self.criterion = nn.CrossEntropyLoss(weight=self.class_weight, label_smoothing=config.label_smoothing,
+                                             reduction="sum")
         self.probing = config.head_solver == "lbfgs" and config.cache_features  # frozen epochs fit the head by L-BFGS
         self.optimizer = self._make_optimizer()
         self.steps_per_epoch = len(self.train_loader)
@@ -277,7 +301,7 @@ class Engine:
             train_loss, train_acc = self._fit_head(train_batches, val_batches)
         else:
             train_loss, train_acc = self._train_steps(network, train_batches)
-        val = evaluate_batches(network, val_batches, tta_flip=c.tta_flip)
+        val = evaluate_batches(network, val_batches, tta_flip=c.tta_flip, world=self.world)
         for loss in (train_loss, val["loss"]):
             if loss is not None and not math.isfinite(loss):
                 self._diverged(loss)
@@ -304,6 +328,9 @@ class Engine:
         with torch.no_grad():
             linear.weight.copy_(head.weight.to(linear.weight.device))
             linear.bias.copy_(head.bias.to(linear.bias.device))
+            # every process fitted the same features; rank 0's result, so float rounding cannot drift them apart
+            self.world.broadcast_(linear.weight)
+            self.world.broadcast_(linear.bias)
             logits = head.logits(features)
             loss = float(F.cross_entropy(logits, labels))
             accuracy = float((logits.argmax(1) == labels).float().mean())
@@ -318,25 +345,52 @@ class Engine:
         raise RunError(f"training diverged: the loss became {loss} in epoch {self.epoch + 1} "
                        f"(lr {self.config.lr:g}; try a smaller --lr). Nothing was exported.")
 
+    def _replicated_network(self, network: nn.Module) -> nn.Module:
+        """``network`` itself in one process; in several, a DistributedDataParallel over its trained parameters,
+        built again when they change (the head alone while the backbone is frozen, then everything)."""
+        if not self.world.is_distributed:
+            return network
+        mask = tuple(p.requires_grad for p in network.parameters())
+        if self._replicated is None or self._replicated[0] is not network or self._replicated[1] != mask:
+            from torch.nn.parallel import DistributedDataParallel
+            self._replicated = None  # the old wrapper's gradient hooks go with it
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._replicated = (network, mask, DistributedDataParallel(network, device_ids=ids))
+        return self._replicated[2]
+
+    def _loss_weight(self, labels: torch.Tensor) -> torch.Tensor:
+        """What the loss of these labels sums over: their class weights (or their count)."""
+        if self.class_weight is None:
+            return torch.tensor(float(len(labels)))
+        return self.class_weight[labels].sum().float().cpu()
+
     def _train_steps(self, network: nn.Module, train_batches) -> tuple[float, float]:
-        device = self.device
+        device, world = self.device, self.world
+        trained = self._replicated_network(network)
         total_loss, correct, seen = 0.0, 0, 0
         for self.batch, (inputs, labels) in enumerate(train_batches, start=1):
+            # DistributedDataParallel averages gradients over processes: scaling by their number makes the step
+            # the gradient of the global batch's mean loss, however the batch was shared out
+            global_weight = world.sum([float(self._loss_weight(labels))])[0] if world.is_distributed \
+                else float(self._loss_weight(labels))
             with torch.autocast(device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext():
-                logits = network(inputs)
-                loss = self.criterion(logits.float(), labels)
-            if not torch.isfinite(loss):  # one more step would write non-finite weights into the checkpoints
-                self._diverged(loss.item())
+                logits = trained(inputs)
+                summed = self.criterion(logits.float(), labels)
+            loss = summed * (world.size / max(global_weight, 1e-12))
+            batch_loss = world.sum([summed.item()])[0] / max(global_weight, 1e-12)
+            if not math.isfinite(batch_loss):  # one more step would write non-finite weights into the checkpoints
+                self._diverged(batch_loss)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step()
-            total_loss += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
-            seen += len(labels)
+            count = world.sum([float(len(labels)), (logits.argmax(1) == labels).sum().item()])
+            total_loss += batch_loss * count[0]
+            correct += int(count[1])
+            seen += int(count[0])
             self.last = {"kind": "batch", "epoch": self.epoch + 1, "batch": self.batch, "batches": len(train_batches),
-                         "loss": loss.item(), "lr": self.optimizer.param_groups[0]["lr"], "elapsed": time.time() - self.started}
+                         "loss": batch_loss, "lr": self.optimizer.param_groups[0]["lr"], "elapsed": time.time() - self.started}
             self.fire("on_batch_end")
         return total_loss / max(1, seen), correct / max(1, seen)
 
@@ -346,7 +400,7 @@ class Engine:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None, "epoch": self.epoch,
                 "best_val_acc": self.best_val_acc, "best_val_loss": self.best_val_loss,
-                "should_stop": self.should_stop,
+                "should_stop": self.should_stop, "world_size": self.world.size,
                 "callbacks": {callback.state_key: state for callback in self.callbacks
                               if (state := callback.state_dict())}}
 
@@ -378,7 +432,8 @@ def predict_logits(network: nn.Module, inputs: torch.Tensor, tta_flip: bool = Fa
 
 
 @torch.no_grad()
-def evaluate_batches(network: nn.Module, batches: Iterable, tta_flip: bool = False) -> dict:
+def evaluate_batches(network: nn.Module, batches: Iterable, tta_flip: bool = False, world: World = SINGLE_PROCESS) -> dict:
+    """Loss, top-1 and top-5 accuracy over ``batches`` (each process's share, summed over processes)."""
     network.eval()
     total_loss, correct, top5, seen = 0.0, 0, 0, 0
     for inputs, labels in batches:
@@ -387,6 +442,7 @@ def evaluate_batches(network: nn.Module, batches: Iterable, tta_flip: bool = Fal
         correct += (logits.argmax(1) == labels).sum().item()
         top5 += int(top_k_hits(logits.cpu().numpy(), labels.cpu().numpy(), 5).sum())
         seen += len(labels)
+    total_loss, correct, top5, seen = world.sum([total_loss, correct, top5, seen])
     if seen == 0:
         return {"loss": None, "acc": None, "top5": None}
     return {"loss": total_loss / seen, "acc": correct / seen, "top5": top5 / seen}

@@ -67,6 +67,7 @@ def live_progress(run_dir: Path) -> dict:
             "epochs": total_epochs, "batch": last_batch["batch"] if last_batch and last_batch["epoch"] > done_epochs else 0,
             "batches": last_batch["batches"] if last_batch else None, "fraction": min(1.0, fraction),
             "elapsed": elapsed, "eta": eta, "last_epoch": epochs[-1] if epochs else None,
+            "processes": int(status.get("processes") or 1),
             "batch_losses": pd.DataFrame([{"step": i, "epoch": b["epoch"], "loss": b["loss"]} for i, b in enumerate(batches)])}
 
 

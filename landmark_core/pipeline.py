@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import data as data_lib
+from . import distributed
 from .allocator import keep_freed_memory
 from .callbacks import CancelOnRequest, Checkpointer, EarlyStopping, MetricsLogger, StatusUpdater
 from .checkpoints import load_checkpoint
@@ -68,6 +69,9 @@ def train(run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] 
     Status moves queued → running → finished / failed / cancelled. Cancellation
     (a ``CANCEL`` file, SIGTERM or Ctrl-C) is an exception raised inside the loop;
     the last checkpoint stays, so ``resume=True`` continues from it.
+
+    In a process started by torchrun this is one rank of a distributed run (:mod:`.distributed`): rank 0
+    holds the lock and writes the run folder; the other ranks train their share and write nothing.
     """
     keep_freed_memory()
     config = Run(run_dir).config()
@@ -75,9 +79,19 @@ def train(run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] 
     if previous.get("state") == "finished":
         raise RunError(f"{run_dir.name} has finished: there is nothing to resume (train a new run; "
                        f"`landmark export {run_dir.name}` exports it again)")
-    with RunLock(run_dir):
-        return _train_locked(run_dir, config, previous, resume=resume, callbacks=callbacks, progress=progress,
-                             evaluate_and_export=evaluate_and_export)
+    world, device = distributed.join(resolve_device(config.device))
+    try:
+        if not world.is_main:
+            _train_rank(run_dir, config, world, device, resume=resume, callbacks=callbacks)
+            return run_dir
+        with RunLock(run_dir):
+            return _train_locked(run_dir, config, previous, world, device, resume=resume, callbacks=callbacks,
+                                 progress=progress, evaluate_and_export=evaluate_and_export)
+    except BaseException as error:
+        distributed.record_failure(error)
+        raise
+    finally:
+        distributed.leave()
 
 
 class RunLock:
@@ -114,34 +128,62 @@ class RunLock:
         self.handle.close()
 
 
-def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, *, resume: bool, callbacks, progress,
-                  evaluate_and_export: bool) -> Path:
-    (run_dir / Run.CANCEL).unlink(missing_ok=True)
-    started = time.time()
-    write_status(run_dir, state="running", pid=os.getpid(), started=previous.get("started") or now_iso(), error=None)
+def _build_engine(run_dir: Path, config: TrainConfig, prepared, world: distributed.World, device: torch.device,
+                  writers: Sequence[Callback], callbacks: Sequence[Callback], resume_state: dict | None) -> Engine:
+    """The model and the engine with the standard callbacks (``writers``: rank 0's), resumed when asked."""
+    torch.manual_seed(config.seed)  # initialisation must not depend on what ran earlier in this process
+    model = build_model(config.model, len(prepared.classes), pretrained=config.pretrained,
+                        weights_path=config.weights_path, **config.model_options)
+    engine = Engine(config, model, prepared, device, [
+        *writers, CancelOnRequest(run_dir, world),
+        *([EarlyStopping(config.early_stopping_patience)] if config.early_stopping_patience else []),
+        *callbacks], world=world)
+    if resume_state is not None:
+        engine.load_state_dict(resume_state)
+    return engine
+
+
+def _train_rank(run_dir: Path, config: TrainConfig, world: distributed.World, device: torch.device, *, resume: bool,
+                callbacks: Sequence[Callback]) -> None:
+    """A rank other than 0: trains its share of every batch and writes nothing to the run folder."""
     old_handler = signal.signal(signal.SIGTERM, _raise_cancel) if _in_main_thread() else None
     try:
         torch.manual_seed(config.seed)
-        device = resolve_device(config.device)
+        resume_state = _resume_state(run_dir, device) if resume else None
+        world.barrier()  # rank 0 decodes the photos into the shared cache first
+        prepared = prepare_data(config)
+        _build_engine(run_dir, config, prepared, world, device, (), callbacks, resume_state).fit()
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+
+
+def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: distributed.World, device: torch.device,
+                  *, resume: bool, callbacks, progress, evaluate_and_export: bool) -> Path:
+    (run_dir / Run.CANCEL).unlink(missing_ok=True)
+    started = time.time()
+    # the launcher's pid when there is one: Stop signals it, and torchrun stops every rank
+    pid = int(os.environ.get("LANDMARK_LAUNCHER_PID") or os.getpid())
+    write_status(run_dir, state="running", pid=pid, processes=world.size, started=previous.get("started") or now_iso(),
+                 error=None)
+    old_handler = signal.signal(signal.SIGTERM, _raise_cancel) if _in_main_thread() else None
+    try:
+        torch.manual_seed(config.seed)
         resume_state = _resume_state(run_dir, device) if resume else None  # before decoding: a bad file fails fast
         prepared = prepare_data(config, progress)
+        if world.is_distributed:
+            data_lib.wait_for_cache_writes()
+            world.barrier()
         write_json_atomic(run_dir / Run.SPLIT, prepared.split)
-        torch.manual_seed(config.seed)  # initialisation must not depend on what ran earlier in this process
-        model = build_model(config.model, len(prepared.classes), pretrained=config.pretrained,
-                            weights_path=config.weights_path, **config.model_options)
         meta = {"classes": prepared.classes, "mean": prepared.mean, "std": prepared.std}
         preprocessing = run_preprocessing(config)
         write_json_atomic(run_dir / Run.PREPROCESSING, {**meta, "image_size": config.image_size,
                                                            "resize_size": preprocessing.resize_size,
                                                            "interpolation": preprocessing.interpolation})
-        engine = Engine(config, model, prepared, device, [
-            MetricsLogger(run_dir / Run.METRICS, config.log_every), Checkpointer(run_dir, config, meta),
-            StatusUpdater(run_dir), CancelOnRequest(run_dir),
-            *([EarlyStopping(config.early_stopping_patience)] if config.early_stopping_patience else []),
-            *callbacks])
+        writers = [MetricsLogger(run_dir / Run.METRICS, config.log_every), Checkpointer(run_dir, config, meta),
+                   StatusUpdater(run_dir)]
+        engine = _build_engine(run_dir, config, prepared, world, device, writers, callbacks, resume_state)
         if resume:
-            if resume_state is not None:
-                engine.load_state_dict(resume_state)
             _restrict_metrics(run_dir / Run.METRICS, engine.epoch)
         engine.fit()
         train_seconds = previous.get("train_seconds", 0.0) + time.time() - started
@@ -152,6 +194,8 @@ def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, *, resume:
         write_status(run_dir, state="finished", finished=now_iso(), train_seconds=train_seconds)
         return run_dir
     except TrainingCancelled as stop:
+        if world.is_distributed and not (run_dir / Run.CANCEL).exists():
+            stop = TrainingCancelled(f"{stop} (torchrun stops every rank when one fails: its output names the rank)")
         write_status(run_dir, state="cancelled", error=str(stop), finished=now_iso(),
                      train_seconds=previous.get("train_seconds", 0.0) + time.time() - started)
         raise
@@ -181,6 +225,44 @@ def _resume_state(run_dir: Path, device: torch.device) -> dict | None:
 
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+def train_distributed(run_dir: Path, processes: int) -> Path:
+    """Train ``run_dir`` with ``processes`` ranks on this machine through torchrun (``torch.distributed.run``).
+
+    Each rank runs ``landmark train --run-dir RUN`` (which resumes from the last checkpoint when there is one)
+    and :func:`train` does the rest. Blocks until the ranks end. A rank's failure fails the run with that
+    rank's error; a request to stop leaves it cancelled and resumable, like a single process.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    if processes > distributed.process_limit():
+        raise LandmarkError(f"{processes} processes asked for; this machine has {distributed.process_limit()} "
+                            f"{'GPUs' if torch.cuda.is_available() else 'CPU cores'}")
+    if (read_json(run_dir / Run.STATUS, default={}) or {}).get("state") == "finished":
+        raise RunError(f"{run_dir.name} has finished: there is nothing to resume")
+    with RunLock(run_dir):  # another trainer holds it: say so now, not from inside rank 0
+        pass
+    # torchrun gives each CPU rank one thread unless told otherwise; a share of the cores is what they can use
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    os.environ["LANDMARK_LAUNCHER_PID"] = str(os.getpid())  # Stop in the app signals the launcher, which stops all
+    write_status(run_dir, processes=processes)
+    arguments = ["--nnodes", "1", "--nproc-per-node", str(processes), "--rdzv-backend", "c10d",
+                 "--rdzv-endpoint", "127.0.0.1:0", "--rdzv-id", f"landmark-{run_dir.name}-{os.getpid()}",
+                 "--max-restarts", "0", "--monitor-interval", "0.5", "--module", "landmark_core", "train",
+                 "--run-dir", str(run_dir)]
+    try:
+        run(get_args_parser().parse_args(arguments))
+    except ChildFailedError as error:
+        if (run_dir / Run.CANCEL).exists():  # every rank stopped on request; rank 0 recorded it
+            raise TrainingCancelled("cancelled by request") from None
+        reason = distributed.root_cause(error.failures)
+        write_status(run_dir, state="failed", error=reason, finished=now_iso())
+        raise RunError(f"{run_dir.name} failed: {reason}") from None
+    finally:
+        os.environ.pop("LANDMARK_LAUNCHER_PID", None)
+    return run_dir
 
 
 def train_new(config: TrainConfig, artifacts: Path | None = None, **kwargs) -> Path:

@@ -229,6 +229,7 @@ class RunSummary:
     duration_s: float | None
     created: str | None
     error: str | None
+    processes: int = 1  # data-parallel training processes (torchrun ranks)
 
     @property
     def run(self) -> Run:
@@ -258,7 +259,7 @@ def summarize(run_dir: Path) -> RunSummary:
         run_id=run_dir.name, path=run_dir, state=status.get("state", "queued"), model=config.get("model", "?"),
         data=config.get("data", ""), epochs=int(config.get("epochs") or 0), epoch=len(epochs), best_val_acc=best,
         test_acc=(evaluation or {}).get("top1"), duration_s=status.get("train_seconds"),
-        created=status.get("created"), error=status.get("error"))
+        created=status.get("created"), error=status.get("error"), processes=int(status.get("processes") or 1))
 
 
 def list_runs(artifacts: Path | None = None) -> list[RunSummary]:
@@ -272,13 +273,17 @@ def list_runs(artifacts: Path | None = None) -> list[RunSummary]:
 BACKGROUND_NICENESS = 10
 
 
-def launch_background(run_dir: Path, *, resume: bool = False) -> int:
+def launch_background(run_dir: Path, *, resume: bool = False, processes: int | None = None) -> int:
     """Start ``landmark train`` for a prepared run folder in its own process session.
 
     The child outlives the caller (a Streamlit page, a closed tab); its output
-    goes to ``log.txt`` in the run folder. Returns the child's pid.
+    goes to ``log.txt`` in the run folder. With ``processes`` above 1 the child is
+    the torchrun launcher of that many ranks (by default, as many as the run trained with). Returns the
+    child's pid.
     """
-    args = [sys.executable, "-m", "landmark_core", "train", "--resume" if resume else "--run-dir", str(run_dir)]
+    processes = processes or int(read_status(run_dir).get("processes") or 1)
+    args = [sys.executable, "-m", "landmark_core", "train", "--resume" if resume else "--run-dir", str(run_dir),
+            "--nproc-per-node", str(processes)]
     # A lower CPU priority keeps the dashboard that launched the run responsive; with nothing
     # else competing for the cores, training runs at full speed all the same.
     if shutil.which("nice"):
@@ -289,7 +294,7 @@ def launch_background(run_dir: Path, *, resume: bool = False) -> int:
                                    start_new_session=True, cwd=os.getcwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"})
     finally:
         log.close()
-    write_status(run_dir, pid=process.pid, launched=True)
+    write_status(run_dir, pid=process.pid, launched=True, processes=processes)
     return process.pid
 
 

@@ -1,8 +1,10 @@
 import altair as alt
 import pandas as pd
 import streamlit as st
+import torch
 
 from landmark_core.data import AUGMENTATIONS
+from landmark_core.distributed import default_processes, process_limit
 from landmark_core.errors import LandmarkError
 from landmark_core.insights import curves_frame, live_progress
 from landmark_core.models import DEFAULT_TRANSFER_MODEL, list_models, model_info
@@ -49,6 +51,12 @@ with st.expander("New training run", expanded=not list_runs()):
         if model != "scratch_cnn" and defaults.epochs == defaults.freeze_epochs:
             st.caption("On this machine (no GPU) training stops after the frozen epochs: fine-tuning the whole network "
                        "costs minutes per epoch on a CPU and did not pay on real photos. Add epochs to fine-tune.")
+        limit = process_limit()
+        processes = st.number_input(
+            "Training processes", 1, limit, min(default_processes(), limit),
+            help=("One process per GPU (data-parallel, NCCL)." if torch.cuda.is_available() else
+                  "Data-parallel CPU processes (torchrun, gloo); each gets a share of the cores. The batch size "
+                  "stays the global batch, so results match one process's.") + " Each process loads the model.")
         start = st.form_submit_button("Start", type="primary")
     if start:
         config = TrainConfig(data=str(dataset), model=model, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
@@ -59,7 +67,7 @@ with st.expander("New training run", expanded=not list_runs()):
                              tta_flip=tta_flip, class_balanced=class_balanced)
         try:
             run_dir = create_run(config)
-            launch_background(run_dir)
+            launch_background(run_dir, processes=int(processes))
             st.session_state["live_run"] = run_dir.name
             st.success(f"Started {run_dir.name}: it trains in the background, so you can leave this page.")
         except LandmarkError as error:
@@ -88,6 +96,7 @@ def live_view(run_id: str) -> None:
     label = {"queued": "⏳ queued", "running": "🏃 running", "finished": "✅ finished", "failed": "❌ failed",
              "cancelled": "⏹ cancelled", "interrupted": "⚠️ interrupted"}.get(state, state)
     batch = f" · batch {progress['batch']}/{progress['batches']}" if progress["batch"] else ""
+    label += f" on {progress['processes']} processes" if progress["processes"] > 1 else ""
     st.progress(progress["fraction"], text=f"{label} · epoch {progress['epoch']}/{progress['epochs']}{batch} · "
                                           f"elapsed {format_seconds(progress['elapsed'])} · ETA {format_seconds(progress['eta'])}")
     if progress["error"] and state in ("failed", "cancelled", "interrupted"):
@@ -124,7 +133,8 @@ def live_view(run_id: str) -> None:
 live_view(selected)
 
 st.subheader("All runs")
-st.dataframe(pd.DataFrame([{"run": r.run_id, "state": r.state, "model": r.model, "epochs": f"{r.epoch}/{r.epochs}",
+st.dataframe(pd.DataFrame([{"run": r.run_id, "state": r.state, "model": r.model, "processes": r.processes,
+                            "epochs": f"{r.epoch}/{r.epochs}",
                             "best val acc": r.best_val_acc, "test top-1": r.test_acc,
                             "duration": format_seconds(r.duration_s), "error": r.error or ""} for r in runs]),
              hide_index=True, column_config={"best val acc": st.column_config.NumberColumn(format="percent"),

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from landmark_core.distributed import process_limit
 from landmark_core.runs import list_runs, read_status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +98,8 @@ def test_train_page_starts_a_run_in_the_background(app_env):
     at.number_input[0].set_value(1)    # epochs
     at.number_input[2].set_value(8)    # batch size
     at.number_input[3].set_value(32)   # image size
+    processes = next(n for n in at.number_input if n.label == "Training processes")
+    processes.set_value(min(2, process_limit()))  # data-parallel through torchrun where there are 2 cores
     at.button(key="FormSubmitter:train_form-Start").click()
     at.run()
     assert not at.exception
@@ -106,9 +109,13 @@ def test_train_page_starts_a_run_in_the_background(app_env):
     deadline = time.time() + 240
     while read_status(new[0].path)["state"] in ("queued", "running") and time.time() < deadline:
         time.sleep(1)
-    assert read_status(new[0].path)["state"] == "finished"
+    status = read_status(new[0].path)
+    assert status["state"] == "finished", status
+    assert status["processes"] == min(2, process_limit())
     at = page("train").run()
     assert "finished" in at.get("progress")[0].proto.text
+    table = at.dataframe[-1].value
+    assert table.loc[table["run"] == new[0].run_id, "processes"].item() == min(2, process_limit())
 
 
 def test_evaluate_shows_calibration_and_coverage_at_precision(app_env):

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import AUGMENTATIONS
+from ..distributed import SINGLE_PROCESS, World
 from ..errors import DataError
 from .decode import DecodedSplit
 
@@ -16,7 +17,8 @@ _LUMA = (0.299, 0.587, 0.114)
 
 
 def augment_batch(batch: torch.Tensor, size: int, strength: float, generator: torch.Generator,
-                  normalize: tuple[Sequence[float], Sequence[float]] | None = None) -> torch.Tensor:
+                  normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+                  rows: slice | None = None, drawn: int | None = None) -> torch.Tensor:
     """Random resized crop, flip and colour jitter for a whole float batch (N,3,S,S) in 0-1.
 
     Returns values in 0-1, or ``(x - mean) / std`` with ``normalize=(mean, std)``
@@ -28,11 +30,16 @@ def augment_batch(batch: torch.Tensor, size: int, strength: float, generator: to
     row and one column per image instead of ``affine_grid``'s per-pixel
     product), and one batched 3x3 matrix per image for brightness, contrast and
     saturation together.
+
+    ``batch`` may be the ``rows`` of a batch of ``drawn`` images (a process's share of a global batch): the
+    random numbers are drawn for all ``drawn`` and sliced, so an image is augmented the same way whatever the
+    number of processes.
     """
     n, device = batch.shape[0], batch.device
+    rows = rows if rows is not None else slice(0, n)
 
     def uniform(low, high):
-        return low + (high - low) * torch.rand(n, generator=generator, device="cpu")
+        return low + (high - low) * torch.rand(drawn or n, generator=generator, device="cpu")[rows]
 
     side = batch.shape[-1]
     base = size / side  # the centre crop's share of the square
@@ -65,24 +72,26 @@ def augment_batch(batch: torch.Tensor, size: int, strength: float, generator: to
         matrix, offset = matrix / channel_std, (offset - channel_mean) / channel_std
         low = [(0 - m) / s for m, s in zip(*normalize)]
         high = [(1 - m) / s for m, s in zip(*normalize)]
-    out = torch.baddbmm(offset, matrix, out.reshape(n, 3, -1)).reshape(n, 3, size, size)
+    out = torch.baddbmm(offset, matrix, out.reshape(n, 3, size * size)).reshape(n, 3, size, size)
     for channel in range(3):  # in place, per channel plane: one cheap pass instead of a broadcast clamp
         out[:, channel].clamp_(low[channel], high[channel])
     return out
 
 
-def crop_flip_batch(pixels: torch.Tensor, size: int, generator: torch.Generator | None) -> torch.Tensor:
+def crop_flip_batch(pixels: torch.Tensor, size: int, generator: torch.Generator | None,
+                    rows: slice | None = None, drawn: int | None = None) -> torch.Tensor:
     """The classic recipe on uint8 (N,S,S,3): a random ``size`` crop and a coin-flip mirror per image.
 
     No resampling, so it is only copies: the cheapest augmentation there is.
-    Without a generator it is the centre crop (a view, no copy).
+    Without a generator it is the centre crop (a view, no copy). ``rows``/``drawn`` as in :func:`augment_batch`.
     """
     n, side = pixels.shape[0], pixels.shape[1]
     if generator is None:
         offset = (side - size) // 2
         return pixels[:, offset:offset + size, offset:offset + size]
-    offsets = torch.randint(0, side - size + 1, (n, 2), generator=generator).tolist()
-    flips = (torch.rand(n, generator=generator) < 0.5).tolist()
+    rows = rows if rows is not None else slice(0, n)
+    offsets = torch.randint(0, side - size + 1, (drawn or n, 2), generator=generator)[rows].tolist()
+    flips = (torch.rand(drawn or n, generator=generator) < 0.5)[rows].tolist()
     out = torch.empty((n, size, size, 3), dtype=torch.uint8, device=pixels.device)
     for i, ((top, left), flip) in enumerate(zip(offsets, flips)):
         crop = pixels[i, top:top + size, left:left + size]
@@ -96,12 +105,15 @@ class BatchLoader:
     """Batches from a :class:`DecodedSplit`: uint8 → device → (augment) → normalise.
 
     The order and augmentation of epoch ``e`` depend only on ``(seed, e)``, so a
-    resumed run sees exactly the batches the uninterrupted run would have.
+    resumed run sees exactly the batches the uninterrupted run would have. ``batch_size``
+    is the global batch: in a distributed run each process yields its share of every batch
+    (:meth:`World.share`), augmented as the single process would augment those rows.
     """
 
     def __init__(self, split: DecodedSplit, *, batch_size: int, image_size: int, mean: Sequence[float],
                  std: Sequence[float], device: torch.device | str = "cpu", shuffle: bool = False,
-                 augment: float = 0.0, augmentation: str = "full", seed: int = 0, channels_last: bool = False):
+                 augment: float = 0.0, augmentation: str = "full", seed: int = 0, channels_last: bool = False,
+                 world: World = SINGLE_PROCESS):
         if augmentation not in AUGMENTATIONS:
             raise DataError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, not {augmentation!r}")
         self.split, self.batch_size, self.image_size = split, batch_size, image_size
@@ -113,6 +125,7 @@ class BatchLoader:
         # uint8 in HWC order straight to normalised float: x / (255 std) - mean / std, one pass
         self.pixel_scale, self.pixel_shift = 1 / (255 * std_t), -mean_t / std_t
         self.channels_last = channels_last
+        self.world = world
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -127,19 +140,22 @@ class BatchLoader:
         order = torch.randperm(n, generator=generator).numpy() if self.shuffle else np.arange(n)
         for start in range(0, n, self.batch_size):
             index = np.sort(order[start:start + self.batch_size]) if not self.shuffle else order[start:start + self.batch_size]
-            pixels = torch.from_numpy(np.ascontiguousarray(self.split.images[index]))
-            labels = torch.from_numpy(self.split.labels[index])
-            yield self.prepare(pixels, generator), labels.to(self.device, non_blocking=True)
+            mine = self.world.share(len(index))
+            pixels = torch.from_numpy(np.ascontiguousarray(self.split.images[index[mine]]))
+            labels = torch.from_numpy(self.split.labels[index[mine]])
+            yield self.prepare(pixels, generator, mine, len(index)), labels.to(self.device, non_blocking=True)
 
-    def prepare(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 (N,S,S,3) → normalised float (N,3,size,size) on the device."""
+    def prepare(self, pixels: torch.Tensor, generator: torch.Generator | None = None, rows: slice | None = None,
+                drawn: int | None = None) -> torch.Tensor:
+        """uint8 (N,S,S,3) → normalised float (N,3,size,size) on the device; ``pixels`` may be the ``rows`` of a
+        batch of ``drawn`` images (see :func:`augment_batch`)."""
         pixels = pixels.to(self.device, non_blocking=True)
         augmenting = self.augment > 0 and generator is not None
         if augmenting and self.augmentation == "full":
             batch = augment_batch(pixels.permute(0, 3, 1, 2).float().div_(255), self.image_size, self.augment, generator,
-                                  normalize=self.normalization)
+                                  normalize=self.normalization, rows=rows, drawn=drawn)
         else:
-            crops = crop_flip_batch(pixels, self.image_size, generator if augmenting else None)
+            crops = crop_flip_batch(pixels, self.image_size, generator if augmenting else None, rows, drawn)
             # computed in HWC order, so the NCHW view of the result is already channels-last memory
             batch = torch.addcmul(self.pixel_shift, crops, self.pixel_scale).permute(0, 3, 1, 2)
         return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.contiguous()
