@@ -260,6 +260,20 @@ def cmd_predict(args) -> int:
     return 1 if failures else 0
 
 
+def cmd_explain(args) -> int:
+    from .runs import Run
+    run = Run.open(args.run)
+    from .explain import Explainer
+    explainer = Explainer(run.path, args.checkpoint)
+    explanation = explainer.explain(args.photo, args.target)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    explanation.overlay().save(out)
+    print(f"{out}: Grad-CAM of {explanation.class_name} ({explanation.probability:.1%}) on layer "
+          f"{type(explainer.layer).__name__}", file=sys.stderr)
+    return 0
+
+
 def cmd_tag(args) -> int:
     from .predict import Predictor
     from .tagging import tag_files
@@ -436,6 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list registered models")
     models.set_defaults(func=cmd_models)
+
+    explain = sub.add_parser("explain", help="Grad-CAM heatmap of where the model looked, over the photo")
+    explain.add_argument("run")
+    explain.add_argument("photo")
+    explain.add_argument("--out", default="heatmap.png", help="image to write (default: heatmap.png)")
+    explain.add_argument("--target", help="explain this class (name) instead of the top prediction")
+    explain.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    explain.set_defaults(func=cmd_explain)
 
     tag = sub.add_parser("tag", help="tag photos with the predicted landmark and its GPS position")
     tag.add_argument("run", help="a finished run")

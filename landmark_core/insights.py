@@ -68,6 +68,7 @@ def live_progress(run_dir: Path) -> dict:
             "batches": last_batch["batches"] if last_batch else None, "fraction": min(1.0, fraction),
             "elapsed": elapsed, "eta": eta, "last_epoch": epochs[-1] if epochs else None,
             "processes": int(status.get("processes") or 1),
+            "stage": status.get("stage") if status.get("state") == "running" and not epochs else None,
             "batch_losses": pd.DataFrame([{"step": i, "epoch": b["epoch"], "loss": b["loss"]} for i, b in enumerate(batches)])}
 
 
@@ -86,6 +87,17 @@ def confusion_frame(evaluation: dict, normalize: bool = False) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     frame["value"] = frame["share"] if normalize else frame["count"]
     return frame
+
+
+def confusion_classes(evaluation: dict, order: str = "class", top: int | None = None) -> list[str]:
+    """The classes a confusion matrix shows, in order: ``class`` (their own order) or ``confusion`` (the classes
+    with the most mistakes, made or received, first); ``top`` keeps only the N most-confused classes."""
+    classes = list(evaluation["classes"])
+    matrix = np.asarray(evaluation["confusion_matrix"], dtype=float)
+    errors = matrix.sum(axis=0) + matrix.sum(axis=1) - 2 * np.diag(matrix)
+    by_confusion = [classes[i] for i in np.argsort(-errors, kind="stable")]
+    chosen = set(by_confusion[:top]) if top else set(classes)
+    return [c for c in (by_confusion if order == "confusion" else classes) if c in chosen]
 
 
 def predictions_frame(run_dir: Path) -> pd.DataFrame:
@@ -115,6 +127,19 @@ def top_losses(run_dir: Path, n: int = 12) -> pd.DataFrame:
 
 def per_class_frame(run_dir: Path) -> pd.DataFrame:
     return pd.DataFrame((Run(run_dir).evaluation or {}).get("per_class", []))
+
+
+def class_places_frame(run_dir: Path) -> pd.DataFrame:
+    """Each class that has a place: its name, coordinates and test recall (for a map of where the model works)."""
+    from .places import places_table
+    run = Run(run_dir)
+    evaluation = run.evaluation or {}
+    recall = {row["class"]: row for row in evaluation.get("per_class", [])}
+    rows = [{"class": row["folder"], "place": row["display_name"], "country": row["country"],
+             "latitude": row["latitude"], "longitude": row["longitude"],
+             "recall": recall.get(row["folder"], {}).get("recall"), "test photos": recall.get(row["folder"], {}).get("support")}
+            for row in places_table(evaluation.get("classes", []), run.dataset) if row["latitude"] is not None]
+    return pd.DataFrame(rows, columns=["class", "place", "country", "latitude", "longitude", "recall", "test photos"])
 
 
 def comparison(run_dirs: list[Path]) -> dict:

@@ -306,7 +306,7 @@ register(ModelSpec(
     name="resnet18",
     builder=resnet18,
     resolve_preprocessing=_resnet18_preprocessing,
-    pretrained_source=f"torchvision ResNet18_Weights.IMAGENET1K_V1 ({RESNET18_CACHE_NAME} in the torch hub cache) or --weights FILE",
+    pretrained_source=f"torchvision ResNet18_Weights.IMAGENET1K_V1 ({RESNET18_CACHE_NAME} in the torch hub cache)",
     description="torchvision ResNet18, ImageNet-pretrained, new head (the course project's transfer model).",
     train_defaults=_TRANSFER_DEFAULTS,
 ))

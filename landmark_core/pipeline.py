@@ -170,7 +170,8 @@ def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: dis
     try:
         torch.manual_seed(config.seed)
         resume_state = _resume_state(run_dir, device) if resume else None  # before decoding: a bad file fails fast
-        prepared = prepare_data(config, progress)
+        prepared = prepare_data(config, _reporting_stage(run_dir, progress))
+        write_status(run_dir, stage=None)
         if world.is_distributed:
             data_lib.wait_for_cache_writes()
             world.barrier()
@@ -216,6 +217,20 @@ def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: dis
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
+
+
+def _reporting_stage(run_dir: Path, progress: Callable[[str, int, int], None] | None):
+    """Pass decoding progress on, and keep it in the status (at most once a second) so the app can say why the
+    first epoch has not started: decoding thousands of photos takes a minute or more the first time."""
+    last = [0.0]
+
+    def report(stage: str, done: int, total: int) -> None:
+        if progress:
+            progress(stage, done, total)
+        if done == total or time.time() - last[0] >= 1.0:
+            last[0] = time.time()
+            write_status(run_dir, stage=f"{stage} photos {done:,}/{total:,}")
+    return report
 
 
 def _resume_state(run_dir: Path, device: torch.device) -> dict | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 import unicodedata
@@ -190,3 +191,11 @@ def places_from_table(rows: Iterable[Mapping]) -> list[Place]:
         places.append(_place_from_row({key: "" if value is None else str(value) for key, value in row.items()},
                                       f"row {number}"))
     return places
+
+
+@lru_cache(maxsize=1)
+def world_land() -> dict:
+    """The world's land outline as TopoJSON (object ``land``): Natural Earth 1:110m from world-atlas 2.0.2
+    (ISC licence, ``resources/land-110m.LICENSE``; Natural Earth is public domain). Shipped with the package, so
+    maps draw without tiles or anything else from the internet."""
+    return json.loads(resources.files(__package__).joinpath("resources/land-110m.json").read_text())

@@ -307,3 +307,46 @@ def request_cancel(run_dir: Path) -> None:
             os.kill(pid, signal.SIGTERM)
         except OSError:
             pass
+
+
+def is_training(run_dir: Path) -> bool:
+    """A process is training the run, or was launched to (a queued run nobody launched is not)."""
+    status = read_status(run_dir)
+    return status.get("state") == RunState.RUNNING or (status.get("state") == RunState.QUEUED and bool(status.get("launched")))
+
+
+def _refuse_while_training(run_dir: Path, action: str) -> None:
+    if is_training(run_dir):
+        raise RunError(f"{run_dir.name} is training: stop it before you {action} it")
+
+
+def delete_run(run_dir: Path) -> None:
+    """Remove a run folder for good (refused while it trains). It is renamed away first, so a listing never sees
+    half a run, and a trainer that starts meanwhile finds no run rather than a damaged one."""
+    run_dir = Path(run_dir)
+    if not (run_dir / Run.CONFIG).is_file():
+        raise RunError(f"{run_dir} is not a run folder")
+    _refuse_while_training(run_dir, "delete")
+    doomed = run_dir.with_name(f".deleting-{run_dir.name}-{secrets.token_hex(3)}")
+    os.rename(run_dir, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+RUN_NAME_CHARACTERS = "letters, digits, '.', '_' and '-'"
+
+
+def rename_run(run_dir: Path, new_name: str) -> Path:
+    """Give a run a new id (its folder name); everything inside stays as it is. Returns the new folder."""
+    import re
+    run_dir = Path(run_dir)
+    new_name = new_name.strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", new_name):
+        raise RunError(f"a run name takes {RUN_NAME_CHARACTERS} (up to 100, starting with a letter or digit): {new_name!r}")
+    if new_name == run_dir.name:
+        return run_dir
+    _refuse_while_training(run_dir, "rename")
+    target = run_dir.with_name(new_name)
+    if target.exists():
+        raise RunError(f"a run named {new_name} exists already")
+    os.rename(run_dir, target)
+    return target

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import altair as alt
+import pandas as pd
 import streamlit as st
 
 from landmark_core.demo import generate_demo_dataset, is_complete_demo
 from landmark_core.download import DATASET_NAME, download_dataset, find_dataset_root
 from landmark_core.errors import LandmarkError
 from landmark_core.locations import artifacts_dir, data_dir, demo_dir
+from landmark_core.places import world_land
 from landmark_core.runs import list_runs, Run
 
 DEMO, REAL, FOLDER = "Built-in demo", "landmark_images (50 classes)", "A folder on this machine"
@@ -34,6 +37,8 @@ def current_dataset() -> Path | None:
     chosen = st.session_state.get("dataset_path")
     if chosen:
         return Path(chosen)
+    if st.session_state.get("dataset_choice", DEMO) != DEMO:
+        return None  # the real set (not downloaded yet) or a folder was chosen: never fall back to the demo silently
     return demo_path() if is_complete_demo(demo_path()) else None
 
 
@@ -145,3 +150,32 @@ def format_seconds(seconds: float | None) -> str:
         return "–"
     seconds = int(seconds)
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m {seconds % 60:02d}s"
+
+
+@st.cache_resource(max_entries=4, show_spinner="Preparing Grad-CAM…")
+def _explainer(run_dir: str, checkpoint_mtime: float):
+    from landmark_core.explain import Explainer
+    return Explainer(run_dir)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _explanation(run_dir: str, checkpoint_mtime: float, photo: bytes | str):
+    explanation = _explainer(run_dir, checkpoint_mtime).explain(photo)
+    return explanation.overlay(), explanation.class_name, explanation.probability
+
+
+def explanation_for(run_dir: Path, photo: bytes | str):
+    """(Grad-CAM overlay, explained class, its probability) of a run's top prediction for a photo (bytes or path)."""
+    return _explanation(str(run_dir), Run(run_dir).checkpoint("best").stat().st_mtime, photo)
+
+
+def world_map(points: pd.DataFrame, *, height: int = 220, color: alt.Color | None = None,
+              tooltip: list | None = None) -> alt.LayerChart:
+    """Points (``latitude``, ``longitude``) over the world's land outline shipped with the package: no tiles, no
+    request leaves the machine."""
+    land = alt.Chart(alt.InlineData(values=world_land(), format=alt.DataFormat(type="topojson", feature="land"))
+                     ).mark_geoshape(fill="#e6e6e6", stroke="#b5b5b5", strokeWidth=0.5)
+    dots = alt.Chart(points).mark_circle(size=90, opacity=0.9, stroke="white", strokeWidth=0.8).encode(
+        longitude="longitude:Q", latitude="latitude:Q", color=color if color is not None else alt.value("crimson"),
+        tooltip=tooltip or [c for c in points.columns])
+    return (land + dots).project("equalEarth").properties(height=height)

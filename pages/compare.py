@@ -2,7 +2,7 @@ import altair as alt
 import streamlit as st
 
 from landmark_core.insights import comparison, curves_frame, short_label
-from pages.common import finished_runs, run_label
+from pages.common import finished_runs, format_seconds, run_label
 
 st.title("⚖️ Compare runs")
 runs = finished_runs()
@@ -12,19 +12,24 @@ if len(runs) < 2:
 
 chosen = st.multiselect("Runs", runs, default=runs[:2], format_func=run_label)
 if len(chosen) < 2:
+    st.info("Choose at least two runs above.")
     st.stop()
 paths = [r.path for r in chosen]
 result = comparison(paths)
 
 st.subheader("Final metrics")
-st.dataframe(result["metrics"], hide_index=True, column_config={
+metrics = result["metrics"].assign(**{"train time": result["metrics"]["train seconds"].map(format_seconds)}).drop(
+    columns="train seconds")
+st.dataframe(metrics, hide_index=True, column_config={
+    "run": st.column_config.TextColumn(width="large"),
     "test top-1": st.column_config.NumberColumn(format="percent"), "test top-5": st.column_config.NumberColumn(format="percent")})
 
 st.subheader("Training curves")
 curves = curves_frame(paths)
 metric = st.radio("Metric", ["accuracy", "loss"], horizontal=True)
 st.altair_chart(alt.Chart(curves[curves["metric"] == metric]).mark_line(point=True).encode(
-    x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y("value:Q", title=metric), color="run:N",
+    x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y("value:Q", title=metric),
+    color=alt.Color("run:N", scale=alt.Scale(scheme="category10"), legend=alt.Legend(orient="bottom", labelLimit=400)),
     strokeDash="split:N", tooltip=["run", "split", "epoch", alt.Tooltip("value:Q", format=".3f")]).properties(height=320),
     width="stretch")
 
@@ -44,8 +49,11 @@ if disagreements.empty:
     st.write("Both runs are right and wrong on exactly the same test images.")
 else:
     for run_id in (chosen[0].run_id, chosen[1].run_id):
-        subset = disagreements[disagreements["right"] == run_id].head(12)
-        st.markdown(f"**Only {run_id} is right** ({int((disagreements['right'] == run_id).sum())} images)")
+        only = disagreements[disagreements["right"] == run_id]
+        st.markdown(f"**Only {run_id} is right** ({len(only)} images)")
+        pages = max(1, -(-len(only) // 12))
+        page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"page-{run_id}") if pages > 1 else 1
+        subset = only.iloc[(page - 1) * 12:page * 12]
         columns = st.columns(6)
         for i, row in enumerate(subset.itertuples()):
             columns[i % 6].image(row.path, width="stretch",

@@ -2,9 +2,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from landmark_core.insights import (cell_images, confusion_frame, familiarity_curve_frame, per_class_frame, short_label,
+from landmark_core.insights import (cell_images, class_places_frame, confusion_classes, confusion_frame, familiarity_curve_frame, per_class_frame, short_label,
                                    tagged_unknowns, top_losses)
-from pages.common import finished_runs, run_label
+from pages.common import explanation_for, finished_runs, run_label, world_map
 
 st.title("📊 Evaluate")
 runs = finished_runs()
@@ -80,27 +80,35 @@ if evaluation.get("skipped_images"):
     st.caption(f"{len(evaluation['skipped_images'])} unreadable files were skipped.")
 
 st.subheader("Confusion matrix")
-normalize = st.toggle("Show shares of each true class", value=len(classes) > 12)
+options = st.columns([1.2, 1.2, 2])
+normalize = options[0].toggle("Shares of each true class", value=len(classes) > 12)
+order = options[1].radio("Order", ["class", "confusion"], horizontal=True,
+                         help="confusion: the classes with the most mistakes (made or received) first")
+top = options[2].slider("Show the N most-confused classes", 2, len(classes), len(classes)) if len(classes) > 2 else len(classes)
+shown = confusion_classes(evaluation, order, top)
 cells = confusion_frame(evaluation, normalize=normalize)
-size = max(380, min(1000, 30 * len(classes)))
+cells = cells[cells["true"].isin(shown) & cells["predicted"].isin(shown)]
+shorts = [short_label(c) for c in shown]
+cell_px = 22 if len(shown) > 20 else 34  # every label gets its own row: the matrix grows with the classes
+axis = dict(labelOverlap=False, labelFontSize=11, labelLimit=150)
 selection = alt.selection_point(fields=["true", "predicted"], name="cell")
 heatmap = alt.Chart(cells).mark_rect().encode(
-    x=alt.X("predicted_short:N", sort=[short_label(c) for c in classes], title="predicted", axis=alt.Axis(labelAngle=-60)),
-    y=alt.Y("true_short:N", sort=[short_label(c) for c in classes], title="true"),
+    x=alt.X("predicted_short:N", sort=shorts, title="predicted", axis=alt.Axis(labelAngle=-60, **axis)),
+    y=alt.Y("true_short:N", sort=shorts, title="true", axis=alt.Axis(**axis)),
     color=alt.Color("value:Q", scale=alt.Scale(scheme="blues"), title="share" if normalize else "images"),
     tooltip=["true", "predicted", "count", alt.Tooltip("share:Q", format=".1%")],
     opacity=alt.condition(selection, alt.value(1.0), alt.value(0.6)),
-).add_params(selection).properties(width=size, height=size)
-if len(classes) <= 20:
+).add_params(selection).properties(width=cell_px * len(shown), height=cell_px * len(shown))
+if len(shown) <= 20:
     text = alt.Chart(cells[cells["count"] > 0]).mark_text(fontSize=10).encode(
-        x=alt.X("predicted_short:N", sort=[short_label(c) for c in classes]),
-        y=alt.Y("true_short:N", sort=[short_label(c) for c in classes]),
+        x=alt.X("predicted_short:N", sort=shorts),
+        y=alt.Y("true_short:N", sort=shorts),
         text=alt.Text("value:Q", format=".0%" if normalize else "d"),
         color=alt.condition(alt.datum.share > 0.5, alt.value("white"), alt.value("black")))
     chart = heatmap + text
 else:
     chart = heatmap
-event = st.altair_chart(chart, on_select="rerun", key="confusion")
+event = st.altair_chart(chart, on_select="rerun", key="confusion", width="content")
 
 picked = (event.selection.get("cell") or [{}])[0] if event and event.selection else {}
 st.caption("Click a cell, or choose a pair below, to see its images.")
@@ -110,34 +118,51 @@ true_name = a.selectbox("True class", classes, index=classes.index(picked["true"
 predicted_default = picked.get("predicted") if picked.get("predicted") in classes else (
     next((p["predicted"] for p in evaluation["most_confused"] if p["true"] == true_name), true_name))
 predicted_name = b.selectbox("Predicted class", classes, index=classes.index(predicted_default), format_func=short_label)
+explain = st.toggle("Show Grad-CAM heatmaps in the galleries", help="Where the model looked for the class it "
+                    "predicted: hot colours over the evidence.")
+
+
+def gallery_image(path: str) -> object:
+    return explanation_for(summary.path, path)[0] if explain else path
+
+
 behind = cell_images(summary.path, true_name, predicted_name)
 if behind.empty:
     st.write("No test images in this cell.")
 columns = st.columns(6)
 for i, row in enumerate(behind.head(18).itertuples()):
-    columns[i % 6].image(row.path, caption=f"p={row.probability:.2f}", width="stretch")
+    columns[i % 6].image(gallery_image(row.path), caption=f"p={row.probability:.2f}", width="stretch")
 
 st.subheader("Per-class precision, recall and F1")
 per_class = per_class_frame(summary.path)
 metric = st.radio("Chart", ["f1", "precision", "recall"], horizontal=True)
 st.altair_chart(alt.Chart(per_class).mark_bar().encode(
-    x=alt.X(f"{metric}:Q", scale=alt.Scale(domain=[0, 1])), y=alt.Y("class:N", sort="x", title=None),
+    x=alt.X(f"{metric}:Q", scale=alt.Scale(domain=[0, 1])),
+    y=alt.Y("class:N", sort="x", title=None, axis=alt.Axis(labelOverlap=False, labelLimit=260, labelFontSize=11)),
     tooltip=["class", alt.Tooltip("precision:Q", format=".2f"), alt.Tooltip("recall:Q", format=".2f"),
-             alt.Tooltip("f1:Q", format=".2f"), "support"]).properties(height=max(200, 16 * len(classes))), width="stretch")
+             alt.Tooltip("f1:Q", format=".2f"), "support"]).properties(height=20 * len(classes) + 20), width="stretch")
 st.dataframe(per_class, hide_index=True, column_config={k: st.column_config.NumberColumn(format="%.3f")
                                                         for k in ("precision", "recall", "f1")})
+
+places = class_places_frame(summary.path)
+if not places.empty:
+    st.subheader("Where the classes are")
+    st.caption(f"{len(places)} of {len(classes)} classes have a place; colour: test recall.")
+    st.altair_chart(world_map(places, height=320, color=alt.Color("recall:Q", scale=alt.Scale(scheme="redyellowgreen", domain=[0, 1])),
+                              tooltip=["place", "country", alt.Tooltip("recall:Q", format=".0%"), "test photos"]), width="stretch")
 
 if evaluation["most_confused"]:
     st.subheader("Most confused pairs")
     st.dataframe(evaluation["most_confused"][:10], hide_index=True)
 
 st.subheader("Top losses")
-st.caption("The test photos the model is most confidently wrong about.")
+st.caption("The test photos with the highest loss (the least probability on their true class), highest first.")
 losses = top_losses(summary.path, 12)
 columns = st.columns(6)
 for i, row in enumerate(losses.itertuples()):
-    columns[i % 6].image(row.path, width="stretch",
-                         caption=f"true {short_label(row.true_name)} · predicted {short_label(row.predicted_name)} ({row.probability:.0%})")
+    columns[i % 6].image(gallery_image(row.path), width="stretch",
+                         caption=f"loss {row.loss:.2f} · true {short_label(row.true_name)} · predicted "
+                                 f"{short_label(row.predicted_name)} ({row.probability:.0%})")
 
 st.subheader("Confidence threshold: coverage vs accuracy")
 curve = evaluation["coverage_curve"]["validation"]

@@ -12,9 +12,14 @@ runs = list_runs()
 finished = [r for r in runs if r.state == "finished"]
 
 st.subheader("What to do next")
+if dataset is None:
+    pick = "Use **Create demo data** in the sidebar (a few seconds), download the real 50-class set, or point to your own folder."
+else:
+    pick = f"Working with `{dataset.name}`; switch in the sidebar (demo, the real 50-class set or your own folder)."
 steps = [
-    (dataset is not None, "Pick a dataset", "Use **Create demo data** in the sidebar (a few seconds), download the real 50-class set, or point to your own folder."),
-    (bool(runs), "Train a model", "Open **Train**, keep the defaults and press **Start**: watch the loss and accuracy live."),
+    (dataset is not None, "Pick a dataset", pick),
+    (bool(runs), "Train a model", "Open **Train**, keep the defaults and press **Start**: watch the loss and accuracy live."
+     + (f" {len(runs)} run(s) so far." if runs else "")),
     (bool(finished), "Check it", "**Evaluate** shows the confusion matrix, per-class scores and the photos it gets most wrong."),
     (bool(finished), "Use it", "**Predict & tag** takes your photos and shows the top 5 landmarks with their place on a map."),
 ]

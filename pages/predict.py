@@ -6,7 +6,8 @@ from landmark_core.errors import ImageError, LandmarkError
 from landmark_core.images import MAX_UPLOAD_BYTES, check_upload
 from landmark_core.places import display_name
 from landmark_core.tagging import STATUS_MEANINGS, decide_for, read_gps, tagged_bytes, tagged_zip
-from pages.common import assessment_for, finished_runs, predictor_for, run_label, show_error
+from pages.common import (assessment_for, explanation_for, finished_runs, predictor_for, run_label, show_error,
+                          world_map)
 
 st.title("📍 Predict & tag")
 runs = [r for r in finished_runs() if r.run.exported]
@@ -40,6 +41,8 @@ examples = split.get("test", [])[:: max(1, len(split.get("test", [])) // 6)][:6]
 picked = st.pills("…or try demo test photos", examples, selection_mode="multi",
                   format_func=lambda p: p.split("/")[-2].split(".", 1)[-1].replace("_", " ") + " · " + p.split("/")[-1]) if examples else []
 
+explain = st.toggle("Show where each model looked (Grad-CAM)",
+                    help="A heatmap over the photo: hot where the evidence for the model's top prediction is.")
 photos = [(u.name, u.getvalue()) for u in uploads or []]
 for path in picked or []:
     with open(path, "rb") as handle:
@@ -68,22 +71,22 @@ for index, (name, data) in enumerate(photos):
         column.caption(run_label(run) + (f" · familiarity {assessment.familiarity:.2f}" if assessment.familiarity is not None else ""))
         column.altair_chart(alt.Chart(top).mark_bar().encode(
             x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-            y=alt.Y("landmark:N", sort="-x", title=None),
-            tooltip=["landmark", alt.Tooltip("probability:Q", format=".1%")]).properties(height=170), width="stretch")
+            y=alt.Y("landmark:N", sort="-x", title=None, axis=alt.Axis(labelOverlap=False, labelLimit=180)),
+            tooltip=["landmark", alt.Tooltip("probability:Q", format=".1%")]).properties(height=28 * len(top) + 30),
+            width="stretch")
         column.markdown("\n".join(f"{rank}. {row.landmark} — {row.probability:.1%}" for rank, row in enumerate(top.itertuples(), 1)))
+        if explain:
+            overlay, explained, _ = explanation_for(run.path, data)
+            column.image(overlay, caption=f"Grad-CAM · {display_name(explained)}", width="stretch")
     decision = decide_for(tagger, data, threshold=threshold, existing_gps=existing, assessment=assessments[chosen[0].run_id])
     with columns[-1]:
         if decision.status == "tagged":
             st.success(f"Tag: **{decision.description}** ({decision.probability:.0%})")
             if decision.place:
                 st.caption(f"GPS {decision.place.latitude:.4f}, {decision.place.longitude:.4f}")
-                # drawn from the coordinates alone: no map tiles, nothing fetched from the internet
                 where = pd.DataFrame({"latitude": [decision.place.latitude], "longitude": [decision.place.longitude],
                                       "place": [decision.place.display_name]})
-                st.altair_chart(alt.Chart(where).mark_circle(size=120, color="crimson").encode(
-                    x=alt.X("longitude:Q", scale=alt.Scale(domain=[-180, 180])),
-                    y=alt.Y("latitude:Q", scale=alt.Scale(domain=[-90, 90])), tooltip=["place", "latitude", "longitude"]
-                ).properties(height=180), width="stretch")
+                st.altair_chart(world_map(where, height=180), width="stretch")
             else:
                 st.caption("No place for this class: tagged by name only (add it on the Explore page).")
             photo, sidecar = tagged_bytes(data, decision)

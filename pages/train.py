@@ -8,7 +8,8 @@ from landmark_core.distributed import default_processes, process_limit
 from landmark_core.errors import LandmarkError
 from landmark_core.insights import curves_frame, live_progress
 from landmark_core.models import DEFAULT_TRANSFER_MODEL, list_models, model_info
-from landmark_core.runs import ACTIVE_STATES, launch_background, list_runs, request_cancel, resolve_run
+from landmark_core.runs import (ACTIVE_STATES, delete_run, is_training, launch_background, list_runs, rename_run,
+                                request_cancel, resolve_run)
 from landmark_core.config import HEAD_SOLVERS, OPTIMIZERS, SCHEDULERS, TrainConfig
 from landmark_core.pipeline import create_run
 from pages.common import format_seconds, require_dataset, show_error
@@ -48,6 +49,14 @@ with st.expander("New training run", expanded=not list_runs()):
                               help="Average the prediction of each photo and its mirror image: twice the inference time.")
         class_balanced = k.checkbox("Class-balanced loss", value=defaults.class_balanced,
                                     help="Weight each class by the inverse of its photo count, for skewed datasets.")
+        l, m, n = st.columns(3)
+        weight_decay = l.number_input("Weight decay", 0.0, 10.0, float(defaults.weight_decay), format="%.5f",
+                                      help="L2 penalty on the weights (decoupled for adamw).")
+        label_smoothing = m.number_input("Label smoothing", 0.0, 0.9, float(defaults.label_smoothing), 0.05,
+                                         help="Aim for 1 - ε on the true class instead of 1: less over-confident models.")
+        patience = n.number_input("Early stopping (epochs without improvement)", 0, 500,
+                                  defaults.early_stopping_patience, help="0: off. Stops when validation accuracy has "
+                                  "not improved for this many epochs; the best epoch is kept.")
         if model != "scratch_cnn" and defaults.epochs == defaults.freeze_epochs:
             st.caption("On this machine (no GPU) training stops after the frozen epochs: fine-tuning the whole network "
                        "costs minutes per epoch on a CPU and did not pay on real photos. Add epochs to fine-tune.")
@@ -64,11 +73,12 @@ with st.expander("New training run", expanded=not list_runs()):
                              augmentation=augmentation, head_solver=head_solver,
                              # left at the model's default it shrinks to fit fewer epochs; a value the user chose is checked
                              freeze_epochs=None if int(freeze_epochs) == defaults.freeze_epochs else int(freeze_epochs),
-                             tta_flip=tta_flip, class_balanced=class_balanced)
+                             tta_flip=tta_flip, class_balanced=class_balanced, weight_decay=float(weight_decay),
+                             label_smoothing=float(label_smoothing), early_stopping_patience=int(patience))
         try:
             run_dir = create_run(config)
             launch_background(run_dir, processes=int(processes))
-            st.session_state["live_run"] = run_dir.name
+            st.session_state["live_run_select"] = run_dir.name  # the live view follows the new run
             st.success(f"Started {run_dir.name}: it trains in the background, so you can leave this page.")
         except LandmarkError as error:
             show_error(error)
@@ -79,9 +89,11 @@ if not runs:
     st.stop()
 
 ids = [r.run_id for r in runs]
-wanted = st.session_state.get("live_run")
-default = ids.index(wanted) if wanted in ids else next((i for i, r in enumerate(runs) if r.state in ACTIVE_STATES), 0)
-selected = st.selectbox("Run", ids, index=default, key="live_run_select")
+if "renamed_run" in st.session_state:
+    st.session_state["live_run_select"] = st.session_state.pop("renamed_run")
+if st.session_state.get("live_run_select") not in ids:
+    st.session_state["live_run_select"] = next((r.run_id for r in runs if r.state in ACTIVE_STATES), ids[0])
+selected = st.selectbox("Run", ids, key="live_run_select")
 
 
 @st.fragment(run_every=2)
@@ -97,6 +109,7 @@ def live_view(run_id: str) -> None:
              "cancelled": "⏹ cancelled", "interrupted": "⚠️ interrupted"}.get(state, state)
     batch = f" · batch {progress['batch']}/{progress['batches']}" if progress["batch"] else ""
     label += f" on {progress['processes']} processes" if progress["processes"] > 1 else ""
+    label += f" · {progress['stage']} (first time only: the decoded photos are cached)" if progress["stage"] else ""
     st.progress(progress["fraction"], text=f"{label} · epoch {progress['epoch']}/{progress['epochs']}{batch} · "
                                           f"elapsed {format_seconds(progress['elapsed'])} · ETA {format_seconds(progress['eta'])}")
     if progress["error"] and state in ("failed", "cancelled", "interrupted"):
@@ -110,6 +123,24 @@ def live_view(run_id: str) -> None:
     if state in ("cancelled", "interrupted", "failed") and buttons[0].button("Resume", key=f"resume-{run_id}"):
         launch_background(run_dir, resume=True)
         st.toast("Resuming…")
+    if not is_training(run_dir):
+        with buttons[1].popover("Rename"):
+            new_name = st.text_input("New name", run_id, key=f"rename-{run_id}")
+            if st.button("Rename run", key=f"do-rename-{run_id}"):
+                try:
+                    # the selector exists already in this run: it takes the new name at the top of the next one
+                    st.session_state["renamed_run"] = rename_run(run_dir, new_name).name
+                    st.rerun(scope="app")
+                except LandmarkError as error:
+                    show_error(error)
+        with buttons[2].popover("Delete"):
+            st.write(f"Delete **{run_id}** and everything in it (checkpoints, evaluation, exported model)?")
+            if st.button("Delete for good", key=f"do-delete-{run_id}", type="primary"):
+                try:
+                    delete_run(run_dir)
+                    st.rerun(scope="app")
+                except LandmarkError as error:
+                    show_error(error)
     last = progress["last_epoch"]
     if last:
         m = st.columns(4)
@@ -132,10 +163,15 @@ def live_view(run_id: str) -> None:
 
 live_view(selected)
 
-st.subheader("All runs")
-st.dataframe(pd.DataFrame([{"run": r.run_id, "state": r.state, "model": r.model, "processes": r.processes,
-                            "epochs": f"{r.epoch}/{r.epochs}",
-                            "best val acc": r.best_val_acc, "test top-1": r.test_acc,
-                            "duration": format_seconds(r.duration_s), "error": r.error or ""} for r in runs]),
-             hide_index=True, column_config={"best val acc": st.column_config.NumberColumn(format="percent"),
-                                             "test top-1": st.column_config.NumberColumn(format="percent")})
+@st.fragment(run_every=2)
+def all_runs() -> None:
+    """Refreshed with the live view: a run's state here never lags the progress bar above."""
+    st.subheader("All runs")
+    st.dataframe(pd.DataFrame([{"run": r.run_id, "state": r.state, "model": r.model, "processes": r.processes,
+                                "epochs": f"{r.epoch}/{r.epochs}", "best val acc": r.best_val_acc, "test top-1": r.test_acc,
+                                "duration": format_seconds(r.duration_s), "error": r.error or ""} for r in list_runs()]),
+                 hide_index=True, column_config={"best val acc": st.column_config.NumberColumn(format="percent"),
+                                                 "test top-1": st.column_config.NumberColumn(format="percent")})
+
+
+all_runs()

@@ -106,6 +106,7 @@ def test_train_page_starts_a_run_in_the_background(app_env):
     assert any("Started" in s.value for s in at.success)
     new = [r for r in list_runs(app_env) if r.run_id not in before]
     assert len(new) == 1
+    assert at.selectbox(key="live_run_select").value == new[0].run_id  # the live view follows the new run
     deadline = time.time() + 240
     while read_status(new[0].path)["state"] in ("queued", "running") and time.time() < deadline:
         time.sleep(1)
@@ -202,3 +203,107 @@ def test_explore_reports_a_damaged_places_file_and_still_offers_the_table(app_en
         assert any(b.label.startswith("Save places.csv") for b in at.button)
     finally:
         places.unlink()
+
+
+def test_train_page_renames_and_deletes_a_run(app_env):
+    from landmark_core.pipeline import create_run
+    from conftest import tiny_config
+    run_dir = create_run(tiny_config(app_env / "data" / "demo", epochs=1), app_env)
+    at = page("train")
+    at.session_state["live_run_select"] = run_dir.name
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="live_run_select").value == run_dir.name
+    at.text_input(key=f"rename-{run_dir.name}").set_value("my-first-run")
+    at.button(key=f"do-rename-{run_dir.name}").click()
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="live_run_select").value == "my-first-run"
+    assert (app_env / "runs" / "my-first-run" / "config.json").is_file() and not run_dir.exists()
+    at.button(key="do-delete-my-first-run").click()
+    at.run()
+    assert not at.exception
+    assert not (app_env / "runs" / "my-first-run").exists()
+    assert "my-first-run" not in at.selectbox(key="live_run_select").options
+
+
+def test_choosing_the_real_set_before_downloading_it_never_falls_back_to_the_demo(app_env):
+    at = page("train").run()
+    assert not at.info or not any("Choose or create a dataset" in i.value for i in at.info)
+    at.session_state["dataset_choice"] = "landmark_images (50 classes)"
+    at.session_state["dataset_path"] = None
+    at.run()
+    assert not at.exception
+    assert any("Choose or create a dataset" in i.value for i in at.info)
+
+
+def test_train_form_offers_weight_decay_label_smoothing_and_early_stopping(app_env):
+    at = page("train").run()
+    labels = {n.label for n in at.number_input}
+    assert {"Weight decay", "Label smoothing", "Early stopping (epochs without improvement)", "Training processes"} <= labels
+    assert not any("--weights" in c.value for c in at.caption)
+
+
+@pytest.fixture(scope="module")
+def fifty_class_artifacts(tmp_path_factory):
+    """A real 50-class dataset (drawn colour fields) and a tiny run trained on it."""
+    import numpy as np
+    from landmark_core.pipeline import train_new
+    from conftest import tiny_config
+    artifacts = tmp_path_factory.mktemp("fifty") / "artifacts"
+    root = artifacts / "data" / "fifty"
+    rng = np.random.default_rng(0)
+    for k in range(50):
+        colour = rng.integers(0, 256, 3)
+        for split, count in (("train", 4), ("test", 1)):
+            folder = root / split / f"{k:02d}.Landmark_number_{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = np.clip(colour + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{split}_{i}.jpg")
+    train_new(tiny_config(root, epochs=1, val_fraction=0.25), artifacts)
+    return artifacts
+
+
+def test_confusion_matrix_labels_every_one_of_50_classes(fifty_class_artifacts, monkeypatch):
+    monkeypatch.setenv("LANDMARK_ARTIFACTS", str(fifty_class_artifacts))
+    monkeypatch.chdir(ROOT)
+    at = page("evaluate").run()
+    assert not at.exception, at.exception
+    import json
+    specs = [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
+    confusion = next(s for s in specs if "true_short" in json.dumps(s.get("encoding", s.get("layer", ""))))
+    encoding = confusion.get("encoding") or confusion["layer"][0]["encoding"]
+    assert len(set(encoding["y"]["sort"])) == 50 and encoding["y"]["axis"]["labelOverlap"] is False
+    assert (confusion.get("height") or confusion["layer"][0].get("height", 0)) >= 50 * 20  # a row per class
+    per_class = next(s for s in specs if s.get("encoding", {}).get("y", {}).get("field") == "class")
+    assert per_class["height"] >= 50 * 20 and per_class["encoding"]["y"]["axis"]["labelOverlap"] is False
+    at.slider[0].set_value(10).run()  # only the 10 most-confused classes
+    specs = [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
+    confusion = next(s for s in specs if "true_short" in json.dumps(s.get("encoding", s.get("layer", ""))))
+    encoding = confusion.get("encoding") or confusion["layer"][0]["encoding"]
+    assert len(encoding["y"]["sort"]) == 10
+    assert not any(s.value == "Where the classes are" for s in at.subheader)  # invented places have no coordinates
+
+
+def test_grad_cam_shows_in_the_evaluate_galleries_and_on_predict(app_env):
+    at = page("evaluate").run()
+    images_before = len(at.get("imgs"))
+    next(t for t in at.toggle if t.label.startswith("Show Grad-CAM")).set_value(True).run()
+    assert not at.exception, at.exception
+    assert len(at.get("imgs")) == images_before  # the same galleries, now as heatmaps
+    at = page("predict").run()
+    next(t for t in at.toggle if t.label.startswith("Show where each model looked")).set_value(True)
+    at.run()
+    assert not at.exception
+
+
+def test_evaluate_draws_class_places_on_the_offline_world_map(app_env):
+    at = page("evaluate").run()
+    assert any(s.value == "Where the classes are" for s in at.subheader)
+    import json
+    specs = [chart.proto.spec for chart in at.get("vega_lite_chart")]
+    world = next(json.loads(s) for s in specs if "topojson" in s)
+    world.pop("$schema")  # the spec's version name, never fetched
+    text = json.dumps(world)
+    assert '"url"' not in text and "http" not in text  # the outline is inline: nothing is fetched

@@ -1,0 +1,50 @@
+"""Managing run folders: rename, delete, and what a run says while it prepares."""
+import os
+
+import pytest
+
+from landmark_core.errors import RunError
+from landmark_core.pipeline import create_run, train
+from landmark_core.runs import delete_run, list_runs, read_status, rename_run, write_status
+
+from conftest import tiny_config
+
+
+def test_rename_keeps_the_run_whole_and_refuses_bad_or_taken_names(tiny_dataset, artifacts):
+    first = create_run(tiny_config(tiny_dataset, epochs=1), artifacts)
+    second = create_run(tiny_config(tiny_dataset, epochs=1), artifacts)
+    renamed = rename_run(first, "baseline-v1")
+    assert renamed.name == "baseline-v1" and not first.exists()
+    assert {r.run_id for r in list_runs(artifacts)} == {"baseline-v1", second.name}
+    for bad in ("", "../escape", "a/b", ".hidden", "x" * 101):
+        with pytest.raises(RunError, match="run name"):
+            rename_run(renamed, bad)
+    with pytest.raises(RunError, match="exists already"):
+        rename_run(second, "baseline-v1")
+    train(renamed, evaluate_and_export=False)  # a renamed run trains from its new folder
+    assert read_status(renamed)["state"] == "finished"
+
+
+def test_a_training_run_cannot_be_renamed_or_deleted(tiny_dataset, artifacts):
+    run_dir = create_run(tiny_config(tiny_dataset, epochs=1), artifacts)
+    write_status(run_dir, state="running", pid=os.getpid())  # this process is alive: the run is training
+    with pytest.raises(RunError, match="stop it before you rename"):
+        rename_run(run_dir, "other")
+    with pytest.raises(RunError, match="stop it before you delete"):
+        delete_run(run_dir)
+    write_status(run_dir, state="cancelled")
+    delete_run(run_dir)
+    assert not run_dir.exists() and list_runs(artifacts) == []
+    assert not any(p.name.startswith(".deleting") for p in (artifacts / "runs").iterdir())
+    with pytest.raises(RunError, match="not a run folder"):
+        delete_run(artifacts / "runs")
+
+
+def test_status_says_photos_are_being_decoded_before_the_first_epoch(tiny_dataset, artifacts, tmp_path, monkeypatch):
+    monkeypatch.setenv("LANDMARK_CACHE", str(tmp_path / "cold-cache"))  # decoding really happens
+    run_dir = create_run(tiny_config(tiny_dataset, epochs=1), artifacts)
+    seen = []
+    train(run_dir, evaluate_and_export=False,
+          progress=lambda stage, done, total: seen.append(read_status(run_dir).get("stage")))
+    assert any(stage and stage.startswith("decoding train photos") for stage in seen)
+    assert read_status(run_dir).get("stage") is None  # gone once training starts
