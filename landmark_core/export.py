@@ -344,3 +344,48 @@ def load_exported(run_dir: Path, device="cpu") -> Tuple[object, dict]:
     except Exception as error:
         raise ModelError(f"{run_dir.name}/{path.name} cannot be loaded ({type(error).__name__})") from None
     return module.eval(), meta
+
+
+_BUNDLE_README = """{name}: an exported landmark classifier ({format}), with its preprocessing inside.
+
+Input: uint8 images, shape (N, 3, H, W), any size (resize, centre crop and normalisation happen inside).
+Classes, thresholds and preprocessing: export.json.
+
+{snippet}
+"""
+
+_SNIPPETS = {
+    "torchscript": """import json, numpy as np, torch
+from PIL import Image
+meta = json.load(open("export.json"))
+model = torch.jit.load("model.ts").eval()
+photo = torch.from_numpy(np.asarray(Image.open("photo.jpg").convert("RGB"))).permute(2, 0, 1)[None]
+probabilities, familiarity = model.classify(photo)
+best = int(probabilities[0].argmax())
+print(meta["classes"][best], float(probabilities[0, best]), bool(familiarity[0] >= meta["familiarity_threshold"]))""",
+    "onnx": """import json, numpy as np, onnxruntime
+from PIL import Image
+meta = json.load(open("export.json"))
+session = onnxruntime.InferenceSession("model.onnx")
+photo = np.asarray(Image.open("photo.jpg").convert("RGB")).transpose(2, 0, 1)[None]
+probabilities, familiarity = session.run(None, {"image": photo})
+print(meta["classes"][probabilities[0].argmax()], familiarity[0] >= meta["familiarity_threshold"])""",
+}
+
+
+def export_bundle(run_dir: Path) -> bytes:
+    """A zip of a run's exported model, its ``export.json`` and a README with the lines that load it."""
+    import io
+    import zipfile
+    run = Run(run_dir)
+    meta = run.export_meta
+    if not run.exported or meta is None:
+        raise RunError(f"{run.id} has no exported model yet: run `landmark export {run.id}`")
+    kind = meta.get("format", "torchscript")
+    model_file = run.file(Run.ONNX_MODEL if kind == "onnx" else Run.MODEL)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.write(model_file, model_file.name)
+        archive.write(run.file(Run.EXPORT_META), Run.EXPORT_META)
+        archive.writestr("README.txt", _BUNDLE_README.format(name=run.id, format=kind, snippet=_SNIPPETS[kind]))
+    return buffer.getvalue()

@@ -17,7 +17,9 @@ from landmark_core.locations import artifacts_dir, data_dir, demo_dir
 from landmark_core.places import world_land
 from landmark_core.runs import list_runs, Run
 
-DEMO, REAL, FOLDER = "Built-in demo", "landmark_images (50 classes)", "A folder on this machine"
+DEMO, REAL, FOLDER, ZIP = "Built-in demo", "landmark_images (50 classes)", "A folder on this machine", "Import a zip of photos"
+#: What the browser may upload as a dataset zip; the archive is still checked entry by entry (landmark_core.download).
+MAX_DATASET_ZIP_MB = 4096
 
 
 def demo_path() -> Path:
@@ -80,7 +82,7 @@ def _offer(root: Path | None, caption: str, missing: str, button: str, create) -
 def dataset_sidebar() -> None:
     with st.sidebar:
         st.subheader("Dataset")
-        choice = st.radio("Photos to work with", [DEMO, REAL, FOLDER], key="dataset_choice", label_visibility="collapsed")
+        choice = st.radio("Photos to work with", [DEMO, REAL, FOLDER, ZIP], key="dataset_choice", label_visibility="collapsed")
         if choice == DEMO:
             _offer(demo_path() if is_complete_demo(demo_path()) else None,
                    f"12 landmark classes, drawn procedurally · `{demo_path()}`",
@@ -89,6 +91,8 @@ def dataset_sidebar() -> None:
             root = real_path()
             _offer(root, f"`{root}`", "Not downloaded yet (about 4996 train and 1250 test photos).", "Download",
                    download_real_data)
+        elif choice == ZIP:
+            import_zip_from_browser()
         else:
             folder = st.text_input("Folder with train/ and test/ (or class folders)", key="dataset_folder")
             if folder:
@@ -99,6 +103,37 @@ def dataset_sidebar() -> None:
                     st.session_state["dataset_path"] = None
                     st.error("That folder does not exist.")
         st.caption(f"Artifacts: `{artifacts_dir()}`")
+
+
+def import_zip_from_browser() -> None:
+    """The same safe import as ``landmark data import``: class folders (or train/ and test/) in a zip, checked for
+    path escapes, links and bombs before anything is written, unpacked into artifacts/data/<zip name>."""
+    upload = st.file_uploader("Zip of class folders (or train/ and test/)", type=["zip"], key="dataset_zip",
+                              max_upload_size=MAX_DATASET_ZIP_MB)
+    if upload is None:
+        st.session_state["dataset_path"] = st.session_state.get("imported_dataset")
+        return
+    marker = (upload.name, upload.size)
+    if st.session_state.get("imported_zip") != marker:
+        import tempfile
+        from landmark_core.download import import_dataset
+        with tempfile.TemporaryDirectory() as scratch:
+            archive = Path(scratch) / Path(upload.name).name
+            with open(archive, "wb") as handle:
+                for chunk in iter(lambda: upload.read(1 << 20), b""):
+                    handle.write(chunk)
+            try:
+                with st.spinner("Checking and unpacking…"):
+                    root, dataset = import_dataset(archive, data_dir())
+            except LandmarkError as error:
+                st.session_state.update(imported_zip=None, imported_dataset=None, dataset_path=None)
+                show_error(error)
+                return
+        st.session_state.update(imported_zip=marker, imported_dataset=str(root),
+                                imported_summary=f"{dataset.num_classes} classes, {len(dataset.train)} train / "
+                                                 f"{len(dataset.test)} test photos")
+    st.session_state["dataset_path"] = st.session_state["imported_dataset"]
+    st.success(f"Imported `{Path(st.session_state['imported_dataset']).name}`: {st.session_state['imported_summary']}")
 
 
 def require_dataset() -> Path:

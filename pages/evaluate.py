@@ -2,8 +2,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from landmark_core.insights import (cell_images, class_places_frame, confusion_classes, confusion_frame, familiarity_curve_frame, per_class_frame, short_label,
-                                   tagged_unknowns, top_losses)
+from landmark_core.export import export_bundle
+from landmark_core.insights import (cell_images, class_places_frame, confusion_classes, confusion_frame,
+                                   familiarity_curve_frame, per_class_frame, short_label, tagged_unknowns, top_losses)
 from pages.common import explanation_for, finished_runs, run_label, world_map
 
 st.title("📊 Evaluate")
@@ -23,6 +24,10 @@ m[2].metric("Test images", evaluation["num_images"])
 m[3].metric("Suggested tag threshold", f"{evaluation['default_threshold']:.2f}",
             help="The lowest calibrated confidence (at least 0.5) at which the validation photos that pass the "
                  "familiarity check are ≥98% right.")
+if summary.run.exported:
+    st.download_button("⬇️ Download the model (zip: the exported model, export.json and a README with the lines that "
+                       "load it)", export_bundle(summary.path), file_name=f"{summary.run_id}-model.zip",
+                       mime="application/zip")
 calibration = evaluation.get("calibration")
 if calibration:
     c = st.columns(4)

@@ -90,6 +90,7 @@ def test_evaluate_page_shows_metrics_and_confusion_matrix(app_env):
     assert [m.label for m in at.metric][:2] == ["Top-1 accuracy", "Top-5 accuracy"]
     assert any(s.value == "Confusion matrix" for s in at.subheader)
     assert at.get("vega_lite_chart")
+    assert any("Download the model" in b.proto.label for b in at.get("download_button"))
 
 
 def test_train_page_starts_a_run_in_the_background(app_env):
@@ -307,3 +308,41 @@ def test_evaluate_draws_class_places_on_the_offline_world_map(app_env):
     world.pop("$schema")  # the spec's version name, never fetched
     text = json.dumps(world)
     assert '"url"' not in text and "http" not in text  # the outline is inline: nothing is fetched
+
+
+def _zip_of(folder: Path, extra: dict | None = None) -> bytes:
+    import zipfile
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(folder.rglob("*.jpg")):
+            archive.write(path, path.relative_to(folder).as_posix())
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_a_zip_of_class_folders_imports_from_the_browser_and_a_hostile_one_is_refused(tiny_dataset, tmp_path,
+                                                                                       monkeypatch):
+    monkeypatch.setenv("LANDMARK_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["dataset_choice"] = "Import a zip of photos"
+    at.run()
+    assert not at.exception and at.sidebar.file_uploader  # offered in the sidebar's dataset chooser
+
+    def sidebar_import():  # the chooser's import, alone (AppTest drops sidebar elements on reruns under navigation)
+        from pages.common import import_zip_from_browser
+        import_zip_from_browser()
+
+    at = AppTest.from_function(sidebar_import, default_timeout=120).run()
+    at.file_uploader[0].set_value(("escape.zip", _zip_of(tiny_dataset / "train", {"../evil.jpg": b"x"}),
+                                   "application/zip")).run()
+    assert not at.exception
+    assert at.error and not (tmp_path / "artifacts" / "data" / "escape").exists()
+    assert not (tmp_path / "artifacts" / "data" / "evil.jpg").exists()
+    at.file_uploader[0].set_value(("my_photos.zip", _zip_of(tiny_dataset / "train"), "application/zip")).run()
+    assert not at.exception, at.exception
+    assert any("3 classes" in s.value for s in at.success), [s.value for s in at.success]
+    imported = tmp_path / "artifacts" / "data" / "my_photos"
+    assert len(list(imported.rglob("*.jpg"))) == len(list((tiny_dataset / "train").rglob("*.jpg")))
+    assert at.session_state["dataset_path"] == str(imported)

@@ -1,3 +1,4 @@
+import io
 import json
 from pathlib import Path
 
@@ -168,3 +169,26 @@ def test_onnx_export_round_trips_through_onnxruntime(trained_run, tmp_path):
         handle.write(b"\0")
     with pytest.raises(ModelError, match="does not match"):
         Predictor(copy)
+
+
+def test_model_bundle_loads_with_the_lines_its_readme_gives(trained_run, tmp_path):
+    """The zip Evaluate offers: unpacked elsewhere, its README's snippet runs and names the same class."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from landmark_core.export import export_bundle
+    from landmark_core.predict import Predictor
+    from landmark_core.runs import Run
+    folder = tmp_path / "elsewhere"
+    with zipfile.ZipFile(io.BytesIO(export_bundle(trained_run))) as archive:
+        assert sorted(archive.namelist()) == ["README.txt", "export.json", "model.ts"]
+        archive.extractall(folder)
+    readme = (folder / "README.txt").read_text()
+    snippet = readme[readme.index("import json"):]
+    photo = Run(trained_run).split["test"][0]
+    (folder / "photo.jpg").write_bytes(open(photo, "rb").read())
+    done = subprocess.run([sys.executable, "-c", snippet], cwd=folder, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    name = done.stdout.split()[0]
+    assert name == Predictor(trained_run).predict(photo)[0].label
