@@ -735,5 +735,8 @@ def distributed_training(scale: Scale, demo: Path, work: Path) -> Table:
                        "cache is shared). With 2 processes each gets half the cores (OMP_NUM_THREADS), so on one "
                        "machine's CPUs the gain is only what one process leaves unused; data parallelism pays across "
                        "GPUs and machines. scratch_cnn trains with dropout and BatchNorm in training mode, which stay "
-                       "per process on CPUs: its weights differ by design (its accuracy is the check).")
+                       "per process on CPUs: its weights differ by design (its accuracy is the check). The probe "
+                       "recipe's features and head match until the head's weight decay, chosen on the validation "
+                       "split among near-equal candidates, can flip with float rounding (measured: 1.0 vs 0.3 at the "
+                       "third view), which moves the weights but not the test accuracy.")
     return table

@@ -369,26 +369,26 @@ class Engine:
         trained = self._replicated_network(network)
         total_loss, correct, seen = 0.0, 0, 0
         for self.batch, (inputs, labels) in enumerate(train_batches, start=1):
-            # DistributedDataParallel averages gradients over processes: scaling by their number makes the step
-            # the gradient of the global batch's mean loss, however the batch was shared out
-            global_weight = world.sum([float(self._loss_weight(labels))])[0] if world.is_distributed \
-                else float(self._loss_weight(labels))
             with torch.autocast(device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext():
                 logits = trained(inputs)
                 summed = self.criterion(logits.float(), labels)
-            loss = summed * (world.size / max(global_weight, 1e-12))
-            batch_loss = world.sum([summed.item()])[0] / max(global_weight, 1e-12)
+            # one collective a step: the global batch's loss weight, summed loss, size and hits
+            weight, global_summed, count, hits = world.sum([float(self._loss_weight(labels)), summed.item(),
+                                                            float(len(labels)), (logits.argmax(1) == labels).sum().item()])
+            batch_loss = global_summed / max(weight, 1e-12)
             if not math.isfinite(batch_loss):  # one more step would write non-finite weights into the checkpoints
                 self._diverged(batch_loss)
+            # DistributedDataParallel averages gradients over processes: scaling by their number makes the step
+            # the gradient of the global batch's mean loss, however the batch was shared out
+            loss = summed * (world.size / max(weight, 1e-12))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step()
-            count = world.sum([float(len(labels)), (logits.argmax(1) == labels).sum().item()])
-            total_loss += batch_loss * count[0]
-            correct += int(count[1])
-            seen += int(count[0])
+            total_loss += batch_loss * count
+            correct += int(hits)
+            seen += int(count)
             self.last = {"kind": "batch", "epoch": self.epoch + 1, "batch": self.batch, "batches": len(train_batches),
                          "loss": batch_loss, "lr": self.optimizer.param_groups[0]["lr"], "elapsed": time.time() - self.started}
             self.fire("on_batch_end")

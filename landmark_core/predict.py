@@ -72,7 +72,7 @@ class Predictor:
         return load_square(source, self.resize_size, self.interpolation)
 
     @torch.inference_mode()
-    def _classify_squares(self, squares: list[np.ndarray]) -> list[tuple[np.ndarray, float | None] | None]:
+    def classify_squares(self, squares: list[np.ndarray]) -> list[tuple[np.ndarray, float | None] | None]:
         """(probabilities, familiarity) per decoded square; None where the model gives non-finite numbers."""
         batch = torch.from_numpy(np.stack(squares)).permute(0, 3, 1, 2).to(self.device)
         if self.device.type != "cpu":  # torch's antialiased resize has no uint8 kernel on GPUs; on these squares
@@ -86,7 +86,7 @@ class Predictor:
 
     def classify(self, source: ImageSource) -> tuple[np.ndarray, float | None]:
         """(class probabilities, familiarity or None)."""
-        result = self._classify_squares([self.decode(source)])[0]
+        result = self.classify_squares([self.decode(source)])[0]
         if result is None:
             raise ImageError("the model gave no finite probabilities for this image")
         return result
@@ -111,4 +111,4 @@ class Predictor:
         if not squares:
             return []
         return [None if result is None else Assessment(self._ranked(result[0], top_k), result[1])
-                for result in self._classify_squares(squares)]
+                for result in self.classify_squares(squares)]

@@ -294,7 +294,8 @@ def launch_background(run_dir: Path, *, resume: bool = False, processes: int | N
                                    start_new_session=True, cwd=os.getcwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"})
     finally:
         log.close()
-    write_status(run_dir, pid=process.pid, launched=True, processes=processes)
+    # queued until the trainer says running: a resumed run must not go on showing "cancelled" meanwhile
+    write_status(run_dir, state="queued", error=None, pid=process.pid, launched=True, processes=processes)
     return process.pid
 
 

@@ -130,7 +130,8 @@ def import_zip_from_browser() -> None:
                 show_error(error)
                 return
         st.session_state.update(imported_zip=marker, imported_dataset=str(root),
-                                imported_summary=f"{dataset.num_classes} classes, {len(dataset.train)} train / "
+                                imported_summary=f"{dataset.num_classes} class{'es' if dataset.num_classes != 1 else ''}, "
+                                                 f"{len(dataset.train)} train / "
                                                  f"{len(dataset.test)} test photos")
     st.session_state["dataset_path"] = st.session_state["imported_dataset"]
     st.success(f"Imported `{Path(st.session_state['imported_dataset']).name}`: {st.session_state['imported_summary']}")

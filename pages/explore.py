@@ -1,13 +1,18 @@
+from pathlib import Path
+
 import altair as alt
 import pandas as pd
 import streamlit as st
 
+from landmark_core.cleaning import move_photo, moves, suspect_photos, undo_last_move
 from landmark_core.data import AUGMENTATIONS, dataset_report, scan_dataset
 from landmark_core.errors import LandmarkError
 from landmark_core.explore import augmentation_preview, image_table, training_stats
 from landmark_core.insights import short_label
 from landmark_core.places import PLACES_FILE, places_from_table, places_table, save_places
-from pages.common import require_dataset, show_error
+from pages.common import finished_runs, require_dataset, run_label, show_error
+
+OUT_OF_DATASET = "out of the dataset (_excluded/)"
 
 st.title("🔎 Explore the dataset")
 dataset_path = require_dataset()
@@ -122,3 +127,48 @@ if st.button(f"Save {PLACES_FILE}"):
         st.success(f"Saved {path}")
     except (LandmarkError, OSError) as error:
         show_error(error)
+
+st.subheader("Clean the training photos")
+trained_here = [r for r in finished_runs() if r.run.exported and Path(r.data).resolve() == Path(dataset.root).resolve()]
+if not trained_here:
+    st.caption("Train a model on this dataset first: its mistakes on its own training photos point at mislabelled ones.")
+else:
+    cleaner_run = st.selectbox("Model that judges the photos", trained_here, format_func=run_label, key="cleaner_run")
+    st.caption("The training photos with the highest loss on their own label: often in the wrong folder, or no "
+               "landmark at all. Move a photo to its right class or out of the dataset (into `_excluded/`, never "
+               "deleted); every move can be undone. Train again afterwards.")
+    if st.button("Find likely mislabelled photos", key="find_suspects"):
+        with st.spinner("Scoring every training photo…"):
+            try:
+                st.session_state["suspects"] = (cleaner_run.run_id, suspect_photos(cleaner_run.path, limit=18))
+            except LandmarkError as error:
+                show_error(error)
+    found = st.session_state.get("suspects")
+    if found and found[0] == cleaner_run.run_id:
+        columns = st.columns(6)
+        for i, row in enumerate(r for r in found[1] if Path(r["path"]).exists()):
+            with columns[i % 6]:
+                st.image(row["path"], width="stretch", caption=f"{short_label(row['label'])} · loss {row['loss']:.2f} · "
+                                                              f"looks like {short_label(row['predicted'])}")
+                options = [OUT_OF_DATASET] + [c for c in dataset.classes if c != row["label"]]
+                default = options.index(row["predicted"]) if row["predicted"] in options else 0
+                target = st.selectbox("Move to", options, index=default, key=f"move-to-{row['path']}",
+                                      format_func=lambda c: c if c == OUT_OF_DATASET else short_label(c))
+                if st.button("Move", key=f"move-{row['path']}"):
+                    try:
+                        moved = move_photo(dataset.root, row["path"], None if target == OUT_OF_DATASET else target)
+                        st.toast(f"Moved to {moved.relative_to(dataset.root)}")
+                        report_for.clear()
+                        st.rerun()
+                    except LandmarkError as error:
+                        show_error(error)
+    history = moves(dataset.root)
+    if history:
+        last = history[-1]
+        if st.button(f"Undo the last move ({last['from']} → {last['to']})", key="undo_move"):
+            try:
+                undo_last_move(dataset.root)
+                report_for.clear()
+                st.rerun()
+            except LandmarkError as error:
+                show_error(error)

@@ -20,7 +20,8 @@ if not chosen:
     st.stop()
 try:
     tagger = predictor_for(chosen[0].path)
-    tagger.places  # a damaged places.csv shows here, once, with its line number
+    _ = tagger.places  # a damaged places.csv shows here, once, with its line number (assigned: Streamlit's
+    # "magic" would print a bare expression on the page)
 except LandmarkError as error:
     show_error(error)
     st.stop()

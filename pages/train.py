@@ -11,6 +11,7 @@ from landmark_core.models import DEFAULT_TRANSFER_MODEL, list_models, model_info
 from landmark_core.runs import (ACTIVE_STATES, delete_run, is_training, launch_background, list_runs, rename_run,
                                 request_cancel, resolve_run)
 from landmark_core.config import HEAD_SOLVERS, OPTIMIZERS, SCHEDULERS, TrainConfig
+from landmark_core.lr_finder import find_learning_rate
 from landmark_core.pipeline import create_run
 from pages.common import format_seconds, require_dataset, show_error
 
@@ -67,6 +68,33 @@ with st.expander("New training run", expanded=not list_runs()):
                   "Data-parallel CPU processes (torchrun, gloo); each gets a share of the cores. The batch size "
                   "stays the global batch, so results match one process's.") + " Each process loads the model.")
         start = st.form_submit_button("Start", type="primary")
+    with st.container(border=True):
+        st.markdown("**Learning-rate finder**")
+        st.caption("Trains a throwaway copy of the model for up to 80 batches while the learning rate grows from 1e-6 "
+                   "to 1, and suggests the rate where the loss falls fastest (fastai's lr_find). Uses this model's "
+                   "default settings; nothing is saved.")
+        if st.button("Find a learning rate", key="lr_find"):
+            bar = st.progress(0.0, text="Sweeping…")
+            try:
+                st.session_state["lr_found"] = (model, str(dataset), find_learning_rate(
+                    TrainConfig(data=str(dataset), model=model),
+                    progress=lambda done, total: bar.progress(done / total, text=f"Sweeping… batch {done}/{total}")))
+            except LandmarkError as error:
+                show_error(error)
+            bar.empty()
+        found = st.session_state.get("lr_found")
+        if found and found[:2] == (model, str(dataset)):
+            result = found[2]
+            curve = pd.DataFrame({"learning rate": result.learning_rates, "loss": result.losses})
+            chart = alt.Chart(curve).mark_line().encode(
+                x=alt.X("learning rate:Q", scale=alt.Scale(type="log")), y=alt.Y("loss:Q", scale=alt.Scale(zero=False)),
+                tooltip=[alt.Tooltip("learning rate:Q", format=".1e"), alt.Tooltip("loss:Q", format=".3f")])
+            if result.suggestion:
+                chart += alt.Chart(pd.DataFrame({"learning rate": [result.suggestion]})).mark_rule(
+                    color="crimson", strokeDash=[4, 4]).encode(x="learning rate:Q")
+            st.altair_chart(chart.properties(height=240), width="stretch")
+            st.markdown(f"Suggested learning rate: **{result.suggestion:.1e}** (trained: {result.trained}); enter it "
+                        "above." if result.suggestion else "No clear descent: try the default.")
     if start:
         config = TrainConfig(data=str(dataset), model=model, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
                              image_size=int(image_size), optimizer=optimizer, scheduler=scheduler, augment=float(augment),

@@ -65,6 +65,7 @@ def test_predict_page_shows_five_predictions_for_an_upload(app_env):
     at.file_uploader[0].set_value(("photo.png", buffer.getvalue(), "image/png"))
     at.run()
     assert not at.exception
+    assert not at.json and not any("Place(" in m.value for m in at.markdown)  # no stray dump of the places
     lists = [m.value for m in at.markdown if m.value.startswith("1. ")]
     assert lists and len(lists[0].splitlines()) == 5
     expected = decide_for(Predictor(next(r for r in list_runs() if r.state == "finished").path), buffer.getvalue())
@@ -346,3 +347,18 @@ def test_a_zip_of_class_folders_imports_from_the_browser_and_a_hostile_one_is_re
     imported = tmp_path / "artifacts" / "data" / "my_photos"
     assert len(list(imported.rglob("*.jpg"))) == len(list((tiny_dataset / "train").rglob("*.jpg")))
     assert at.session_state["dataset_path"] == str(imported)
+
+
+def test_explore_finds_likely_mislabelled_photos_moves_one_and_undoes_it(app_env):
+    at = page("explore").run()
+    at.button(key="find_suspects").click().run()
+    assert not at.exception, at.exception
+    move_buttons = [b for b in at.button if (b.key or "").startswith("move-")]
+    assert move_buttons
+    photo = move_buttons[0].key.removeprefix("move-")
+    move_buttons[0].click().run()
+    assert not at.exception, at.exception
+    assert not Path(photo).exists()
+    at.button(key="undo_move").click().run()
+    assert not at.exception
+    assert Path(photo).exists()

@@ -7,6 +7,7 @@ go to test-output/browser/.
 """
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -81,9 +82,13 @@ def test_demo_train_evaluate_predict_in_chromium(server):
     from playwright.sync_api import expect
 
     url, artifacts = server
+    shutil.rmtree(SHOTS, ignore_errors=True)  # only this run's screenshots count
     SHOTS.mkdir(parents=True, exist_ok=True)
     with chromium_browser() as browser:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        requested = []  # every request of every page: the app must never reach past this machine
+        context.on("request", lambda request: requested.append(request.url))
+        page = context.new_page()
         page.set_default_timeout(120_000)
 
         def shot(name):
@@ -112,27 +117,60 @@ def test_demo_train_evaluate_predict_in_chromium(server):
             field = page.get_by_label(label, exact=True)
             field.fill(value)
             field.press("Tab")
-        page.get_by_role("button", name="Start").click()
+        page.get_by_role("button", name="Start", exact=True).click()
         expect(page.get_by_text("Started")).to_be_visible()
         shot("04-train-started")
+        page.get_by_role("button", name="Stop", exact=True).click()  # while it decodes or trains: cancelled, resumable
+        # cancelled, or interrupted when the SIGTERM came before the trainer had started: both resume
+        expect(page.get_by_text(re.compile(r"(cancelled|interrupted) ·"))).to_be_visible(timeout=120_000)
+        page.get_by_role("button", name="Resume", exact=True).click()
         expect(page.get_by_text("finished · epoch 1/1")).to_be_visible(timeout=300_000)
         no_exceptions()
-        shot("05-train-finished")
+        shot("05-train-stopped-resumed-finished")
 
         page.goto(f"{url}/evaluate")
         expect(page.get_by_text("Confusion matrix")).to_be_visible()
         expect(page.locator("[data-testid='stVegaLiteChart']").first).to_be_visible()
+        expect(page.get_by_text("Where the classes are")).to_be_visible()  # the offline world map
+        expect(page.get_by_role("button", name="Download the model", exact=False)).to_be_visible()
         no_exceptions()
         shot("06-evaluate")
 
         page.goto(f"{url}/predict")
-        photo = next((artifacts / "data" / "demo" / "test" / "16.Eiffel_Tower").glob("*.jpg"))
-        page.locator("input[type='file']").set_input_files(str(photo))
+        # two photos with the same file name (test_0000.jpg of two classes): both are predicted, nothing collides
+        photos = [next((artifacts / "data" / "demo" / "test" / folder).glob("test_0000.jpg"))
+                  for folder in ("16.Eiffel_Tower", "09.Golden_Gate_Bridge")]
+        page.locator("input[type='file']").set_input_files([str(p) for p in photos])
         ranked = page.locator("[data-testid='stMarkdownContainer'] ol li")
-        expect(ranked).to_have_count(5)
+        expect(ranked).to_have_count(10)
         no_exceptions()
-        shot("07-predict")
-    assert len(list(SHOTS.glob("*.png"))) >= 7
+        page.get_by_text("Show where each model looked (Grad-CAM)").click()
+        expect(page.get_by_text("Grad-CAM ·").first).to_be_visible()
+        no_exceptions()
+        shot("07-predict-two-same-named-photos-with-grad-cam")
+
+        # a zip of class folders from the browser: the same checked import as `landmark data import`
+        import zipfile
+        archive = artifacts.parent / "my_photos.zip"
+        with zipfile.ZipFile(archive, "w") as bundle:
+            for folder in sorted((artifacts / "data" / "demo" / "train").iterdir())[:4]:
+                for photo in sorted(folder.glob("*.jpg"))[:6]:
+                    bundle.write(photo, photo.relative_to(artifacts / "data" / "demo" / "train").as_posix())
+        page.get_by_text("Import a zip of photos").click()
+        page.locator("[data-testid='stSidebar'] input[type='file']").set_input_files(str(archive))
+        expect(page.get_by_text(re.compile(r"4 classes, \d+ train / \d+ test photos"))).to_be_visible()
+        no_exceptions()
+        shot("08-zip-imported")
+
+        page.goto(f"{url}/train")
+        page.get_by_role("button", name="Delete", exact=True).click()
+        page.get_by_role("button", name="Delete for good", exact=True).click()
+        expect(page.get_by_text("No runs yet")).to_be_visible()
+        no_exceptions()
+        shot("09-run-deleted")
+    assert len(list(SHOTS.glob("*.png"))) >= 9
+    outside = [u for u in requested if not u.startswith(("http://127.0.0.1:", "ws://127.0.0.1:", "data:", "blob:"))]
+    assert requested and not outside, outside[:10]
 
 
 def test_ten_sessions_predict_while_two_runs_train(tmp_path):

@@ -4,6 +4,7 @@ import os
 import pytest
 
 from landmark_core.errors import RunError
+from landmark_core.fileio import read_jsonl
 from landmark_core.pipeline import create_run, train
 from landmark_core.runs import delete_run, list_runs, read_status, rename_run, write_status
 
@@ -48,3 +49,39 @@ def test_status_says_photos_are_being_decoded_before_the_first_epoch(tiny_datase
           progress=lambda stage, done, total: seen.append(read_status(run_dir).get("stage")))
     assert any(stage and stage.startswith("decoding train photos") for stage in seen)
     assert read_status(run_dir).get("stage") is None  # gone once training starts
+
+
+def test_resume_from_the_app_and_from_the_cli_in_the_background_continues_the_run(tiny_dataset, artifacts):
+    """Regression: Resume passed --resume without the run (the log ended in an argparse error and nothing ran)."""
+    import subprocess
+    import sys
+    import time
+
+    from landmark_core.engine import Callback
+    from landmark_core.errors import TrainingCancelled
+    from landmark_core.runs import launch_background
+
+    class CancelAfterFirstEpoch(Callback):
+        def on_epoch_end(self, engine):
+            raise TrainingCancelled("test stop")
+
+    def wait_until_done(run_dir):
+        deadline = time.time() + 180
+        assert read_status(run_dir)["state"] in ("queued", "running")  # at once: not "cancelled" while it starts
+        while read_status(run_dir)["state"] in ("queued", "running") and time.time() < deadline:
+            time.sleep(0.5)
+        return read_status(run_dir)
+
+    for how in ("app", "cli"):
+        run_dir = create_run(tiny_config(tiny_dataset, epochs=2), artifacts)
+        with pytest.raises(TrainingCancelled):
+            train(run_dir, callbacks=[CancelAfterFirstEpoch()])
+        assert read_status(run_dir)["state"] == "cancelled"
+        if how == "app":  # what the Train page's Resume button calls
+            launch_background(run_dir, resume=True)
+        else:
+            subprocess.run([sys.executable, "-m", "landmark_core", "train", "--resume", str(run_dir), "--background"],
+                           env={**os.environ, "LANDMARK_ARTIFACTS": str(artifacts)}, check=True, capture_output=True)
+        status = wait_until_done(run_dir)
+        assert status["state"] == "finished", (how, status, (run_dir / "log.txt").read_text()[-1500:])
+        assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "epoch"] == [1, 2]

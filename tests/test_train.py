@@ -302,3 +302,17 @@ def test_best_checkpoint_is_written_without_a_validation_split(tmp_path, artifac
     record = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "epoch"][0]
     assert record["val_acc"] is None and record["train_loss"] > 1
     assert (run_dir / "checkpoint_best.pt").exists() and read_status(run_dir)["state"] == "finished"
+
+
+def test_learning_rate_finder_sweeps_until_the_loss_explodes_and_suggests_a_rate(tiny_dataset, artifacts):
+    from landmark_core.lr_finder import find_learning_rate, suggest
+    result = find_learning_rate(tiny_config(tiny_dataset, model_options={"width": 8, "depth": 2}), steps=40, end_lr=10.0)
+    rates = result.learning_rates
+    assert rates == sorted(rates) and rates[0] == pytest.approx(1e-6) and len(rates) <= 40
+    assert result.trained == "whole network" and len(result.losses) == len(rates)
+    assert result.suggestion is None or rates[0] <= result.suggestion <= rates[-1]
+    assert not list(artifacts.glob("runs/*"))  # nothing saved
+    # the rule itself: on a curve that falls, bottoms out and explodes, the steepest fall is picked
+    curve_rates = [10 ** (-6 + k * 0.25) for k in range(25)]
+    curve = [2.0] * 5 + [2.0 - 0.3 * k for k in range(1, 6)] + [0.5] * 5 + [0.5 + k for k in range(10)]
+    assert 1e-5 < suggest(curve_rates, curve) < 1e-3

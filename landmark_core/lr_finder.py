@@ -1,0 +1,84 @@
+"""The learning-rate range test (Smith 2017, as fastai's ``lr_find``): train a throwaway copy of a run's model
+for a few dozen steps while the learning rate grows exponentially, and read a good rate off the loss curve.
+
+The sweep trains what the run's learning rate will drive: the head on cached features when frozen epochs take
+SGD steps, otherwise the whole network (the backbone at ``backbone_lr_scale`` of the rate, as in training).
+Nothing is written to any run folder.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .config import TrainConfig, resolve_device
+from .engine import Engine
+from .models import build_model
+from .prepare import prepare_data
+
+
+@dataclass
+class LRFinderResult:
+    learning_rates: list[float]
+    losses: list[float]          # exponentially smoothed, bias-corrected (fastai's β = 0.98)
+    suggestion: float | None     # the rate where the smoothed loss falls fastest, before its minimum
+    trained: str                 # "head" or "whole network"
+
+
+def find_learning_rate(config: TrainConfig, *, start_lr: float = 1e-6, end_lr: float = 1.0, steps: int = 80,
+                       progress: Callable[[int, int], None] | None = None) -> LRFinderResult:
+    """Sweep the learning rate from ``start_lr`` to ``end_lr`` over ``steps`` batches; stop once the loss explodes."""
+    config = config.resolved()
+    device = resolve_device(config.device)
+    prepared = prepare_data(config)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, len(prepared.classes), pretrained=config.pretrained,
+                        weights_path=config.weights_path, **config.model_options)
+    head_only = config.freeze_epochs > 0 and config.head_solver == "sgd"
+    # the fine-tuning phase is what the rate drives when frozen epochs fit the head by L-BFGS
+    engine = Engine(replace(config, freeze_epochs=config.freeze_epochs if head_only else 0), model, prepared, device)
+    network, batches, _ = engine._loaders()
+    network.train()
+    base = [group["lr"] / config.lr for group in engine.optimizer.param_groups]  # each group's share of the rate
+    rates, smoothed, average, best = [], [], 0.0, math.inf
+    step = 0
+    while step < steps:
+        batches.set_epoch(step)
+        for inputs, labels in batches:
+            rate = start_lr * (end_lr / start_lr) ** (step / max(1, steps - 1))
+            for group, share in zip(engine.optimizer.param_groups, base):
+                group["lr"] = rate * share
+            loss = engine.criterion(network(inputs).float(), labels) / max(float(engine._loss_weight(labels)), 1e-12)
+            engine.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            engine.optimizer.step()
+            step += 1
+            value = loss.item()
+            average = 0.98 * average + 0.02 * value
+            current = average / (1 - 0.98 ** step)
+            rates.append(rate)
+            smoothed.append(current)
+            if progress:
+                progress(step, steps)
+            best = min(best, current)
+            if not math.isfinite(current) or current > 4 * best or step >= steps:
+                return LRFinderResult(rates, smoothed, suggest(rates, smoothed), "head" if head_only else "whole network")
+        if len(batches) == 0:
+            break
+    return LRFinderResult(rates, smoothed, suggest(rates, smoothed), "head" if head_only else "whole network")
+
+
+def suggest(rates: list[float], losses: list[float]) -> float | None:
+    """The rate at the steepest descent of the loss against log(rate), looked for before the loss's minimum."""
+    finite = [(r, l) for r, l in zip(rates, losses) if math.isfinite(l)]
+    if len(finite) < 5:
+        return None
+    rates_arr, losses_arr = np.array([r for r, _ in finite]), np.array([l for _, l in finite])
+    lowest = int(np.argmin(losses_arr))
+    if lowest < 2:
+        return None
+    slopes = np.gradient(losses_arr[:lowest + 1], np.log(rates_arr[:lowest + 1]))
+    return float(rates_arr[int(np.argmin(slopes))])
