@@ -259,7 +259,9 @@ def train_distributed(run_dir: Path, processes: int) -> Path:
         raise RunError(f"{run_dir.name} has finished: there is nothing to resume")
     with RunLock(run_dir):  # another trainer holds it: say so now, not from inside rank 0
         pass
-    # torchrun gives each CPU rank one thread unless told otherwise; a share of the cores is what they can use
+    # the ranks inherit this process's environment; it is restored afterwards (a caller's later children must not
+    # inherit one thread each). torchrun gives each CPU rank one thread unless told otherwise: a share of the cores.
+    saved = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "LANDMARK_LAUNCHER_PID")}
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     os.environ["LANDMARK_LAUNCHER_PID"] = str(os.getpid())  # Stop in the app signals the launcher, which stops all
     write_status(run_dir, processes=processes)
@@ -276,7 +278,11 @@ def train_distributed(run_dir: Path, processes: int) -> Path:
         write_status(run_dir, state="failed", error=reason, finished=now_iso())
         raise RunError(f"{run_dir.name} failed: {reason}") from None
     finally:
-        os.environ.pop("LANDMARK_LAUNCHER_PID", None)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return run_dir
 
 

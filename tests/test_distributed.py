@@ -45,7 +45,9 @@ def test_frozen_backbone_features_are_shared_out_and_gathered(tiny_dataset, arti
     config = tiny_config(tiny_dataset, model="efficientnet_lite0", pretrained=False, model_options={"dropout": 0.0},
                          freeze_epochs=1, epochs=2, feature_views=2, head_solver="lbfgs", augment=0.5)
     single = train(create_run(config, artifacts), evaluate_and_export=False)
+    environment = dict(os.environ)
     run_dir = train_distributed(create_run(config, artifacts), 2)
+    assert dict(os.environ) == environment  # the launcher's settings for its ranks do not leak into this process
     # the features of each half come from a process with its own thread count; L-BFGS carries the rounding on
     assert _max_difference(_weights(single), _weights(run_dir)) < 1e-3
 
