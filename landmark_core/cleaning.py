@@ -31,8 +31,9 @@ def suspect_photos(run_dir: Path, limit: int = 24, batch_size: int = 64) -> list
     probability of the label, and what the model sees instead."""
     run = Run(run_dir)
     predictor = Predictor(run)
-    train = prepare_data(run.config()).train  # the decoded cache: the squares the exported model expects
-    dataset_classes = run.split.get("classes") or predictor.classes
+    prepared = prepare_data(run.config())  # the decoded cache: the squares the exported model expects
+    train, dataset_classes = prepared.train, prepared.classes
+    trained_on = set(run.split.get("train", []))  # photos the model learned from (not validation, not new ones)
     rows = []
     for start in range(0, len(train), batch_size):
         squares = list(np.asarray(train.images[start:start + batch_size]))
@@ -41,7 +42,7 @@ def suspect_photos(run_dir: Path, limit: int = 24, batch_size: int = 64) -> list
                 continue
             probabilities = result[0]
             path, label = train.paths[start + offset], dataset_classes[int(train.labels[start + offset])]
-            if label not in predictor.classes:
+            if label not in predictor.classes or (trained_on and path not in trained_on):
                 continue
             own = float(probabilities[predictor.classes.index(label)])
             best = int(np.argmax(probabilities))
@@ -65,7 +66,8 @@ def move_photo(dataset_root: str | os.PathLike, photo: str | os.PathLike, to_cla
         target_dir = root / EXCLUDED / photo.parent.relative_to(root)
     else:
         target_dir = _training_root(root) / to_class
-        if not target_dir.is_dir() or to_class.startswith((".", "_")) or "/" in to_class:
+        if not to_class or not target_dir.is_dir() or to_class.startswith((".", "_")) or "/" in to_class \
+                or os.sep in to_class or ".." in to_class:
             raise DataError(f"{to_class!r} is not a class folder of {root.name}")
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / photo.name

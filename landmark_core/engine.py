@@ -120,9 +120,11 @@ class FeatureBatches:
             chunks = [torch.zeros(0, self.model.feature_dim, device=self.loader.device)]
             for start in range(0, len(self.loader.split), chunk):
                 end = min(start + chunk, len(self.loader.split))
+                if start >= mine.stop:
+                    break  # past this share: later draws concern other processes only
                 low, high = max(start, mine.start), min(end, mine.stop)
-                if high <= low:
-                    if generator is not None and low < end:  # a chunk before this share: keep the draws in step
+                if high <= low:  # a chunk before this share: draw its numbers all the same, to stay in step
+                    if generator is not None:
                         self.loader.prepare(torch.zeros((0, *self.loader.split.images.shape[1:]), dtype=torch.uint8),
                                             generator, slice(0, 0), end - start)
                     continue
@@ -332,8 +334,12 @@ class Engine:
             self.world.broadcast_(linear.weight)
             self.world.broadcast_(linear.bias)
             logits = head.logits(features)
-            loss = float(F.cross_entropy(logits, labels))
-            accuracy = float((logits.argmax(1) == labels).float().mean())
+            # rank 0's numbers: early stopping without a validation split reads the loss, and every process must
+            # take the same decision
+            summary = self.world.broadcast_(torch.tensor([float(F.cross_entropy(logits, labels)),
+                                                          float((logits.argmax(1) == labels).float().mean())],
+                                                         dtype=torch.float64))
+            loss, accuracy = summary.tolist()
         self.batch = 1
         self.last = {"kind": "batch", "epoch": self.epoch + 1, "batch": 1, "batches": 1, "loss": loss,
                      "weight_decay": head.weight_decay, "views": len(labels) // max(1, len(train_batches.labels)),

@@ -7,6 +7,7 @@ normalisation), so the heatmap lines up with the square the model saw.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +20,7 @@ from PIL import Image
 
 from .checkpoints import load_run_model
 from .config import run_preprocessing
+from .errors import LandmarkError
 from .images import ImageSource, load_square
 
 
@@ -72,6 +74,7 @@ class Explainer:
         self.device = torch.device(device)
         self.layer = last_spatial_layer(self.model, self.config.image_size)
         self.grad_cam = LayerGradCam(self.model, self.layer)
+        self._lock = threading.Lock()
 
     def explain(self, source: ImageSource, target: int | str | None = None) -> Explanation:
         """Grad-CAM of ``target`` (a class index or name; default: the model's top prediction) for one photo."""
@@ -87,11 +90,14 @@ class Explainer:
             index = int(probabilities.argmax())
         elif isinstance(target, str):
             if target not in self.classes:
-                raise ValueError(f"{target!r} is not a class of this run")
+                raise LandmarkError(f"{target!r} is not a class of this run ({', '.join(self.classes[:5])}, …)")
             index = self.classes.index(target)
         else:
             index = int(target)
-        attribution = self.grad_cam.attribute(inputs, target=index, relu_attributions=True)
+            if not 0 <= index < len(self.classes):
+                raise LandmarkError(f"class index {index} is out of range (0-{len(self.classes) - 1})")
+        with self._lock:  # captum hooks the layer while it attributes: one photo at a time (the app shares this)
+            attribution = self.grad_cam.attribute(inputs, target=index, relu_attributions=True)
         upsampled = F.interpolate(attribution.detach().float(), size=(size, size), mode="bilinear", align_corners=False)
         heatmap = upsampled[0, 0].cpu().numpy()
         peak = float(heatmap.max())

@@ -42,7 +42,8 @@ def find_learning_rate(config: TrainConfig, *, start_lr: float = 1e-6, end_lr: f
     engine = Engine(replace(config, freeze_epochs=config.freeze_epochs if head_only else 0), model, prepared, device)
     network, batches, _ = engine._loaders()
     network.train()
-    base = [group["lr"] / config.lr for group in engine.optimizer.param_groups]  # each group's share of the rate
+    engine.scheduler = None  # the sweep sets the rate itself (a scheduler built by the engine has already scaled it)
+    base = [1.0, config.backbone_lr_scale]  # head, backbone: the groups the engine's optimizer is built with
     rates, smoothed, average, best = [], [], 0.0, math.inf
     step = 0
     while step < steps:

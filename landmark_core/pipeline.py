@@ -249,6 +249,7 @@ def train_distributed(run_dir: Path, processes: int) -> Path:
     and :func:`train` does the rest. Blocks until the ranks end. A rank's failure fails the run with that
     rank's error; a request to stop leaves it cancelled and resumable, like a single process.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -261,7 +262,12 @@ def train_distributed(run_dir: Path, processes: int) -> Path:
         pass
     # the ranks inherit this process's environment; it is restored afterwards (a caller's later children must not
     # inherit one thread each). torchrun gives each CPU rank one thread unless told otherwise: a share of the cores.
-    saved = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "LANDMARK_LAUNCHER_PID")}
+    saved = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "LANDMARK_LAUNCHER_PID",
+                                                     "TORCHELASTIC_SIGNALS_TO_HANDLE")}
+    # torchrun's agent installs its own handlers (they raise SignalException); this process gets its own back
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)} \
+        if _in_main_thread() else {}
+    (run_dir / Run.CANCEL).unlink(missing_ok=True)  # a stop requested before is not this launch's
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     os.environ["LANDMARK_LAUNCHER_PID"] = str(os.getpid())  # Stop in the app signals the launcher, which stops all
     write_status(run_dir, processes=processes)
@@ -271,6 +277,8 @@ def train_distributed(run_dir: Path, processes: int) -> Path:
                  "--run-dir", str(run_dir)]
     try:
         run(get_args_parser().parse_args(arguments))
+    except SignalException as stop:  # Stop in the app (SIGTERM) or Ctrl-C: torchrun stopped every rank
+        raise TrainingCancelled(f"stopped by signal {stop.sigval}") from None
     except ChildFailedError as error:
         if (run_dir / Run.CANCEL).exists():  # every rank stopped on request; rank 0 recorded it
             raise TrainingCancelled("cancelled by request") from None
@@ -283,6 +291,8 @@ def train_distributed(run_dir: Path, processes: int) -> Path:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return run_dir
 
 

@@ -205,6 +205,17 @@ def explanation_for(run_dir: Path, photo: bytes | str):
     return _explanation(str(run_dir), Run(run_dir).checkpoint("best").stat().st_mtime, photo)
 
 
+@st.cache_data(max_entries=4, show_spinner=False)
+def _model_bundle(run_dir: str, export_mtime: float) -> bytes:
+    from landmark_core.export import export_bundle
+    return export_bundle(Path(run_dir))
+
+
+def model_bundle_for(run_dir: Path) -> bytes:
+    """The zip Evaluate offers, built once per export (not on every rerun of the page)."""
+    return _model_bundle(str(run_dir), (run_dir / Run.EXPORT_META).stat().st_mtime)
+
+
 def world_map(points: pd.DataFrame, *, height: int = 220, color: alt.Color | None = None,
               tooltip: list | None = None) -> alt.LayerChart:
     """Points (``latitude``, ``longitude``) over the world's land outline shipped with the package: no tiles, no

@@ -2,10 +2,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from landmark_core.export import export_bundle
 from landmark_core.insights import (cell_images, class_places_frame, confusion_classes, confusion_frame,
                                    familiarity_curve_frame, per_class_frame, short_label, tagged_unknowns, top_losses)
-from pages.common import explanation_for, finished_runs, run_label, world_map
+from pages.common import explanation_for, finished_runs, model_bundle_for, run_label, world_map
 
 st.title("📊 Evaluate")
 runs = finished_runs()
@@ -26,7 +25,7 @@ m[3].metric("Suggested tag threshold", f"{evaluation['default_threshold']:.2f}",
                  "familiarity check are ≥98% right.")
 if summary.run.exported:
     st.download_button("⬇️ Download the model (zip: the exported model, export.json and a README with the lines that "
-                       "load it)", export_bundle(summary.path), file_name=f"{summary.run_id}-model.zip",
+                       "load it)", model_bundle_for(summary.path), file_name=f"{summary.run_id}-model.zip",
                        mime="application/zip")
 calibration = evaluation.get("calibration")
 if calibration:

@@ -157,7 +157,7 @@ else:
                 if st.button("Move", key=f"move-{row['path']}"):
                     try:
                         moved = move_photo(dataset.root, row["path"], None if target == OUT_OF_DATASET else target)
-                        st.toast(f"Moved to {moved.relative_to(dataset.root)}")
+                        st.toast(f"Moved to {moved.relative_to(Path(dataset.root).resolve())}")
                         report_for.clear()
                         st.rerun()
                     except LandmarkError as error:

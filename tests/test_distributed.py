@@ -46,8 +46,11 @@ def test_frozen_backbone_features_are_shared_out_and_gathered(tiny_dataset, arti
                          freeze_epochs=1, epochs=2, feature_views=2, head_solver="lbfgs", augment=0.5)
     single = train(create_run(config, artifacts), evaluate_and_export=False)
     environment = dict(os.environ)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)}
     run_dir = train_distributed(create_run(config, artifacts), 2)
-    assert dict(os.environ) == environment  # the launcher's settings for its ranks do not leak into this process
+    # the launcher's settings for its ranks, and torchrun's signal handlers, do not stay in this process
+    assert dict(os.environ) == environment
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
     # the features of each half come from a process with its own thread count; L-BFGS carries the rounding on
     assert _max_difference(_weights(single), _weights(run_dir)) < 1e-3
 
@@ -145,3 +148,38 @@ def test_a_killed_rank_fails_the_run_with_its_error(tiny_dataset, artifacts):
     assert status["state"] == "failed" and "rank 1" in status["error"] and "SIGKILL" in status["error"], status
     assert "rank 1" in stderr.decode()
     assert "model" in torch.load(run_dir / "checkpoint_last.pt", weights_only=True)  # the last epoch is kept
+
+
+class _ShareWithoutGroup(World):
+    """A rank's share computed in this process: the caller concatenates the shares (what all_gather does)."""
+
+    def gather_rows(self, rows):
+        return rows
+
+
+def test_each_share_of_an_augmented_feature_view_is_the_single_process_rows(monkeypatch):
+    """Every process draws the augmentation numbers of the chunks before its share too, so its rows are augmented
+    exactly as one process augments them (3 processes, a split of 3 chunks: rank 2 starts after a whole chunk)."""
+    import numpy as np
+
+    import landmark_core.engine as engine_module
+    from landmark_core.data import BatchLoader, DecodedSplit
+    from landmark_core.engine import FeatureBatches
+    from landmark_core.models import build_model
+
+    monkeypatch.setattr(engine_module, "inference_batch_size", lambda device: 16)
+    rng = np.random.default_rng(0)
+    split = DecodedSplit(rng.integers(0, 256, (40, 36, 36, 3), dtype=np.uint8), np.arange(40) % 3,
+                         [f"photo{i}.jpg" for i in range(40)])
+    torch.manual_seed(0)
+    model = build_model("scratch_cnn", 3, pretrained=False, width=8, depth=2).eval()
+
+    def view(world, index):
+        loader = BatchLoader(split, batch_size=8, image_size=32, mean=[0.5] * 3, std=[0.25] * 3, augment=0.8, seed=3,
+                             world=world)
+        return FeatureBatches(model, loader, views=4, augment=True, epochs=4, backbone=model.backbone)._view(index)
+
+    for index in range(4):
+        single = view(World(), index)
+        shares = torch.cat([view(_ShareWithoutGroup(rank, 3), index) for rank in range(3)])
+        assert shares.shape == single.shape and torch.allclose(shares, single, atol=1e-5), index

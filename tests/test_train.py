@@ -304,10 +304,16 @@ def test_best_checkpoint_is_written_without_a_validation_split(tmp_path, artifac
     assert (run_dir / "checkpoint_best.pt").exists() and read_status(run_dir)["state"] == "finished"
 
 
-def test_learning_rate_finder_sweeps_until_the_loss_explodes_and_suggests_a_rate(tiny_dataset, artifacts):
+def test_learning_rate_finder_sweeps_until_the_loss_explodes_and_suggests_a_rate(tiny_dataset, artifacts, monkeypatch):
     from landmark_core.lr_finder import find_learning_rate, suggest
-    result = find_learning_rate(tiny_config(tiny_dataset, model_options={"width": 8, "depth": 2}), steps=40, end_lr=10.0)
+    applied = []  # the rate the optimizer really steps with (a scheduler built by the engine must not scale it)
+    original = torch.optim.Optimizer.zero_grad
+    monkeypatch.setattr(torch.optim.Optimizer, "zero_grad",
+                        lambda self, *a, **k: (applied.append(self.param_groups[0]["lr"]), original(self, *a, **k))[1])
+    result = find_learning_rate(tiny_config(tiny_dataset, model_options={"width": 8, "depth": 2}, scheduler="onecycle"),
+                                steps=40, end_lr=10.0)
     rates = result.learning_rates
+    assert applied == pytest.approx(rates)
     assert rates == sorted(rates) and rates[0] == pytest.approx(1e-6) and len(rates) <= 40
     assert result.trained == "whole network" and len(result.losses) == len(rates)
     assert result.suggestion is None or rates[0] <= result.suggestion <= rates[-1]
