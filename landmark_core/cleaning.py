@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .fileio import read_jsonl, write_bytes_atomic
+from .fileio import append_jsonl, read_jsonl, write_bytes_atomic
 from .predict import Predictor
 from .prepare import prepare_data
 from .runs import Run
@@ -104,6 +104,5 @@ def undo_last_move(dataset_root: str | os.PathLike) -> dict | None:
 
 
 def _log(root: Path, move: dict) -> None:
-    log = root / EXCLUDED / MOVES_LOG
-    log.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(log, "".join(json.dumps(m) + "\n" for m in [*moves(root), move]).encode())
+    (root / EXCLUDED).mkdir(parents=True, exist_ok=True)
+    append_jsonl(root / EXCLUDED / MOVES_LOG, move)

@@ -14,7 +14,7 @@ is one of those.
 
 Only rank 0 writes the run folder. Ranks learn of a request to stop together (:meth:`World.any`), so none is
 left waiting in a collective; a rank that dies is noticed by torchrun, which stops the others, and the
-launcher (:func:`launch`) records the dead rank's error as the run's.
+launcher (:func:`landmark_core.pipeline.train_distributed`) records the dead rank's error as the run's.
 """
 from __future__ import annotations
 

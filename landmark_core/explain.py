@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +104,3 @@ class Explainer:
         return Explanation(Image.fromarray(crop), heatmap.astype(np.float32), index, self.classes[index],
                            float(probabilities[index]))
 
-
-@lru_cache(maxsize=4)
-def explainer_for(run_dir: str, checkpoint: str = "best") -> Explainer:
-    return Explainer(run_dir, checkpoint)

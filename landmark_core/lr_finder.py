@@ -7,6 +7,7 @@ Nothing is written to any run folder.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -45,31 +46,38 @@ def find_learning_rate(config: TrainConfig, *, start_lr: float = 1e-6, end_lr: f
     engine.scheduler = None  # the sweep sets the rate itself (a scheduler built by the engine has already scaled it)
     base = [1.0, config.backbone_lr_scale]  # head, backbone: the groups the engine's optimizer is built with
     rates, smoothed, average, best = [], [], 0.0, math.inf
-    step = 0
-    while step < steps:
-        batches.set_epoch(step)
-        for inputs, labels in batches:
-            rate = start_lr * (end_lr / start_lr) ** (step / max(1, steps - 1))
-            for group, share in zip(engine.optimizer.param_groups, base):
-                group["lr"] = rate * share
-            loss = engine.criterion(network(inputs).float(), labels) / max(float(engine._loss_weight(labels)), 1e-12)
-            engine.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            engine.optimizer.step()
-            step += 1
-            value = loss.item()
-            average = 0.98 * average + 0.02 * value
-            current = average / (1 - 0.98 ** step)
-            rates.append(rate)
-            smoothed.append(current)
-            if progress:
-                progress(step, steps)
-            best = min(best, current)
-            if not math.isfinite(current) or current > 4 * best or step >= steps:
-                return LRFinderResult(rates, smoothed, suggest(rates, smoothed), "head" if head_only else "whole network")
-        if len(batches) == 0:
+    for step, (inputs, labels) in enumerate(itertools.islice(_endless(batches), steps), start=1):
+        rate = start_lr * (end_lr / start_lr) ** ((step - 1) / max(1, steps - 1))
+        for group, share in zip(engine.optimizer.param_groups, base):
+            group["lr"] = rate * share
+        loss = engine.criterion(network(inputs).float(), labels) / max(float(engine._loss_weight(labels)), 1e-12)
+        engine.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        engine.optimizer.step()
+        average = 0.98 * average + 0.02 * loss.item()
+        current = average / (1 - 0.98 ** step)
+        rates.append(rate)
+        smoothed.append(current)
+        if progress:
+            progress(step, steps)
+        best = min(best, current)
+        if not math.isfinite(current) or current > 4 * best:
             break
     return LRFinderResult(rates, smoothed, suggest(rates, smoothed), "head" if head_only else "whole network")
+
+
+def _endless(batches):
+    """Batches epoch after epoch (each reshuffled); nothing when there are none."""
+    epoch = 0
+    while True:
+        batches.set_epoch(epoch)
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            return
+        epoch += 1
 
 
 def suggest(rates: list[float], losses: list[float]) -> float | None:

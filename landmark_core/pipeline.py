@@ -75,10 +75,7 @@ def train(run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] 
     """
     keep_freed_memory()
     config = Run(run_dir).config()
-    previous = read_json(run_dir / Run.STATUS, default={}) or {}
-    if previous.get("state") == "finished":
-        raise RunError(f"{run_dir.name} has finished: there is nothing to resume (train a new run; "
-                       f"`landmark export {run_dir.name}` exports it again)")
+    previous = _unfinished_status(run_dir)
     world, device = distributed.join(resolve_device(config.device))
     try:
         if not world.is_main:
@@ -92,6 +89,15 @@ def train(run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] 
         raise
     finally:
         distributed.leave()
+
+
+def _unfinished_status(run_dir: Path) -> dict:
+    """The run's status; a RunError when it has finished (a finished run is never trained again)."""
+    status = read_json(run_dir / Run.STATUS, default={}) or {}
+    if status.get("state") == "finished":
+        raise RunError(f"{run_dir.name} has finished: there is nothing to resume (train a new run; "
+                       f"`landmark export {run_dir.name}` exports it again)")
+    return status
 
 
 class RunLock:
@@ -256,8 +262,7 @@ def train_distributed(run_dir: Path, processes: int) -> Path:
     if processes > distributed.process_limit():
         raise LandmarkError(f"{processes} processes asked for; this machine has {distributed.process_limit()} "
                             f"{'GPUs' if torch.cuda.is_available() else 'CPU cores'}")
-    if (read_json(run_dir / Run.STATUS, default={}) or {}).get("state") == "finished":
-        raise RunError(f"{run_dir.name} has finished: there is nothing to resume")
+    _unfinished_status(run_dir)
     with RunLock(run_dir):  # another trainer holds it: say so now, not from inside rank 0
         pass
     # the ranks inherit this process's environment; it is restored afterwards (a caller's later children must not

@@ -266,7 +266,8 @@ def list_runs(artifacts: Path | None = None) -> list[RunSummary]:
     parent = runs_dir(artifacts)
     if not parent.is_dir():
         return []
-    runs = [summarize(p) for p in parent.iterdir() if (p / Run.CONFIG).is_file()]
+    # a name starting with a dot is a run being deleted (delete_run renames it away first)
+    runs = [summarize(p) for p in parent.iterdir() if not p.name.startswith(".") and (p / Run.CONFIG).is_file()]
     return sorted(runs, key=lambda r: r.run_id, reverse=True)
 
 
@@ -333,16 +334,14 @@ def delete_run(run_dir: Path) -> None:
     shutil.rmtree(doomed, ignore_errors=True)
 
 
-RUN_NAME_CHARACTERS = "letters, digits, '.', '_' and '-'"
-
-
 def rename_run(run_dir: Path, new_name: str) -> Path:
     """Give a run a new id (its folder name); everything inside stays as it is. Returns the new folder."""
     import re
     run_dir = Path(run_dir)
     new_name = new_name.strip()
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", new_name):
-        raise RunError(f"a run name takes {RUN_NAME_CHARACTERS} (up to 100, starting with a letter or digit): {new_name!r}")
+        raise RunError(f"a run name takes letters, digits, '.', '_' and '-' (up to 100, starting with a letter or "
+                       f"digit): {new_name!r}")
     if new_name == run_dir.name:
         return run_dir
     _refuse_while_training(run_dir, "rename")

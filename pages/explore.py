@@ -160,7 +160,7 @@ else:
                         st.toast(f"Moved to {moved.relative_to(Path(dataset.root).resolve())}")
                         report_for.clear()
                         st.rerun()
-                    except LandmarkError as error:
+                    except (LandmarkError, OSError) as error:  # a file op: the reason, no traceback
                         show_error(error)
     history = moves(dataset.root)
     if history:
@@ -170,5 +170,5 @@ else:
                 undo_last_move(dataset.root)
                 report_for.clear()
                 st.rerun()
-            except LandmarkError as error:
+            except (LandmarkError, OSError) as error:  # a file op: the reason, no traceback
                 show_error(error)

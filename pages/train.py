@@ -159,7 +159,7 @@ def live_view(run_id: str) -> None:
                     # the selector exists already in this run: it takes the new name at the top of the next one
                     st.session_state["renamed_run"] = rename_run(run_dir, new_name).name
                     st.rerun(scope="app")
-                except LandmarkError as error:
+                except (LandmarkError, OSError) as error:  # a file op: the reason, no traceback
                     show_error(error)
         with buttons[2].popover("Delete"):
             st.write(f"Delete **{run_id}** and everything in it (checkpoints, evaluation, exported model)?")
@@ -167,7 +167,7 @@ def live_view(run_id: str) -> None:
                 try:
                     delete_run(run_dir)
                     st.rerun(scope="app")
-                except LandmarkError as error:
+                except (LandmarkError, OSError) as error:  # a file op: the reason, no traceback
                     show_error(error)
     last = progress["last_epoch"]
     if last:
