@@ -93,8 +93,10 @@ shown = confusion_classes(evaluation, order, top)
 cells = confusion_frame(evaluation, normalize=normalize)
 cells = cells[cells["true"].isin(shown) & cells["predicted"].isin(shown)]
 shorts = [short_label(c) for c in shown]
-cell_px = 22 if len(shown) > 20 else 34  # every label gets its own row: the matrix grows with the classes
-axis = dict(labelOverlap=False, labelFontSize=11, labelLimit=150)
+cell_px = 34 if len(shown) <= 20 else 22 if len(shown) <= 30 else 18  # a row per label: it grows with the classes
+axis = dict(labelOverlap=False, labelFlush=False, labelFontSize=11, labelLimit=200)
+# SVG, not the canvas Streamlit picks above 2,000 cells: crisp labels at any zoom, text the browser can find
+as_svg = {"embedOptions": {"renderer": "svg"}}
 selection = alt.selection_point(fields=["true", "predicted"], name="cell")
 heatmap = alt.Chart(cells).mark_rect().encode(
     x=alt.X("predicted_short:N", sort=shorts, title="predicted", axis=alt.Axis(labelAngle=-60, **axis)),
@@ -112,6 +114,8 @@ if len(shown) <= 20:
     chart = heatmap + text
 else:
     chart = heatmap
+# "pad": the cells keep their size and the labels get room around them (Streamlit fits the whole chart otherwise)
+chart = chart.properties(usermeta=as_svg, autosize=alt.AutoSizeParams(type="pad"))
 event = st.altair_chart(chart, on_select="rerun", key="confusion", width="content")
 
 picked = (event.selection.get("cell") or [{}])[0] if event and event.selection else {}
@@ -130,21 +134,27 @@ def gallery_image(path: str) -> object:
     return explanation_for(summary.path, path)[0] if explain else path
 
 
+def gallery_caption(text: str) -> str:
+    return f"Grad-CAM · {text}" if explain else text
+
+
 behind = cell_images(summary.path, true_name, predicted_name)
 if behind.empty:
     st.write("No test images in this cell.")
 columns = st.columns(6)
 for i, row in enumerate(behind.head(18).itertuples()):
-    columns[i % 6].image(gallery_image(row.path), caption=f"p={row.probability:.2f}", width="stretch")
+    columns[i % 6].image(gallery_image(row.path), caption=gallery_caption(f"p={row.probability:.2f}"),
+                                 width="stretch")
 
 st.subheader("Per-class precision, recall and F1")
 per_class = per_class_frame(summary.path)
 metric = st.radio("Chart", ["f1", "precision", "recall"], horizontal=True)
 st.altair_chart(alt.Chart(per_class).mark_bar().encode(
     x=alt.X(f"{metric}:Q", scale=alt.Scale(domain=[0, 1])),
-    y=alt.Y("class:N", sort="x", title=None, axis=alt.Axis(labelOverlap=False, labelLimit=260, labelFontSize=11)),
+    y=alt.Y("class:N", sort="x", title=None, axis=alt.Axis(labelOverlap=False, labelFlush=False, labelLimit=260, labelFontSize=11)),
     tooltip=["class", alt.Tooltip("precision:Q", format=".2f"), alt.Tooltip("recall:Q", format=".2f"),
-             alt.Tooltip("f1:Q", format=".2f"), "support"]).properties(height=20 * len(classes) + 20), width="stretch")
+             alt.Tooltip("f1:Q", format=".2f"), "support"]).properties(height=22 * len(classes) + 40, usermeta=as_svg),
+                width="stretch")
 st.dataframe(per_class, hide_index=True, column_config={k: st.column_config.NumberColumn(format="%.3f")
                                                         for k in ("precision", "recall", "f1")})
 
@@ -165,8 +175,8 @@ losses = top_losses(summary.path, 12)
 columns = st.columns(6)
 for i, row in enumerate(losses.itertuples()):
     columns[i % 6].image(gallery_image(row.path), width="stretch",
-                         caption=f"loss {row.loss:.2f} · true {short_label(row.true_name)} · predicted "
-                                 f"{short_label(row.predicted_name)} ({row.probability:.0%})")
+                         caption=gallery_caption(f"loss {row.loss:.2f} · true {short_label(row.true_name)} · "
+                                                 f"predicted {short_label(row.predicted_name)} ({row.probability:.0%})"))
 
 st.subheader("Confidence threshold: coverage vs accuracy")
 curve = evaluation["coverage_curve"]["validation"]

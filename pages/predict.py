@@ -25,9 +25,14 @@ try:
 except LandmarkError as error:
     show_error(error)
     st.stop()
-threshold = st.slider("Tag only when the top probability is at least", 0.0, 1.0, tagger.probability_threshold, 0.01,
-                      help="Below it the photo gets no tag: abstaining beats a wrong location. "
-                           "The default is chosen on the validation split (see Evaluate).")
+# The threshold follows the tagging model's own suggestion until the user moves it; from then on it is theirs,
+# whichever models are added or removed (Streamlit drops a keyed widget's value when the page is left: start over).
+if not st.session_state.get("threshold_moved") or "tag_threshold" not in st.session_state:
+    st.session_state.update(tag_threshold=tagger.probability_threshold, threshold_moved=False)
+threshold = st.slider("Tag only when the top probability is at least", 0.0, 1.0, step=0.01, key="tag_threshold",
+                      on_change=lambda: st.session_state.update(threshold_moved=True),
+                      help="Below it the photo gets no tag: abstaining beats a wrong location. Until you move it, it "
+                           "is the tagging model's suggestion, chosen on its validation split (see Evaluate).")
 if tagger.familiarity_threshold is not None:
     st.caption(f"Tags come from **{run_label(chosen[0])}**. A photo is tagged only if it also looks like the training "
                f"photos of its landmark (familiarity at least {tagger.familiarity_threshold:.2f}); otherwise it is "

@@ -122,15 +122,19 @@ if "renamed_run" in st.session_state:
 if st.session_state.get("live_run_select") not in ids:
     st.session_state["live_run_select"] = next((r.run_id for r in runs if r.state in ACTIVE_STATES), ids[0])
 selected = st.selectbox("Run", ids, key="live_run_select")
+# The live view and the table refresh every 2 s only while a process trains: a page that is still keeps its buttons
+# and popovers (Rename, Delete) under the pointer; redrawn every 2 s they lost clicks.
+REFRESH_S = 2
 
 
-@st.fragment(run_every=2)
-def live_view(run_id: str) -> None:
+def live_view(run_id: str, refreshing: bool) -> None:
     try:
         run_dir = resolve_run(run_id)
     except LandmarkError as error:
         show_error(error)
         return
+    if refreshing and not is_training(run_dir):
+        st.rerun(scope="app")  # it has just stopped: draw the page once more, still
     progress = live_progress(run_dir)
     state = progress["state"]
     label = {"queued": "⏳ queued", "running": "🏃 running", "finished": "✅ finished", "failed": "❌ failed",
@@ -150,9 +154,9 @@ def live_view(run_id: str) -> None:
         st.toast("Stopping after the current batch…")
     if state in ("cancelled", "interrupted", "failed") and buttons[0].button("Resume", key=f"resume-{run_id}"):
         launch_background(run_dir, resume=True)
-        st.toast("Resuming…")
+        st.rerun(scope="app")  # training again: the live view refreshes
     if not is_training(run_dir):
-        with buttons[1].popover("Rename"):
+        with buttons[1].popover("Rename", key=f"rename-popover-{run_id}"):  # per run: a fresh, closed one for the next
             new_name = st.text_input("New name", run_id, key=f"rename-{run_id}")
             if st.button("Rename run", key=f"do-rename-{run_id}"):
                 try:
@@ -161,7 +165,7 @@ def live_view(run_id: str) -> None:
                     st.rerun(scope="app")
                 except (LandmarkError, OSError) as error:  # a file op: the reason, no traceback
                     show_error(error)
-        with buttons[2].popover("Delete"):
+        with buttons[2].popover("Delete", key=f"delete-popover-{run_id}"):
             st.write(f"Delete **{run_id}** and everything in it (checkpoints, evaluation, exported model)?")
             if st.button("Delete for good", key=f"do-delete-{run_id}", type="primary"):
                 try:
@@ -189,17 +193,22 @@ def live_view(run_id: str) -> None:
             title="batch loss (first epoch)", height=220), width="stretch")
 
 
-live_view(selected)
+selected_trains = is_training(resolve_run(selected))
+st.fragment(live_view, run_every=REFRESH_S if selected_trains else None)(selected, selected_trains)
 
-@st.fragment(run_every=2)
-def all_runs() -> None:
+
+def all_runs(refreshing: bool) -> None:
     """Refreshed with the live view: a run's state here never lags the progress bar above."""
+    runs = list_runs()
+    if refreshing and not any(is_training(r.path) for r in runs):
+        st.rerun(scope="app")
     st.subheader("All runs")
     st.dataframe(pd.DataFrame([{"run": r.run_id, "state": r.state, "model": r.model, "processes": r.processes,
                                 "epochs": f"{r.epoch}/{r.epochs}", "best val acc": r.best_val_acc, "test top-1": r.test_acc,
-                                "duration": format_seconds(r.duration_s), "error": r.error or ""} for r in list_runs()]),
+                                "duration": format_seconds(r.duration_s), "error": r.error or ""} for r in runs]),
                  hide_index=True, column_config={"best val acc": st.column_config.NumberColumn(format="percent"),
                                                  "test top-1": st.column_config.NumberColumn(format="percent")})
 
 
-all_runs()
+any_trains = any(is_training(r.path) for r in runs)
+st.fragment(all_runs, run_every=REFRESH_S if any_trains else None)(any_trains)

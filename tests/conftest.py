@@ -81,3 +81,22 @@ def ui_artifacts(tmp_path_factory) -> Path:
     generate_demo_dataset(artifacts / "data" / "demo", classes=DEMO_CLASSES[:5], train_per_class=8, test_per_class=3, workers=1)
     train_new(tiny_config(artifacts / "data" / "demo", epochs=1), artifacts)
     return artifacts
+
+
+@pytest.fixture(scope="session")
+def fifty_class_artifacts(tmp_path_factory):
+    """A real 50-class dataset (drawn colour fields) and a tiny run trained on it."""
+    from landmark_core.pipeline import train_new
+    artifacts = tmp_path_factory.mktemp("fifty") / "artifacts"
+    root = artifacts / "data" / "fifty"
+    rng = np.random.default_rng(0)
+    for k in range(50):
+        colour = rng.integers(0, 256, 3)
+        for split, count in (("train", 4), ("test", 1)):
+            folder = root / split / f"{k:02d}.Landmark_number_{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = np.clip(colour + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{split}_{i}.jpg")
+    train_new(tiny_config(root, epochs=1, val_fraction=0.25), artifacts)
+    return artifacts

@@ -1,9 +1,10 @@
 """End to end in a real browser: Debian's Chromium driven by Playwright against `streamlit run app.py`.
 
-Starts from an empty artifacts folder, creates the demo data from the sidebar,
-trains a 1-epoch run from the Train page and watches it finish in the live
-view, opens Evaluate, then uploads a photo on Predict. Screenshots of every step
-go to test-output/browser/.
+The journey starts from an empty artifacts folder: it creates the demo data from the sidebar, trains a run from
+the Train page, stops and resumes it, evaluates it (Grad-CAM in the galleries), predicts two photos that share a
+file name, downloads the zip of tagged copies, imports a zip of photos, renames the run and deletes it. A second test opens every
+page on a 50-class dataset and reads the confusion matrix's labels off the rendered SVG. Every request the pages
+make is recorded: none may leave 127.0.0.1. Screenshots go to test-output/browser/<test>/.
 """
 import contextlib
 import os
@@ -66,6 +67,36 @@ def server(tmp_path):
         yield url, tmp_path / "artifacts"
 
 
+def screenshot_folder(name: str) -> Path:
+    folder = SHOTS / name
+    shutil.rmtree(folder, ignore_errors=True)  # only this run's screenshots count
+    folder.mkdir(parents=True)
+    return folder
+
+
+class Tab:
+    """One browser tab on the app: screenshots, exception checks and a log of every URL it requests."""
+
+    def __init__(self, browser, shots: Path, viewport=(1400, 1000)):
+        self.context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}, accept_downloads=True)
+        self.requested = []
+        self.context.on("request", lambda request: self.requested.append(request.url))
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(120_000)
+        self.shots = shots
+
+    def shot(self, name: str) -> None:
+        self.page.wait_for_timeout(500)
+        self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
+
+    def no_exceptions(self) -> None:
+        assert self.page.locator("[data-testid='stException']").count() == 0
+
+    def assert_stayed_on_this_machine(self) -> None:
+        outside = [u for u in self.requested if not u.startswith(("http://127.0.0.1:", "ws://127.0.0.1:", "data:", "blob:"))]
+        assert self.requested and not outside, outside[:10]
+
+
 @contextlib.contextmanager
 def chromium_browser():
     from playwright.sync_api import expect, sync_playwright
@@ -78,25 +109,44 @@ def chromium_browser():
             browser.close()
 
 
+def _same_named_photos_the_model_tags(artifacts: Path) -> list[tuple[Path, object]]:
+    """Two demo test photos with one file name (test_00NN.jpg of two classes) that the trained run tags with the
+    threshold at 0, with the library's decision for each: the familiarity check still decides, so they are picked
+    with the library's own rule."""
+    from landmark_core.predict import Predictor
+    from landmark_core.runs import list_runs
+    from landmark_core.tagging import decide_for
+    predictor = Predictor(next(r for r in list_runs(artifacts) if r.state == "finished").path)
+    by_name = {}
+    for photo in sorted((artifacts / "data" / "demo" / "test").rglob("*.jpg")):
+        decision = decide_for(predictor, photo.read_bytes(), threshold=0.0)
+        if decision.status == "tagged" and decision.place is not None:
+            by_name.setdefault(photo.name, []).append((photo, decision))
+            if len(by_name[photo.name]) == 2:
+                return by_name[photo.name]
+    pytest.fail(f"no two same-named test photos are tagged by the trained model: {by_name}")
+
+
+@contextlib.contextmanager
+def browser_tab(shots: Path, viewport=(1400, 1000)):
+    """A tab in a fresh Chromium; a failed step leaves a picture of the page as it was (failure.png)."""
+    with chromium_browser() as browser:
+        tab = Tab(browser, shots, viewport)
+        try:
+            yield tab
+        except BaseException:
+            with contextlib.suppress(Exception):
+                tab.page.screenshot(path=str(shots / "failure.png"), full_page=True)
+            raise
+
+
 def test_demo_train_evaluate_predict_in_chromium(server):
     from playwright.sync_api import expect
 
     url, artifacts = server
-    shutil.rmtree(SHOTS, ignore_errors=True)  # only this run's screenshots count
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with chromium_browser() as browser:
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        requested = []  # every request of every page: the app must never reach past this machine
-        context.on("request", lambda request: requested.append(request.url))
-        page = context.new_page()
-        page.set_default_timeout(120_000)
-
-        def shot(name):
-            page.wait_for_timeout(500)
-            page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-        def no_exceptions():
-            assert page.locator("[data-testid='stException']").count() == 0
+    shots = screenshot_folder("journey")
+    with browser_tab(shots) as tab:
+        page, shot, no_exceptions = tab.page, tab.shot, tab.no_exceptions
 
         page.goto(url)
         expect(page.get_by_text("What to do next")).to_be_visible()
@@ -120,10 +170,11 @@ def test_demo_train_evaluate_predict_in_chromium(server):
         page.get_by_role("button", name="Start", exact=True).click()
         expect(page.get_by_text("Started")).to_be_visible()
         shot("04-train-started")
-        page.get_by_role("button", name="Stop", exact=True).click()  # while it decodes or trains: cancelled, resumable
+        main = page.get_by_test_id("stMainBlockContainer")  # not the header's Stop, which stops the script run
+        main.get_by_role("button", name="Stop", exact=True).click()  # while it decodes or trains: cancelled, resumable
         # cancelled, or interrupted when the SIGTERM came before the trainer had started: both resume
         expect(page.get_by_text(re.compile(r"(cancelled|interrupted) ·"))).to_be_visible(timeout=120_000)
-        page.get_by_role("button", name="Resume", exact=True).click()
+        main.get_by_role("button", name="Resume", exact=True).click()
         expect(page.get_by_text("finished · epoch 1/1")).to_be_visible(timeout=300_000)
         no_exceptions()
         shot("05-train-stopped-resumed-finished")
@@ -135,19 +186,33 @@ def test_demo_train_evaluate_predict_in_chromium(server):
         expect(page.get_by_role("button", name="Download the model", exact=False)).to_be_visible()
         no_exceptions()
         shot("06-evaluate")
+        page.get_by_text("Show Grad-CAM heatmaps in the galleries").click()  # explain the top losses
+        expect(page.get_by_text(re.compile(r"^Grad-CAM · loss")).first).to_be_visible()
+        no_exceptions()
+        shot("07-evaluate-grad-cam-galleries")
 
         page.goto(f"{url}/predict")
-        # two photos with the same file name (test_0000.jpg of two classes): both are predicted, nothing collides
-        photos = [next((artifacts / "data" / "demo" / "test" / folder).glob("test_0000.jpg"))
-                  for folder in ("16.Eiffel_Tower", "09.Golden_Gate_Bridge")]
-        page.locator("input[type='file']").set_input_files([str(p) for p in photos])
+        threshold = page.get_by_role("slider")
+        expect(threshold).to_be_visible()
+        threshold.focus()
+        page.keyboard.press("Home")  # tag whatever the model is sure enough of to pass the familiarity check
+        expect(threshold).to_have_value("0")
+        tagged_photos = _same_named_photos_the_model_tags(artifacts)
+        page.locator("[data-testid='stFileUploader'] input[type='file']").first.set_input_files(
+            [str(photo) for photo, _ in tagged_photos])
         ranked = page.locator("[data-testid='stMarkdownContainer'] ol li")
-        expect(ranked).to_have_count(10)
+        expect(ranked).to_have_count(10)  # both photos predicted: nothing collides on the shared name
         no_exceptions()
+        download_all = page.get_by_role("button", name="Download all 2 tagged photos (zip)")
+        with page.expect_download() as download:
+            download_all.click()
+        tagged = artifacts.parent / "tagged-photos.zip"
+        download.value.save_as(tagged)
+        _assert_tagged_copies(tagged, tagged_photos)
         page.get_by_text("Show where each model looked (Grad-CAM)").click()
         expect(page.get_by_text("Grad-CAM ·").first).to_be_visible()
         no_exceptions()
-        shot("07-predict-two-same-named-photos-with-grad-cam")
+        shot("08-predict-two-same-named-photos-tagged-zip-and-grad-cam")
 
         # a zip of class folders from the browser: the same checked import as `landmark data import`
         import zipfile
@@ -160,17 +225,101 @@ def test_demo_train_evaluate_predict_in_chromium(server):
         page.locator("[data-testid='stSidebar'] input[type='file']").set_input_files(str(archive))
         expect(page.get_by_text(re.compile(r"4 classes, \d+ train / \d+ test photos"))).to_be_visible()
         no_exceptions()
-        shot("08-zip-imported")
+        shot("09-zip-imported")
 
         page.goto(f"{url}/train")
-        page.get_by_role("button", name="Delete", exact=True).click()
+        main = page.get_by_test_id("stMainBlockContainer")
+        main.get_by_role("button", name="Rename", exact=True).click()
+        new_name = page.get_by_label("New name")
+        new_name.fill("first-demo-run")
+        new_name.press("Enter")
+        page.get_by_role("button", name="Rename run", exact=True).click()
+        expect(main.get_by_role("combobox", name="Run", exact=True)).to_have_value("first-demo-run")  # followed
+        assert [p.name for p in (artifacts / "runs").iterdir()] == ["first-demo-run"]
+        main.get_by_role("button", name="Delete", exact=True).click()
         page.get_by_role("button", name="Delete for good", exact=True).click()
         expect(page.get_by_text("No runs yet")).to_be_visible()
         no_exceptions()
-        shot("09-run-deleted")
-    assert len(list(SHOTS.glob("*.png"))) >= 9
-    outside = [u for u in requested if not u.startswith(("http://127.0.0.1:", "ws://127.0.0.1:", "data:", "blob:"))]
-    assert requested and not outside, outside[:10]
+        shot("10-run-renamed-then-deleted")
+    assert len(list(shots.glob("*.png"))) == 10
+    tab.assert_stayed_on_this_machine()
+
+
+def _assert_tagged_copies(archive: Path, tagged_photos: list) -> None:
+    """The downloaded zip holds one tagged copy per photo under distinct names (in upload order), each carrying the
+    coordinates of the place the library decides for it."""
+    import zipfile
+    from landmark_core.tagging import read_gps
+    with zipfile.ZipFile(archive) as bundle:
+        names = sorted(n for n in bundle.namelist() if n.endswith(".jpg"))
+        name = tagged_photos[0][0].name
+        assert names == [f"000-tagged-{name}", f"001-tagged-{name}"], names
+        for entry, (_, decision) in zip(names, tagged_photos):
+            latitude, longitude = read_gps(bundle.read(entry))
+            assert abs(latitude - decision.place.latitude) < 1e-4 and abs(longitude - decision.place.longitude) < 1e-4
+
+
+def _assert_readable(axis_labels) -> None:
+    """Labels of a vertical axis: at least 10 px type, and no two overlapping on the page."""
+    boxes = sorted(axis_labels.evaluate_all("els => els.map(e => { const r = e.getBoundingClientRect();"
+                                            " return [r.top, r.bottom, parseFloat(getComputedStyle(e).fontSize)]; })"))
+    assert all(size >= 10 for _, _, size in boxes), boxes
+    overlapping = [(upper, lower) for upper, lower in zip(boxes, boxes[1:]) if upper[1] > lower[0] + 0.5]
+    assert not overlapping, overlapping[:3]
+
+
+def test_fifty_classes_every_page_and_a_labelled_confusion_matrix(fifty_class_artifacts, tmp_path):
+    """At 50 classes every page renders without an exception and the confusion matrix labels each class once,
+    readable (no two labels overlap), with tooltips on its cells."""
+    from playwright.sync_api import expect
+
+    from landmark_core.insights import short_label
+
+    shots = screenshot_folder("fifty-classes")
+    data = fifty_class_artifacts / "data" / "fifty"
+    with streamlit_server(fifty_class_artifacts, tmp_path / "streamlit.log") as url, \
+            browser_tab(shots, viewport=(1600, 1000)) as tab:
+        page = tab.page
+        page.goto(url)
+        expect(page.get_by_text("What to do next")).to_be_visible()
+        page.get_by_text("A folder on this machine").click()
+        folder = page.get_by_label("Folder with train/ and test/ (or class folders)")
+        folder.fill(str(data))
+        folder.press("Enter")
+        expect(page.get_by_text("Working with")).to_contain_text("fifty")
+        tab.no_exceptions()
+        tab.shot("01-start")
+        # each page's last section: the script got to its end
+        steps = [("Explore dataset", "Clean the training photos"), ("Train", "All runs"),
+                 ("Compare runs", "Train at least two models"), ("Predict & tag", "Drop photos here"),
+                 ("Evaluate", "Top losses")]
+        for number, (link, ready) in enumerate(steps, 2):  # the sidebar's links keep the session (and the folder)
+            page.get_by_role("link", name=link).click()
+            expect(page.get_by_text(ready).first).to_be_visible()
+            if link == "Predict & tag":
+                page.locator("input[type='file']").set_input_files(str(next((data / "test").rglob("*.jpg"))))
+                expect(page.locator("[data-testid='stMarkdownContainer'] ol li")).to_have_count(5)
+            tab.no_exceptions()
+            tab.shot(f"{number:02d}-{link.split()[0].lower()}")
+
+        confusion = "g[aria-label^=\"Y-axis titled 'true'\"] .role-axis-label text"
+        y_labels = page.locator(confusion)
+        expect(y_labels).to_have_count(50)
+        expect(page.locator("g[aria-label^=\"X-axis titled 'predicted'\"] .role-axis-label text")).to_have_count(50)
+        classes = sorted(p.name for p in (data / "train").iterdir())
+        assert [t.strip() for t in y_labels.all_text_contents()] == [short_label(c) for c in classes]  # whole, in order
+        _assert_readable(y_labels)
+        per_class = page.locator("[data-testid='stVegaLiteChart']").filter(
+            has=page.locator("g[aria-label^=\"X-axis titled 'f1'\"]"))
+        per_class_labels = per_class.locator("g[aria-label^='Y-axis'] .role-axis-label text")
+        expect(per_class_labels).to_have_count(50)
+        _assert_readable(per_class_labels)
+        cell = page.locator("[data-testid='stVegaLiteChart'] g.mark-rect path").first
+        cell.hover()
+        expect(page.locator("#vg-tooltip-element")).to_contain_text("predicted")
+        tab.no_exceptions()
+        tab.shot("07-evaluate-confusion-tooltip")
+    tab.assert_stayed_on_this_machine()
 
 
 def test_ten_sessions_predict_while_two_runs_train(tmp_path):
