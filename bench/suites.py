@@ -45,6 +45,8 @@ class Scale:
     #: loops are timed on (also the files per folder of the library).
     tag_libraries: tuple = (2_000, 20_000)
     tag_timed: int = 1_000
+    #: The model that tags (None: the default transfer model, what users tag with).
+    tag_model: str | None = None
 
 
 FULL = Scale("full")
@@ -52,7 +54,7 @@ SMOKE = Scale("smoke", demo_per_class=6, demo_test_per_class=3, demo_classes=3, 
               frozen_size=64, throughput_sizes=(64,), throughput_batch=4, throughput_steps=1, latency_repeats=3,
               tta_target=0.0, tta_budget_s=60.0, tta_max_epochs=1,
               real_recipes=(0, 2), few_shot_models=("efficientnet_lite0",), few_shot_k=(1,), few_shot_draws=1,
-              tag_libraries=(20,), tag_timed=20)
+              tag_libraries=(20,), tag_timed=20, tag_model="scratch_cnn")
 
 
 def _classic_loader(root: Path, size: int, batch_size: int = 64):
@@ -650,9 +652,11 @@ def tagging(scale: Scale, work: Path) -> Table:
 
     data = work / "tag-train"
     generate_demo_dataset(data, classes=DEMO_CLASSES[:6], train_per_class=8, test_per_class=2, workers=1)
+    model = scale.tag_model or DEFAULT_TRANSFER_MODEL
     overrides = {} if scale.name == "full" else dict(image_size=scale.image_size)
-    run = train_new(TrainConfig(data=str(data), model=DEFAULT_TRANSFER_MODEL, epochs=1, freeze_epochs=1, **overrides),
-                    work / "tag-artifacts")
+    if model != "scratch_cnn":  # a frozen-backbone epoch, as the default recipe starts
+        overrides["freeze_epochs"] = 1
+    run = train_new(TrainConfig(data=str(data), model=model, epochs=1, **overrides), work / "tag-artifacts")
     sources = sorted((photo_dataset(work / "photos", scale.photos) / "train").rglob("*.jpg"))
     library = work / "tag-library"
     largest = max(scale.tag_libraries)
@@ -664,7 +668,7 @@ def tagging(scale: Scale, work: Path) -> Table:
             os.link(sources[index % len(sources)], folder / f"IMG_{index:06d}.jpg")
         (library / ".complete").touch()
 
-    table = Table(f"9. Tagging a photo library ({DEFAULT_TRANSFER_MODEL}, photo-sized JPEGs 800x600 to 1600x1200, CPU)",
+    table = Table(f"9. Tagging a photo library ({model}, photo-sized JPEGs 800x600 to 1600x1200, CPU)",
                   ["path", "files", "photos/s", "vs one at a time", "peak RSS MiB", "100,000 photos (extrapolated)"])
     timed_count = min(scale.tag_timed, largest)
 

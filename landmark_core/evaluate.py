@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from . import data as data_lib
 from . import openset
@@ -103,6 +102,8 @@ def summarize_predictions(probs: np.ndarray, labels: np.ndarray, classes: list[s
     n_classes = len(classes)
     predicted = probs.argmax(1) if len(labels) else np.zeros(0, dtype=int)
     top_k = top_k_indices(probs, 5) if len(labels) else np.zeros((0, min(5, n_classes)), dtype=int)
+    # imported here: scikit-learn adds ~2 s to every process that only trains, predicts or reports an error
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
     matrix = confusion_matrix(labels, predicted, labels=list(range(n_classes)))
     precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=list(range(n_classes)), zero_division=0)
     pairs = [(int(t), int(p), int(matrix[t, p])) for t in range(n_classes) for p in range(n_classes) if t != p and matrix[t, p] > 0]

@@ -26,7 +26,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 
 #: At most this share of leave-one-class-out pseudo-unknowns may pass the familiarity threshold. Measured on
 #: real photos (BENCHMARKS.md, table 8), 10% of pseudo-unknowns let through ~3-5% of real unknown landmarks.
@@ -112,6 +111,7 @@ def auroc(known: np.ndarray, unknown: np.ndarray) -> float | None:
     """Area under the ROC curve of telling known (positive) from unknown photos by a score."""
     if len(known) == 0 or len(unknown) == 0:
         return None
+    from sklearn.metrics import roc_auc_score  # imported when used: see evaluate.summarize_predictions
     return float(roc_auc_score(np.r_[np.ones(len(known)), np.zeros(len(unknown))], np.r_[known, unknown]))
 
 
