@@ -77,7 +77,7 @@ for index, (name, data) in enumerate(photos):
         column.caption(run_label(run) + (f" · familiarity {assessment.familiarity:.2f}" if assessment.familiarity is not None else ""))
         column.altair_chart(alt.Chart(top).mark_bar().encode(
             x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-            y=alt.Y("landmark:N", sort="-x", title=None, axis=alt.Axis(labelOverlap=False, labelLimit=180)),
+            y=alt.Y("landmark:N", sort="-x", title=None, axis=alt.Axis(labelOverlap=False, labelFlush=False, labelLimit=180)),
             tooltip=["landmark", alt.Tooltip("probability:Q", format=".1%")]).properties(height=28 * len(top) + 30),
             width="stretch")
         column.markdown("\n".join(f"{rank}. {row.landmark} — {row.probability:.1%}" for rank, row in enumerate(top.itertuples(), 1)))
