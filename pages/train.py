@@ -122,9 +122,10 @@ if "renamed_run" in st.session_state:
 if st.session_state.get("live_run_select") not in ids:
     st.session_state["live_run_select"] = next((r.run_id for r in runs if r.state in ACTIVE_STATES), ids[0])
 selected = st.selectbox("Run", ids, key="live_run_select")
-# The live view and the table refresh every 2 s only while a process trains: a page that is still keeps its buttons
-# and popovers (Rename, Delete) under the pointer; redrawn every 2 s they lost clicks.
-REFRESH_S = 2
+# The live view refreshes every 2 s only while a process trains it: a page that is still keeps its buttons and
+# popovers (Rename, Delete) under the pointer. The table looks for runs started elsewhere (the CLI, another tab)
+# every 10 s when nothing trains.
+REFRESH_S, IDLE_REFRESH_S = 2, 10
 
 
 def live_view(run_id: str, refreshing: bool) -> None:
@@ -193,15 +194,15 @@ def live_view(run_id: str, refreshing: bool) -> None:
             title="batch loss (first epoch)", height=220), width="stretch")
 
 
-selected_trains = is_training(resolve_run(selected))
+selected_trains = is_training(next(r.path for r in runs if r.run_id == selected))  # a vanished run: not training
 st.fragment(live_view, run_every=REFRESH_S if selected_trains else None)(selected, selected_trains)
 
 
-def all_runs(refreshing: bool) -> None:
+def all_runs(trained: bool) -> None:
     """Refreshed with the live view: a run's state here never lags the progress bar above."""
     runs = list_runs()
-    if refreshing and not any(is_training(r.path) for r in runs):
-        st.rerun(scope="app")
+    if trained != any(is_training(r.path) for r in runs):
+        st.rerun(scope="app")  # training stopped, or started elsewhere: the whole page follows
     st.subheader("All runs")
     st.dataframe(pd.DataFrame([{"run": r.run_id, "state": r.state, "model": r.model, "processes": r.processes,
                                 "epochs": f"{r.epoch}/{r.epochs}", "best val acc": r.best_val_acc, "test top-1": r.test_acc,
@@ -211,4 +212,4 @@ def all_runs(refreshing: bool) -> None:
 
 
 any_trains = any(is_training(r.path) for r in runs)
-st.fragment(all_runs, run_every=REFRESH_S if any_trains else None)(any_trains)
+st.fragment(all_runs, run_every=REFRESH_S if any_trains else IDLE_REFRESH_S)(any_trains)

@@ -93,7 +93,8 @@ def fifty_class_artifacts(tmp_path_factory):
     for k in range(50):
         colour = rng.integers(0, 256, 3)
         for split, count in (("train", 4), ("test", 1)):
-            folder = root / split / f"{k:02d}.Landmark_number_{k}"
+            # every fifth name is longer than an axis label's 28 characters: shortened, still one per class
+            folder = root / split / (f"{k:02d}.Landmark_number_{k}" + ("_with_a_much_longer_name" if k % 5 == 0 else ""))
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 pixels = np.clip(colour + rng.normal(0, 25, (40, 40, 3)), 0, 255).astype(np.uint8)
