@@ -38,9 +38,10 @@ if "difference" in per_class:
     st.subheader(f"Per-class accuracy: {chosen[0].run_id} minus {chosen[1].run_id}")
     per_class["label"] = per_class["class"].map(short_label)
     st.altair_chart(alt.Chart(per_class).mark_bar().encode(
-        x=alt.X("difference:Q", title="recall difference"), y=alt.Y("label:N", sort="-x", title=None),
+        x=alt.X("difference:Q", title="recall difference"),
+        y=alt.Y("label:N", sort="-x", title=None, axis=alt.Axis(labelOverlap=False, labelFlush=False, labelFontSize=11)),
         color=alt.condition(alt.datum.difference > 0, alt.value("#2b8a3e"), alt.value("#c92a2a")),
-        tooltip=["class", alt.Tooltip("difference:Q", format="+.2f")]).properties(height=max(200, 16 * len(per_class))),
+        tooltip=["class", alt.Tooltip("difference:Q", format="+.2f")]).properties(height=max(200, 22 * len(per_class) + 40)),
         width="stretch")
 
 disagreements = result["disagreements"]

@@ -313,6 +313,11 @@ def test_fifty_classes_every_page_and_a_labelled_confusion_matrix(fifty_class_ar
         for number, (link, ready) in enumerate(steps, 3):
             page.get_by_role("link", name=link).click()
             expect(page.get_by_text(ready).first).to_be_visible()
+            if link == "Compare runs":  # the per-class difference: a label for each of the 50 classes
+                difference = page.locator("[data-testid='stVegaLiteChart']").filter(
+                    has=page.locator("g[aria-label^=\"X-axis titled 'recall difference'\"]"))
+                expect(difference.locator("g[aria-label^='Y-axis'] .role-axis-label text")).to_have_count(50)
+                _assert_readable(difference.locator("g[aria-label^='Y-axis'] .role-axis-label text"))
             if link == "Predict & tag":
                 page.locator("input[type='file']").set_input_files(str(next((data / "test").rglob("*.jpg"))))
                 expect(page.locator("[data-testid='stMarkdownContainer'] ol li")).to_have_count(10)  # 2 models
