@@ -33,6 +33,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_unfinished_writes(folder: str | os.PathLike) -> list[str]:
+    """Remove the temporary files of :func:`atomic_path` writes whose process was killed before it could clean up
+    (SIGKILL, or a signal that arrived mid-write). Only call it while no other process can write in ``folder``.
+    Returns the names removed."""
+    removed = []
+    for stale in Path(folder).glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+        removed.append(stale.name)
+    return removed
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -29,7 +29,7 @@ from .engine import Callback, Engine
 from .errors import DataError, LandmarkError, RunError, TrainingCancelled
 from .evaluate import evaluate_run
 from .export import export_run
-from .fileio import read_json, read_jsonl, write_bytes_atomic, write_json_atomic
+from .fileio import read_json, read_jsonl, remove_unfinished_writes, write_bytes_atomic, write_json_atomic
 from .models import build_model
 from .prepare import prepare_data
 from .runs import new_run_dir, now_iso, Run, write_status
@@ -167,6 +167,7 @@ def _train_rank(run_dir: Path, config: TrainConfig, world: distributed.World, de
 def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: distributed.World, device: torch.device,
                   *, resume: bool, callbacks, progress, evaluate_and_export: bool) -> Path:
     (run_dir / Run.CANCEL).unlink(missing_ok=True)
+    remove_unfinished_writes(run_dir)  # a killed trainer's half-written checkpoint; the lock keeps writers out
     started = time.time()
     # the launcher's pid when there is one: Stop signals it, and torchrun stops every rank
     pid = int(os.environ.get("LANDMARK_LAUNCHER_PID") or os.getpid())

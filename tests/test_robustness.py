@@ -167,3 +167,12 @@ def test_training_skips_bad_files_and_reports_them(tiny_dataset, tmp_path, artif
     skipped = json.loads((run_dir / "split.json").read_text())["skipped"]
     assert {os.path.basename(p) for p in skipped} == {"zero.jpg", "text.png", "truncated.jpg"}
     assert read_status(run_dir)["state"] == "finished"
+
+
+def test_a_resumed_run_removes_the_half_written_files_of_a_killed_trainer(tiny_dataset, artifacts):
+    """A trainer killed inside an atomic write leaves its temporary file; the next trainer of the run removes it."""
+    run_dir = create_run(tiny_config(tiny_dataset, epochs=1), artifacts)
+    stale = run_dir / ".checkpoint_last.pt.x4narnjx.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    train(run_dir, evaluate_and_export=False)
+    assert not stale.exists() and read_status(run_dir)["state"] == "finished"
