@@ -33,12 +33,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def remove_unfinished_writes(folder: str | os.PathLike) -> list[str]:
+def remove_unfinished_writes(folder: str | os.PathLike, keep: tuple[str, ...] = ()) -> list[str]:
     """Remove the temporary files of :func:`atomic_path` writes whose process was killed before it could clean up
-    (SIGKILL, or a signal that arrived mid-write). Only call it while no other process can write in ``folder``.
-    Returns the names removed."""
+    (SIGKILL, or a signal that arrived mid-write). Only for files no other process may be writing at the time:
+    ``keep`` names the files others still write (their temporaries are left alone). Returns the names removed."""
     removed = []
     for stale in Path(folder).glob(".*.tmp"):
+        if stale.name.startswith(tuple(f".{name}." for name in keep)):
+            continue
         stale.unlink(missing_ok=True)
         removed.append(stale.name)
     return removed

@@ -167,7 +167,9 @@ def _train_rank(run_dir: Path, config: TrainConfig, world: distributed.World, de
 def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: distributed.World, device: torch.device,
                   *, resume: bool, callbacks, progress, evaluate_and_export: bool) -> Path:
     (run_dir / Run.CANCEL).unlink(missing_ok=True)
-    remove_unfinished_writes(run_dir)  # a killed trainer's half-written checkpoint; the lock keeps writers out
+    # a killed trainer's half-written checkpoint: the lock keeps other trainers out, but the app that launched this
+    # one may be writing the status right now
+    remove_unfinished_writes(run_dir, keep=(Run.STATUS,))
     started = time.time()
     # the launcher's pid when there is one: Stop signals it, and torchrun stops every rank
     pid = int(os.environ.get("LANDMARK_LAUNCHER_PID") or os.getpid())

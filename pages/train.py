@@ -134,7 +134,8 @@ def live_view(run_id: str, refreshing: bool) -> None:
     except LandmarkError as error:
         show_error(error)
         return
-    if refreshing and not is_training(run_dir):
+    training = is_training(run_dir)
+    if refreshing and not training:
         st.rerun(scope="app")  # it has just stopped: draw the page once more, still
     progress = live_progress(run_dir)
     state = progress["state"]
@@ -156,7 +157,7 @@ def live_view(run_id: str, refreshing: bool) -> None:
     if state in ("cancelled", "interrupted", "failed") and buttons[0].button("Resume", key=f"resume-{run_id}"):
         launch_background(run_dir, resume=True)
         st.rerun(scope="app")  # training again: the live view refreshes
-    if not is_training(run_dir):
+    if not training:
         with buttons[1].popover("Rename", key=f"rename-popover-{run_id}"):  # per run: a fresh, closed one for the next
             new_name = st.text_input("New name", run_id, key=f"rename-{run_id}")
             if st.button("Rename run", key=f"do-rename-{run_id}"):

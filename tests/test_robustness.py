@@ -174,5 +174,8 @@ def test_a_resumed_run_removes_the_half_written_files_of_a_killed_trainer(tiny_d
     run_dir = create_run(tiny_config(tiny_dataset, epochs=1), artifacts)
     stale = run_dir / ".checkpoint_last.pt.x4narnjx.tmp"
     stale.write_bytes(b"half a checkpoint")
+    in_flight = run_dir / ".status.json.k2j3h4.tmp"  # the launching app's status write, which may still be going on
+    in_flight.write_bytes(b'{"state": "que')
     train(run_dir, evaluate_and_export=False)
     assert not stale.exists() and read_status(run_dir)["state"] == "finished"
+    assert in_flight.exists()  # not the trainer's to remove
