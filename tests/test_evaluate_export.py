@@ -35,14 +35,18 @@ def test_evaluation_outputs(trained_run):
     assert len(cell) == matrix[0, 1]
 
 
+@pytest.mark.numeric
 def test_exported_model_agrees_with_evaluation(trained_run):
     predictor = Predictor(trained_run)
     assert predictor.classes == TINY_CLASSES
     rows = read_json(trained_run / "predictions.json")[:4]
     for row in rows:
         top = predictor.predict(row["path"], top_k=5)
-        assert len(top) == 3 and abs(sum(p.probability for p in top) - 1) < 1e-4
+        assert len(top) == 3
+        assert abs(sum(p.probability for p in top) - 1) < 1e-4  # a float32 softmax sums to 1 within ~1e-7 a class
         assert top[0].index == row["predicted"]
+        # evaluation classified the cached square of the photo, the export resizes the photo itself: two resampling
+        # paths whose pixels differ by a few levels, so probabilities agree to a few hundredths, not to rounding
         assert top[0].probability == pytest.approx(row["top5"][0][1], abs=0.05)
 
 
@@ -86,6 +90,7 @@ def test_foreign_model_with_forged_hash_is_refused(trained_run, tmp_path):
         Predictor(copy)
 
 
+@pytest.mark.numeric
 def test_export_is_frozen_with_batchnorm_folded_and_matches_the_eager_model(trained_run):
     import torch
     from landmark_core.export import build_exportable, load_exported
@@ -95,10 +100,11 @@ def test_export_is_frozen_with_batchnorm_folded_and_matches_the_eager_model(trai
     assert "batch_norm" not in graph  # folded into the convolutions
     eager = build_exportable(trained_run)
     batch = torch.randint(0, 256, (5, 3, 61, 90), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
+    with torch.no_grad():  # folded BatchNorm reorders multiply-adds: ~1e-7 on probabilities, far below 1e-5
         assert torch.allclose(module(batch), eager(batch), atol=1e-5)
 
 
+@pytest.mark.numeric
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
 def test_each_pretrained_backbone_trains_evaluates_exports_and_predicts(tiny_dataset, tmp_path, model):
@@ -121,6 +127,8 @@ def test_each_pretrained_backbone_trains_evaluates_exports_and_predicts(tiny_dat
     for row in read_json(run_dir / "predictions.json")[:4]:
         top = predictor.predict(row["path"], top_k=3)
         assert top[0].index == row["predicted"]
+        # the export resizes the uint8 photo with the model's filter exactly as evaluation decoded it: what is left
+        # is float rounding through a folded network and a temperature (~1e-5), well inside 2e-3
         assert [p.probability for p in top] == pytest.approx([p for _, p in row["top5"]], abs=2e-3)
         # the exported model carries the feature bank: the same familiarity as evaluation computed
         assert predictor.assess(row["path"]).familiarity == pytest.approx(row["familiarity"], abs=2e-3)
@@ -138,6 +146,7 @@ def test_each_pretrained_backbone_trains_evaluates_exports_and_predicts(tiny_dat
     assert predictor.familiarity_threshold == pytest.approx(evaluation["default_familiarity_threshold"])
 
 
+@pytest.mark.numeric
 def test_onnx_export_round_trips_through_onnxruntime(trained_run, tmp_path):
     """ONNX with the preprocessing inside, run by ONNX Runtime: the same top-5 and probabilities as the TorchScript
     export on real decoded photos of several sizes; signed, recorded in export.json, and loaded by the Predictor."""
@@ -152,7 +161,9 @@ def test_onnx_export_round_trips_through_onnxruntime(trained_run, tmp_path):
     path = export_run(copy, format="onnx")
     meta = read_json(copy / "export.json")
     assert path.name == "model.onnx" and meta["format"] == "onnx" and meta["file"] == "model.onnx"
-    assert meta["round_trip_max_abs_diff"] <= 2e-3 and Run(copy).exported
+    # ONNX Runtime's bilinear antialiased resize rounds differently from torch's: measured 5e-4 on these photos
+    assert meta["round_trip_max_abs_diff"] <= 2e-3
+    assert Run(copy).exported
     onnx = Predictor(copy)
     assert isinstance(onnx.module, OnnxClassifier)
     rows = read_json(trained_run / "predictions.json")
@@ -161,7 +172,13 @@ def test_onnx_export_round_trips_through_onnxruntime(trained_run, tmp_path):
     Image.open(photos[0]).convert("RGB").resize((1200, 900)).save(big, format="JPEG")
     for photo in photos + [big.getvalue()]:
         expected, got = torchscript.assess(photo), onnx.assess(photo)
-        assert [p.label for p in got.predictions] == [p.label for p in expected.predictions]
+        # ranks are the same wherever probabilities are further apart than both runtimes' rounding (2 x 2e-3); only
+        # a near tie may swap two neighbours
+        assert {p.label for p in got.predictions} == {p.label for p in expected.predictions}
+        for k, (mine, theirs) in enumerate(zip(got.predictions, expected.predictions)):
+            gaps = [abs(theirs.probability - q.probability) for q in expected.predictions[max(0, k - 1):k + 2] if q is not theirs]
+            assert mine.label == theirs.label or min(gaps) <= 4e-3, (k, got.predictions, expected.predictions)
+        # the same bound as the export's own round-trip check (above): a resize's rounding, not a model's change
         assert np.allclose([p.probability for p in got.predictions], [p.probability for p in expected.predictions],
                            atol=2e-3)
         assert got.familiarity == pytest.approx(expected.familiarity, abs=2e-3)

@@ -34,6 +34,7 @@ def test_freeze_keeps_backbone_fixed(model_name):
     assert not model.backbone.training and model.head.training
 
 
+@pytest.mark.numeric
 def test_torchscript_round_trip(model_name, tmp_path):
     model = build_model(model_name, 4, pretrained=False, **SMALL.get(model_name, {})).eval()
     wrapper = ExportedClassifier(model, ["a", "b", "c", "d"], [0.5] * 3, [0.25] * 3, 64, 74).eval()
@@ -43,11 +44,15 @@ def test_torchscript_round_trip(model_name, tmp_path):
     image = torch.randint(0, 256, (3, 90, 130), dtype=torch.uint8)
     with torch.no_grad():
         eager, script, reloaded = wrapper(image), scripted(image), loaded(image)
-    assert eager.shape == (4,) and abs(float(eager.sum()) - 1) < 1e-5
-    assert torch.allclose(eager, script, atol=1e-5) and torch.allclose(eager, reloaded, atol=1e-5)
+    assert eager.shape == (4,)
+    assert abs(float(eager.sum()) - 1) < 1e-5  # a float32 softmax of 4 classes sums to 1 within ~1e-7
+    # TorchScript runs the same kernels as eager mode (fusion may reorder a few adds: ~1e-7 on probabilities)
+    assert torch.allclose(eager, script, atol=1e-5)
+    assert torch.allclose(eager, reloaded, atol=1e-5)
     assert list(loaded.class_names) == ["a", "b", "c", "d"]
 
 
+@pytest.mark.numeric
 def test_folded_inference_copy_matches_the_eager_backbone(model_name):
     model = build_model(model_name, 3, pretrained=False, **SMALL.get(model_name, {})).eval()
     for module in model.modules():  # non-trivial BatchNorm statistics, so folding has something to get right
@@ -58,7 +63,7 @@ def test_folded_inference_copy_matches_the_eager_backbone(model_name):
     assert isinstance(folded, torch.jit.ScriptModule)
     assert "batch_norm" not in str(folded.graph)
     x = torch.randn(3, 3, 64, 64)
-    with torch.no_grad():
+    with torch.no_grad():  # BatchNorm folded into the weights rounds once per layer: ~1e-6 of activations ~10
         assert torch.allclose(folded(x), model.backbone(x), atol=1e-4)
     assert folded_for_inference(model.backbone.train()) is model.backbone  # training mode: left alone
 
@@ -155,6 +160,7 @@ def test_weights_file_must_be_a_plain_state_dict(tmp_path):
         build_model("efficientnet_lite0", 5, weights_path=str(tmp_path / "junk.pth"))
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("variant", EFFICIENTNET_LITE_VARIANTS)
 def test_a_seeded_pretrained_build_is_the_same_whether_its_weights_were_cached_or_not(variant):
     """The new head's initial weights come from the seed alone: loading the ImageNet weights the first time in a
