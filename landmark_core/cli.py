@@ -11,6 +11,32 @@ from pathlib import Path
 from .errors import LandmarkError, TrainingCancelled
 from .locations import DEMO_ALIASES, data_dir, demo_dir, resolve_dataset
 
+def _number(kind, low, high=None):
+    """An argparse type: a finite ``kind`` (int or float) from ``low`` to ``high``, refused with its range
+    otherwise (``nan``, ``inf``, ``-1`` and ``1e308`` mean nothing a user wants)."""
+    import math
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give a number {span}")
+        return value
+    parse.__name__ = "number"  # argparse names the type in its messages
+    return parse
+
+
+def _open_finished_run(value: str, action: str):
+    """The run named ``value``, refused while a process trains it (its model is half-made until then)."""
+    from .runs import Run, refuse_while_training
+    run = Run.open(value)
+    refuse_while_training(run.path, action)
+    return run
+
+
 def resolve_data(value: str) -> str:
     """``demo`` means the built-in demo set (drawn on first use, with a progress bar); anything else is a folder."""
     from .demo import is_complete_demo
@@ -181,8 +207,7 @@ def _train_as_rank(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .runs import Run
-    run = Run.open(args.run)
+    run = _open_finished_run(args.run, "evaluate")
     from .config import resolve_device
     from .evaluate import evaluate_run
     from .export import export_run
@@ -217,16 +242,14 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .runs import resolve_run
-    run_dir = resolve_run(args.run)
+    run_dir = _open_finished_run(args.run, "export").path
     from .export import export_run
     print(export_run(run_dir, checkpoint=args.checkpoint, format=args.format))
     return 0
 
 
 def cmd_predict(args) -> int:
-    from .runs import Run
-    run = Run.open(args.run)
+    run = _open_finished_run(args.run, "predict with")
     from .errors import ImageError
     from .predict import Predictor
     from .tagging import decide_for, read_gps
@@ -260,15 +283,25 @@ def cmd_predict(args) -> int:
     return 1 if failures else 0
 
 
+#: What ``landmark explain --out`` writes, by the name's extension.
+_HEATMAP_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
 def cmd_explain(args) -> int:
-    from .runs import Run
-    run = Run.open(args.run)
+    out = Path(args.out)
+    image_format = _HEATMAP_FORMATS.get(out.suffix.lower())
+    if image_format is None:
+        raise LandmarkError(f"--out {out}: the heatmap is an image; give a name ending in "
+                            f"{', '.join(_HEATMAP_FORMATS)}")
+    if os.path.lexists(out) and os.path.realpath(out) == os.path.realpath(args.photo):
+        raise LandmarkError(f"--out {out} is the photo being explained; choose another name")
+    run = _open_finished_run(args.run, "explain")
     from .explain import Explainer
+    from .fileio import atomic_path
     explainer = Explainer(run.path, args.checkpoint)
     explanation = explainer.explain(args.photo, args.target)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    explanation.overlay().save(out)
+    with atomic_path(out) as tmp:  # a reader never sees half a heatmap; a failure leaves what was there
+        explanation.overlay().convert("RGB").save(tmp, format=image_format)
     print(f"{out}: Grad-CAM of {explanation.class_name} ({explanation.probability:.1%}) on layer "
           f"{type(explainer.layer).__name__}", file=sys.stderr)
     return 0
@@ -280,8 +313,9 @@ def cmd_tag(args) -> int:
 
     from .config import device_or_error
 
-    shard = _parse_shard(args.shard) if args.shard else None
-    predictor = Predictor(args.run, device=device_or_error(args.device))
+    shard = _parse_shard(args.shard) if args.shard is not None else None
+    run = _open_finished_run(args.run, "tag with")
+    predictor = Predictor(run, device=device_or_error(args.device))
     out_dir = None if args.overwrite else Path(args.out or "tagged")
     suffix = f"-shard-{shard[0]}-of-{shard[1]}" if shard else ""  # each shard its own report: no shared file
     report = Path(args.report) if args.report else (out_dir or Path(".")) / f"tag-report{suffix}.csv"
@@ -337,7 +371,7 @@ def cmd_runs(args) -> int:
         print("no runs yet (start one with: landmark train --data demo --model scratch_cnn)")
     for r in runs:
         acc = f"{r.test_acc:.3f}" if r.test_acc is not None else "-"
-        print(f"{r.run_id}  {r.state:<11} {r.model:<20} epoch {r.epoch}/{r.epochs}  test top-1 {acc}")
+        print(f"{r.run_id}  {r.state:<11} {r.model:<20} epoch {r.epoch}/{r.epochs or '?'}  test top-1 {acc}")
     return 0
 
 
@@ -392,9 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="create, download or inspect datasets").add_subparsers(dest="data_command", required=True)
     demo = data.add_parser("demo", help="generate the built-in demo dataset")
     demo.add_argument("--out", help="folder (default: artifacts/data/demo)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--train-per-class", type=int, default=100)
-    demo.add_argument("--test-per-class", type=int, default=25)
+    demo.add_argument("--seed", type=_number(int, 0, 2**32 - 1), default=0)
+    demo.add_argument("--train-per-class", type=_number(int, 1, 100_000), default=100)
+    demo.add_argument("--test-per-class", type=_number(int, 1, 100_000), default=25)
     demo.add_argument("--if-missing", action="store_true", help="do nothing when the folder already holds a complete demo set")
     demo.set_defaults(func=cmd_data_demo)
     download = data.add_parser("download", help="download the real 50-class landmark_images set (resumable)")
@@ -416,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted or cancelled run")
     train.add_argument("--run-dir", help=argparse.SUPPRESS)
     train.add_argument("--background", action="store_true", help="train in a detached process")
-    train.add_argument("--nproc-per-node", type=int, metavar="N",
+    train.add_argument("--nproc-per-node", type=_number(int, 1, 1024), metavar="N",
                        help="data-parallel training with N processes on this machine through torchrun (one per GPU, "
                             "or CPU processes); --batch-size stays the global batch. Resuming uses the run's own N "
                             "unless given")
@@ -440,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="top-k landmarks for images")
     predict.add_argument("run")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
-    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--top-k", type=_number(int, 1, 1000), default=5)
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(func=cmd_predict)
 
@@ -462,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     tag = sub.add_parser("tag", help="tag photos with the predicted landmark and its GPS position")
     tag.add_argument("run", help="a finished run")
     tag.add_argument("paths", nargs="+", metavar="PATH", help="photos or folders")
-    tag.add_argument("--min-confidence", type=float, help="abstain below this probability "
+    tag.add_argument("--min-confidence", type=_number(float, 0, 1), help="abstain below this probability "
                      "(default: the threshold chosen on the run's validation split)")
     tag.add_argument("--tag-unfamiliar", action="store_true",
                      help="also tag photos that look like no landmark the model learned (not recommended)")
@@ -470,9 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--overwrite", action="store_true", help="write the tags into the original files")
     tag.add_argument("--overwrite-gps", action="store_true", help="also tag photos that already have GPS")
     tag.add_argument("--report", help="CSV report path (default: OUT/tag-report.csv, or OUT/tag-report-shard-K-of-N.csv)")
-    tag.add_argument("--workers", type=int, help="threads decoding photos (default: one per two cores on a CPU, "
+    tag.add_argument("--workers", type=_number(int, 1, 256), help="threads decoding photos (default: one per two cores on a CPU, "
                      "one per core with a GPU; at most 8)")
-    tag.add_argument("--batch-size", type=int, help="photos per forward pass (default: 8 on a CPU, 64 on a GPU)")
+    tag.add_argument("--batch-size", type=_number(int, 1, 4096), help="photos per forward pass (default: 8 on a CPU, 64 on a GPU)")
     tag.add_argument("--shard", metavar="K/N", help="tag only this process's share of the files (1/4 ... 4/4): run N "
                      "processes, or one per GPU, on the same library; no file is tagged twice")
     tag.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")

@@ -326,6 +326,9 @@ def load_exported(run_dir: Path, device="cpu") -> Tuple[object, dict]:
     path = run_dir / FORMATS.get(format, Run.MODEL)
     if meta is None or not path.exists():
         raise RunError(f"{run_dir.name} has no exported model yet (run: landmark export {run_dir.name})")
+    if not path.is_file():  # a FIFO would hang the hash below, /dev/zero never end it
+        raise ModelError(f"{run_dir.name}/{path.name} is not a regular file; refusing to load it. "
+                         f"Export the run again: landmark export {run_dir}")
     key = _signing_key(create=False)
     if key is None:
         raise ModelError(f"{run_dir.name} was exported by another user or machine (no signing key at "

@@ -20,7 +20,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -31,6 +31,64 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+#: Bytes of a file name kept in its temporary's name: a legal 255-byte name plus ``.``, mkstemp's 8 characters and
+#: ``.tmp`` would pass the file system's limit (ENAMETOOLONG).
+_TEMPORARY_NAME_KEEP = 100
+
+
+def _temporary_prefix(name: str) -> str:
+    encoded = os.fsencode(name)
+    if len(encoded) > _TEMPORARY_NAME_KEEP:
+        name = os.fsdecode(encoded[:_TEMPORARY_NAME_KEEP]).rstrip("\udc80\udcff")  # never half a character
+    return f".{name}."
+
+
+def write_user_file(path: str | os.PathLike, data: bytes, like: os.stat_result | None = None) -> None:
+    """Write ``data`` to ``path``, a file among the user's own (a tagged copy, a photo tagged in place, a sidecar).
+
+    Atomic like :func:`write_bytes_atomic`, and the user keeps what they had: a replaced file keeps its mode, owner
+    and access/modification times (photo managers sort by mtime); a hard-linked one is rewritten in its inode so
+    every link sees the change (only once the new bytes are whole in a temporary file beside it); a new file gets
+    the mode and times of ``like`` (the original of a tagged copy), or the mode the user's umask gives, never the
+    temporary's 0600.
+    """
+    path = Path(path)
+    try:
+        before = path.stat()
+    except FileNotFoundError:
+        before = None
+    if before is not None and before.st_nlink > 1:  # os.replace would split the links: rewrite their one inode
+        fd, staged = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
+        try:  # the new bytes whole on disk first: a crash mid-rewrite leaves them beside the photo
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            with open(path, "r+b") as target:
+                target.write(data)
+                target.truncate()
+                target.flush()
+                os.fsync(target.fileno())
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        finally:
+            Path(staged).unlink(missing_ok=True)
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+        if before is None and like is not None:
+            os.chmod(tmp, like.st_mode & 0o777)
+            os.utime(tmp, ns=(like.st_atime_ns, like.st_mtime_ns))
+        elif before is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        else:
+            os.chmod(tmp, before.st_mode & 0o7777)
+            with contextlib.suppress(PermissionError):  # only root may give a file away; then it stays ours
+                os.chown(tmp, before.st_uid, before.st_gid)
+            os.utime(tmp, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 def remove_unfinished_writes(folder: str | os.PathLike, keep: tuple[str, ...] = ()) -> list[str]:

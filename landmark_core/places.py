@@ -54,8 +54,21 @@ def normalise(name: str, strip_number: bool = True) -> str:
     return re.sub(r"[\s_\-]+", " ", name).strip()
 
 
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def strip_control_characters(text: str) -> str:
+    """``text`` without control characters (tabs and newlines included): they make XMP ill-formed XML and have
+    no place in a name, a caption or a keyword."""
+    return _CONTROL_CHARACTERS.sub("", text)
+
+
+def _field(row: Mapping[str, str], column: str) -> str:
+    return strip_control_characters(row.get(column) or "").strip()
+
+
 def _place_from_row(row: Mapping[str, str], where: str) -> Place:
-    folder = (row.get("folder") or "").strip()
+    folder = _field(row, "folder")
     if not folder:
         raise DataError(f"{where}: the folder (class name) is empty")
     try:
@@ -64,9 +77,8 @@ def _place_from_row(row: Mapping[str, str], where: str) -> Place:
         raise DataError(f"{where} ({folder}): latitude and longitude must be numbers") from None
     if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):  # NaN fails both: a place needs coordinates
         raise DataError(f"{where} ({folder}): latitude must be in [-90, 90] and longitude in [-180, 180]")
-    display = (row.get("display_name") or "").strip() or display_name_of_folder(folder)
-    return Place(folder, display, (row.get("region") or "").strip(), (row.get("country") or "").strip(),
-                 latitude, longitude)
+    display = _field(row, "display_name") or display_name_of_folder(folder)
+    return Place(folder, display, _field(row, "region"), _field(row, "country"), latitude, longitude)
 
 
 def parse_places(text: str, where: str = PLACES_FILE) -> list[Place]:
@@ -118,13 +130,25 @@ def dataset_places_file(dataset_root: str | Path) -> Path:
     return Path(dataset_root) / PLACES_FILE
 
 
+def read_places_text(path: Path) -> str:
+    """A places file's text: UTF-8 (with or without a byte-order mark), else Windows-1252 as spreadsheets on
+    Windows save CSV, else Latin-1 (which decodes any bytes): one reading for training, tagging and the app."""
+    data = path.read_bytes()
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
+
+
 def gazetteer(dataset_root: str | Path | None = None) -> Gazetteer:
     """Built-in places, overridden and extended by ``dataset_root/places.csv`` when there is one."""
     places = list(builtin_places())
     if dataset_root is not None:
         path = dataset_places_file(dataset_root)
         if path.is_file():
-            places += parse_places(path.read_text(encoding="utf-8"), str(path))
+            places += parse_places(read_places_text(path), str(path))
     return Gazetteer(places)
 
 

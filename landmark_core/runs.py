@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import math
 import os
 import secrets
 import shutil
@@ -17,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import MAX_EPOCHS
 from .errors import RunError
 from .fileio import process_alive, read_json, read_jsonl, write_json_atomic
 from .locations import runs_dir
@@ -245,6 +247,13 @@ def _readable(path: Path, default):
     return value if isinstance(value, type(default)) or default is None else default
 
 
+def _count(value, high: int) -> int:
+    """A count from a run file, 0 when it is no whole number from 0 to ``high`` (a hand-edited ``1e308``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0
+    return int(value) if 0 <= value <= high and value == int(value) else 0
+
+
 def summarize(run_dir: Path) -> RunSummary:
     run = Run(run_dir)
     config = run.config_values
@@ -257,9 +266,9 @@ def summarize(run_dir: Path) -> RunSummary:
     best = max((r["val_acc"] for r in epochs if r.get("val_acc") is not None), default=None)
     return RunSummary(
         run_id=run_dir.name, path=run_dir, state=status.get("state", "queued"), model=config.get("model", "?"),
-        data=config.get("data", ""), epochs=int(config.get("epochs") or 0), epoch=len(epochs), best_val_acc=best,
+        data=config.get("data", ""), epochs=_count(config.get("epochs"), MAX_EPOCHS), epoch=len(epochs), best_val_acc=best,
         test_acc=(evaluation or {}).get("top1"), duration_s=status.get("train_seconds"),
-        created=status.get("created"), error=status.get("error"), processes=int(status.get("processes") or 1))
+        created=status.get("created"), error=status.get("error"), processes=_count(status.get("processes"), 1024) or 1)
 
 
 def list_runs(artifacts: Path | None = None) -> list[RunSummary]:
@@ -317,9 +326,12 @@ def is_training(run_dir: Path) -> bool:
     return status.get("state") == RunState.RUNNING or (status.get("state") == RunState.QUEUED and bool(status.get("launched")))
 
 
-def _refuse_while_training(run_dir: Path, action: str) -> None:
+def refuse_while_training(run_dir: Path, action: str) -> None:
+    """RunError when a process trains the run: its checkpoints and exports are half-made until it ends."""
     if is_training(run_dir):
-        raise RunError(f"{run_dir.name} is training: stop it before you {action} it")
+        pid = read_status(run_dir).get("pid")
+        by = f" by process {pid}" if pid else ""
+        raise RunError(f"{run_dir.name} is being trained{by}; wait for it to finish or stop it before you {action} it")
 
 
 def delete_run(run_dir: Path) -> None:
@@ -328,7 +340,7 @@ def delete_run(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     if not (run_dir / Run.CONFIG).is_file():
         raise RunError(f"{run_dir} is not a run folder")
-    _refuse_while_training(run_dir, "delete")
+    refuse_while_training(run_dir, "delete")
     doomed = run_dir.with_name(f".deleting-{run_dir.name}-{secrets.token_hex(3)}")
     os.rename(run_dir, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
@@ -344,7 +356,7 @@ def rename_run(run_dir: Path, new_name: str) -> Path:
                        f"digit): {new_name!r}")
     if new_name == run_dir.name:
         return run_dir
-    _refuse_while_training(run_dir, "rename")
+    refuse_while_training(run_dir, "rename")
     target = run_dir.with_name(new_name)
     if target.exists():
         raise RunError(f"a run named {new_name} exists already")

@@ -22,13 +22,20 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
+import errno
 import fcntl
 import io
+import math
 import os
+import re
+import signal
+import stat
+import threading
 import time
+import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
@@ -38,11 +45,11 @@ import pyexiv2
 from PIL import ExifTags
 
 from .errors import ImageError, LandmarkError
-from .fileio import write_bytes_atomic, write_json_atomic
+from .fileio import write_json_atomic, write_user_file
 from .images import open_image
-from .places import Place, display_name, place_for
+from .places import Place, display_name, place_for, strip_control_characters
 
-STATUSES = ("tagged", "unknown", "abstained", "has_gps", "unreadable")
+STATUSES = ("tagged", "unknown", "abstained", "has_gps", "unreadable", "failed")
 #: What each outcome means, for reports and the app.
 STATUS_MEANINGS = {
     "tagged": "a landmark the model knows, tagged with its name and place",
@@ -50,6 +57,7 @@ STATUS_MEANINGS = {
     "abstained": "looks like a known landmark, but too unsure which: left untagged",
     "has_gps": "already has a GPS position: left untagged",
     "unreadable": "not a readable image",
+    "failed": "recognised, but the tags could not be written into it (the photo is left as it was)",
 }
 REPORT_FIELDS = ["file", "output", "status", "prediction", "probability", "familiarity", "landmark", "region",
                  "country", "latitude", "longitude", "note", "size", "mtime_ns", "error"]
@@ -67,6 +75,7 @@ class TagDecision:
     existing_gps: tuple[float, float] | None = None
     error: str | None = None
     familiarity: float | None = None
+    gps_note: str = ""  # why the photo's own GPS was not taken as a position (out of range, 0/0)
 
     @property
     def name(self) -> str:
@@ -84,7 +93,8 @@ class TagDecision:
 
     @property
     def note(self) -> str:
-        return NO_PLACE_NOTE if self.status == "tagged" and self.place is None else ""
+        notes = [NO_PLACE_NOTE if self.status == "tagged" and self.place is None else "", self.gps_note]
+        return "; ".join(note for note in notes if note)
 
 
 # --- reading GPS ---------------------------------------------------------------------------------
@@ -95,18 +105,29 @@ def _to_degrees(values, ref) -> float:
     return -value if str(ref).upper() in ("S", "W") else value
 
 
-def read_gps(source) -> tuple[float, float] | None:
-    """(latitude, longitude) from a photo's EXIF, or None."""
+def read_gps_checked(source) -> tuple[tuple[float, float] | None, str]:
+    """((latitude, longitude) or None, and why the EXIF GPS that is there is no position: '' when it is one or
+    there is none). A 0/0 rational or a latitude of 999 degrees is no position: such a photo is tagged."""
     try:
         image = open_image(source)
-        gps = image.getexif().get_ifd(ExifTags.IFD.GPSInfo)
-        if 2 in gps and 4 in gps:
-            return _to_degrees(gps[2], gps.get(1, "N")), _to_degrees(gps[4], gps.get(3, "E"))
+        with warnings.catch_warnings():  # "Corrupt EXIF data" and the like: a photo without readable GPS
+            warnings.simplefilter("ignore")
+            gps = image.getexif().get_ifd(ExifTags.IFD.GPSInfo)
+        if 2 not in gps or 4 not in gps:
+            return None, ""
+        latitude, longitude = _to_degrees(gps[2], gps.get(1, "N")), _to_degrees(gps[4], gps.get(3, "E"))
     except ImageError:
         raise
     except Exception:
-        return None
-    return None
+        return None, "the photo's GPS could not be read: ignored"
+    if not (math.isfinite(latitude) and math.isfinite(longitude) and abs(latitude) <= 90 and abs(longitude) <= 180):
+        return None, f"the photo's GPS ({latitude:.6g}, {longitude:.6g}) is no position: ignored"
+    return (latitude, longitude), ""
+
+
+def read_gps(source) -> tuple[float, float] | None:
+    """(latitude, longitude) from a photo's EXIF, or None (also when what is there is no valid position)."""
+    return read_gps_checked(source)[0]
 
 
 # --- deciding ------------------------------------------------------------------------------------
@@ -184,19 +205,85 @@ def _metadata(decision: TagDecision) -> tuple[dict, dict, dict]:
     return exif, iptc, xmp
 
 
-def jpeg_with_tag(jpeg: bytes, decision: TagDecision) -> bytes:
-    """The JPEG's bytes with the tag in its EXIF, IPTC and XMP segments; the compressed image data is untouched."""
+#: Fields that hold a list of keywords: ours are added to the user's, once.
+_KEYWORD_FIELDS = ("Exif.Image.XPKeywords", "Iptc.Application2.Keywords", "Xmp.dc.subject")
+#: Fields that hold a caption: the user's is kept, and ours added after it, once.
+_CAPTION_FIELDS = ("Exif.Image.ImageDescription", "Iptc.Application2.Caption", "Xmp.dc.description")
+_CAPTION_JOIN = " · "
+
+
+def _as_list(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(";") if part.strip()]
+    return [str(part) for part in value if str(part).strip()]
+
+
+def _as_text(value) -> str:
+    if isinstance(value, dict):  # XMP language alternatives: the default one
+        value = value.get('lang="x-default"') or next(iter(value.values()), "")
+    if isinstance(value, list):
+        value = value[0] if value else ""
+    return str(value or "").strip()
+
+
+def merged_fields(fields: dict, existing: dict) -> dict:
+    """Our tag's fields merged into a file's ``existing`` ones (as pyexiv2 reads them): keywords are added to the
+    user's (not repeated on a re-run), a caption of the user's stays first with ours after it, every other field
+    of the user's is left alone (only the fields we write, and a replaced position, change)."""
+    merged = dict(fields)
+    for key in _KEYWORD_FIELDS:
+        if key in fields:
+            theirs = _as_list(existing.get(key))
+            combined = list(dict.fromkeys(theirs + [k for k in _as_list(fields[key]) if k not in theirs]))
+            merged[key] = ";".join(combined) if key == "Exif.Image.XPKeywords" else combined
+    for key in _CAPTION_FIELDS:
+        if key in fields:
+            ours, theirs = _as_text(fields[key]), _as_text(existing.get(key))
+            text = theirs if (not ours or ours in theirs.split(_CAPTION_JOIN)) else (
+                f"{theirs}{_CAPTION_JOIN}{ours}" if theirs else ours)
+            merged[key] = {'lang="x-default"': text} if key == "Xmp.dc.description" else text
+    return merged
+
+
+def _merge_into(image, decision: TagDecision, *, sidecar: bool = False) -> None:
+    """Write the tag into an open pyexiv2 image (a JPEG, or an XMP ``sidecar``: XMP only), keeping every field of
+    the user's."""
     exif, iptc, xmp = _metadata(decision)
+    if not sidecar:
+        existing = image.read_exif()
+        if decision.place:  # a new position replaces the whole old one (altitude, timestamps...)
+            image.modify_exif({key: None for key in existing if key.startswith("Exif.GPSInfo.")})
+        image.modify_exif(merged_fields(exif, existing))
+        existing_iptc = image.read_iptc()
+        image.modify_iptc({key: value for key, value in merged_fields(iptc, existing_iptc).items() if value})
+    existing_xmp = image.read_xmp()
+    image.modify_xmp({key: value for key, value in merged_fields(xmp, existing_xmp).items() if value})
+
+
+def jpeg_with_tag(jpeg: bytes, decision: TagDecision) -> bytes:
+    """The JPEG's bytes with the tag merged into its EXIF, IPTC and XMP segments (the user's keywords, captions
+    and other fields kept); the compressed image data is untouched."""
     try:
-        with pyexiv2.ImageData(jpeg) as image:
-            if decision.place:  # a new position replaces the whole old one (altitude, timestamps...)
-                image.modify_exif({key: None for key in image.read_exif() if key.startswith("Exif.GPSInfo.")})
-            image.modify_exif(exif)
-            image.modify_iptc({key: value for key, value in iptc.items() if value})
-            image.modify_xmp({key: value for key, value in xmp.items() if value})
-            return image.get_bytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pyexiv2.ImageData(jpeg) as image:
+                _merge_into(image, decision)
+                return image.get_bytes()
     except RuntimeError as error:  # exiv2 refuses metadata it cannot parse: never write a half-tagged file
         raise ImageError(f"cannot write tags into this JPEG ({error})") from None
+
+
+def merged_sidecar(existing: bytes, decision: TagDecision) -> bytes:
+    """An existing XMP sidecar with the tag merged in: its other fields (rating, labels, keywords, face regions,
+    an editor's history) stay."""
+    try:
+        with pyexiv2.ImageData(existing) as image:
+            _merge_into(image, decision, sidecar=True)
+            return image.get_bytes()
+    except RuntimeError as error:
+        raise ImageError(f"cannot merge the tags into the existing XMP sidecar ({error})") from None
 
 
 def xmp_sidecar(decision: TagDecision) -> str:
@@ -231,14 +318,32 @@ def tagged_bytes(data: bytes, decision: TagDecision) -> tuple[bytes, str | None]
     return data, xmp_sidecar(decision)
 
 
-def write_tagged(original: bytes, destination: Path, decision: TagDecision) -> Path:
-    """Write the tagged photo (and sidecar) atomically; returns the photo's path."""
+def write_tagged(original: bytes, destination: Path, decision: TagDecision, like: os.stat_result | None = None) -> Path:
+    """Write the tagged photo (and sidecar) atomically, keeping the file's (or ``like``'s) mode, owner and times;
+    an existing sidecar is merged into, not replaced. Returns the photo's path."""
     data, sidecar = tagged_bytes(original, decision)
-    if data != original or not destination.exists():  # a sidecar-only format tagged in place stays untouched
-        write_bytes_atomic(destination, data)
     if sidecar is not None:
-        write_bytes_atomic(destination.with_name(destination.name + ".xmp"), sidecar.encode("utf-8"))
+        sidecar_path = destination.with_name(destination.name + ".xmp")
+        existing = _read_photo(sidecar_path) if os.path.lexists(sidecar_path) else None
+        sidecar_data = merged_sidecar(existing, decision) if existing else sidecar.encode("utf-8")
+    if data != original or not destination.exists():  # a sidecar-only format tagged in place stays untouched
+        write_user_file(destination, data, like=like)
+    if sidecar is not None:
+        write_user_file(sidecar_path, sidecar_data, like=like)
     return destination
+
+
+def _read_photo(path: Path) -> bytes:
+    """A file's bytes, only if it is a regular file of a photo's size (a FIFO would hang the read, /dev/zero never
+    end it); opened without blocking, checked on the open file."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"{path.name}: not a photo file")
+        if info.st_size > MAX_PHOTO_BYTES:
+            raise ImageError(f"{path.name}: {info.st_size / 2**20:,.0f} MiB is over the {MAX_PHOTO_BYTES / 2**20:.0f} MiB limit")
+        return handle.read(MAX_PHOTO_BYTES + 1)
 
 
 def tagged_zip(items: list[tuple[str, bytes, TagDecision]]) -> bytes:
@@ -256,28 +361,71 @@ def tagged_zip(items: list[tuple[str, bytes, TagDecision]]) -> bytes:
 
 # --- batch ---------------------------------------------------------------------------------------
 
-def iter_files(paths: Iterable[str | os.PathLike], exclude: Iterable[Path] = ()) -> Iterator[tuple[Path, Path]]:
-    """(file, its base folder) for files and folders given, walking folders lazily in sorted order.
+#: A photo file larger than this is refused before it is read (the largest phone photos are ~100 MB).
+MAX_PHOTO_BYTES = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class WalkEntry:
+    """A file to tag, the folder it was found under (its relative path there is its copy's), and why it cannot
+    be read when that is known before reading (a broken or looping link, a FIFO or device, a vanished file)."""
+    path: Path
+    base: Path
+    error: str | None = None
+
+
+def _problem(path: Path) -> str | None:
+    """Why ``path`` is no photo file, or None for a regular file (links followed)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "a symbolic link to nothing" if os.path.islink(path) else "the file disappeared"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return f"cannot read it ({error.strerror or error})"
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode)
+                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+                else "a socket" if stat.S_ISSOCK(info.st_mode) else "not a regular file")
+        return f"not a photo file: {kind}"
+    if info.st_size > MAX_PHOTO_BYTES:
+        return f"{info.st_size / 2**20:,.0f} MiB is over the {MAX_PHOTO_BYTES / 2**20:.0f} MiB limit for a photo"
+    return None
+
+
+def iter_files(paths: Iterable[str | os.PathLike], exclude: Iterable[Path] = ()) -> Iterator[WalkEntry]:
+    """Every file under the files and folders given, once, walking folders lazily in sorted order.
+
+    Only regular files are photos: links are followed once (a link to a file already seen is the same photo and
+    is not yielded again; links to folders are not walked, so no loop), and a FIFO, device, broken link, link
+    loop or a file that disappears comes with its ``error`` instead of hanging or stopping the walk. Odd names
+    (not UTF-8, control characters) pass through as the OS gives them.
 
     ``exclude``: files and folders to leave out (the tagged copies and the report, when they are written inside
     a folder being tagged: otherwise a re-run would tag its own output).
     """
-    excluded = {Path(p).resolve() for p in exclude}
+    excluded = {os.path.realpath(p) for p in exclude}
+    seen: set[str] = set()
 
-    def skipped(path: Path) -> bool:
-        return bool(excluded) and path.resolve() in excluded
+    def entry(path: Path, base: Path) -> WalkEntry | None:
+        real = os.path.realpath(path)
+        if real in excluded or real in seen:
+            return None
+        seen.add(real)
+        return WalkEntry(path, base, _problem(path))
 
     for given in paths:
         given = Path(given)
-        if given.is_file():
-            if not skipped(given):
-                yield given, given.parent
-        elif given.is_dir():
+        if os.path.isdir(given):
             for folder, dirs, files in os.walk(given):
-                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not skipped(Path(folder) / d))
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and os.path.realpath(Path(folder) / d) not in excluded)
                 for name in sorted(files):
-                    if not name.startswith(".") and not name.endswith(".xmp") and not skipped(Path(folder) / name):
-                        yield Path(folder) / name, given
+                    if not name.startswith(".") and not name.endswith(".xmp") and (found := entry(Path(folder) / name, given)):
+                        yield found
+        elif os.path.lexists(given):
+            if found := entry(given, given.parent):
+                yield found
         else:
             raise LandmarkError(f"no such file or folder: {given}")
 
@@ -294,18 +442,41 @@ def _repair_torn_tail(report_path: Path) -> None:
         handle.truncate(data.rfind(b"\n") + 1)
 
 
-def _done_before(report_path: Path) -> dict[str, tuple[int, int]]:
-    """Files a previous run finished: their (size, mtime) as recorded; rows that do not parse are redone."""
-    done = {}
+def _done_before(report_path: Path) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+    """Files a previous run finished, with their (size, mtime) as recorded (rows that do not parse are redone),
+    and which photo each tagged copy belongs to."""
+    done, outputs = {}, {}
     if report_path.exists():
-        with open(report_path, newline="", encoding="utf-8", errors="replace") as handle:
+        with open(report_path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
             for row in csv.DictReader(handle):
                 try:
                     if row.get("status") in STATUSES and row.get("file"):
                         done[row["file"]] = (int(row["size"]), int(row["mtime_ns"]))
+                        if row.get("output"):
+                            outputs[row["output"]] = row["file"]
                 except (TypeError, ValueError):
                     continue
-    return done
+    return done, outputs
+
+
+def check_report_path(report_path: Path) -> None:
+    """Refuse a ``--report`` that names an existing file that is not a tag report (a photo, notes): appending
+    rows to it would destroy it."""
+    if not os.path.lexists(report_path):
+        return
+    if not report_path.is_file():
+        raise LandmarkError(f"the report {report_path} exists and is not a file; choose another --report")
+    if report_path.stat().st_size == 0:
+        return
+    with open(report_path, "rb") as handle:
+        first = handle.readline(4096)
+    try:
+        header = next(csv.reader([first.decode("utf-8")]), [])
+    except UnicodeDecodeError:
+        header = []
+    if not header or "file" not in header or "status" not in header or not set(header) <= set(REPORT_FIELDS):
+        raise LandmarkError(f"{report_path} exists and is not a tag report; choose another --report "
+                            "(a report is only ever appended to)")
 
 
 def _report_fields(report_path: Path) -> list[str]:
@@ -350,24 +521,33 @@ class TagProgress:
 class _Decoded:
     path: Path
     base: Path
-    size: int
-    mtime_ns: int
+    size: int = 0
+    mtime_ns: int = 0
     square: object = None  # uint8 S x S x 3, as Predictor.decode gives it; dropped once classified
     gps: tuple[float, float] | None = None
+    gps_problem: str = ""
     error: str | None = None
     assessment: object = None
     output: str = ""
 
 
-def _decode_one(predictor, path: Path, base: Path) -> _Decoded:
+def _decode_one(predictor, entry: WalkEntry) -> _Decoded:
     """Read, decode and look for GPS in one file (a worker thread: Pillow and torch release the GIL)."""
-    stat = path.stat()
-    item = _Decoded(path, base, stat.st_size, stat.st_mtime_ns)
+    item = _Decoded(entry.path, entry.base, error=entry.error)
+    if item.error is not None:
+        return item
     try:
-        data = path.read_bytes()
-        item.square, item.gps = predictor.decode(data), read_gps(data)
+        info = entry.path.stat()
+        item.size, item.mtime_ns = info.st_size, info.st_mtime_ns
+        data = _read_photo(entry.path)
+        with warnings.catch_warnings():  # Pillow's multi-line "Corrupt EXIF data": this row's business only
+            warnings.simplefilter("ignore")
+            item.square = predictor.decode(data)
+            item.gps, item.gps_problem = read_gps_checked(data)
     except ImageError as error:
         item.error = str(error)
+    except OSError as error:  # vanished, unreadable: this photo's row, not the run's end
+        item.error = f"cannot read it ({error.strerror or error})"
     return item
 
 
@@ -429,79 +609,119 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
     classifies whole batches, so memory stays flat however large the library is. ``threshold`` overrides the
     run's probability threshold; ``open_set=False`` tags photos the model finds unfamiliar too. Files already
     in the report with the same size and modification time are skipped, so an interrupted or repeated run only
-    does the new work (a row cut short by a kill is dropped and redone). Returns counts per status (plus
-    ``skipped`` and ``tagged_without_place``) and writes them to ``report.json`` beside the CSV.
+    does the new work (a row cut short by a kill is dropped and redone). A file that cannot be read or tagged is
+    a row with its reason, and the run goes on. Returns counts per status (plus ``skipped`` and
+    ``tagged_without_place``) and writes them to ``report.json`` beside the CSV, also when stopped by SIGTERM or
+    Ctrl-C (then with ``"stopped": true``).
     """
     if not in_place and out_dir is None:
         raise LandmarkError("give an output folder (--out DIR) or --overwrite to tag the originals in place")
     if shard is not None and not (len(shard) == 2 and 1 <= shard[0] <= shard[1]):
         raise LandmarkError(f"a shard is K/N with 1 <= K <= N (got {shard})")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
+        raise LandmarkError(f"the probability threshold must be a number of at least 0 (got {threshold})")
     workers, batch_size = tagging_defaults(predictor, workers, batch_size)
     if batch_size < 1 or workers < 1:
         raise LandmarkError(f"the batch size and the workers must be at least 1 (got {batch_size} and {workers})")
     paths = list(paths)  # walked twice (count, then tag): a generator would be empty the second time
     out_dir = out_dir.resolve() if out_dir is not None else None
     report_path = report_path.resolve()
+    check_report_path(report_path)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     own_output = [p for p in (out_dir, report_path, report_path.with_suffix(".json"),
                               report_path.with_name(report_path.name + ".lock")) if p is not None]
 
-    def files() -> Iterator[tuple[Path, Path]]:
-        return ((path, base) for path, base in iter_files(paths, exclude=own_output) if in_shard(path, base, shard))
+    def files() -> Iterator[WalkEntry]:
+        return (entry for entry in iter_files(paths, exclude=own_output) if in_shard(entry.path, entry.base, shard))
 
-    with _ReportLock(report_path):
-        _repair_torn_tail(report_path)
-        done = _done_before(report_path)
-        total = sum(1 for _ in files()) if count_first else None  # a walk: cheap next to decoding
-        counts = {status: 0 for status in STATUSES} | {"skipped": 0, "tagged_without_place": 0}
-        fields = _report_fields(report_path)
-        new_file = not report_path.exists() or report_path.stat().st_size == 0
-        started, handled = time.monotonic(), 0
-
-        def pending() -> Iterator[tuple[Path, Path]]:
-            nonlocal handled
-            for path, base in files():
-                stat = path.stat()
-                if done.get(str(path.resolve())) == (stat.st_size, stat.st_mtime_ns):
-                    counts["skipped"] += 1
-                    handled += 1
-                    continue
-                yield path, base
-
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="landmark-decode")
-        with open(report_path, "a", newline="", encoding="utf-8") as handle, _cancelling(pool):
-            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-            if new_file:
-                writer.writeheader()
-            window: collections.deque = collections.deque()  # batches being decoded: at most ``workers`` + 1
-            batches = _batches(pending(), batch_size)
-            while True:
-                while len(window) <= workers and (batch := next(batches, None)) is not None:
-                    window.append([pool.submit(_decode_one, predictor, path, base) for path, base in batch])
-                if not window:
-                    break
-                decoded = [future.result() for future in window.popleft()]
-                readable = [item for item in decoded if item.error is None]
-                for item, assessment in zip(readable, predictor.assess_batch([item.square for item in readable], 1)):
-                    item.square, item.assessment = None, assessment  # the pixels are done with: memory stays flat
-                    if assessment is None:
-                        item.error = "the model gave no finite probabilities for this image"
-                for item in decoded:
-                    decision = _decide_and_write(predictor, item, threshold=threshold, overwrite_gps=overwrite_gps,
-                                                 open_set=open_set, in_place=in_place, out_dir=out_dir)
-                    writer.writerow(_report_row(item, decision))
-                    handle.flush()  # row by row: a kill loses at most the photo being written
-                    counts[decision.status] += 1
-                    counts["tagged_without_place"] += bool(decision.note)
-                    handled += 1
-                if progress:
-                    elapsed = time.monotonic() - started
-                    progress(TagProgress(handled, total, dict(counts), handled / elapsed if elapsed > 0 else 0.0))
-    write_json_atomic(report_path.with_suffix(".json"), {
-        "report": str(report_path), "counts": counts, "meanings": STATUS_MEANINGS, "shard": list(shard) if shard else None,
-        "probability_threshold": predictor.probability_threshold if threshold is None else threshold,
-        "familiarity_threshold": predictor.familiarity_threshold if open_set else None})
+    counts = {status: 0 for status in STATUSES} | {"skipped": 0, "tagged_without_place": 0}
+    summary = {"report": str(report_path), "counts": counts, "meanings": STATUS_MEANINGS,
+               "shard": list(shard) if shard else None,
+               "probability_threshold": predictor.probability_threshold if threshold is None else threshold,
+               "familiarity_threshold": predictor.familiarity_threshold if open_set else None}
+    with _ReportLock(report_path), _sigterm_as_interrupt():
+        try:
+            _tag_locked(predictor, files, report_path, counts, threshold=threshold, in_place=in_place,
+                        overwrite_gps=overwrite_gps, open_set=open_set, out_dir=out_dir, progress=progress,
+                        workers=workers, batch_size=batch_size, count_first=count_first)
+        except KeyboardInterrupt:  # the rows so far are in the report; say how far it got, then stop
+            write_json_atomic(report_path.with_suffix(".json"), summary | {"stopped": True})
+            raise
+    write_json_atomic(report_path.with_suffix(".json"), summary)
     return counts
+
+
+def _tag_locked(predictor, files, report_path: Path, counts: dict, *, threshold, in_place, overwrite_gps, open_set,
+                out_dir, progress, workers, batch_size, count_first) -> None:
+    _repair_torn_tail(report_path)
+    done, outputs = _done_before(report_path)
+    total = sum(1 for _ in files()) if count_first else None  # a walk: cheap next to decoding
+    fields = _report_fields(report_path)
+    new_file = not report_path.exists() or report_path.stat().st_size == 0
+    started, handled = time.monotonic(), 0
+
+    def pending() -> Iterator[WalkEntry]:
+        nonlocal handled
+        for entry in files():
+            if entry.error is None:
+                try:
+                    info = entry.path.stat()
+                except OSError:
+                    entry = WalkEntry(entry.path, entry.base, "the file disappeared")
+                else:
+                    if done.get(_key(entry.path)) == (info.st_size, info.st_mtime_ns):
+                        counts["skipped"] += 1
+                        handled += 1
+                        continue
+            yield entry
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="landmark-decode")
+    # the report keeps a file name's exact bytes, as the OS gives them (surrogateescape: names need not be UTF-8)
+    with open(report_path, "a", newline="", encoding="utf-8", errors="surrogateescape") as handle, _cancelling(pool):
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        if new_file:
+            writer.writeheader()
+        window: collections.deque = collections.deque()  # batches being decoded: at most ``workers`` + 1
+        batches = _batches(pending(), batch_size)
+        while True:
+            while len(window) <= workers and (batch := next(batches, None)) is not None:
+                window.append([pool.submit(_decode_one, predictor, entry) for entry in batch])
+            if not window:
+                break
+            decoded = [future.result() for future in window.popleft()]
+            readable = [item for item in decoded if item.error is None]
+            for item, assessment in zip(readable, predictor.assess_batch([item.square for item in readable], 1)):
+                item.square, item.assessment = None, assessment  # the pixels are done with: memory stays flat
+                if assessment is None:
+                    item.error = "the model gave no finite probabilities for this image"
+            for item in decoded:
+                decision = _decide_and_write(predictor, item, threshold=threshold, overwrite_gps=overwrite_gps,
+                                             open_set=open_set, in_place=in_place, out_dir=out_dir, outputs=outputs)
+                writer.writerow(_report_row(item, decision))
+                handle.flush()  # row by row: a kill loses at most the photo being written
+                counts[decision.status] += 1
+                counts["tagged_without_place"] += decision.status == "tagged" and decision.place is None
+                handled += 1
+            if progress:
+                elapsed = time.monotonic() - started
+                progress(TagProgress(handled, total, dict(counts), handled / elapsed if elapsed > 0 else 0.0))
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a service manager, `kill`) stops tagging like Ctrl-C: the report says how far it got."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -515,35 +735,84 @@ def _cancelling(pool: ThreadPoolExecutor):
     pool.shutdown(wait=True)
 
 
-def _decide_and_write(predictor, item: _Decoded, *, threshold, overwrite_gps, open_set, in_place, out_dir) -> TagDecision:
+def _key(path: Path) -> str:
+    """A file's name in the report: its real path (links resolved; never raises on loops)."""
+    return os.path.realpath(path)
+
+
+def _free_destination(wanted: Path, source: str, outputs: dict[str, str]) -> Path:
+    """``wanted``, unless another photo of this library already has that copy (``photo.jpg`` given from two
+    folders): then ``photo-2.jpg``, ``photo-3.jpg``... The same photo keeps its copy from run to run."""
+    candidate, number = wanted, 1
+    while True:
+        owner = outputs.get(str(candidate))
+        if owner == source or (owner is None and not os.path.lexists(candidate)):
+            outputs[str(candidate)] = source
+            return candidate
+        number += 1
+        candidate = wanted.with_name(f"{wanted.stem}-{number}{wanted.suffix}")
+
+
+#: Writing errors after which every later photo would fail the same way: the run stops, saying why.
+_FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
+
+
+def _decide_and_write(predictor, item: _Decoded, *, threshold, overwrite_gps, open_set, in_place, out_dir,
+                      outputs: dict[str, str]) -> TagDecision:
     """The decision for one classified photo, and its tagged copy (or the original, tagged in place)."""
     if item.error is not None:
         return TagDecision("unreadable", error=item.error)
     decision = decide_for(predictor, None, threshold=threshold, existing_gps=item.gps, overwrite_gps=overwrite_gps,
                           open_set=open_set, assessment=item.assessment)
+    if item.gps_problem:
+        decision = replace(decision, gps_note=item.gps_problem)
     if decision.status != "tagged":
         return decision
-    destination = item.path if in_place else out_dir / item.path.relative_to(item.base)
-    if not in_place and destination.resolve() == item.path.resolve():
-        raise LandmarkError(f"--out {out_dir} would overwrite the originals in it; choose another "
-                        "folder (or --overwrite to tag the originals on purpose)")
+    source = _key(item.path)
+    if in_place:
+        destination = item.path
+    else:
+        wanted = out_dir / item.path.relative_to(item.base)
+        if os.path.realpath(wanted) == source:
+            raise LandmarkError(f"--out {out_dir} would overwrite the originals in it; choose another "
+                                "folder (or --overwrite to tag the originals on purpose)")
+        destination = _free_destination(wanted, source, outputs)
     try:
-        write_tagged(item.path.read_bytes(), destination, decision)
-    except OSError as error:  # every later photo would fail the same way: stop, saying why
-        raise LandmarkError(f"cannot write {destination}: {error.strerror or error}") from None
-    item.output = str(destination.resolve())
+        original = _read_photo(item.path)
+        write_tagged(original, destination, decision, like=None if in_place else os.stat(item.path))
+    except ImageError as error:  # exiv2 refuses this file's metadata: the photo is left as it was
+        return replace(decision, status="failed", error=str(error))
+    except OSError as error:
+        if error.errno in _FATAL_WRITE_ERRORS:
+            raise LandmarkError(f"cannot write {destination}: {error.strerror or error}") from None
+        return replace(decision, status="failed", error=f"cannot write {destination}: {error.strerror or error}")
+    item.output = os.path.realpath(destination)
     if in_place:  # the file changed: record its new identity so a re-run skips it
-        stat = item.path.stat()
-        item.size, item.mtime_ns = stat.st_size, stat.st_mtime_ns
+        info = item.path.stat()
+        item.size, item.mtime_ns = info.st_size, info.st_mtime_ns
     return decision
+
+
+#: Report columns that hold text from names and places (class folders, places.csv, file names): a spreadsheet
+#: runs a cell that starts with = + - @ (or a tab or carriage return) as a formula.
+_TEXT_FIELDS = ("output", "prediction", "landmark", "region", "country", "note", "error")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` as a CSV cell no spreadsheet runs (OWASP's advice: a leading quote) and without control
+    characters."""
+    text = strip_control_characters(text)
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def _report_row(item: _Decoded, decision: TagDecision) -> dict:
     place = decision.place
-    return {"file": str(item.path.resolve()), "size": item.size, "mtime_ns": item.mtime_ns,  # absolute, like output
-            "output": item.output, "status": decision.status, "prediction": decision.prediction or "",
-            "probability": f"{decision.probability:.4f}" if decision.probability is not None else "",
-            "familiarity": f"{decision.familiarity:.4f}" if decision.familiarity is not None else "",
-            "landmark": decision.name if decision.prediction else "", "region": place.region if place else "",
-            "country": place.country if place else "", "latitude": place.latitude if place else "",
-            "longitude": place.longitude if place else "", "note": decision.note, "error": decision.error or ""}
+    row = {"file": _key(item.path), "size": item.size, "mtime_ns": item.mtime_ns,  # absolute, like output
+           "output": item.output, "status": decision.status, "prediction": decision.prediction or "",
+           "probability": f"{decision.probability:.4f}" if decision.probability is not None else "",
+           "familiarity": f"{decision.familiarity:.4f}" if decision.familiarity is not None else "",
+           "landmark": decision.name if decision.prediction else "", "region": place.region if place else "",
+           "country": place.country if place else "", "latitude": place.latitude if place else "",
+           "longitude": place.longitude if place else "", "note": decision.note, "error": decision.error or ""}
+    return row | {field: spreadsheet_safe(row[field]) for field in _TEXT_FIELDS}

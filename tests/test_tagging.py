@@ -108,7 +108,7 @@ def test_tag_folder_report_and_rerun(trained_run, photos, tmp_path):
     out, report = tmp_path / "out", tmp_path / "out" / "report.csv"
     # open_set=False: this test is about writing; the open-set decision has its own tests
     counts = tag_files(predictor, [photos], out_dir=out, threshold=0.0, report_path=report, open_set=False)
-    assert counts == {"tagged": 4, "unknown": 0, "abstained": 0, "has_gps": 1, "unreadable": 1, "skipped": 0,
+    assert counts == {"tagged": 4, "unknown": 0, "abstained": 0, "has_gps": 1, "unreadable": 1, "failed": 0, "skipped": 0,
                       "tagged_without_place": 0}
     assert {p: digest(p) for p in photos.rglob("*") if p.is_file()} == before  # originals untouched
     rows = list(csv.DictReader(open(report)))

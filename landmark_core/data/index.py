@@ -100,6 +100,22 @@ def scan_dataset(root: str | os.PathLike, *, test_fraction: float = 0.2, seed: i
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {root}")
+    real = Path(os.path.realpath(root))
+    if real.parent == real or real in _SYSTEM_FOLDERS:  # a link to / would walk the whole file system
+        raise DataError(f"{root} is {real}, a system folder, not a dataset (expected train/ and test/ with one "
+                        "folder per class)")
+    try:
+        return _scan(root, test_fraction, seed)
+    except PermissionError as error:
+        raise DataError(f"cannot read {error.filename}: permission denied (is {root} the dataset folder?)") from None
+
+
+#: Folders that are never datasets: walking them reads the machine, not photos.
+_SYSTEM_FOLDERS = {Path(p) for p in ("/proc", "/sys", "/dev", "/run", "/etc", "/usr", "/bin", "/sbin", "/lib",
+                                     "/lib64", "/boot", "/var")}
+
+
+def _scan(root: Path, test_fraction: float, seed: int) -> Dataset:
     train_dir, test_dir = root / "train", root / "test"
     if test_dir.is_dir() and not train_dir.is_dir():
         raise DataError(f"{root} has test/ but no train/ (expected train/ and test/ with one folder per class, "
