@@ -482,7 +482,7 @@ def check_report_path(report_path: Path) -> None:
 def _report_fields(report_path: Path) -> list[str]:
     """The columns of an existing report (an older version may have fewer), or today's for a new one."""
     if report_path.exists() and report_path.stat().st_size:
-        with open(report_path, newline="", encoding="utf-8") as handle:
+        with open(report_path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
             header = next(csv.reader(handle), None)
         if header:
             return header
