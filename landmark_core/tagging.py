@@ -450,7 +450,8 @@ def _done_before(report_path: Path) -> tuple[dict[str, tuple[int, int]], dict[st
         with open(report_path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
             for row in csv.DictReader(handle):
                 try:
-                    if row.get("status") in STATUSES and row.get("file"):
+                    # a photo whose tags could not be written is tried again (the folder may be writable now)
+                    if row.get("status") in STATUSES and row.get("status") != "failed" and row.get("file"):
                         done[row["file"]] = (int(row["size"]), int(row["mtime_ns"]))
                         if row.get("output"):
                             outputs[row["output"]] = row["file"]

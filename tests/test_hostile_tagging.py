@@ -193,6 +193,9 @@ def test_7_a_jpeg_whose_metadata_exiv2_refuses_is_a_row_and_the_run_goes_on(fini
     by_name = {Path(row["file"]).name: row for row in rows(tmp_path / "o" / "tag-report.csv")}
     assert by_name["plain.jpg"]["status"] == "tagged"
     assert by_name["broken.jpg"]["status"] == "failed" and "cannot write tags" in by_name["broken.jpg"]["error"]
+    landmark("tag", finished_copy, photos, "--out", tmp_path / "o", *T, artifacts=tmp_path / "artifacts")
+    statuses = [row["status"] for row in rows(tmp_path / "o" / "tag-report.csv")]
+    assert statuses.count("failed") == 2 and statuses.count("tagged") == 1  # tried again; the done one skipped
 
 
 def test_8_9_odd_and_long_file_names_are_tagged_and_reported(finished_copy, photos, tmp_path):
