@@ -315,10 +315,14 @@ def cmd_tag(args) -> int:
 
     shard = _parse_shard(args.shard) if args.shard is not None else None
     run = _open_finished_run(args.run, "tag with")
+    sidecars = args.sidecars or args.sidecar_dir is not None
+    if sidecars and (args.overwrite or args.out):
+        raise LandmarkError("--sidecars leaves the photos alone: it takes neither --out nor --overwrite")
+    sidecar_dir = Path(args.sidecar_dir) if args.sidecar_dir is not None else None
     predictor = Predictor(run, device=device_or_error(args.device))
-    out_dir = None if args.overwrite else Path(args.out or "tagged")
+    out_dir = None if args.overwrite or sidecars else Path(args.out or "tagged")
     suffix = f"-shard-{shard[0]}-of-{shard[1]}" if shard else ""  # each shard its own report: no shared file
-    report = Path(args.report) if args.report else (out_dir or Path(".")) / f"tag-report{suffix}.csv"
+    report = Path(args.report) if args.report else (out_dir or sidecar_dir or Path(".")) / f"tag-report{suffix}.csv"
     bar = ProgressBar("tagging")
 
     def progress(state) -> None:
@@ -329,7 +333,8 @@ def cmd_tag(args) -> int:
 
     counts = tag_files(predictor, args.paths, out_dir=out_dir, threshold=args.min_confidence, in_place=args.overwrite,
                        overwrite_gps=args.overwrite_gps, report_path=report, open_set=not args.tag_unfamiliar,
-                       progress=progress, workers=args.workers, batch_size=args.batch_size, shard=shard)
+                       progress=progress, workers=args.workers, batch_size=args.batch_size, shard=shard,
+                       sidecars=sidecars, sidecar_naming=args.sidecar_name, sidecar_dir=sidecar_dir)
     threshold = predictor.probability_threshold if args.min_confidence is None else args.min_confidence
     rule = f"probability >= {threshold:.2f}"
     if predictor.familiarity_threshold is not None and not args.tag_unfamiliar:
@@ -502,6 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also tag photos that look like no landmark the model learned (not recommended)")
     tag.add_argument("--out", help="folder for tagged copies (default: ./tagged)")
     tag.add_argument("--overwrite", action="store_true", help="write the tags into the original files")
+    tag.add_argument("--sidecars", action="store_true", help="write the tags into XMP sidecars beside the photos, "
+                     "never touching them (an existing sidecar is merged into)")
+    tag.add_argument("--sidecar-name", choices=("ext", "stem"), default="ext",
+                     help="ext: photo.jpg.xmp (digiKam, darktable, Immich; default), stem: photo.xmp (Lightroom, "
+                          "Capture One)")
+    tag.add_argument("--sidecar-dir", metavar="DIR", help="with --sidecars: put them under DIR in a mirror of the "
+                     "library's tree instead (for read-only libraries)")
     tag.add_argument("--overwrite-gps", action="store_true", help="also tag photos that already have GPS")
     tag.add_argument("--report", help="CSV report path (default: OUT/tag-report.csv, or OUT/tag-report-shard-K-of-N.csv)")
     tag.add_argument("--workers", type=_number(int, 1, 256), help="threads decoding photos (default: one per two cores on a CPU, "

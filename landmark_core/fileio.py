@@ -45,14 +45,16 @@ def _temporary_prefix(name: str) -> str:
     return f".{name}."
 
 
-def write_user_file(path: str | os.PathLike, data: bytes, like: os.stat_result | None = None) -> None:
+def write_user_file(path: str | os.PathLike, data: bytes, like: os.stat_result | None = None, *,
+                    keep_times: bool = True) -> None:
     """Write ``data`` to ``path``, a file among the user's own (a tagged copy, a photo tagged in place, a sidecar).
 
     Atomic like :func:`write_bytes_atomic`, and the user keeps what they had: a replaced file keeps its mode, owner
     and access/modification times (photo managers sort by mtime); a hard-linked one is rewritten in its inode so
     every link sees the change (only once the new bytes are whole in a temporary file beside it); a new file gets
     the mode and times of ``like`` (the original of a tagged copy), or the mode the user's umask gives, never the
-    temporary's 0600.
+    temporary's 0600. ``keep_times=False``: the file gets the time of this write (a sidecar a photo manager must
+    see change).
     """
     path = Path(path)
     try:
@@ -71,7 +73,8 @@ def write_user_file(path: str | os.PathLike, data: bytes, like: os.stat_result |
                 target.truncate()
                 target.flush()
                 os.fsync(target.fileno())
-            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+            if keep_times:
+                os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
         finally:
             Path(staged).unlink(missing_ok=True)
         return
@@ -79,7 +82,8 @@ def write_user_file(path: str | os.PathLike, data: bytes, like: os.stat_result |
         tmp.write_bytes(data)
         if before is None and like is not None:
             os.chmod(tmp, like.st_mode & 0o777)
-            os.utime(tmp, ns=(like.st_atime_ns, like.st_mtime_ns))
+            if keep_times:
+                os.utime(tmp, ns=(like.st_atime_ns, like.st_mtime_ns))
         elif before is None:
             umask = os.umask(0)
             os.umask(umask)
@@ -88,7 +92,8 @@ def write_user_file(path: str | os.PathLike, data: bytes, like: os.stat_result |
             os.chmod(tmp, before.st_mode & 0o7777)
             with contextlib.suppress(PermissionError):  # only root may give a file away; then it stays ours
                 os.chown(tmp, before.st_uid, before.st_gid)
-            os.utime(tmp, ns=(before.st_atime_ns, before.st_mtime_ns))
+            if keep_times:
+                os.utime(tmp, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 def remove_unfinished_writes(folder: str | os.PathLike, keep: tuple[str, ...] = ()) -> list[str]:

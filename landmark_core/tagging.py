@@ -322,15 +322,37 @@ def write_tagged(original: bytes, destination: Path, decision: TagDecision, like
     """Write the tagged photo (and sidecar) atomically, keeping the file's (or ``like``'s) mode, owner and times;
     an existing sidecar is merged into, not replaced. Returns the photo's path."""
     data, sidecar = tagged_bytes(original, decision)
-    if sidecar is not None:
-        sidecar_path = destination.with_name(destination.name + ".xmp")
-        existing = _read_photo(sidecar_path) if os.path.lexists(sidecar_path) else None
-        sidecar_data = merged_sidecar(existing, decision) if existing else sidecar.encode("utf-8")
+    sidecar_data = None if sidecar is None else _sidecar_bytes(sidecar_path_of(destination), decision)
     if data != original or not destination.exists():  # a sidecar-only format tagged in place stays untouched
         write_user_file(destination, data, like=like)
-    if sidecar is not None:
-        write_user_file(sidecar_path, sidecar_data, like=like)
+    if sidecar_data is not None:
+        write_user_file(sidecar_path_of(destination), sidecar_data, like=like)
     return destination
+
+
+#: How a sidecar is named: ``photo.jpg.xmp`` (digiKam, darktable, Immich) or ``photo.xmp`` (Lightroom, Capture One).
+SIDECAR_NAMINGS = ("ext", "stem")
+
+
+def sidecar_path_of(photo: Path, naming: str = "ext", base: Path | None = None, folder: Path | None = None) -> Path:
+    """Where a photo's XMP sidecar goes: beside it, or under ``folder`` at the photo's place below ``base`` (a
+    mirror of the library's tree, for libraries that are read-only)."""
+    name = photo.name + ".xmp" if naming == "ext" else photo.stem + ".xmp"
+    where = photo.parent if folder is None else folder / photo.parent.relative_to(base if base is not None else photo.parent)
+    return where / name
+
+
+def _sidecar_bytes(path: Path, decision: TagDecision) -> bytes:
+    """The sidecar at ``path`` with the tag merged in, or a new one."""
+    existing = _read_photo(path) if os.path.lexists(path) else None
+    return merged_sidecar(existing, decision) if existing else xmp_sidecar(decision).encode("utf-8")
+
+
+def write_sidecar(path: Path, decision: TagDecision) -> Path:
+    """Write (or merge into) the XMP sidecar at ``path``; the photo itself is never touched. A changed sidecar
+    gets a new modification time, which is how photo managers notice it."""
+    write_user_file(path, _sidecar_bytes(path, decision), keep_times=False)
+    return path
 
 
 def _read_photo(path: Path) -> bytes:
@@ -602,9 +624,15 @@ def tagging_defaults(predictor, workers: int | None, batch_size: int | None) -> 
 def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | None, threshold: float | None = None,
               in_place: bool = False, overwrite_gps: bool = False, report_path: Path, open_set: bool = True,
               progress: Callable[[TagProgress], None] | None = None, workers: int | None = None,
-              batch_size: int | None = None, shard: tuple[int, int] | None = None, count_first: bool = True) -> dict:
+              batch_size: int | None = None, shard: tuple[int, int] | None = None, count_first: bool = True,
+              sidecars: bool = False, sidecar_naming: str = "ext", sidecar_dir: Path | None = None) -> dict:
     """Tag every photo under ``paths`` (or this process's ``shard`` of them); stream one CSV row per file to
     ``report_path``.
+
+    Where the tags go: tagged copies in ``out_dir``; the originals themselves (``in_place``); or, with
+    ``sidecars``, XMP sidecars beside the photos (``sidecar_naming`` "ext": ``photo.jpg.xmp``, "stem":
+    ``photo.xmp``), or under ``sidecar_dir`` in a mirror of the library's tree, the photos never touched (an
+    existing sidecar is merged into).
 
     Files stream from a lazy walk through a bounded window: ``workers`` threads decode them while the model
     classifies whole batches, so memory stays flat however large the library is. ``threshold`` overrides the
@@ -615,8 +643,11 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
     ``tagged_without_place``) and writes them to ``report.json`` beside the CSV, also when stopped by SIGTERM or
     Ctrl-C (then with ``"stopped": true``).
     """
-    if not in_place and out_dir is None:
-        raise LandmarkError("give an output folder (--out DIR) or --overwrite to tag the originals in place")
+    if sum((in_place, out_dir is not None, sidecars)) != 1:
+        raise LandmarkError("choose where the tags go: an output folder for tagged copies (--out DIR), the originals "
+                            "(--overwrite) or XMP sidecars beside them (--sidecars)")
+    if sidecar_naming not in SIDECAR_NAMINGS:
+        raise LandmarkError(f"a sidecar is named {' or '.join(SIDECAR_NAMINGS)} (got {sidecar_naming!r})")
     if shard is not None and not (len(shard) == 2 and 1 <= shard[0] <= shard[1]):
         raise LandmarkError(f"a shard is K/N with 1 <= K <= N (got {shard})")
     if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold) and threshold >= 0):
@@ -626,10 +657,11 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
         raise LandmarkError(f"the batch size and the workers must be at least 1 (got {batch_size} and {workers})")
     paths = list(paths)  # walked twice (count, then tag): a generator would be empty the second time
     out_dir = out_dir.resolve() if out_dir is not None else None
+    sidecar_dir = sidecar_dir.resolve() if sidecar_dir is not None else None
     report_path = report_path.resolve()
     check_report_path(report_path)
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    own_output = [p for p in (out_dir, report_path, report_path.with_suffix(".json"),
+    own_output = [p for p in (out_dir, sidecar_dir, report_path, report_path.with_suffix(".json"),
                               report_path.with_name(report_path.name + ".lock")) if p is not None]
 
     def files() -> Iterator[WalkEntry]:
@@ -642,8 +674,9 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
                "familiarity_threshold": predictor.familiarity_threshold if open_set else None}
     with _ReportLock(report_path), _sigterm_as_interrupt():
         try:
-            _tag_locked(predictor, files, report_path, counts, threshold=threshold, in_place=in_place,
-                        overwrite_gps=overwrite_gps, open_set=open_set, out_dir=out_dir, progress=progress,
+            where = _Destination(in_place, out_dir, sidecars, sidecar_naming, sidecar_dir)
+            _tag_locked(predictor, files, report_path, counts, threshold=threshold, where=where,
+                        overwrite_gps=overwrite_gps, open_set=open_set, progress=progress,
                         workers=workers, batch_size=batch_size, count_first=count_first)
         except KeyboardInterrupt:  # the rows so far are in the report; say how far it got, then stop
             write_json_atomic(report_path.with_suffix(".json"), summary | {"stopped": True})
@@ -652,8 +685,18 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
     return counts
 
 
-def _tag_locked(predictor, files, report_path: Path, counts: dict, *, threshold, in_place, overwrite_gps, open_set,
-                out_dir, progress, workers, batch_size, count_first) -> None:
+@dataclass(frozen=True)
+class _Destination:
+    """Where a run's tags go (see :func:`tag_files`)."""
+    in_place: bool
+    out_dir: Path | None
+    sidecars: bool
+    sidecar_naming: str
+    sidecar_dir: Path | None
+
+
+def _tag_locked(predictor, files, report_path: Path, counts: dict, *, threshold, where: _Destination, overwrite_gps,
+                open_set, progress, workers, batch_size, count_first) -> None:
     _repair_torn_tail(report_path)
     done, outputs = _done_before(report_path)
     total = sum(1 for _ in files()) if count_first else None  # a walk: cheap next to decoding
@@ -697,7 +740,7 @@ def _tag_locked(predictor, files, report_path: Path, counts: dict, *, threshold,
                     item.error = "the model gave no finite probabilities for this image"
             for item in decoded:
                 decision = _decide_and_write(predictor, item, threshold=threshold, overwrite_gps=overwrite_gps,
-                                             open_set=open_set, in_place=in_place, out_dir=out_dir, outputs=outputs)
+                                             open_set=open_set, where=where, outputs=outputs)
                 writer.writerow(_report_row(item, decision))
                 handle.flush()  # row by row: a kill loses at most the photo being written
                 counts[decision.status] += 1
@@ -758,9 +801,10 @@ def _free_destination(wanted: Path, source: str, outputs: dict[str, str]) -> Pat
 _FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
 
 
-def _decide_and_write(predictor, item: _Decoded, *, threshold, overwrite_gps, open_set, in_place, out_dir,
+def _decide_and_write(predictor, item: _Decoded, *, threshold, overwrite_gps, open_set, where: _Destination,
                       outputs: dict[str, str]) -> TagDecision:
-    """The decision for one classified photo, and its tagged copy (or the original, tagged in place)."""
+    """The decision for one classified photo, and its tags written: a tagged copy, the original tagged in place, or
+    its sidecar."""
     if item.error is not None:
         return TagDecision("unreadable", error=item.error)
     decision = decide_for(predictor, None, threshold=threshold, existing_gps=item.gps, overwrite_gps=overwrite_gps,
@@ -770,6 +814,9 @@ def _decide_and_write(predictor, item: _Decoded, *, threshold, overwrite_gps, op
     if decision.status != "tagged":
         return decision
     source = _key(item.path)
+    if where.sidecars:
+        return _write_sidecar_of(item, decision, source, where, outputs)
+    in_place, out_dir = where.in_place, where.out_dir
     if in_place:
         destination = item.path
     else:
@@ -778,20 +825,43 @@ def _decide_and_write(predictor, item: _Decoded, *, threshold, overwrite_gps, op
             raise LandmarkError(f"--out {out_dir} would overwrite the originals in it; choose another "
                                 "folder (or --overwrite to tag the originals on purpose)")
         destination = _free_destination(wanted, source, outputs)
-    try:
-        original = _read_photo(item.path)
-        write_tagged(original, destination, decision, like=None if in_place else os.stat(item.path))
-    except ImageError as error:  # exiv2 refuses this file's metadata: the photo is left as it was
-        return replace(decision, status="failed", error=str(error))
-    except OSError as error:
-        if error.errno in _FATAL_WRITE_ERRORS:
-            raise LandmarkError(f"cannot write {destination}: {error.strerror or error}") from None
-        return replace(decision, status="failed", error=f"cannot write {destination}: {error.strerror or error}")
+    failure = _failure_of(decision, destination, lambda: write_tagged(
+        _read_photo(item.path), destination, decision, like=None if in_place else os.stat(item.path)))
+    if failure is not None:
+        return failure
     item.output = os.path.realpath(destination)
     if in_place:  # the file changed: record its new identity so a re-run skips it
         info = item.path.stat()
         item.size, item.mtime_ns = info.st_size, info.st_mtime_ns
     return decision
+
+
+def _write_sidecar_of(item: _Decoded, decision: TagDecision, source: str, where: _Destination,
+                      outputs: dict[str, str]) -> TagDecision:
+    destination = sidecar_path_of(item.path, where.sidecar_naming, item.base, where.sidecar_dir)
+    owner = outputs.setdefault(str(destination), source)
+    if owner != source:  # photo.jpg and photo.png in one folder share photo.xmp
+        return replace(decision, status="failed", error=f"{destination.name} is the sidecar of {Path(owner).name} "
+                       "already (--sidecar-name ext names each photo's own)")
+    failure = _failure_of(decision, destination, lambda: write_sidecar(destination, decision))
+    if failure is not None:
+        return failure
+    item.output = os.path.realpath(destination)
+    return decision
+
+
+def _failure_of(decision: TagDecision, destination: Path, write: Callable[[], object]) -> TagDecision | None:
+    """Run ``write``: None when it wrote, else the photo's "failed" decision with the reason (exiv2 refuses its
+    metadata, a folder it may not write to); the photo is left as it was. A full or read-only disk stops the run."""
+    try:
+        write()
+    except ImageError as error:
+        return replace(decision, status="failed", error=str(error))
+    except OSError as error:
+        if error.errno in _FATAL_WRITE_ERRORS:
+            raise LandmarkError(f"cannot write {destination}: {error.strerror or error}") from None
+        return replace(decision, status="failed", error=f"cannot write {destination}: {error.strerror or error}")
+    return None
 
 
 #: Report columns that hold text from names and places (class folders, places.csv, file names): a spreadsheet
