@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -293,15 +294,16 @@ def cmd_explain(args) -> int:
     if image_format is None:
         raise LandmarkError(f"--out {out}: the heatmap is an image; give a name ending in "
                             f"{', '.join(_HEATMAP_FORMATS)}")
-    if os.path.lexists(out) and os.path.realpath(out) == os.path.realpath(args.photo):
+    if os.path.lexists(out) and os.path.lexists(args.photo) and os.path.samefile(out, args.photo):
         raise LandmarkError(f"--out {out} is the photo being explained; choose another name")
     run = _open_finished_run(args.run, "explain")
     from .explain import Explainer
-    from .fileio import atomic_path
+    from .fileio import write_user_file
     explainer = Explainer(run.path, args.checkpoint)
     explanation = explainer.explain(args.photo, args.target)
-    with atomic_path(out) as tmp:  # a reader never sees half a heatmap; a failure leaves what was there
-        explanation.overlay().convert("RGB").save(tmp, format=image_format)
+    heatmap = io.BytesIO()
+    explanation.overlay().convert("RGB").save(heatmap, format=image_format)
+    write_user_file(out, heatmap.getvalue())  # atomic: a failure leaves what was there
     print(f"{out}: Grad-CAM of {explanation.class_name} ({explanation.probability:.1%}) on layer "
           f"{type(explainer.layer).__name__}", file=sys.stderr)
     return 0

@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -41,7 +42,8 @@ _TEMPORARY_NAME_KEEP = 100
 def _temporary_prefix(name: str) -> str:
     encoded = os.fsencode(name)
     if len(encoded) > _TEMPORARY_NAME_KEEP:
-        name = os.fsdecode(encoded[:_TEMPORARY_NAME_KEEP]).rstrip("\udc80\udcff")  # never half a character
+        # a cut through a character leaves its first bytes as surrogates: drop them all (never half a character)
+        name = re.sub("[\udc80-\udcff]+$", "", os.fsdecode(encoded[:_TEMPORARY_NAME_KEEP]))
     return f".{name}."
 
 
@@ -56,27 +58,13 @@ def write_user_file(path: str | os.PathLike, data: bytes, like: os.stat_result |
     temporary's 0600. ``keep_times=False``: the file gets the time of this write (a sidecar a photo manager must
     see change).
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # through a link: the file it names changes, the link stays a link
     try:
         before = path.stat()
     except FileNotFoundError:
         before = None
     if before is not None and before.st_nlink > 1:  # os.replace would split the links: rewrite their one inode
-        fd, staged = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
-        try:  # the new bytes whole on disk first: a crash mid-rewrite leaves them beside the photo
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            with open(path, "r+b") as target:
-                target.write(data)
-                target.truncate()
-                target.flush()
-                os.fsync(target.fileno())
-            if keep_times:
-                os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-        finally:
-            Path(staged).unlink(missing_ok=True)
+        _rewrite_in_place(path, data, before, keep_times)
         return
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -89,11 +77,46 @@ def write_user_file(path: str | os.PathLike, data: bytes, like: os.stat_result |
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
         else:
-            os.chmod(tmp, before.st_mode & 0o7777)
-            with contextlib.suppress(PermissionError):  # only root may give a file away; then it stays ours
-                os.chown(tmp, before.st_uid, before.st_gid)
+            _copy_identity(before, path, tmp)
             if keep_times:
                 os.utime(tmp, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def _copy_identity(before: os.stat_result, original: Path, replacement: Path) -> None:
+    """Give ``replacement`` the mode, owner, group and extended attributes (desktop tags and ratings, ACLs) of
+    ``original`` before it is renamed over it."""
+    os.chmod(replacement, before.st_mode & 0o7777)
+    try:
+        os.chown(replacement, before.st_uid, before.st_gid)
+    except PermissionError:  # only root gives a file away; the group, at least, stays where we may keep it
+        with contextlib.suppress(PermissionError):
+            os.chown(replacement, -1, before.st_gid)
+    if hasattr(os, "listxattr"):
+        with contextlib.suppress(OSError):
+            for name in os.listxattr(original):
+                with contextlib.suppress(OSError):
+                    os.setxattr(replacement, name, os.getxattr(original, name))
+
+
+def _rewrite_in_place(path: Path, data: bytes, before: os.stat_result, keep_times: bool) -> None:
+    """New bytes into a hard-linked file's one inode, every link seeing them. The bytes are whole on disk in a
+    temporary file beside it first; if the rewrite fails that file stays, and the error names it."""
+    fd, staged = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        with open(path, "r+b") as target:
+            target.write(data)
+            target.truncate()
+            target.flush()
+            os.fsync(target.fileno())
+    except OSError as error:
+        raise OSError(error.errno, f"{error.strerror}; the tagged bytes are kept in {staged}", str(path)) from None
+    Path(staged).unlink()
+    if keep_times:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 def remove_unfinished_writes(folder: str | os.PathLike, keep: tuple[str, ...] = ()) -> list[str]:

@@ -25,6 +25,7 @@ import csv
 import errno
 import fcntl
 import io
+import json
 import math
 import os
 import re
@@ -125,6 +126,30 @@ def read_gps_checked(source) -> tuple[tuple[float, float] | None, str]:
     return (latitude, longitude), ""
 
 
+def _from_xmp_coordinate(text: str) -> float:
+    """An XMP GPS coordinate, ``48,51.5N`` or ``48,51,30N``, in degrees."""
+    text = str(text).strip()
+    parts = [float(part) for part in text[:-1].split(",")]
+    value = sum(part / 60 ** power for power, part in enumerate(parts[:3]))
+    return -value if text[-1:].upper() in ("S", "W") else value
+
+
+def xmp_gps(data: bytes) -> tuple[float, float] | None:
+    """The position in a file's XMP (a JPEG's packet or a sidecar), where digiKam, darktable and Lightroom put a
+    hand-set location; None when there is none or it is no valid position."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pyexiv2.ImageData(data) as image:
+                xmp = image.read_xmp()
+        latitude = _from_xmp_coordinate(xmp["Xmp.exif.GPSLatitude"])
+        longitude = _from_xmp_coordinate(xmp["Xmp.exif.GPSLongitude"])
+    except (KeyError, IndexError, *_EXIV2_ERRORS):
+        return None
+    valid = math.isfinite(latitude) and math.isfinite(longitude) and abs(latitude) <= 90 and abs(longitude) <= 180
+    return (latitude, longitude) if valid else None
+
+
 def read_gps(source) -> tuple[float, float] | None:
     """(latitude, longitude) from a photo's EXIF, or None (also when what is there is no valid position)."""
     return read_gps_checked(source)[0]
@@ -205,6 +230,10 @@ def _metadata(decision: TagDecision) -> tuple[dict, dict, dict]:
     return exif, iptc, xmp
 
 
+#: What reading or writing a file's metadata through exiv2 raises: its own refusal, and pyexiv2's strict UTF-8
+#: decoding of values written in another charset (a Latin-1 IPTC caption, a Windows EXIF copyright).
+_EXIV2_ERRORS = (RuntimeError, UnicodeError, ValueError)
+
 #: Fields that hold a list of keywords: ours are added to the user's, once.
 _KEYWORD_FIELDS = ("Exif.Image.XPKeywords", "Iptc.Application2.Keywords", "Xmp.dc.subject")
 #: Fields that hold a caption: the user's is kept, and ours added after it, once.
@@ -212,20 +241,26 @@ _CAPTION_FIELDS = ("Exif.Image.ImageDescription", "Iptc.Application2.Caption", "
 _CAPTION_JOIN = " · "
 
 
+def _clean(text) -> str:
+    return strip_control_characters(str(text)).strip()  # Windows ends XPKeywords with a NUL
+
+
 def _as_list(value) -> list[str]:
     if value is None:
         return []
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(";") if part.strip()]
-    return [str(part) for part in value if str(part).strip()]
+    parts = value.split(";") if isinstance(value, str) else value
+    return [_clean(part) for part in parts if _clean(part)]
 
 
 def _as_text(value) -> str:
     if isinstance(value, dict):  # XMP language alternatives: the default one
-        value = value.get('lang="x-default"') or next(iter(value.values()), "")
+        value = value.get(_DEFAULT_LANGUAGE) or next(iter(value.values()), "")
     if isinstance(value, list):
         value = value[0] if value else ""
-    return str(value or "").strip()
+    return _clean(value or "")
+
+
+_DEFAULT_LANGUAGE = 'lang="x-default"'
 
 
 def merged_fields(fields: dict, existing: dict) -> dict:
@@ -243,7 +278,11 @@ def merged_fields(fields: dict, existing: dict) -> dict:
             ours, theirs = _as_text(fields[key]), _as_text(existing.get(key))
             text = theirs if (not ours or ours in theirs.split(_CAPTION_JOIN)) else (
                 f"{theirs}{_CAPTION_JOIN}{ours}" if theirs else ours)
-            merged[key] = {'lang="x-default"': text} if key == "Xmp.dc.description" else text
+            if key == "Xmp.dc.description":  # the caption in other languages stays as the user wrote it
+                theirs_by_language = existing.get(key) if isinstance(existing.get(key), dict) else {}
+                merged[key] = {**theirs_by_language, _DEFAULT_LANGUAGE: text}
+            else:
+                merged[key] = text
     return merged
 
 
@@ -271,7 +310,7 @@ def jpeg_with_tag(jpeg: bytes, decision: TagDecision) -> bytes:
             with pyexiv2.ImageData(jpeg) as image:
                 _merge_into(image, decision)
                 return image.get_bytes()
-    except RuntimeError as error:  # exiv2 refuses metadata it cannot parse: never write a half-tagged file
+    except _EXIV2_ERRORS as error:  # exiv2 refuses metadata it cannot parse: never write a half-tagged file
         raise ImageError(f"cannot write tags into this JPEG ({error})") from None
 
 
@@ -282,7 +321,7 @@ def merged_sidecar(existing: bytes, decision: TagDecision) -> bytes:
         with pyexiv2.ImageData(existing) as image:
             _merge_into(image, decision, sidecar=True)
             return image.get_bytes()
-    except RuntimeError as error:
+    except _EXIV2_ERRORS as error:
         raise ImageError(f"cannot merge the tags into the existing XMP sidecar ({error})") from None
 
 
@@ -322,11 +361,10 @@ def write_tagged(original: bytes, destination: Path, decision: TagDecision, like
     """Write the tagged photo (and sidecar) atomically, keeping the file's (or ``like``'s) mode, owner and times;
     an existing sidecar is merged into, not replaced. Returns the photo's path."""
     data, sidecar = tagged_bytes(original, decision)
-    sidecar_data = None if sidecar is None else _sidecar_bytes(sidecar_path_of(destination), decision)
+    if sidecar is not None:  # first: a sidecar that cannot be written leaves no copy behind
+        write_user_file(sidecar_path_of(destination), _sidecar_bytes(sidecar_path_of(destination), decision), like=like)
     if data != original or not destination.exists():  # a sidecar-only format tagged in place stays untouched
         write_user_file(destination, data, like=like)
-    if sidecar_data is not None:
-        write_user_file(sidecar_path_of(destination), sidecar_data, like=like)
     return destination
 
 
@@ -472,8 +510,10 @@ def _done_before(report_path: Path) -> tuple[dict[str, tuple[int, int]], dict[st
         with open(report_path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
             for row in csv.DictReader(handle):
                 try:
-                    # a photo whose tags could not be written is tried again (the folder may be writable now)
-                    if row.get("status") in STATUSES and row.get("status") != "failed" and row.get("file"):
+                    # a photo whose tags could not be written, or that could not be read, is tried again (a
+                    # folder may be writable now, a permission fixed: chmod leaves size and mtime as they were)
+                    retried = row.get("status") == "failed" or row.get("error", "").startswith("cannot read")
+                    if row.get("status") in STATUSES and not retried and row.get("file"):
                         done[row["file"]] = (int(row["size"]), int(row["mtime_ns"]))
                         if row.get("output"):
                             outputs[row["output"]] = row["file"]
@@ -482,9 +522,23 @@ def _done_before(report_path: Path) -> tuple[dict[str, tuple[int, int]], dict[st
     return done, outputs
 
 
+def _is_our_summary(path: Path) -> bool:
+    try:
+        summary = json.loads(path.read_bytes()[:1_000_000])
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and {"report", "counts", "meanings"} <= set(summary)
+
+
 def check_report_path(report_path: Path) -> None:
     """Refuse a ``--report`` that names an existing file that is not a tag report (a photo, notes): appending
     rows to it would destroy it."""
+    if report_path.suffix.lower() == ".json":
+        raise LandmarkError(f"the report is a CSV file; {report_path.name} would be replaced by its summary "
+                            f"({report_path.stem}.json): choose a name ending in .csv")
+    summary = report_path.with_suffix(".json")
+    if os.path.lexists(summary) and not _is_our_summary(summary):
+        raise LandmarkError(f"{summary} exists and is not a tag report's summary; choose another --report")
     if not os.path.lexists(report_path):
         return
     if not report_path.is_file():
@@ -567,6 +621,8 @@ def _decode_one(predictor, entry: WalkEntry) -> _Decoded:
             warnings.simplefilter("ignore")
             item.square = predictor.decode(data)
             item.gps, item.gps_problem = read_gps_checked(data)
+            if item.gps is None and b"GPSLatitude" in data:  # a position set in the photo's XMP only
+                item.gps = xmp_gps(data) or None
     except ImageError as error:
         item.error = str(error)
     except OSError as error:  # vanished, unreadable: this photo's row, not the run's end
@@ -672,10 +728,10 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
                "shard": list(shard) if shard else None,
                "probability_threshold": predictor.probability_threshold if threshold is None else threshold,
                "familiarity_threshold": predictor.familiarity_threshold if open_set else None}
-    with _ReportLock(report_path), _sigterm_as_interrupt():
+    with _ReportLock(report_path), _sigterm_between_photos() as stop:
         try:
             where = _Destination(in_place, out_dir, sidecars, sidecar_naming, sidecar_dir)
-            _tag_locked(predictor, files, report_path, counts, threshold=threshold, where=where,
+            _tag_locked(predictor, files, report_path, counts, stop, threshold=threshold, where=where,
                         overwrite_gps=overwrite_gps, open_set=open_set, progress=progress,
                         workers=workers, batch_size=batch_size, count_first=count_first)
         except KeyboardInterrupt:  # the rows so far are in the report; say how far it got, then stop
@@ -695,8 +751,8 @@ class _Destination:
     sidecar_dir: Path | None
 
 
-def _tag_locked(predictor, files, report_path: Path, counts: dict, *, threshold, where: _Destination, overwrite_gps,
-                open_set, progress, workers, batch_size, count_first) -> None:
+def _tag_locked(predictor, files, report_path: Path, counts: dict, stop: threading.Event, *, threshold,
+                where: _Destination, overwrite_gps, open_set, progress, workers, batch_size, count_first) -> None:
     _repair_torn_tail(report_path)
     done, outputs = _done_before(report_path)
     total = sum(1 for _ in files()) if count_first else None  # a walk: cheap next to decoding
@@ -746,24 +802,24 @@ def _tag_locked(predictor, files, report_path: Path, counts: dict, *, threshold,
                 counts[decision.status] += 1
                 counts["tagged_without_place"] += decision.status == "tagged" and decision.place is None
                 handled += 1
+                if stop.is_set():  # SIGTERM: stop here, between two photos, never inside a write
+                    raise KeyboardInterrupt
             if progress:
                 elapsed = time.monotonic() - started
                 progress(TagProgress(handled, total, dict(counts), handled / elapsed if elapsed > 0 else 0.0))
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (a service manager, `kill`) stops tagging like Ctrl-C: the report says how far it got."""
+def _sigterm_between_photos():
+    """SIGTERM (a service manager, `kill`) stops tagging like Ctrl-C, once the photo being written is done: the
+    report says how far it got. (Only the main thread receives signals; elsewhere nothing changes.)"""
+    stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     try:
-        yield
+        yield stop
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -779,6 +835,14 @@ def _cancelling(pool: ThreadPoolExecutor):
     pool.shutdown(wait=True)
 
 
+def _same_file(one: Path, other: Path) -> bool:
+    """Whether two names are one file (also where names differ only in case: exFAT cards, macOS)."""
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return False
+
+
 def _key(path: Path) -> str:
     """A file's name in the report: its real path (links resolved; never raises on loops)."""
     return os.path.realpath(path)
@@ -789,9 +853,10 @@ def _free_destination(wanted: Path, source: str, outputs: dict[str, str]) -> Pat
     folders): then ``photo-2.jpg``, ``photo-3.jpg``... The same photo keeps its copy from run to run."""
     candidate, number = wanted, 1
     while True:
-        owner = outputs.get(str(candidate))
+        key = os.path.realpath(candidate)
+        owner = outputs.get(key)
         if owner == source or (owner is None and not os.path.lexists(candidate)):
-            outputs[str(candidate)] = source
+            outputs[key] = source
             return candidate
         number += 1
         candidate = wanted.with_name(f"{wanted.stem}-{number}{wanted.suffix}")
@@ -815,13 +880,13 @@ def _decide_and_write(predictor, item: _Decoded, *, threshold, overwrite_gps, op
         return decision
     source = _key(item.path)
     if where.sidecars:
-        return _write_sidecar_of(item, decision, source, where, outputs)
+        return _write_sidecar_of(item, decision, source, where, outputs, overwrite_gps=overwrite_gps)
     in_place, out_dir = where.in_place, where.out_dir
     if in_place:
         destination = item.path
     else:
         wanted = out_dir / item.path.relative_to(item.base)
-        if os.path.realpath(wanted) == source:
+        if os.path.realpath(wanted) == source or _same_file(wanted, item.path):
             raise LandmarkError(f"--out {out_dir} would overwrite the originals in it; choose another "
                                 "folder (or --overwrite to tag the originals on purpose)")
         destination = _free_destination(wanted, source, outputs)
@@ -837,12 +902,19 @@ def _decide_and_write(predictor, item: _Decoded, *, threshold, overwrite_gps, op
 
 
 def _write_sidecar_of(item: _Decoded, decision: TagDecision, source: str, where: _Destination,
-                      outputs: dict[str, str]) -> TagDecision:
+                      outputs: dict[str, str], *, overwrite_gps: bool) -> TagDecision:
     destination = sidecar_path_of(item.path, where.sidecar_naming, item.base, where.sidecar_dir)
-    owner = outputs.setdefault(str(destination), source)
+    owner = outputs.setdefault(os.path.realpath(destination), source)
     if owner != source:  # photo.jpg and photo.png in one folder share photo.xmp
         return replace(decision, status="failed", error=f"{destination.name} is the sidecar of {Path(owner).name} "
                        "already (--sidecar-name ext names each photo's own)")
+    if not overwrite_gps and os.path.lexists(destination):  # a position the user set in the sidecar stays
+        try:
+            existing = xmp_gps(_read_photo(destination))
+        except (OSError, ImageError):
+            existing = None
+        if existing is not None:
+            return replace(decision, status="has_gps", existing_gps=existing)
     failure = _failure_of(decision, destination, lambda: write_sidecar(destination, decision))
     if failure is not None:
         return failure
@@ -866,7 +938,7 @@ def _failure_of(decision: TagDecision, destination: Path, write: Callable[[], ob
 
 #: Report columns that hold text from names and places (class folders, places.csv, file names): a spreadsheet
 #: runs a cell that starts with = + - @ (or a tab or carriage return) as a formula.
-_TEXT_FIELDS = ("output", "prediction", "landmark", "region", "country", "note", "error")
+_TEXT_FIELDS = ("prediction", "landmark", "region", "country", "note", "error")  # file, output: absolute paths
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

@@ -465,3 +465,76 @@ def test_fuzzed_libraries_of_odd_files_tag_without_loss(shared_predictor, traine
         elif "family" in path.name:
             with pyexiv2.Image(str(path)) as image:
                 assert "Family" in image.read_iptc()["Iptc.Application2.Keywords"]
+
+
+# --- found by review -------------------------------------------------------------------------------------------
+
+def test_a_latin1_iptc_caption_is_a_failed_row_not_the_end_of_the_run(finished_copy, photos, tmp_path):
+    if shutil.which("exiftool") is None:
+        pytest.skip("exiftool is not installed (.ci/run installs it)")
+    shutil.copy(photos / "plain.jpg", photos / "latin1.jpg")
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-charset", "iptc=Latin", "-IPTC:By-line=Müller",
+                    str(photos / "latin1.jpg")], check=True)
+    before = (photos / "latin1.jpg").read_bytes()
+    result = landmark("tag", finished_copy, photos, "--overwrite", "--report", tmp_path / "r.csv", *T,
+                      artifacts=tmp_path / "artifacts")
+    assert result.returncode == 0, result.stderr
+    by_name = {Path(row["file"]).name: row for row in rows(tmp_path / "r.csv")}
+    assert by_name["plain.jpg"]["status"] == "tagged"
+    assert by_name["latin1.jpg"]["status"] in ("failed", "tagged")
+    if by_name["latin1.jpg"]["status"] == "failed":  # exiv2 could not decode it: the photo is as it was
+        assert (photos / "latin1.jpg").read_bytes() == before
+
+
+def test_overwrite_through_a_link_tags_the_photo_and_keeps_the_link(finished_copy, photos, tmp_path):
+    (photos / "best").mkdir()
+    os.symlink(photos / "plain.jpg", photos / "best" / "a.jpg")
+    result = landmark("tag", finished_copy, photos / "best", "--overwrite", "--report", tmp_path / "r.csv", *T,
+                      artifacts=tmp_path / "artifacts")
+    assert result.returncode == 0, result.stderr
+    assert (photos / "best" / "a.jpg").is_symlink()
+    assert read_gps(photos / "plain.jpg") is not None
+
+
+def test_a_position_the_user_set_in_a_sidecar_or_the_photos_xmp_is_kept(finished_copy, photos, tmp_path):
+    sidecar = photos / "plain.jpg.xmp"
+    sidecar.write_bytes(b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+                        b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" '
+                        b'xmlns:exif="http://ns.adobe.com/exif/1.0/" exif:GPSLatitude="48,51.5N" '
+                        b'exif:GPSLongitude="2,17.67E"/></rdf:RDF></x:xmpmeta>')
+    before = sidecar.read_bytes()
+    result = landmark("tag", finished_copy, photos, "--sidecars", "--report", tmp_path / "r.csv", *T,
+                      artifacts=tmp_path / "artifacts")
+    assert result.returncode == 0, result.stderr
+    assert rows(tmp_path / "r.csv")[0]["status"] == "has_gps"
+    assert sidecar.read_bytes() == before
+    shutil.copy(photos / "plain.jpg", photos / "inside.jpg")
+    with pyexiv2.Image(str(photos / "inside.jpg")) as image:  # a position in the JPEG's own XMP only
+        image.modify_xmp({"Xmp.exif.GPSLatitude": "48,51.5N", "Xmp.exif.GPSLongitude": "2,17.67E"})
+    result = landmark("tag", finished_copy, photos / "inside.jpg", "--out", tmp_path / "o", *T,
+                      artifacts=tmp_path / "artifacts")
+    assert rows(tmp_path / "o" / "tag-report.csv")[0]["status"] == "has_gps"
+
+
+def test_a_report_named_json_or_beside_a_foreign_json_is_refused(finished_copy, photos, tmp_path):
+    result = landmark("tag", finished_copy, photos, "--out", tmp_path / "o", "--report", tmp_path / "r.json", *T,
+                      artifacts=tmp_path / "artifacts")
+    assert "the report is a CSV file" in one_line_error(result)
+    (tmp_path / "album.json").write_text('{"photos": ["mine"]}')
+    result = landmark("tag", finished_copy, photos, "--out", tmp_path / "o", "--report", tmp_path / "album.csv", *T,
+                      artifacts=tmp_path / "artifacts")
+    assert "is not a tag report's summary" in one_line_error(result)
+    assert json.loads((tmp_path / "album.json").read_text()) == {"photos": ["mine"]}
+
+
+def test_a_caption_in_other_languages_and_a_windows_nul_survive(finished_copy, photos, tmp_path):
+    with pyexiv2.Image(str(photos / "plain.jpg")) as image:
+        image.modify_xmp({"Xmp.dc.description": {'lang="x-default"': "Oma", 'lang="de-DE"': "Oma wird 90"}})
+        image.modify_exif({"Exif.Image.XPKeywords": "Familie\x00"})
+    result = landmark("tag", finished_copy, photos, "--overwrite", "--report", tmp_path / "r.csv", *T,
+                      artifacts=tmp_path / "artifacts")
+    assert result.returncode == 0, result.stderr
+    with pyexiv2.Image(str(photos / "plain.jpg")) as image:
+        description, keywords = image.read_xmp()["Xmp.dc.description"], image.read_exif()["Exif.Image.XPKeywords"]
+    assert description['lang="de-DE"'] == "Oma wird 90" and description['lang="x-default"'].startswith("Oma · ")
+    assert "\x00" not in keywords.rstrip("\x00") and keywords.startswith("Familie;")
