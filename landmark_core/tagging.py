@@ -406,12 +406,16 @@ def _read_photo(path: Path) -> bytes:
         return handle.read(MAX_PHOTO_BYTES + 1)
 
 
-def tagged_zip(items: list[tuple[str, bytes, TagDecision]]) -> bytes:
-    """A zip of tagged copies (for the app's download of many photos)."""
+def tagged_zip(items: list[tuple[str, bytes, TagDecision]], *, sidecars_only: bool = False) -> bytes:
+    """A zip of tagged copies (for the app's download of many photos); with ``sidecars_only``, of XMP sidecars
+    alone (``NAME.xmp``, to lie beside the originals)."""
     import zipfile
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
         for name, data, decision in items:
+            if sidecars_only:
+                archive.writestr(name + ".xmp", xmp_sidecar(decision))
+                continue
             photo, sidecar = tagged_bytes(data, decision)
             archive.writestr(name, photo)
             if sidecar:

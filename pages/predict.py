@@ -5,7 +5,7 @@ import streamlit as st
 from landmark_core.errors import ImageError, LandmarkError
 from landmark_core.images import MAX_UPLOAD_BYTES, check_upload
 from landmark_core.places import display_name
-from landmark_core.tagging import STATUS_MEANINGS, decide_for, read_gps, tagged_bytes, tagged_zip
+from landmark_core.tagging import STATUS_MEANINGS, decide_for, read_gps, tagged_bytes, tagged_zip, xmp_sidecar
 from pages.common import (assessment_for, explanation_for, finished_runs, predictor_for, run_label, show_error,
                           world_map)
 
@@ -47,6 +47,10 @@ examples = split.get("test", [])[:: max(1, len(split.get("test", [])) // 6)][:6]
 picked = st.pills("…or try demo test photos", examples, selection_mode="multi",
                   format_func=lambda p: p.split("/")[-2].split(".", 1)[-1].replace("_", " ") + " · " + p.split("/")[-1]) if examples else []
 
+sidecars_only = st.radio(
+    "Tags go into", ["tagged copies", "XMP sidecars"], horizontal=True, key="tag_into",
+    help="Sidecars (photo.jpg.xmp) carry the same tags beside your originals, which stay untouched: digiKam, "
+         "darktable and Immich read them (`landmark tag --sidecars` writes them for a whole library).") == "XMP sidecars"
 explain = st.toggle("Show where each model looked (Grad-CAM)",
                     help="A heatmap over the photo: hot where the evidence for the model's top prediction is.")
 photos = [(u.name, u.getvalue()) for u in uploads or []]
@@ -95,11 +99,18 @@ for index, (name, data) in enumerate(photos):
                 st.altair_chart(world_map(where, height=180), width="stretch")
             else:
                 st.caption("No place for this class: tagged by name only (add it on the Explore page).")
-            photo, sidecar = tagged_bytes(data, decision)
-            st.download_button("Download tagged copy", photo, file_name=f"tagged-{name}", key=f"dl-{index}-{name}")
-            if sidecar:
-                st.download_button("Download XMP sidecar", sidecar, file_name=f"tagged-{name}.xmp", key=f"xmp-{index}-{name}")
-            tagged_items.append((f"{index:03d}-tagged-{name}", data, decision))
+            if sidecars_only:  # named to lie beside the original: photo.jpg -> photo.jpg.xmp
+                st.download_button("Download XMP sidecar", xmp_sidecar(decision), file_name=f"{name}.xmp",
+                                   key=f"xmp-{index}-{name}")
+            else:
+                photo, sidecar = tagged_bytes(data, decision)
+                st.download_button("Download tagged copy", photo, file_name=f"tagged-{name}", key=f"dl-{index}-{name}")
+                if sidecar:
+                    st.download_button("Download XMP sidecar", sidecar, file_name=f"tagged-{name}.xmp",
+                                       key=f"xmp-{index}-{name}")
+            # sidecars keep the photo's own name (photo.jpg.xmp beside photo.jpg) unless two uploads share it
+            entry = name if sidecars_only and name not in {item[0] for item in tagged_items} else f"{index:03d}-tagged-{name}"
+            tagged_items.append((entry, data, decision))
         elif decision.status == "unknown":
             st.warning(f"**Unknown**: not a landmark this model knows (familiarity {decision.familiarity:.2f}, needs "
                        f"{tagger.familiarity_threshold:.2f}; top guess {decision.name}, {decision.probability:.0%}). No tag.")
@@ -111,5 +122,7 @@ for index, (name, data) in enumerate(photos):
 
 if len(tagged_items) > 1:
     st.divider()
-    st.download_button(f"Download all {len(tagged_items)} tagged photos (zip)", tagged_zip(tagged_items),
-                       file_name="tagged-photos.zip", mime="application/zip")
+    what = "XMP sidecars" if sidecars_only else "tagged photos"
+    st.download_button(f"Download all {len(tagged_items)} {what} (zip)",
+                       tagged_zip(tagged_items, sidecars_only=sidecars_only),
+                       file_name="tag-sidecars.zip" if sidecars_only else "tagged-photos.zip", mime="application/zip")

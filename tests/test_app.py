@@ -374,3 +374,31 @@ def test_removing_a_model_keeps_the_threshold_the_user_chose(ui_artifacts, tmp_p
     assert not at.exception, at.exception
     assert at.slider[0].value == pytest.approx(0.33)
     assert any("run-a" in c.value for c in at.caption if c.value.startswith("Tags come from"))
+
+
+def test_predict_page_offers_sidecars_instead_of_copies(app_env):
+    """The same choice as `landmark tag --sidecars`: the tags in photo.jpg.xmp beside an untouched original."""
+    import zipfile
+
+    from landmark_core.predict import Predictor
+    from landmark_core.tagging import decide_for
+    predictor = Predictor(next(r for r in list_runs() if r.state == "finished").path)
+    # photos the run trained on are as familiar as photos get: tagged at threshold 0
+    photos = sorted((app_env / "data" / "demo" / "train").rglob("*.jpg"))
+    tagged = [p for p in photos if decide_for(predictor, p, threshold=0.0).status == "tagged"][:2]
+    assert len(tagged) == 2
+    at = page("predict").run()
+    at.slider[0].set_value(0.0).run()
+    at.radio(key="tag_into").set_value("XMP sidecars").run()
+    at.file_uploader[0].set_value([(p.name, p.read_bytes(), "image/jpeg") for p in tagged])
+    at.run()
+    assert not at.exception
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels.count("Download XMP sidecar") == 2 and "Download tagged copy" not in labels
+    zipped = next(b for b in at.get("download_button") if b.proto.label.endswith("XMP sidecars (zip)"))
+    assert zipped is not None
+    from landmark_core.tagging import tagged_zip
+    archive = zipfile.ZipFile(io.BytesIO(tagged_zip([(p.name, p.read_bytes(), decide_for(predictor, p, threshold=0.0))
+                                                     for p in tagged], sidecars_only=True)))
+    assert sorted(archive.namelist()) == sorted(f"{p.name}.xmp" for p in tagged)
+    assert all(b"dc:subject" in archive.read(name) for name in archive.namelist())
