@@ -122,7 +122,7 @@ def test_3_the_users_keywords_and_captions_survive_and_ours_are_added_once(finis
     tagged = photos / "family.jpg" if mode == "--overwrite" else tmp_path / "o" / "family.jpg"
     tags = exiftool(tagged, "-IPTC:Keywords", "-XMP-dc:Subject", "-EXIF:ImageDescription", "-IPTC:Caption-Abstract",
                     "-EXIF:XPKeywords")
-    landmark_name = rows_of_single(tmp_path, finished_copy, tagged)
+    landmark_name = landmark_name_of(finished_copy, tagged)
     for field in ("IPTC:Keywords", "XMP-dc:Subject"):
         keywords = as_list(tags[field])
         assert "Family" in keywords and landmark_name in keywords
@@ -133,10 +133,10 @@ def test_3_the_users_keywords_and_captions_survive_and_ours_are_added_once(finis
     assert "Family" in tags["IFD0:XPKeywords"]
 
 
-def rows_of_single(tmp_path: Path, run: Path, tagged: Path) -> str:
+def landmark_name_of(run: Path, photo: Path) -> str:
     """The landmark name the run gives this photo (what our keywords start with)."""
     from landmark_core.tagging import decide_for
-    return decide_for(Predictor(run), tagged, threshold=0.0, open_set=False).name
+    return decide_for(Predictor(run), photo, threshold=0.0, open_set=False).name
 
 
 def test_4_two_inputs_with_one_name_get_two_copies(finished_copy, photos, tmp_path):
