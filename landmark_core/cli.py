@@ -382,6 +382,20 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_places(args) -> int:
+    from .places import places_matching
+    root = resolve_dataset(args.data) if args.data else None
+    found = places_matching(args.name, root)
+    if args.json:
+        print(json.dumps([place.__dict__ for place in found], indent=2, ensure_ascii=False))
+    for place in [] if args.json else found:
+        print(f"{place.latitude:9.4f} {place.longitude:10.4f}  {place.description}")
+    if args.name and not found:
+        print(f"no place for {args.name!r}: add it to the dataset's places.csv (or on the Explore page)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import list_models, model_info
     for name in list_models():
@@ -488,6 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list training runs")
     runs.add_argument("--json", action="store_true")
     runs.set_defaults(func=cmd_runs)
+
+    places = sub.add_parser("places", help="list the known places, or look one up: landmark places \"Taj Mahal\"")
+    places.add_argument("name", nargs="?", help="a class or landmark name (all places when left out)")
+    places.add_argument("--data", help="also the places.csv of this dataset folder (or 'demo')")
+    places.add_argument("--json", action="store_true")
+    places.set_defaults(func=cmd_places)
 
     models = sub.add_parser("models", help="list registered models")
     models.set_defaults(func=cmd_models)

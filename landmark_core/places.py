@@ -1,6 +1,8 @@
 """Where each landmark class is: display name, region, country and coordinates.
 
-Built in: ``resources/landmarks.csv`` (the 50 classes of ``landmark_images``).
+Built in: ``resources/landmarks.csv``: the 50 classes of ``landmark_images``, the New 7 Wonders and other
+world-famous landmarks (its ``country_code`` column is for the test that checks every position against an
+offline reverse geocoder).
 A dataset may add a ``places.csv`` of its own in its root folder (same columns;
 ``folder`` is the class folder name) that overrides and extends the built-in
 places. Class names match after normalising case, ``NN.`` numbering prefixes,
@@ -51,7 +53,8 @@ def normalise(name: str, strip_number: bool = True) -> str:
     name = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c)).strip().lower()
     if strip_number:
         name = re.sub(r"^\d+\s*[._\-)]\s*", "", name)  # numbering prefix: "21.", "07-", "3)"
-    return re.sub(r"[\s_\-]+", " ", name).strip()
+    name = re.sub(r"[\s_\-]+", " ", name).strip()
+    return re.sub(r"^the ", "", name)  # "The Great Wall Of China" is the Great Wall of China
 
 
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -179,6 +182,23 @@ def _builtin_gazetteer() -> Gazetteer:
 
 def all_places() -> list[Place]:
     return sorted(builtin_places(), key=lambda p: p.folder)
+
+
+def places_matching(query: str | None, dataset_root: str | Path | None = None) -> list[Place]:
+    """The place a class name or landmark name means (``Taj Mahal``, ``21.Taj_Mahal``, ``The Roman Colosseum``),
+    else every place whose name contains the query; all places (built in, then the dataset's) without one."""
+    places = list(builtin_places())
+    if dataset_root is not None and dataset_places_file(dataset_root).is_file():
+        path = dataset_places_file(dataset_root)
+        places += parse_places(read_places_text(path), str(path))
+    if not query:
+        return sorted({place.folder: place for place in places}.values(), key=lambda p: normalise(p.display_name))
+    exact = Gazetteer(places).place_for(query)
+    if exact is not None:
+        return [exact]
+    key = normalise(query)
+    return sorted({p.folder: p for p in places if key in normalise(p.display_name) or key in normalise(p.folder)}.values(),
+                  key=lambda p: normalise(p.display_name))
 
 
 def display_name_of_folder(class_name: str) -> str:

