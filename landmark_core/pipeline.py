@@ -193,7 +193,9 @@ def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: dis
         writers = [MetricsLogger(run_dir / Run.METRICS, config.log_every), Checkpointer(run_dir, config, meta),
                    StatusUpdater(run_dir)]
         engine = _build_engine(run_dir, config, prepared, world, device, writers, callbacks, resume_state)
-        if resume:
+        if (run_dir / Run.METRICS).exists():
+            # records past the checkpoint's epoch are of an epoch trained again; with no checkpoint yet (a trainer
+            # killed before its first one) all of them are: kept, they would log epoch 1 twice
             _restrict_metrics(run_dir / Run.METRICS, engine.epoch)
         engine.fit()
         train_seconds = previous.get("train_seconds", 0.0) + time.time() - started
