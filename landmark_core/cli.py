@@ -388,8 +388,9 @@ def cmd_places(args) -> int:
     found = places_matching(args.name, root)
     if args.json:
         print(json.dumps([place.__dict__ for place in found], indent=2, ensure_ascii=False))
-    for place in [] if args.json else found:
-        print(f"{place.latitude:9.4f} {place.longitude:10.4f}  {place.description}")
+    else:
+        for place in found:
+            print(f"{place.latitude:9.4f} {place.longitude:10.4f}  {place.description}")
     if args.name and not found:
         print(f"no place for {args.name!r}: add it to the dataset's places.csv (or on the Explore page)", file=sys.stderr)
         return 1

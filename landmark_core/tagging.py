@@ -106,15 +106,16 @@ def _to_degrees(values, ref) -> float:
 
 
 def read_gps_checked(source) -> tuple[tuple[float, float] | None, str]:
-    """((latitude, longitude) or None, and why the EXIF GPS that is there is no position: '' when it is one or
-    there is none). A 0/0 rational or a latitude of 999 degrees is no position: such a photo is tagged."""
+    """((latitude, longitude) or None, and why the GPS that is there is no position: '' when it is one or there is
+    none). EXIF first, then the photo's own XMP (where digiKam, darktable and Lightroom may put a hand-set
+    location). A 0/0 rational or a latitude of 999 degrees is no position: such a photo is tagged."""
     try:
         image = open_image(source)
         with warnings.catch_warnings():  # "Corrupt EXIF data" and the like: a photo without readable GPS
             warnings.simplefilter("ignore")
             gps = image.getexif().get_ifd(ExifTags.IFD.GPSInfo)
         if 2 not in gps or 4 not in gps:
-            return None, ""
+            return _embedded_xmp_gps(source), ""
         latitude, longitude = _to_degrees(gps[2], gps.get(1, "N")), _to_degrees(gps[4], gps.get(3, "E"))
     except ImageError:
         raise
@@ -147,6 +148,15 @@ def xmp_gps(data: bytes) -> tuple[float, float] | None:
         return None
     valid = math.isfinite(latitude) and math.isfinite(longitude) and abs(latitude) <= 90 and abs(longitude) <= 180
     return (latitude, longitude) if valid else None
+
+
+def _embedded_xmp_gps(source) -> tuple[float, float] | None:
+    """A position in the XMP packet of a photo given as bytes or a path (only parsed when one may be there)."""
+    if isinstance(source, (str, os.PathLike)):
+        source = _read_photo(Path(source))
+    if not isinstance(source, (bytes, bytearray)) or b"GPSLatitude" not in source:
+        return None
+    return xmp_gps(bytes(source))
 
 
 def read_gps(source) -> tuple[float, float] | None:
@@ -624,8 +634,6 @@ def _decode_one(predictor, entry: WalkEntry) -> _Decoded:
             warnings.simplefilter("ignore")
             item.square = predictor.decode(data)
             item.gps, item.gps_problem = read_gps_checked(data)
-            if item.gps is None and b"GPSLatitude" in data:  # a position set in the photo's XMP only
-                item.gps = xmp_gps(data) or None
     except ImageError as error:
         item.error = str(error)
     except OSError as error:  # vanished, unreadable: this photo's row, not the run's end
