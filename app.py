@@ -17,7 +17,8 @@ navigation = st.navigation({
         st.Page("pages/evaluate.py", title="Evaluate", icon="📊"),
         st.Page("pages/compare.py", title="Compare runs", icon="⚖️"),
     ],
-    "Use": [st.Page("pages/predict.py", title="Predict & tag", icon="📍")],
+    "Use": [st.Page("pages/predict.py", title="Predict & tag", icon="📍"),
+            st.Page("pages/review.py", title="Review tags", icon="✅")],
 })
 dataset_sidebar()
 navigation.run()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import UNKNOWN_FOLDERS
 from .errors import DataError
 from .fileio import append_jsonl, read_jsonl, write_bytes_atomic
 from .predict import Predictor
@@ -56,6 +57,27 @@ def _training_root(dataset_root: Path) -> Path:
     return dataset_root / "train" if (dataset_root / "train").is_dir() else dataset_root
 
 
+def free_name(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``folder/stem-1.ext``, ``-2``... when taken: a photo put into a folder never replaces
+    one that is there."""
+    target, number = folder / name, 1
+    while os.path.lexists(target):
+        target = folder / f"{Path(name).stem}-{number}{Path(name).suffix}"
+        number += 1
+    return target
+
+
+def training_folder(dataset_root: Path, class_name: str) -> Path:
+    """The folder of a class's training photos (``train/<class>``, or ``<class>`` in a dataset without splits);
+    a DataError for a name that is no folder name (a path, a hidden or private folder, the unknown folder)."""
+    name = class_name.strip()
+    if not name or name.startswith((".", "_")) or "/" in name or os.sep in name or name.lower() in UNKNOWN_FOLDERS \
+            or name != class_name:
+        raise DataError(f"{class_name!r} cannot be a class folder name (no slashes, no leading dot or underscore, "
+                        "not 'unknown', no spaces around it)")
+    return _training_root(dataset_root) / name
+
+
 def move_photo(dataset_root: str | os.PathLike, photo: str | os.PathLike, to_class: str | None) -> Path:
     """Move a training photo into ``to_class``'s folder, or out of the dataset (``to_class`` None); returns where
     it went. Never overwrites: a name taken at the destination gets a numbered suffix."""
@@ -65,16 +87,11 @@ def move_photo(dataset_root: str | os.PathLike, photo: str | os.PathLike, to_cla
     if to_class is None:
         target_dir = root / EXCLUDED / photo.parent.relative_to(root)
     else:
-        target_dir = _training_root(root) / to_class
-        if not to_class or not target_dir.is_dir() or to_class.startswith((".", "_")) or "/" in to_class \
-                or os.sep in to_class or ".." in to_class:
+        target_dir = training_folder(root, to_class) if to_class else root
+        if not to_class or not target_dir.is_dir():
             raise DataError(f"{to_class!r} is not a class folder of {root.name}")
     target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / photo.name
-    number = 1
-    while target.exists():
-        target = target_dir / f"{photo.stem}-{number}{photo.suffix}"
-        number += 1
+    target = free_name(target_dir, photo.name)
     os.rename(photo, target)
     _log(root, {"from": str(photo.relative_to(root)), "to": str(target.relative_to(root)), "time": time.time()})
     return target

@@ -1,4 +1,4 @@
-"""The ``landmark`` command line: data, train, evaluate, export, predict, runs, models."""
+"""The ``landmark`` command line: data, train, evaluate, export, predict, tag, review, runs, places, models."""
 from __future__ import annotations
 
 import argparse
@@ -397,6 +397,52 @@ def cmd_places(args) -> int:
     return 0
 
 
+def cmd_review(args) -> int:
+    from .review import Review, Verdict
+    review = Review(args.report)
+    judged = [(file, Verdict.CONFIRMED, None) for file in args.accept]
+    for pair in args.correct:
+        file, _, class_name = pair.rpartition("=")
+        if not file or not class_name:
+            raise LandmarkError(f"--correct takes FILE=CLASS (got {pair!r})")
+        judged.append((file, Verdict.CORRECTED, class_name))
+    judged += [(file, Verdict.NOT_A_LANDMARK, None) for file in args.not_landmark]
+    for file, verdict, class_name in judged:
+        entry = review.judge(file, verdict, class_name)
+        print(f"{entry['verdict']}: {Path(entry['file']).name} -> {entry['copy']} (in {review.dataset_root})", file=sys.stderr)
+    if args.undo:
+        taken_back = review.undo(None if args.undo == "last" else args.undo)
+        print(f"undid: {taken_back['verdict']} {Path(taken_back['file']).name}" if taken_back else "nothing to undo",
+              file=sys.stderr)
+    if args.retrain:
+        runs_before = review.run.id
+        result = review.retrain(progress=lambda stage, done, total: ProgressBar(stage)(done, total))
+        print(f"retrained {runs_before} as {result.run.name}; re-tagged the photos the model decided:", file=sys.stderr)
+        for status in result.before:
+            if result.before[status] or result.after[status]:
+                print(f"  {status:<11} {result.before[status]:>6} -> {result.after[status]}", file=sys.stderr)
+        for change in result.changes:
+            print(f"  {Path(change['file']).name}: {change['before']} {change['before_landmark']} -> "
+                  f"{change['after']} {change['after_landmark']}", file=sys.stderr)
+        print(result.run)
+        return 0
+    if judged or args.undo:
+        return 0
+    items = review.items()
+    if args.json:
+        print(json.dumps([item.__dict__ for item in items], indent=2, ensure_ascii=False, default=str))
+        return 0
+    for item in items:
+        verdict = item.verdict
+        said = f"{verdict['verdict']}{' ' + verdict['class'] if verdict.get('class') else ''}" if verdict else "-"
+        probability = f"{item.probability:.2f}" if item.probability is not None else "-"
+        print(f"{item.status:<10} margin {item.doubt:+.3f}  {item.prediction or '-':<28} p {probability}  "
+              f"review {said:<30} {item.file}")
+    if not items:
+        print("nothing to review: no photo of this report was decided by the model", file=sys.stderr)
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import list_models, model_info
     for name in list_models():
@@ -509,6 +555,23 @@ def build_parser() -> argparse.ArgumentParser:
     places.add_argument("--data", help="also the places.csv of this dataset folder (or 'demo')")
     places.add_argument("--json", action="store_true")
     places.set_defaults(func=cmd_places)
+
+    review = sub.add_parser("review", help="review a tag report: confirm or correct tags, retrain on the verdicts",
+                            description="Without options: the report's photos the model decided, by outcome, the "
+                                        "least certain first. Each verdict copies the photo into the run's dataset "
+                                        "(train/CLASS/ or unknown/), logged beside the report and undoable.")
+    review.add_argument("report", help="a tag report (tag-report.csv) written by landmark tag")
+    review.add_argument("--accept", nargs="+", default=[], metavar="FILE", help="these photos' tags are right")
+    review.add_argument("--correct", nargs="+", default=[], metavar="FILE=CLASS",
+                        help="these photos show CLASS (a class of the run, or a new one)")
+    review.add_argument("--not-landmark", nargs="+", default=[], metavar="FILE",
+                        help="these photos show no landmark the model should know")
+    review.add_argument("--undo", nargs="?", const="last", metavar="FILE",
+                        help="take back the verdict on FILE (the latest verdict without FILE)")
+    review.add_argument("--retrain", action="store_true", help="train a new run with the same settings on the "
+                        "dataset with the verdicts, then re-tag the photos the model decided")
+    review.add_argument("--json", action="store_true")
+    review.set_defaults(func=cmd_review)
 
     models = sub.add_parser("models", help="list registered models")
     models.set_defaults(func=cmd_models)

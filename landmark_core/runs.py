@@ -189,6 +189,12 @@ def new_run_dir(model: str, artifacts: Path | None = None) -> Path:
             continue
 
 
+def artifacts_of(run_dir: Path) -> Path | None:
+    """The artifacts folder a run lives in (``<artifacts>/runs/<id>``), or None for a run folder kept elsewhere."""
+    run_dir = Path(run_dir).resolve()
+    return run_dir.parent.parent if run_dir.parent.name == "runs" else None  # see runs_dir
+
+
 def resolve_run(run: str | os.PathLike, artifacts: Path | None = None) -> Path:
     """Accept a run folder path or a run id."""
     path = Path(run).expanduser()

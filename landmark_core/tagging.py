@@ -47,7 +47,7 @@ from PIL import ExifTags
 from .errors import ImageError, LandmarkError
 from .fileio import write_json_atomic, write_user_file
 from .images import open_image
-from .places import Place, display_name, place_for, strip_control_characters
+from .places import Place, display_name, gazetteer, place_for, strip_control_characters
 
 STATUSES = ("tagged", "unknown", "abstained", "has_gps", "unreadable", "failed")
 #: What each outcome means, for reports and the app.
@@ -76,6 +76,7 @@ class TagDecision:
     error: str | None = None
     familiarity: float | None = None
     gps_note: str = ""  # why the photo's own GPS was not taken as a position (out of range, 0/0)
+    review_note: str = ""  # the user's verdict from a review, and what the model said itself
 
     @property
     def name(self) -> str:
@@ -93,7 +94,8 @@ class TagDecision:
 
     @property
     def note(self) -> str:
-        notes = [NO_PLACE_NOTE if self.status == "tagged" and self.place is None else "", self.gps_note]
+        notes = [self.review_note, NO_PLACE_NOTE if self.status == "tagged" and self.place is None else "",
+                 self.gps_note]
         return "; ".join(note for note in notes if note)
 
 
@@ -293,6 +295,49 @@ def merged_fields(fields: dict, existing: dict) -> dict:
             else:
                 merged[key] = text
     return merged
+
+
+#: Place fields we write with a tag: taken out again only where they still hold our value.
+_PLACE_FIELDS = ("Iptc.Application2.City", "Iptc.Application2.CountryName", "Xmp.photoshop.City",
+                 "Xmp.photoshop.Country")
+
+
+def retracted_fields(previous: TagDecision, existing: dict) -> dict:
+    """The changes (a field's new value, None to delete it) that take our earlier tag ``previous`` back out of a
+    file's ``existing`` fields, so it can be tagged again: our keywords and caption part go, the user's stay;
+    the position goes (a tag wrote the whole of it); a city or country goes only where it is still ours."""
+    exif, iptc, xmp = _metadata(previous)
+    ours, changes = exif | iptc | xmp, {}
+    for key in _KEYWORD_FIELDS:
+        if key in existing:
+            theirs = [k for k in _as_list(existing[key]) if k not in previous.keywords]
+            changes[key] = (";".join(theirs) if key == "Exif.Image.XPKeywords" else theirs) or None
+    for key in _CAPTION_FIELDS:
+        if key in existing:
+            parts = [part for part in _as_text(existing[key]).split(_CAPTION_JOIN) if part and part != previous.description]
+            text = _CAPTION_JOIN.join(parts)
+            if key == "Xmp.dc.description" and isinstance(existing[key], dict):
+                others = {k: v for k, v in existing[key].items() if k != _DEFAULT_LANGUAGE}
+                changes[key] = ({**others, _DEFAULT_LANGUAGE: text} if text else others) or None
+            else:
+                changes[key] = text or None
+    for key in _PLACE_FIELDS:
+        if key in existing and _as_text(existing[key]) == _as_text(ours.get(key)):
+            changes[key] = None
+    if previous.place is not None:
+        changes.update({key: None for key in existing if key.startswith(("Exif.GPSInfo.", "Xmp.exif.GPS"))})
+    return changes
+
+
+def _retract_from(image, previous: TagDecision, *, sidecar: bool = False) -> None:
+    readers = [(image.read_xmp, image.modify_xmp)]
+    if not sidecar:
+        readers += [(image.read_exif, image.modify_exif), (image.read_iptc, image.modify_iptc)]
+    for read, modify in readers:
+        existing = read()
+        changes = {key: value for key, value in retracted_fields(previous, existing).items() if key in existing}
+        if changes:
+            modify(changes)
 
 
 def _merge_into(image, decision: TagDecision, *, sidecar: bool = False) -> None:
@@ -535,6 +580,57 @@ def _done_before(report_path: Path) -> tuple[dict[str, tuple[int, int]], dict[st
     return done, outputs
 
 
+def report_rows(report_path: Path) -> dict[str, dict]:
+    """Each photo's current row of a tag report (the last one: a re-run or a re-tag appends), by file, in the
+    order the photos were first handled; rows cut short or not parsing are left out."""
+    rows: dict[str, dict] = {}
+    if not report_path.is_file():
+        return rows
+    with open(report_path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("file") and row.get("status") in STATUSES and None not in row:
+                rows[row["file"]] = {key: value or "" for key, value in row.items()}
+    return rows
+
+
+def report_counts(rows: Mapping[str, dict]) -> dict[str, int]:
+    """Photos per status among a report's current rows."""
+    counts = {status: 0 for status in STATUSES}
+    for row in rows.values():
+        counts[row["status"]] += 1
+    return counts
+
+
+def read_summary(report_path: Path) -> dict:
+    """A tag report's summary (``report.json``): counts, thresholds, and (since reviews) the run, the paths and
+    where the tags went; {} when there is none."""
+    summary = report_path.with_suffix(".json")
+    if not _is_our_summary(summary):
+        return {}
+    return json.loads(summary.read_bytes())
+
+
+def _unquoted(text: str) -> str:
+    """A report cell as it was before :func:`spreadsheet_safe` guarded it."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(_FORMULA_START) else text
+
+
+def previous_decision(row: Mapping[str, str]) -> TagDecision | None:
+    """The tag a report row says was written, rebuilt from the row (None when the photo got none)."""
+    if row.get("status") != "tagged" or not row.get("prediction"):
+        return None
+    prediction = _unquoted(row["prediction"])
+    place = None
+    try:
+        if row.get("latitude") and row.get("longitude"):
+            place = Place(prediction, _unquoted(row.get("landmark", "")) or display_name(prediction),
+                          _unquoted(row.get("region", "")), _unquoted(row.get("country", "")),
+                          float(row["latitude"]), float(row["longitude"]))
+    except ValueError:
+        place = None
+    return TagDecision("tagged", prediction=prediction, place=place)
+
+
 def _is_our_summary(path: Path) -> bool:
     try:
         summary = json.loads(path.read_bytes()[:1_000_000])
@@ -692,7 +788,8 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
               in_place: bool = False, overwrite_gps: bool = False, report_path: Path, open_set: bool = True,
               progress: Callable[[TagProgress], None] | None = None, workers: int | None = None,
               batch_size: int | None = None, shard: tuple[int, int] | None = None, count_first: bool = True,
-              sidecars: bool = False, sidecar_naming: str = "ext", sidecar_dir: Path | None = None) -> dict:
+              sidecars: bool = False, sidecar_naming: str = "ext", sidecar_dir: Path | None = None,
+              redo: Iterable[str] | None = None, verdicts: Mapping[str, str | None] | None = None) -> dict:
     """Tag every photo under ``paths`` (or this process's ``shard`` of them); stream one CSV row per file to
     ``report_path``.
 
@@ -708,7 +805,11 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
     does the new work (a row cut short by a kill is dropped and redone). A file that cannot be read or tagged is
     a row with its reason, and the run goes on. Returns counts per status (plus ``skipped`` and
     ``tagged_without_place``) and writes them to ``report.json`` beside the CSV, also when stopped by SIGTERM or
-    Ctrl-C (then with ``"stopped": true``).
+    Ctrl-C (then with ``"stopped": true``), with the run, the paths and where the tags went (what a review needs).
+
+    ``redo`` (files as the report names them) re-tags only those photos, done or not: the tag each got before is
+    taken back out first (see :func:`_retract`). ``verdicts`` are a reviewer's: a file's class, or None for "not a
+    landmark"; they decide over the model (its own view goes into the row's note).
     """
     if sum((in_place, out_dir is not None, sidecars)) != 1:
         raise LandmarkError("choose where the tags go: an output folder for tagged copies (--out DIR), the originals "
@@ -731,20 +832,31 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
     own_output = [p for p in (out_dir, sidecar_dir, report_path, report_path.with_suffix(".json"),
                               report_path.with_name(report_path.name + ".lock")) if p is not None]
 
+    redo = None if redo is None else set(redo)
+
     def files() -> Iterator[WalkEntry]:
-        return (entry for entry in iter_files(paths, exclude=own_output) if in_shard(entry.path, entry.base, shard))
+        return (entry for entry in iter_files(paths, exclude=own_output) if in_shard(entry.path, entry.base, shard)
+                and (redo is None or _key(entry.path) in redo))
 
     counts = {status: 0 for status in STATUSES} | {"skipped": 0, "tagged_without_place": 0}
     summary = {"report": str(report_path), "counts": counts, "meanings": STATUS_MEANINGS,
                "shard": list(shard) if shard else None,
                "probability_threshold": predictor.probability_threshold if threshold is None else threshold,
                "familiarity_threshold": predictor.familiarity_threshold if open_set else None}
+    where = _Destination(in_place, out_dir, sidecars, sidecar_naming, sidecar_dir)
+    summary |= {"run": str(predictor.run_dir), "paths": [os.path.abspath(path) for path in paths],
+                "destination": where.as_dict(), "overwrite_gps": overwrite_gps, "open_set": open_set,
+                "threshold": threshold}
     with _ReportLock(report_path), _sigterm_between_photos() as stop:
         try:
-            where = _Destination(in_place, out_dir, sidecars, sidecar_naming, sidecar_dir)
+            if redo:
+                for file, row in report_rows(report_path).items():
+                    if file in redo:
+                        _retract(row, where)
             _tag_locked(predictor, files, report_path, counts, stop, threshold=threshold, where=where,
                         overwrite_gps=overwrite_gps, open_set=open_set, progress=progress,
-                        workers=workers, batch_size=batch_size, count_first=count_first)
+                        workers=workers, batch_size=batch_size, count_first=count_first, redo=redo,
+                        verdicts=verdicts or {})
         except KeyboardInterrupt:  # the rows so far are in the report; say how far it got, then stop
             write_json_atomic(report_path.with_suffix(".json"), summary | {"stopped": True})
             raise
@@ -761,9 +873,57 @@ class _Destination:
     sidecar_naming: str
     sidecar_dir: Path | None
 
+    def as_dict(self) -> dict:
+        """The keyword arguments of :func:`tag_files` that say it (kept in the report's summary)."""
+        return {"in_place": self.in_place, "out_dir": str(self.out_dir) if self.out_dir else None,
+                "sidecars": self.sidecars, "sidecar_naming": self.sidecar_naming,
+                "sidecar_dir": str(self.sidecar_dir) if self.sidecar_dir else None}
+
+
+def destination_arguments(summary: Mapping) -> dict:
+    """``tag_files``'s keyword arguments for where a report's tags went, from its summary."""
+    where = summary.get("destination")
+    if not isinstance(where, dict):
+        raise LandmarkError(f"{summary.get('report', 'the report')} does not say where its tags went (it was written "
+                            "before reviews existed): tag the photos again to review them")
+    return {"in_place": bool(where.get("in_place")), "out_dir": Path(where["out_dir"]) if where.get("out_dir") else None,
+            "sidecars": bool(where.get("sidecars")), "sidecar_naming": where.get("sidecar_naming") or "ext",
+            "sidecar_dir": Path(where["sidecar_dir"]) if where.get("sidecar_dir") else None}
+
+
+def _retract(row: Mapping[str, str], where: _Destination) -> None:
+    """Take the tag a report row says was written back out, so its photo can be tagged anew: a tagged copy is
+    deleted (only one this report wrote, inside --out), a sidecar or a photo tagged in place loses our fields and
+    keeps the user's. Doing it twice changes nothing more."""
+    previous, output = previous_decision(row), row.get("output", "")
+    if previous is None or not output or not os.path.lexists(output):
+        return
+    output = Path(output)
+    if not where.in_place and not where.sidecars:
+        if where.out_dir is not None and output.resolve().is_relative_to(where.out_dir) and output.is_file():
+            for path in (sidecar_path_of(output), output):  # a non-JPEG copy has its sidecar beside it
+                if path.is_file():
+                    path.unlink()
+        return
+    try:
+        target, data = output, _read_photo(output)
+        if where.in_place and open_image(data).format != "JPEG":  # its tags went into the sidecar beside it
+            target = sidecar_path_of(output)
+            data = _read_photo(target)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pyexiv2.ImageData(data) as image:
+                _retract_from(image, previous, sidecar=target != output or where.sidecars)
+                retracted = image.get_bytes()
+    except (ImageError, OSError, *_EXIV2_ERRORS):
+        return  # not ours to repair: the photo is tagged again over what is there, as a first run would
+    if retracted != data:
+        write_user_file(target, retracted, keep_times=target == output and where.in_place)
+
 
 def _tag_locked(predictor, files, report_path: Path, counts: dict, stop: threading.Event, *, threshold,
-                where: _Destination, overwrite_gps, open_set, progress, workers, batch_size, count_first) -> None:
+                where: _Destination, overwrite_gps, open_set, progress, workers, batch_size, count_first,
+                redo: set[str] | None, verdicts: Mapping[str, str | None]) -> None:
     _repair_torn_tail(report_path)
     done, outputs = _done_before(report_path)
     total = sum(1 for _ in files()) if count_first else None  # a walk: cheap next to decoding
@@ -780,7 +940,7 @@ def _tag_locked(predictor, files, report_path: Path, counts: dict, stop: threadi
                 except OSError:
                     entry = WalkEntry(entry.path, entry.base, "the file disappeared")
                 else:
-                    if done.get(_key(entry.path)) == (info.st_size, info.st_mtime_ns):
+                    if redo is None and done.get(_key(entry.path)) == (info.st_size, info.st_mtime_ns):
                         counts["skipped"] += 1
                         handled += 1
                         continue
@@ -807,7 +967,7 @@ def _tag_locked(predictor, files, report_path: Path, counts: dict, stop: threadi
                     item.error = "the model gave no finite probabilities for this image"
             for item in decoded:
                 decision = _decide_and_write(predictor, item, threshold=threshold, overwrite_gps=overwrite_gps,
-                                             open_set=open_set, where=where, outputs=outputs)
+                                             open_set=open_set, where=where, outputs=outputs, verdicts=verdicts)
                 writer.writerow(_report_row(item, decision))
                 handle.flush()  # row by row: a kill loses at most the photo being written
                 counts[decision.status] += 1
@@ -873,12 +1033,26 @@ def _free_destination(wanted: Path, source: str, outputs: dict[str, str]) -> Pat
         candidate = wanted.with_name(f"{wanted.stem}-{number}{wanted.suffix}")
 
 
+def reviewed_decision(decision: TagDecision, verdict: str | None, predictor) -> TagDecision:
+    """A reviewer's verdict (a class, or None: not a landmark) over the model's ``decision``, which goes into the
+    note so the report still shows what the model thinks."""
+    model_view = f"the model says {decision.name} ({decision.probability:.2f})" if decision.prediction else ""
+    if verdict is None:
+        return replace(decision, status="unknown", review_note="; ".join(filter(None, ["not a landmark (reviewed)",
+                                                                                      model_view])))
+    place = predictor.places.get(verdict) if verdict in predictor.classes else gazetteer(predictor.run.dataset).place_for(verdict)
+    verb = "confirmed" if verdict == decision.prediction else "corrected"
+    return replace(decision, status="tagged", prediction=verdict, place=place,
+                   probability=decision.probability if verdict == decision.prediction else None,
+                   review_note="; ".join(filter(None, [f"{verb} by review", model_view])))
+
+
 #: Writing errors after which every later photo would fail the same way: the run stops, saying why.
 _FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
 
 
 def _decide_and_write(predictor, item: _Decoded, *, threshold, overwrite_gps, open_set, where: _Destination,
-                      outputs: dict[str, str]) -> TagDecision:
+                      outputs: dict[str, str], verdicts: Mapping[str, str | None]) -> TagDecision:
     """The decision for one classified photo, and its tags written: a tagged copy, the original tagged in place, or
     its sidecar."""
     if item.error is not None:
@@ -887,9 +1061,11 @@ def _decide_and_write(predictor, item: _Decoded, *, threshold, overwrite_gps, op
                           open_set=open_set, assessment=item.assessment)
     if item.gps_problem:
         decision = replace(decision, gps_note=item.gps_problem)
+    source = _key(item.path)
+    if source in verdicts and decision.status != "has_gps":
+        decision = reviewed_decision(decision, verdicts[source], predictor)
     if decision.status != "tagged":
         return decision
-    source = _key(item.path)
     if where.sidecars:
         return _write_sidecar_of(item, decision, source, where, outputs, overwrite_gps=overwrite_gps)
     in_place, out_dir = where.in_place, where.out_dir
