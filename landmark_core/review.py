@@ -220,18 +220,23 @@ class Review:
         predictor = Predictor(run)
         before_rows = self.rows()
         redo = [file for file, row in before_rows.items() if row["status"] in REVIEWED_OUTCOMES]
-        verdicts = {file: (None if entry["verdict"] == Verdict.NOT_A_LANDMARK.value else entry["class"])
-                    for file, entry in self.verdicts().items()}
+        verdicts = {file: (entry["verdict"], entry["class"]) for file, entry in self.verdicts().items()}
         tag_files(predictor, summary.get("paths") or [], report_path=self.report_path, redo=redo, verdicts=verdicts,
                   threshold=summary.get("threshold"), open_set=summary.get("open_set", True),
                   overwrite_gps=summary.get("overwrite_gps", False), progress=progress, **arguments)
         after_rows = self.rows()
-        changes = [{"file": file, "before": before_rows[file]["status"], "before_landmark": before_rows[file]["landmark"],
-                    "after": after_rows[file]["status"], "after_landmark": after_rows[file]["landmark"]}
-                   for file in redo if file in after_rows
-                   and (before_rows[file]["status"], before_rows[file]["prediction"] if before_rows[file]["status"] == "tagged" else "")
-                   != (after_rows[file]["status"], after_rows[file]["prediction"] if after_rows[file]["status"] == "tagged" else "")]
+        changes = []
+        for file in redo:
+            if file in after_rows and _tag_of(before_rows[file]) != _tag_of(after_rows[file]):
+                (before, before_landmark), (after, after_landmark) = _tag_of(before_rows[file]), _tag_of(after_rows[file])
+                changes.append({"file": file, "before": before, "before_landmark": before_landmark, "after": after,
+                                "after_landmark": after_landmark})
         return RetagResult(predictor.run_dir, report_counts(before_rows), report_counts(after_rows), changes)
+
+
+def _tag_of(row: dict) -> tuple[str, str]:
+    """A report row's outcome and, when it was tagged, the landmark it was tagged with."""
+    return row["status"], row["landmark"] if row["status"] == "tagged" else ""
 
 
 def _doubt(status: str, probability: float | None, familiarity: float | None, probability_threshold: float,
@@ -256,7 +261,7 @@ def _unknown_folder(root: Path) -> Path:
     return root / "unknown"
 
 
-def find_reports(folders, depth: int = 3) -> list[Path]:
+def find_reports(folders, depth: int = 2) -> list[Path]:
     """Tag reports (a CSV with its ``landmark tag`` summary beside it) in ``folders`` and up to ``depth`` levels
     below, the newest first: what the app offers to review."""
     found = set()

@@ -329,11 +329,11 @@ def retracted_fields(previous: TagDecision, existing: dict) -> dict:
     return changes
 
 
-def _retract_from(image, previous: TagDecision, *, sidecar: bool = False) -> None:
-    readers = [(image.read_xmp, image.modify_xmp)]
-    if not sidecar:
-        readers += [(image.read_exif, image.modify_exif), (image.read_iptc, image.modify_iptc)]
-    for read, modify in readers:
+def _retract_from(image, previous: TagDecision) -> None:
+    """XMP last: exiv2 reads a sidecar's XMP into EXIF and IPTC views too, and writes those views back into its XMP
+    on every change, so a field is gone only once it is gone from all three."""
+    for read, modify in ((image.read_exif, image.modify_exif), (image.read_iptc, image.modify_iptc),
+                         (image.read_xmp, image.modify_xmp)):
         existing = read()
         changes = {key: value for key, value in retracted_fields(previous, existing).items() if key in existing}
         if changes:
@@ -789,7 +789,7 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
               progress: Callable[[TagProgress], None] | None = None, workers: int | None = None,
               batch_size: int | None = None, shard: tuple[int, int] | None = None, count_first: bool = True,
               sidecars: bool = False, sidecar_naming: str = "ext", sidecar_dir: Path | None = None,
-              redo: Iterable[str] | None = None, verdicts: Mapping[str, str | None] | None = None) -> dict:
+              redo: Iterable[str] | None = None, verdicts: Mapping[str, tuple[str, str | None]] | None = None) -> dict:
     """Tag every photo under ``paths`` (or this process's ``shard`` of them); stream one CSV row per file to
     ``report_path``.
 
@@ -808,8 +808,8 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
     Ctrl-C (then with ``"stopped": true``), with the run, the paths and where the tags went (what a review needs).
 
     ``redo`` (files as the report names them) re-tags only those photos, done or not: the tag each got before is
-    taken back out first (see :func:`_retract`). ``verdicts`` are a reviewer's: a file's class, or None for "not a
-    landmark"; they decide over the model (its own view goes into the row's note).
+    taken back out first (see :func:`_retract`). ``verdicts`` are a reviewer's: a file's (verdict, class), the class
+    None for "not a landmark"; they decide over the model (its own view goes into the row's note).
     """
     if sum((in_place, out_dir is not None, sidecars)) != 1:
         raise LandmarkError("choose where the tags go: an output folder for tagged copies (--out DIR), the originals "
@@ -913,7 +913,7 @@ def _retract(row: Mapping[str, str], where: _Destination) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with pyexiv2.ImageData(data) as image:
-                _retract_from(image, previous, sidecar=target != output or where.sidecars)
+                _retract_from(image, previous)
                 retracted = image.get_bytes()
     except (ImageError, OSError, *_EXIV2_ERRORS):
         return  # not ours to repair: the photo is tagged again over what is there, as a first run would
@@ -923,7 +923,7 @@ def _retract(row: Mapping[str, str], where: _Destination) -> None:
 
 def _tag_locked(predictor, files, report_path: Path, counts: dict, stop: threading.Event, *, threshold,
                 where: _Destination, overwrite_gps, open_set, progress, workers, batch_size, count_first,
-                redo: set[str] | None, verdicts: Mapping[str, str | None]) -> None:
+                redo: set[str] | None, verdicts: Mapping[str, tuple[str, str | None]]) -> None:
     _repair_torn_tail(report_path)
     done, outputs = _done_before(report_path)
     total = sum(1 for _ in files()) if count_first else None  # a walk: cheap next to decoding
@@ -1033,18 +1033,18 @@ def _free_destination(wanted: Path, source: str, outputs: dict[str, str]) -> Pat
         candidate = wanted.with_name(f"{wanted.stem}-{number}{wanted.suffix}")
 
 
-def reviewed_decision(decision: TagDecision, verdict: str | None, predictor) -> TagDecision:
-    """A reviewer's verdict (a class, or None: not a landmark) over the model's ``decision``, which goes into the
-    note so the report still shows what the model thinks."""
+def reviewed_decision(decision: TagDecision, verdict: str, class_name: str | None, predictor) -> TagDecision:
+    """A reviewer's ``verdict`` ("confirmed", "corrected": the photo shows ``class_name``; None: not a landmark)
+    over the model's ``decision``, which goes into the note so the report still shows what the model thinks."""
     model_view = f"the model says {decision.name} ({decision.probability:.2f})" if decision.prediction else ""
-    if verdict is None:
+    if class_name is None:
         return replace(decision, status="unknown", review_note="; ".join(filter(None, ["not a landmark (reviewed)",
                                                                                       model_view])))
-    place = predictor.places.get(verdict) if verdict in predictor.classes else gazetteer(predictor.run.dataset).place_for(verdict)
-    verb = "confirmed" if verdict == decision.prediction else "corrected"
-    return replace(decision, status="tagged", prediction=verdict, place=place,
-                   probability=decision.probability if verdict == decision.prediction else None,
-                   review_note="; ".join(filter(None, [f"{verb} by review", model_view])))
+    place = (predictor.places.get(class_name) if class_name in predictor.classes
+             else gazetteer(predictor.run.dataset).place_for(class_name))
+    return replace(decision, status="tagged", prediction=class_name, place=place,
+                   probability=decision.probability if class_name == decision.prediction else None,
+                   review_note="; ".join(filter(None, [f"{verdict} by review", model_view])))
 
 
 #: Writing errors after which every later photo would fail the same way: the run stops, saying why.
@@ -1052,7 +1052,7 @@ _FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
 
 
 def _decide_and_write(predictor, item: _Decoded, *, threshold, overwrite_gps, open_set, where: _Destination,
-                      outputs: dict[str, str], verdicts: Mapping[str, str | None]) -> TagDecision:
+                      outputs: dict[str, str], verdicts: Mapping[str, tuple[str, str | None]]) -> TagDecision:
     """The decision for one classified photo, and its tags written: a tagged copy, the original tagged in place, or
     its sidecar."""
     if item.error is not None:
@@ -1063,7 +1063,7 @@ def _decide_and_write(predictor, item: _Decoded, *, threshold, overwrite_gps, op
         decision = replace(decision, gps_note=item.gps_problem)
     source = _key(item.path)
     if source in verdicts and decision.status != "has_gps":
-        decision = reviewed_decision(decision, verdicts[source], predictor)
+        decision = reviewed_decision(decision, *verdicts[source], predictor)
     if decision.status != "tagged":
         return decision
     if where.sidecars:

@@ -9,9 +9,10 @@ from streamlit.testing.v1 import AppTest
 
 from landmark_core.distributed import process_limit
 from landmark_core.runs import list_runs, read_status
+from test_review import new_landmark_photos, teachable  # noqa: F401  (fixtures, shared)
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["home", "explore", "train", "evaluate", "predict", "compare"]
+PAGES = ["home", "explore", "train", "evaluate", "predict", "compare", "review"]
 
 
 @pytest.fixture()
@@ -47,6 +48,7 @@ def test_pages_without_data_explain_what_to_do(tmp_path, monkeypatch):
         assert not at.exception
     assert any("dataset" in i.value for i in page("explore").run().info)
     assert any("Train" in i.value for i in page("predict").run().info)
+    assert any("landmark tag" in i.value for i in page("review").run().info)
 
 
 def test_explore_shows_counts_samples_and_problems(app_env):
@@ -402,3 +404,22 @@ def test_predict_page_offers_sidecars_instead_of_copies(app_env):
                                                      for p in tagged], sidecars_only=True)))
     assert sorted(archive.namelist()) == sorted(f"{p.name}.xmp" for p in tagged)
     assert all(b"dc:subject" in archive.read(name) for name in archive.namelist())
+
+
+def test_review_page_judges_a_photo_of_a_report_and_undoes_it(teachable, tmp_path, monkeypatch):
+    from test_review import tagged_report
+    run, data, library = teachable
+    report = tagged_report(run, library, tmp_path)
+    monkeypatch.setenv("LANDMARK_ARTIFACTS", str(run.parent.parent))
+    monkeypatch.chdir(tmp_path)  # where `landmark tag` was run
+    at = page("review").run()
+    assert at.selectbox(key="review_found").value == str(report)  # found below the working folder: offered
+    at.text_input(key="review_report").input(str(report)).run()
+    assert not at.exception and not at.error
+    photo = str(library / "noise.jpg")
+    at.selectbox(key=f"verdict-{photo}").set_value("✖ not a landmark").run()
+    at.button(key=f"save-{photo}").click().run()
+    assert (data / "unknown" / "noise.jpg").is_file()
+    assert any("not a landmark" in s.value for s in at.success)
+    at.button(key=f"undo-{photo}").click().run()
+    assert not (data / "unknown" / "noise.jpg").exists() and not at.exception

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from test_review import new_landmark_photos, teachable  # noqa: F401  (fixtures, shared)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-output" / "browser"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -394,3 +396,62 @@ def test_ten_sessions_predict_while_two_runs_train(tmp_path):
             (busy / "CANCEL").touch()
     print(f"load test: {sessions} sessions, {errors} errors")
     assert errors == 0
+
+
+def test_review_a_tag_report_correct_one_photo_mark_one_not_a_landmark_retrain_and_see_it_tagged(teachable, tmp_path):
+    """The review loop in Chromium: a report of photos the run tagged, one corrected to a landmark the run never
+    learned (a new class), one marked not a landmark; Retrain trains a new run and re-tags the library."""
+    from playwright.sync_api import expect
+
+    from landmark_core.places import place_for
+    from landmark_core.tagging import report_rows
+    from test_review import NEW_CLASS, tagged_report
+    from test_sidecars import exiftool
+
+    run, data, library = teachable
+    report = tagged_report(run, library, tmp_path)
+    corrected, odd = sorted(library.glob("new-*.jpg"))[0], library / "noise.jpg"
+    shots = screenshot_folder("review")
+    with streamlit_server(run.parent.parent, tmp_path / "streamlit.log") as url, browser_tab(shots) as tab:
+        page = tab.page
+        page.goto(url)
+        page.get_by_role("link", name="Review tags").click()
+        field = page.get_by_label("Tag report (the CSV that `landmark tag` wrote)")
+        field.fill(str(report))
+        field.press("Enter")
+        expect(page.get_by_text(f"Tagged by {run.name}")).to_be_visible()
+        tab.no_exceptions()
+        tab.shot("01-report")
+
+        def card(photo):
+            return page.locator("[data-testid='stHorizontalBlock']").filter(
+                has=page.get_by_test_id("stImageCaption").get_by_text(photo.name, exact=True))
+
+        def choose(photo, option: str):
+            card(photo).get_by_role("combobox").click()
+            page.keyboard.type(option[2:])  # typing filters and opens the list (the emoji is not typed)
+            page.get_by_role("option", name=option).click()
+
+        choose(corrected, "➕ a new class…")
+        name = card(corrected).get_by_label("New class folder name")
+        name.fill(NEW_CLASS)
+        name.press("Enter")
+        card(corrected).get_by_role("button", name="Save verdict").click()
+        expect(card(corrected).get_by_text(f"corrected: {place_for(NEW_CLASS).display_name}")).to_be_visible()
+        choose(odd, "✖ not a landmark")
+        card(odd).get_by_role("button", name="Save verdict").click()
+        expect(card(odd).get_by_text("not a landmark", exact=False)).to_be_visible()
+        tab.no_exceptions()
+        tab.shot("02-two-verdicts")
+        assert (data / "train" / NEW_CLASS / corrected.name).is_file() and (data / "unknown" / odd.name).is_file()
+
+        page.get_by_role("button", name="Retrain and re-tag").click()
+        expect(page.get_by_text("Retrained as")).to_be_visible(timeout=300_000)
+        tab.no_exceptions()
+        tab.shot("03-retrained")
+    tab.assert_stayed_on_this_machine()
+    rows = report_rows(report)
+    assert (rows[str(corrected)]["status"], rows[str(corrected)]["prediction"]) == ("tagged", NEW_CLASS)
+    assert place_for(NEW_CLASS).display_name in exiftool(Path(rows[str(corrected)]["output"]))["XMP-dc:Subject"]
+    assert rows[str(odd)]["status"] == "unknown"
+    assert rows[str(corrected)]["file"] and Path(rows[str(corrected)]["output"]).parent == tmp_path / "out"

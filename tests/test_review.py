@@ -1,0 +1,240 @@
+"""Review and teach (`landmark review`, the Review tags page): verdicts become training photos, undoable; a
+retrained model re-tags the photos the model decided, the earlier tags taken back out of copies, sidecars and
+photos tagged in place (read back with exiftool)."""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import pyexiv2
+
+from conftest import noise_image, tiny_config
+from landmark_core.demo import DEMO_CLASSES, generate_demo_dataset
+from landmark_core.errors import DataError, LandmarkError
+from landmark_core.pipeline import train_new
+from landmark_core.places import place_for
+from landmark_core.predict import Predictor
+from landmark_core.review import REVIEWED_OUTCOMES, Review, Verdict, find_reports
+from landmark_core.runs import Run
+from landmark_core.tagging import report_rows, tag_files
+from test_hostile import landmark, one_line_error
+from test_sidecars import USER_SIDECAR, exiftool
+
+NEW_CLASS = DEMO_CLASSES[3]  # 18.Delicate_Arch: a landmark the tiny run never saw
+EVERYTHING = dict(threshold=0.0, open_set=False)  # the tiny model tags every photo: a review has tags to judge
+
+
+@pytest.fixture(scope="session")
+def new_landmark_photos(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("new-landmark")
+    generate_demo_dataset(root, classes=[NEW_CLASS], train_per_class=3, test_per_class=1, workers=1)
+    return sorted((root / "train" / NEW_CLASS).glob("*.jpg"))
+
+
+@pytest.fixture()
+def teachable(tiny_dataset, new_landmark_photos, tmp_path):
+    """A run on a private copy of the tiny dataset, and a library: test photos of its classes, three photos of
+    a landmark it does not know and a photo of no landmark."""
+    data = shutil.copytree(tiny_dataset, tmp_path / "data")
+    run = train_new(tiny_config(data, epochs=1), tmp_path / "artifacts")
+    library = tmp_path / "library"
+    library.mkdir()
+    for photo in sorted((data / "test").rglob("*.jpg"))[::3]:
+        shutil.copy(photo, library / f"{photo.parent.name}-{photo.name}")
+    for photo in new_landmark_photos:
+        shutil.copy(photo, library / f"new-{photo.name}")
+    noise_image((80, 60), seed=3).save(library / "noise.jpg")
+    return run, data, library
+
+
+def tagged_report(run: Path, library: Path, tmp_path: Path, **where) -> Path:
+    where = {"out_dir": None, **where} if where else {"out_dir": tmp_path / "out"}
+    report = tmp_path / "report" / "tag-report.csv"
+    tag_files(Predictor(run), [library], report_path=report, **EVERYTHING, **where)
+    return report
+
+
+def originals(root: Path) -> dict:
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.suffix != ".xmp"}
+
+
+def test_verdicts_become_training_photos_and_the_retrained_run_retags_the_library(teachable, tmp_path):
+    run, data, library = teachable
+    report = tagged_report(run, library, tmp_path)
+    before = originals(library)
+    review = Review(report)
+    items = review.items()
+    assert {item.status for item in items} == {"tagged"} and len(items) == len(before)
+    assert [item.doubt for item in items] == sorted(item.doubt for item in items)  # the least certain first
+
+    new = sorted(library.glob("new-*.jpg"))
+    for photo in new:
+        entry = review.judge(photo, Verdict.CORRECTED, NEW_CLASS)
+        assert (data / entry["copy"]).read_bytes() == photo.read_bytes()
+        assert entry["copy"].startswith(f"train/{NEW_CLASS}/")
+    assert review.judge(library / "noise.jpg", Verdict.NOT_A_LANDMARK)["copy"] == "unknown/noise.jpg"
+    stale_copy = Path(report_rows(report)[str(library / "noise.jpg")]["output"])
+    assert stale_copy.is_file()  # the noise photo was tagged: its copy carries a wrong place until the re-tag
+    known = next(item for item in items if Path(item.file).name.startswith(item.prediction))  # tagged right
+    assert review.judge(known.file, Verdict.CONFIRMED)["class"] == known.prediction
+
+    result = review.retrain()
+    new_run = Run(result.run)
+    assert new_run.path != run and Run(run).exported  # a new run beside the old one, which stays
+    assert new_run.path.parent == run.parent
+    assert NEW_CLASS in new_run.export_meta["classes"]
+    learned = set(new_run.split["train"]) | set(new_run.split.get("val", []))
+    assert {str(data / "train" / NEW_CLASS / p.name) for p in new} <= learned
+    # the re-tag keeps the report's own decision rule (every photo tagged): only the verdict "not a landmark" untags
+    assert result.before["tagged"] == len(before)
+    assert (result.after["tagged"], result.after["unknown"]) == (len(before) - 1, 1)
+    assert review.summary["run"] == str(new_run.path)  # the report now speaks for the new model
+
+    rows = report_rows(report)
+    place = place_for(NEW_CLASS)
+    for photo in new:
+        row = rows[str(photo)]
+        assert (row["status"], row["prediction"]) == ("tagged", NEW_CLASS)
+        assert row["note"].startswith("corrected by review; the model says")
+        read = exiftool(Path(row["output"]))
+        assert abs(read["Composite:GPSLatitude"] - place.latitude) < 1e-4
+        assert abs(read["Composite:GPSLongitude"] - place.longitude) < 1e-4
+        assert place.display_name in read["XMP-dc:Subject"]
+    noise = rows[str(library / "noise.jpg")]
+    assert noise["status"] == "unknown" and noise["note"].startswith("not a landmark (reviewed)")
+    assert not stale_copy.exists()  # our copy with the wrong place is gone; nothing else in --out was touched
+    assert rows[known.file]["note"].startswith("confirmed by review")
+    assert originals(library) == before  # the user's photos: byte for byte as they were
+    changed = {Path(change["file"]).name for change in result.changes}
+    assert {"noise.jpg"} | {p.name for p in new} <= changed
+
+
+def test_undo_takes_a_verdict_back_with_its_copy_and_the_class_folder_it_made(teachable, tmp_path):
+    run, data, library = teachable
+    review = Review(tagged_report(run, library, tmp_path))
+    photo = sorted(library.glob("new-*.jpg"))[0]
+    review.judge(photo, Verdict.CORRECTED, NEW_CLASS)
+    assert (data / "train" / NEW_CLASS).is_dir()
+    taken_back = review.undo()
+    assert taken_back["file"] == str(photo) and review.verdicts() == {}
+    assert not (data / "train" / NEW_CLASS).exists()  # a class folder without photos would be a class without photos
+
+    first = review.judge(photo, Verdict.NOT_A_LANDMARK)
+    second = review.judge(photo, Verdict.CORRECTED, DEMO_CLASSES[0])  # a second verdict replaces the first
+    assert not (data / first["copy"]).exists() and (data / second["copy"]).is_file()
+    assert list(review.verdicts()) == [str(photo)]
+
+    (data / second["copy"]).write_bytes(b"the user's own file now")
+    with pytest.raises(DataError, match="changed since the review copied it"):
+        review.undo(photo)
+    assert (data / second["copy"]).read_bytes() == b"the user's own file now"  # never deleted: not our copy
+
+
+@pytest.mark.parametrize("bad", ["../evil", "unknown", "_private", ".hidden", " spaced", "a/b"])
+def test_a_correction_to_a_name_that_is_no_class_folder_is_refused_and_copies_nothing(teachable, tmp_path, bad):
+    run, data, library = teachable
+    review = Review(tagged_report(run, library, tmp_path))
+    files_before = sorted(data.rglob("*"))
+    with pytest.raises(DataError, match="cannot be a class folder name"):
+        review.judge(library / "noise.jpg", Verdict.CORRECTED, bad)
+    assert sorted(data.rglob("*")) == files_before and review.verdicts() == {}
+
+
+def test_confirming_a_photo_that_was_not_tagged_is_refused(teachable, tmp_path):
+    run, data, library = teachable
+    report = tmp_path / "strict.csv"
+    tag_files(Predictor(run), [library / "noise.jpg"], report_path=report, out_dir=tmp_path / "out",
+              threshold=1.0, open_set=False)  # nothing passes a probability threshold of 1
+    with pytest.raises(LandmarkError, match="no tag to confirm"):
+        Review(report).judge(library / "noise.jpg", Verdict.CONFIRMED)
+    with pytest.raises(LandmarkError, match="is not a photo of the report"):
+        Review(report).judge(sorted(library.glob("new-*.jpg"))[0], Verdict.NOT_A_LANDMARK)
+
+
+def _user_fields(path: Path) -> None:
+    """A rating and a keyword of the user's, written into a JPEG the way a photo manager does."""
+    with pyexiv2.Image(str(path)) as image:
+        image.modify_xmp({"Xmp.xmp.Rating": "3", "Xmp.dc.subject": ["Holiday"]})
+        image.modify_iptc({"Iptc.Application2.Keywords": ["Holiday"]})
+
+
+@pytest.mark.parametrize("where", ["sidecars", "in_place"])
+def test_a_retag_takes_our_earlier_tag_back_out_and_keeps_the_users_fields(teachable, tmp_path, where):
+    run, data, library = teachable
+    photo = library / "noise.jpg"
+    written = photo.with_name("noise.jpg.xmp") if where == "sidecars" else photo
+    if where == "sidecars":
+        written.write_bytes(USER_SIDECAR)
+    else:
+        _user_fields(photo)
+    report = tagged_report(run, library, tmp_path, **{where: True})
+    first = report_rows(report)[str(photo)]
+    first_place = place_for(first["prediction"])
+    assert first_place.display_name in exiftool(written)["XMP-dc:Subject"]
+
+    review = Review(report)
+    review.judge(photo, Verdict.NOT_A_LANDMARK)
+    review.retag(run)
+    read = exiftool(written)
+    assert "Composite:GPSLatitude" not in read and "XMP-exif:GPSLatitude" not in read
+    subjects = read["XMP-dc:Subject"] if isinstance(read["XMP-dc:Subject"], list) else [read["XMP-dc:Subject"]]
+    assert first_place.display_name not in subjects and "landmark" not in subjects
+    assert "Holiday" in subjects and read["XMP-xmp:Rating"] == 3
+    assert "XMP-photoshop:City" not in read
+
+    other = next(c for c in Predictor(run).classes if c != first["prediction"])
+    review.judge(photo, Verdict.CORRECTED, other)
+    review.retag(run)
+    read = exiftool(written)
+    place = place_for(other)
+    latitude = read["XMP-exif:GPSLatitude"] if where == "sidecars" else read["Composite:GPSLatitude"]
+    assert abs(latitude - place.latitude) < 1e-4
+    assert read["XMP-dc:Subject"].count("Holiday") == 1 and place.display_name in read["XMP-dc:Subject"]
+    assert first_place.display_name not in read["XMP-dc:Subject"] and read["XMP-xmp:Rating"] == 3
+    assert read["XMP-photoshop:City"] == place.region
+
+
+def test_landmark_review_lists_judges_undoes_and_refuses_bad_input_in_one_line(teachable, tmp_path):
+    run, data, library = teachable
+    report = tagged_report(run, library, tmp_path)
+    listed = landmark("review", report)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == len(originals(library)) and all(line.startswith("tagged") for line in lines)
+
+    photo = sorted(library.glob("new-*.jpg"))[0]
+    judged = landmark("review", report, "--correct", f"{photo}={NEW_CLASS}", "--not-landmark", library / "noise.jpg")
+    assert judged.returncode == 0, judged.stderr
+    assert (data / "train" / NEW_CLASS / photo.name).is_file() and (data / "unknown" / "noise.jpg").is_file()
+    as_json = json.loads(landmark("review", report, "--json").stdout)
+    assert {item["file"]: (item["verdict"] or {}).get("verdict") for item in as_json}[str(photo)] == "corrected"
+
+    assert landmark("review", report, "--undo").returncode == 0  # the latest verdict: the noise photo's
+    assert not (data / "unknown" / "noise.jpg").exists() and (data / "train" / NEW_CLASS / photo.name).is_file()
+
+    assert "--correct takes FILE=CLASS" in one_line_error(landmark("review", report, "--correct", photo))
+    assert "is not a photo of the report" in one_line_error(landmark("review", report, "--not-landmark", tmp_path / "x.jpg"))
+    assert "is not a tag report" in one_line_error(landmark("review", tmp_path / "missing.csv"))
+    (tmp_path / "notes.csv").write_text("my,own\nnotes,here\n")
+    assert "is not a tag report" in one_line_error(landmark("review", tmp_path / "notes.csv"))
+
+
+def test_a_report_from_before_reviews_says_to_tag_again(teachable, tmp_path):
+    run, data, library = teachable
+    report = tagged_report(run, library, tmp_path)
+    summary = report.with_suffix(".json")
+    old = {k: v for k, v in json.loads(summary.read_text()).items() if k not in ("run", "destination", "paths")}
+    summary.write_text(json.dumps(old))
+    assert landmark("review", report).returncode == 0  # listing needs no model
+    assert "tag the photos again" in one_line_error(landmark("review", report, "--not-landmark", library / "noise.jpg"))
+    assert "tag the photos again" in one_line_error(landmark("review", report, "--retrain"))
+
+
+def test_find_reports_offers_tag_reports_and_nothing_else(teachable, tmp_path):
+    run, data, library = teachable
+    report = tagged_report(run, library, tmp_path)
+    (tmp_path / "other.csv").write_text("a,b\n")
+    (tmp_path / "other.json").write_text("{}")
+    assert find_reports([tmp_path]) == [report.resolve()]
+    assert REVIEWED_OUTCOMES == ("tagged", "abstained", "unknown", "failed")
