@@ -382,9 +382,35 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def _position(text: str) -> tuple[float, float]:
+    try:
+        latitude, longitude = (float(part) for part in text.split(","))
+    except ValueError:
+        raise LandmarkError(f"a position is LAT,LON in degrees, e.g. 30.3285,35.4444 (got {text!r})") from None
+    return latitude, longitude
+
+
 def cmd_places(args) -> int:
     from .places import places_matching
     root = resolve_dataset(args.data) if args.data else None
+    if args.towns or args.near:
+        from .towns import nearest_towns, search_towns
+        found_towns = (search_towns(args.towns) if args.towns
+                       else [town for town, _ in nearest_towns(*_position(args.near))])
+        for town in found_towns:
+            print(f"{town.latitude:9.4f} {town.longitude:10.4f}  {town.description}")
+        return 0 if found_towns else 1
+    if args.set:
+        from .towns import nearest_towns, place_at, set_place
+        if root is None or args.at is None:
+            raise LandmarkError("--set CLASS needs --at LAT,LON and --data DATASET (whose places.csv it writes)")
+        latitude, longitude = _position(args.at)
+        town, distance = nearest_towns(latitude, longitude, 1)[0]
+        place = place_at(args.set, town, args.display_name, latitude, longitude)
+        path = set_place(root, place)
+        print(f"{args.set}: {place.description} ({latitude:.4f}, {longitude:.4f}; {distance:.0f} km from {town.name}) "
+              f"in {path}", file=sys.stderr)
+        return 0
     found = places_matching(args.name, root)
     if args.json:
         print(json.dumps([place.__dict__ for place in found], indent=2, ensure_ascii=False))
@@ -554,6 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
     places.add_argument("name", nargs="?", help="a class or landmark name (all places when left out)")
     places.add_argument("--data", help="also the places.csv of this dataset folder (or 'demo')")
     places.add_argument("--json", action="store_true")
+    places.add_argument("--towns", metavar="NAME", help="search GeoNames' towns (offline) instead: London, Agra, Cusco")
+    places.add_argument("--near", metavar="LAT,LON", help="the towns nearest to a position")
+    places.add_argument("--set", metavar="CLASS", help="give CLASS a place in --data's places.csv: at --at, its region "
+                        "and country from the nearest town")
+    places.add_argument("--at", metavar="LAT,LON", help="with --set: the landmark's position")
+    places.add_argument("--display-name", help="with --set: the landmark's display name (default: from the class name)")
     places.set_defaults(func=cmd_places)
 
     review = sub.add_parser("review", help="review a tag report: confirm or correct tags, retrain on the verdicts",

@@ -226,3 +226,23 @@ def world_map(points: pd.DataFrame, *, height: int = 220, color: alt.Color | Non
         longitude="longitude:Q", latitude="latitude:Q", color=color if color is not None else alt.value("crimson"),
         tooltip=tooltip or [c for c in points.columns])
     return (land + dots).project("equalEarth").properties(height=height)
+
+
+@st.cache_data(show_spinner="Loading the world's towns…")
+def _town_points() -> pd.DataFrame:
+    from landmark_core.towns import map_points
+    return pd.DataFrame(map_points())
+
+
+def town_picker_map(height: int = 360) -> alt.LayerChart:
+    """The offline world map with a faint dot per town (one per 2° square): a click selects the nearest one
+    (the selection named ``clicked``)."""
+    clicked = alt.selection_point(name="clicked", on="click", nearest=True, fields=["latitude", "longitude"])
+    land = alt.Chart(alt.InlineData(values=world_land(), format=alt.DataFormat(type="topojson", feature="land"))
+                     ).mark_geoshape(fill="#e6e6e6", stroke="#b5b5b5", strokeWidth=0.5)
+    towns = alt.Chart(_town_points()).mark_circle(size=12).encode(
+        longitude="longitude:Q", latitude="latitude:Q",
+        color=alt.condition(clicked, alt.value("crimson"), alt.value("#9aa8b8")),
+        opacity=alt.condition(clicked, alt.value(1.0), alt.value(0.35)),
+        tooltip=["town", "region", "country"]).add_params(clicked)
+    return (land + towns).project("equalEarth").properties(height=height)

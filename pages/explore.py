@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import altair as alt
@@ -9,8 +10,9 @@ from landmark_core.data import AUGMENTATIONS, dataset_report, scan_dataset
 from landmark_core.errors import LandmarkError
 from landmark_core.explore import augmentation_preview, image_table, training_stats
 from landmark_core.insights import short_label
-from landmark_core.places import PLACES_FILE, places_from_table, places_table, save_places
-from pages.common import finished_runs, require_dataset, run_label, show_error
+from landmark_core.places import PLACES_FILE, Place, places_from_table, places_matching, places_table, save_places
+from landmark_core.towns import nearest_towns, place_at, search_towns, set_place
+from pages.common import finished_runs, require_dataset, run_label, show_error, town_picker_map
 
 OUT_OF_DATASET = "out of the dataset (_excluded/)"
 
@@ -118,7 +120,9 @@ st.caption(f"Where each landmark is: tagged photos get this name and GPS positio
            + (f"**{len(missing)} classes have no place** and would be tagged by name only: fill in their coordinates. "
               if len(missing) else "Every class has a place. ")
            + f"Saved as `{PLACES_FILE}` in the dataset folder; it overrides the built-in places.")
-edited = st.data_editor(table, hide_index=True, disabled=["folder"], key="places", column_config={
+# a new key after the picker writes places.csv: the editor then shows the file, not its own earlier edits
+edited = st.data_editor(table, hide_index=True, disabled=["folder"], key=f"places-{st.session_state.get('places_version', 0)}",
+                        column_config={
     "latitude": st.column_config.NumberColumn(min_value=-90.0, max_value=90.0, format="%.4f"),
     "longitude": st.column_config.NumberColumn(min_value=-180.0, max_value=180.0, format="%.4f")})
 if st.button(f"Save {PLACES_FILE}"):
@@ -127,6 +131,49 @@ if st.button(f"Save {PLACES_FILE}"):
         st.success(f"Saved {path}")
     except (LandmarkError, OSError) as error:
         show_error(error)
+
+with st.expander("Find a class's place: search a landmark or a town, or click on the map", expanded=bool(len(missing))):
+    without_place = list(missing["folder"])
+    target = st.selectbox("Class", without_place + [c for c in dataset.classes if c not in without_place],
+                          key="place_class", format_func=lambda c: short_label(c) + (" (no place yet)" if c in without_place else ""))
+    how = st.radio("Find it by", ["name", "map"], horizontal=True, key="place_how",
+                   format_func={"name": "a landmark's or town's name", "map": "a click on the map"}.get)
+    candidates: list = []
+    if how == "name":
+        query = st.text_input("Landmark or town", key="place_query", placeholder="Petra, Agra, Cusco…")
+        candidates = (places_matching(query, dataset.root)[:5] + search_towns(query)) if query else []
+        if query and not candidates:
+            st.caption(f"No landmark or town is called {query!r}.")
+    else:
+        st.caption("Click near the landmark: the towns nearest to the click are offered (GeoNames' towns of 1,000 "
+                   "people or more, on this machine).")
+        clicked = st.altair_chart(town_picker_map(), on_select="rerun", key="place_map", selection_mode="clicked")
+        points = (clicked.selection.get("clicked") or []) if clicked else []
+        if points:
+            candidates = [town for town, _ in nearest_towns(points[0]["latitude"], points[0]["longitude"])]
+    if candidates:
+        choice = st.selectbox("Place", candidates, key="place_choice", format_func=lambda c: (
+            f"🏛 {c.description} (a known landmark)" if isinstance(c, Place) else f"{c.description}"))
+        left, right = st.columns(2)
+        latitude = left.number_input("Latitude", -90.0, 90.0, float(choice.latitude), format="%.5f",
+                                     key=f"place_lat-{choice}", help="The town's centre: move it onto the landmark if you know better.")
+        longitude = right.number_input("Longitude", -180.0, 180.0, float(choice.longitude), format="%.5f",
+                                       key=f"place_lon-{choice}")
+        shown = table.loc[table["folder"] == target, "display_name"]
+        if st.button(f"Set the place of {short_label(target)}", type="primary", key="set_place"):
+            try:
+                name = shown.iloc[0] if len(shown) and shown.iloc[0] else None
+                place = (replace(choice, folder=target, display_name=name or choice.display_name, latitude=latitude,
+                                 longitude=longitude) if isinstance(choice, Place)
+                         else place_at(target, choice, name, latitude, longitude))
+                set_place(dataset.root, place)
+                st.session_state["places_version"] = st.session_state.get("places_version", 0) + 1
+                for key in ("place_class", "place_query", "place_choice"):  # on to the next class without a place
+                    st.session_state.pop(key, None)
+                st.toast(f"{short_label(target)}: {place.description} ({place.latitude:.4f}, {place.longitude:.4f})")
+                st.rerun()
+            except (LandmarkError, OSError) as error:
+                show_error(error)
 
 st.subheader("Clean the training photos")
 trained_here = [r for r in finished_runs() if r.run.exported and Path(r.data).resolve() == Path(dataset.root).resolve()]

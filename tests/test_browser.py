@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from test_review import new_landmark_photos, teachable  # noqa: F401  (fixtures, shared)
+from test_towns import dataset_without_places  # noqa: F401  (a fixture, shared)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-output" / "browser"
@@ -455,3 +456,40 @@ def test_review_a_tag_report_correct_one_photo_mark_one_not_a_landmark_retrain_a
     assert place_for(NEW_CLASS).display_name in exiftool(Path(rows[str(corrected)]["output"]))["XMP-dc:Subject"]
     assert rows[str(odd)]["status"] == "unknown"
     assert rows[str(corrected)]["file"] and Path(rows[str(corrected)]["output"]).parent == tmp_path / "out"
+
+
+def test_explore_place_picker_a_click_on_the_offline_map_offers_the_nearest_towns(dataset_without_places, tmp_path):
+    from playwright.sync_api import expect
+
+    from landmark_core.places import gazetteer
+    from landmark_core.towns import nearest_towns
+
+    shots = screenshot_folder("place-picker")
+    with streamlit_server(tmp_path / "artifacts", tmp_path / "streamlit.log") as url, browser_tab(shots) as tab:
+        page = tab.page
+        page.goto(url)
+        page.get_by_text("A folder on this machine").click()
+        folder = page.get_by_label("Folder with train/ and test/ (or class folders)")
+        folder.fill(str(dataset_without_places))
+        folder.press("Enter")
+        expect(page.get_by_text("Working with")).to_be_visible()
+        page.get_by_role("link", name="Explore dataset").click()
+        expect(page.get_by_text("2 classes have no place")).to_be_visible()
+        page.get_by_text("a click on the map").click()
+        chart = page.get_by_test_id("stVegaLiteChart").last
+        expect(chart.locator("canvas, svg").first).to_be_visible()
+        tab.no_exceptions()
+        chart.scroll_into_view_if_needed()
+        box = chart.bounding_box()
+        page.mouse.click(box["x"] + box["width"] * 0.62, box["y"] + box["height"] * 0.38)  # Asia, where towns are dense
+        button = page.get_by_role("button", name="Set the place of Old Town Bridge")
+        expect(button).to_be_visible()
+        tab.shot("01-towns-near-the-click")
+        button.click()
+        expect(page.get_by_text("1 classes have no place")).to_be_visible()
+        tab.no_exceptions()
+        tab.shot("02-place-set")
+    tab.assert_stayed_on_this_machine()
+    place = gazetteer(dataset_without_places).place_for("Old_Town_Bridge")
+    nearest, distance = nearest_towns(place.latitude, place.longitude, 1)[0]
+    assert distance < 1 and place.country == nearest.country and place.region.startswith(nearest.name)
