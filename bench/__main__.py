@@ -6,6 +6,7 @@
     python -m bench --only openset --data DIR DIR              # each set's photos as the other's unknown landmarks
     python -m bench --only tagging                             # landmark tag on a 20,000-photo library
     python -m bench --only distributed                         # torchrun: 1 vs 2 training processes
+    python -m bench --only review --data KNOWN OTHER           # tag, review the mistakes, Retrain: real photos
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from landmark_core.allocator import keep_freed_memory
 from . import suites
 from .common import demo_dataset, machine
 
-NAMES = ["input", "frozen", "throughput", "inference", "tta", "real", "fewshot", "openset", "tagging", "distributed"]
+NAMES = ["input", "frozen", "throughput", "inference", "tta", "real", "fewshot", "openset", "tagging", "distributed",
+         "review"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # as every training process does (landmark_core.pipeline.train)
     scale = suites.SMOKE if args.smoke else suites.FULL
     out = Path(args.out) if args.out else (None if args.smoke else Path("BENCHMARKS.md"))
-    chosen = args.only or [name for name in NAMES if (name not in ("real", "fewshot", "openset") or args.data or args.smoke)
+    chosen = args.only or [name for name in NAMES if (name not in ("real", "fewshot", "openset", "review") or args.data or args.smoke)
                            # two training processes need two cores; tests/test_distributed.py covers the mechanism
                            and not (name == "distributed" and args.smoke)]
     with tempfile.TemporaryDirectory(prefix="landmark-bench-") as scratch:
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             "fewshot": lambda: suites.few_shot(scale, [Path(d).resolve() for d in args.data] or [photos_for_smoke()], work),
             "tagging": lambda: suites.tagging(scale, work),
             "distributed": lambda: suites.distributed_training(scale, demo, work),
+            "review": lambda: suites.review_loop(scale, [Path(d).resolve() for d in args.data] or [
+                photos_for_smoke(), photo_dataset_for_smoke("review-smoke-b", first_class=3)], work),
             "openset": lambda: suites.open_set(scale, [Path(d).resolve() for d in args.data] or [
                 photos_for_smoke(), photo_dataset_for_smoke("openset-smoke-b", first_class=3)], work),
         }

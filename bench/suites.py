@@ -744,3 +744,127 @@ def distributed_training(scale: Scale, demo: Path, work: Path) -> Table:
                        "split among near-equal candidates, can flip with float rounding (measured: 1.0 vs 0.3 at the "
                        "third view), which moves the weights but not the test accuracy.")
     return table
+
+
+def _held_out_copy(known: Path, folder: Path, held_per_class: int) -> tuple[Path, list[tuple[Path, str]]]:
+    """``known`` copied with ``held_per_class`` training photos of each class taken out: (the dataset, the photos
+    held out with their class). Copied, not linked: a review writes its verdicts into the dataset."""
+    shutil.rmtree(folder, ignore_errors=True)
+    source = data_lib.scan_dataset(known)
+    held, seen = [], {}
+    for split, samples in (("train", source.train), ("test", source.test)):
+        for sample in samples:
+            name = source.classes[sample.label]
+            if split == "train" and seen.setdefault(name, 0) < held_per_class:
+                seen[name] += 1
+                held.append((Path(sample.path), name))
+                continue
+            target = folder / split / name / Path(sample.path).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(sample.path, target)
+    return folder, held
+
+
+def _outcomes(run: Path, photos: list[tuple[Path, str | None]]) -> dict[str, float]:
+    """Shares of photos tagged right, tagged wrong and left untagged by ``run`` (None: a photo of no known class)."""
+    from landmark_core.predict import Predictor
+    from landmark_core.tagging import decide_for
+    predictor, counts = Predictor(run), {"right": 0, "wrong": 0, "untagged": 0}
+    for path, truth in photos:
+        decision = decide_for(predictor, path.read_bytes())
+        outcome = "untagged" if decision.status != "tagged" else ("right" if decision.prediction == truth else "wrong")
+        counts[outcome] += 1
+    return {key: value / max(1, len(photos)) for key, value in counts.items()}
+
+
+def review_loop(scale: Scale, datasets: list[Path], work: Path) -> Table:
+    """The review-and-teach loop on real photos: tag a library, judge its mistakes, retrain, measure on photos no
+    one reviewed (the user is played by the ground truth); each set's landmarks known, the other's unknown."""
+    table = Table("11. Review and teach on real photos: verdicts on a tag report's mistakes, then Retrain "
+                  "(default transfer recipe)",
+                  ["known set", "photos of other places", "", "library: known tagged right", "library: known tagged wrong",
+                   "library: other places tagged", "held-out known: tagged right", "held-out known: tagged wrong",
+                   "held-out other places: tagged", "verdicts", "train / retrain + re-tag (s)"])
+    smoke = scale.name != "full"
+    held_per_class, pool_per_class = (1, 2) if smoke else (7, 8)
+    pairs = [(a, b) for a in datasets for b in datasets if a != b] or [(datasets[0], datasets[0])]
+    for known, other in pairs[:1] if smoke else pairs:
+        _review_pair(table, scale, known, other, work, held_per_class, pool_per_class)
+    table.notes += [
+        f"The known set's test photos and {pool_per_class} training photos per class of the other set form the "
+        f"library that is tagged and reviewed; {held_per_class} training photos per known class (taken out of "
+        "training) and the other set's test photos are held out: no one reviews them, they only measure.",
+        "The user is played by the ground truth: every wrong tag or untagged known photo is corrected to its class, "
+        "every tagged photo of another place is marked not a landmark; correct outcomes get no verdict. Retrain "
+        "trains a new run with the same settings on the dataset with the verdicts' copies (corrections in "
+        "train/<class>/, the others in unknown/) and re-tags the library, where a verdict decides its photo.",
+        "'library' rows after Retrain count the verdicts' photos as the user decided them; the held-out columns "
+        "are the model's alone.",
+    ]
+    return table
+
+
+def _review_pair(table: Table, scale: Scale, known: Path, other: Path, work: Path, held_per_class: int,
+                 pool_per_class: int) -> None:
+    """One row pair of table 11: ``known``'s landmarks learned, ``other``'s photos as places it does not know."""
+    from landmark_core.config import TrainConfig
+    from landmark_core.models import DEFAULT_TRANSFER_MODEL
+    from landmark_core.pipeline import train_new
+    from landmark_core.predict import Predictor
+    from landmark_core.review import Review, Verdict
+    from landmark_core.tagging import report_rows, tag_files
+
+    root, held_known = _held_out_copy(known, work / "review" / f"{known.name}-data", held_per_class)
+    others = data_lib.scan_dataset(other)
+    by_class: dict[int, list] = {}
+    for sample in others.train:
+        by_class.setdefault(sample.label, []).append(Path(sample.path))
+    pool = [path for paths in by_class.values() for path in paths[:pool_per_class]]
+    held_other = [(Path(sample.path), None) for sample in others.test]
+    library = work / "review" / f"{known.name}-library"
+    shutil.rmtree(library, ignore_errors=True)
+    truth: dict[str, str | None] = {}
+    dataset = data_lib.scan_dataset(root)
+    for index, path in enumerate([Path(s.path) for s in dataset.test] + pool):
+        copy = library / f"{index:04d}{path.suffix}"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, copy)
+        truth[str(copy.resolve())] = path.parent.name if index < len(dataset.test) else None
+    overrides = {} if scale.name == "full" else dict(image_size=scale.image_size, epochs=1, freeze_epochs=1)
+    started = time.perf_counter()
+    run = train_new(TrainConfig(data=str(root), model=DEFAULT_TRANSFER_MODEL, **overrides), work)
+    trained = time.perf_counter() - started
+    report = work / "review" / f"{known.name}-tagged" / "tag-report.csv"
+    shutil.rmtree(report.parent, ignore_errors=True)
+    tag_files(Predictor(run), [library], out_dir=report.parent, report_path=report)
+
+    def library_shares() -> tuple[float, float, float]:
+        rows = report_rows(report)
+        known_rows = [row for file, row in rows.items() if truth[file] is not None]
+        other_rows = [row for file, row in rows.items() if truth[file] is None]
+        right = sum(row["status"] == "tagged" and row["prediction"] == truth[row["file"]] for row in known_rows)
+        wrong = sum(row["status"] == "tagged" and row["prediction"] != truth[row["file"]] for row in known_rows)
+        tagged_other = sum(row["status"] == "tagged" for row in other_rows)
+        return right / max(1, len(known_rows)), wrong / max(1, len(known_rows)), tagged_other / max(1, len(other_rows))
+
+    before = (library_shares(), _outcomes(run, held_known), _outcomes(run, held_other))
+    review, verdicts = Review(report), 0
+    for file, row in report_rows(report).items():
+        expected = truth[file]
+        if expected is None and row["status"] == "tagged":
+            review.judge(file, Verdict.NOT_A_LANDMARK)
+        elif expected is not None and (row["status"] != "tagged" or row["prediction"] != expected):
+            review.judge(file, Verdict.CORRECTED, expected)
+        else:
+            continue
+        verdicts += 1
+    started = time.perf_counter()
+    result = review.retrain()
+    retrained = time.perf_counter() - started
+    after = (library_shares(), _outcomes(result.run, held_known), _outcomes(result.run, held_other))
+    label = f"{other.name} ({len(pool)} in the library, {len(held_other)} held out)"
+    for name, (shares, held, held_others), verdict_count, seconds in (
+            ("before review", before, "-", f"{trained:.0f}"), ("after Retrain", after, verdicts, f"{retrained:.0f}")):
+        table.add(known.name, label, name, f"{shares[0]:.1%}", f"{shares[1]:.1%}", f"{shares[2]:.1%}",
+                  f"{held['right']:.1%}", f"{held['wrong']:.1%}", f"{held_others['right'] + held_others['wrong']:.1%}",
+                  verdict_count, seconds)

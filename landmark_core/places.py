@@ -106,8 +106,11 @@ class Gazetteer:
     def __init__(self, places: Iterable[Place] = ()):
         self._by_folder: dict[str, Place | None] = {}
         self._by_display_name: dict[str, Place | None] = {}  # a second key: "Taj Mahal" finds "21.Taj_Mahal"
+        self._by_compact: dict[str, Place | None] = {}  # a last resort without spaces: "Halong Bay", "Ha Long Bay"
         stripped_owner: dict[str, str] = {}
         for place in places:
+            for name in (place.folder, place.display_name):
+                self._by_compact[_compact(name)] = place
             for strip in (False, True):
                 for index, name in ((self._by_folder, place.folder), (self._by_display_name, place.display_name)):
                     key = normalise(name, strip)
@@ -123,10 +126,14 @@ class Gazetteer:
             place = self._by_folder.get(key) or self._by_display_name.get(key)
             if place:
                 return place
-        return None
+        return self._by_compact.get(_compact(class_name))
 
     def for_classes(self, classes: Iterable[str]) -> dict[str, Place | None]:
         return {name: self.place_for(name) for name in classes}
+
+
+def _compact(name: str) -> str:
+    return normalise(name).replace(" ", "")
 
 
 def dataset_places_file(dataset_root: str | Path) -> Path:

@@ -39,12 +39,22 @@ class Town:
         return ", ".join(part for part in (self.name, self.region, self.country) if part)
 
 
+#: Where ISO's short name is not what a photo's caption would say (and what the built-in places say).
+_EVERYDAY_NAMES = {"RU": "Russia", "TR": "Turkey", "CZ": "Czech Republic", "BN": "Brunei", "VA": "Vatican City",
+                   "PS": "Palestine", "FM": "Micronesia", "CD": "Democratic Republic of the Congo",
+                   "CG": "Republic of the Congo", "VG": "British Virgin Islands", "VI": "U.S. Virgin Islands",
+                   "XK": "Kosovo"}
+
+
 @lru_cache(maxsize=512)
 def country_name(code: str) -> str:
     """A country's everyday English name from its ISO 3166 code (``GB`` -> ``United Kingdom``); the code itself for
-    one ISO does not list (``XK``)."""
+    one neither ISO nor we know."""
     import pycountry
-    country = pycountry.countries.get(alpha_2=code.upper()) if code else None
+    code = (code or "").upper()
+    if code in _EVERYDAY_NAMES:
+        return _EVERYDAY_NAMES[code]
+    country = pycountry.countries.get(alpha_2=code) if code else None
     return (getattr(country, "common_name", None) or country.name) if country else code
 
 

@@ -10,7 +10,9 @@ def test_benchmark_smoke_run_writes_every_table(tmp_path):
     assert main(["--smoke", "--out", str(out), "--work", str(tmp_path / "work")]) == 0
     text = out.read_text()
     for title in ("1. Input pipeline", "2. Frozen-backbone", "3. Training step", "4. Inference", "5. Time to",
-                  "6. Real photos", "7. Few-shot", "8. Open set", "9. Tagging a photo library"):
+                  "6. Real photos", "7. Few-shot", "8. Open set", "9. Tagging a photo library",
+                  "11. Review and teach"):
         assert title in text
     assert "| baseline" in text and "vs baseline" in text
+    assert "| before review |" in text and "| after Retrain |" in text
     assert "previous default" in text and "| efficientnet_lite0 | defaults |" in text

@@ -143,3 +143,21 @@ def test_the_seven_wonders_development_classes_all_have_a_place():
     classes = ["Chichen Itza", "Christ The Redeemer Statue", "Machu Picchu", "Petra", "Taj Mahal",
                "The Great Wall Of China", "The Roman Colosseum"]
     assert {name: place_for(name) is not None for name in classes} == dict.fromkeys(classes, True)
+
+
+def test_the_vietnamese_development_classes_all_have_a_place_and_spaces_do_not_matter():
+    classes = ["halong_bay", "hochiminh_mausoleum", "hoian_town", "hue_imperial_city", "sapa_rice_terraces"]
+    found = {name: place_for(name) for name in classes}
+    assert all(found.values()), found
+    assert {place.country for place in found.values()} == {"Vietnam"}
+    assert place_for("Ha Long Bay") is place_for("HaLong_Bay") is found["halong_bay"]
+
+
+def test_no_two_built_in_places_share_a_name_once_spaces_are_dropped():
+    from landmark_core.places import _compact, builtin_places
+    owners = {}
+    for place in builtin_places():
+        for name in (place.folder, place.display_name):
+            owners.setdefault(_compact(name), set()).add(place.folder)
+    assert {key: folders for key, folders in owners.items() if len(folders) > 1} == {}
+    assert len(builtin_places()) >= 250

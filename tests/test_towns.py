@@ -58,7 +58,8 @@ def test_a_place_from_a_town_goes_into_places_csv_and_replaces_only_its_class(tm
     assert places.place_for("Old_Bridge").display_name == "Stari Most"  # the other row stays as it was
     rows = list(csv.DictReader(open(tmp_path / "places.csv", encoding="utf-8")))
     assert [row["folder"] for row in rows] == ["Old_Bridge", "Petra_Jordan"]
-    assert country_name("XK") == "XK"  # a code ISO does not list is shown as it is
+    assert country_name("QQ") == "QQ"  # a code nobody lists is shown as it is
+    assert (country_name("RU"), country_name("XK"), country_name("IR")) == ("Russia", "Kosovo", "Iran")
 
 
 def test_landmark_places_searches_towns_and_sets_a_class_place_from_a_position(tmp_path):
