@@ -157,8 +157,12 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one JSON line and flush it so another process can follow the file live."""
     line = json.dumps(record, default=_json_default) + "\n"
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line)
+    with open(path, "a+b") as handle:
+        if handle.seek(0, os.SEEK_END) > 0:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":  # a writer killed mid-line left it torn: this record starts its own line
+                line = "\n" + line
+        handle.write(line.encode("utf-8"))
         handle.flush()
         os.fsync(handle.fileno())
 

@@ -118,7 +118,13 @@ class Review:
 
     def verdicts(self) -> dict[str, dict]:
         """The current verdict of each judged photo, by file."""
-        return {entry["file"]: entry for entry in read_jsonl(self.log_path) if isinstance(entry, dict) and "file" in entry}
+        return {entry["file"]: entry for entry in self._log()}
+
+    def _log(self) -> list[dict]:
+        """The verdicts logged, oldest first; a line that is not one of ours (edited by hand, torn) is passed over."""
+        return [entry for entry in read_jsonl(self.log_path) if isinstance(entry, dict)
+                and all(isinstance(entry.get(key), str) for key in ("file", "verdict", "copy", "sha256"))
+                and entry["verdict"] in {verdict.value for verdict in Verdict}]
 
     def items(self, outcomes: tuple[str, ...] = REVIEWED_OUTCOMES) -> list[ReviewItem]:
         """The photos to review, grouped by outcome (in ``outcomes``' order), the least certain first in each."""
@@ -174,7 +180,7 @@ class Review:
         """Take back the verdict on ``file`` (the latest verdict when None): its copy leaves the dataset (only if it
         is still the copy we made), and a class folder the verdict made goes when it is empty again. Returns the
         verdict taken back, or None when there was none."""
-        log = [entry for entry in read_jsonl(self.log_path) if isinstance(entry, dict) and "file" in entry]
+        log = self._log()
         if not log:
             return None
         key = log[-1]["file"] if file is None else self._file_of(file, must_be_in_report=False)
@@ -182,13 +188,16 @@ class Review:
         if not matching:
             return None
         entry = matching[-1]
-        copy = self.dataset_root / entry["copy"]
+        root = self.dataset_root
+        copy = root / entry["copy"]
+        if not copy.resolve().is_relative_to(root):
+            raise DataError(f"the review log names {entry['copy']}, which is outside the dataset {root}: left alone")
         if copy.is_file():
             if _sha256(copy.read_bytes()) != entry["sha256"]:
                 raise DataError(f"{entry['copy']} changed since the review copied it there: left alone (delete it by "
                                 "hand if it should go)")
             copy.unlink()
-        if entry.get("created_class") and copy.parent.is_dir() and not any(copy.parent.iterdir()):
+        if entry.get("created_class") is True and copy.parent.is_dir() and not any(copy.parent.iterdir()):
             copy.parent.rmdir()  # an empty class folder would be a class without photos
         kept = [other for other in log if other["file"] != key]
         write_bytes_atomic(self.log_path, "".join(json.dumps(other) + "\n" for other in kept).encode())

@@ -113,8 +113,9 @@ def _unit_vectors(latitudes, longitudes) -> np.ndarray:
 
 
 def nearest_towns(latitude: float, longitude: float, count: int = 8) -> list[tuple[Town, float]]:
-    """The ``count`` towns nearest to a point, nearest first, each with its distance in km."""
-    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
+    """The ``count`` towns nearest to a point, nearest first, each with its distance in km (a longitude past ±180°,
+    as a map across the date line gives it, is the same meridian)."""
+    if not (-90 <= latitude <= 90 and math.isfinite(longitude) and -540 <= longitude <= 540):
         raise DataError(f"({latitude}, {longitude}) is not a position: latitude -90..90, longitude -180..180")
     chord, index = _tree().query(_unit_vectors(np.radians([latitude]), np.radians([longitude]))[0], k=count)
     earth_radius_km = 6371.0
@@ -133,6 +134,20 @@ def map_points(cell_degrees: float = 2.0) -> list[dict]:
             points.append({"town": town.name, "region": town.region, "country": town.country_code,
                            "latitude": town.latitude, "longitude": town.longitude})
     return points
+
+
+def towns_around(latitude: float, longitude: float, degrees: float = 3.0, limit: int = 4000) -> list[dict]:
+    """Every town within ``degrees`` of a point (longitude widened by the latitude, so the window is square on the
+    ground), nearest first and at most ``limit``: a closer map for a second, precise click."""
+    span = degrees / max(0.2, math.cos(math.radians(latitude)))
+    found = []
+    for town in towns():
+        difference = (town.longitude - longitude + 180) % 360 - 180  # across the date line too
+        if abs(town.latitude - latitude) <= degrees and abs(difference) <= span:
+            found.append((abs(town.latitude - latitude) + abs(difference), town, longitude + difference))
+    found.sort(key=lambda item: item[0])
+    return [{"town": town.name, "region": town.region, "country": town.country_code, "latitude": town.latitude,
+             "longitude": unwrapped} for _, town, unwrapped in found[:limit]]
 
 
 def place_at(class_name: str, town: Town, display_name: str | None = None,

@@ -246,3 +246,14 @@ def town_picker_map(height: int = 360) -> alt.LayerChart:
         opacity=alt.condition(clicked, alt.value(1.0), alt.value(0.35)),
         tooltip=["town", "region", "country"]).add_params(clicked)
     return (land + towns).project("equalEarth").properties(height=height)
+
+
+def town_zoom_map(points: pd.DataFrame, height: int = 360) -> alt.Chart:
+    """The towns around a first click, drawn by longitude and latitude: a second click picks one precisely (the
+    selection named ``clicked``)."""
+    clicked = alt.selection_point(name="clicked", on="click", nearest=True, fields=["latitude", "longitude"])
+    return alt.Chart(points).mark_circle(size=30).encode(
+        x=alt.X("longitude:Q", scale=alt.Scale(zero=False), title="longitude"),
+        y=alt.Y("latitude:Q", scale=alt.Scale(zero=False), title="latitude"),
+        color=alt.condition(clicked, alt.value("crimson"), alt.value("#5b7083")),
+        tooltip=["town", "region", "country"]).add_params(clicked).properties(height=height)

@@ -11,8 +11,8 @@ from landmark_core.errors import LandmarkError
 from landmark_core.explore import augmentation_preview, image_table, training_stats
 from landmark_core.insights import short_label
 from landmark_core.places import PLACES_FILE, Place, places_from_table, places_matching, places_table, save_places
-from landmark_core.towns import nearest_towns, place_at, search_towns, set_place
-from pages.common import finished_runs, require_dataset, run_label, show_error, town_picker_map
+from landmark_core.towns import nearest_towns, place_at, search_towns, set_place, towns_around
+from pages.common import finished_runs, require_dataset, run_label, show_error, town_picker_map, town_zoom_map
 
 OUT_OF_DATASET = "out of the dataset (_excluded/)"
 
@@ -150,6 +150,11 @@ with st.expander("Find a class's place: search a landmark or a town, or click on
         clicked = st.altair_chart(town_picker_map(), on_select="rerun", key="place_map", selection_mode="clicked")
         points = (clicked.selection.get("clicked") or []) if clicked else []
         if points:
+            around = pd.DataFrame(towns_around(points[0]["latitude"], points[0]["longitude"]))
+            st.caption(f"Closer: the {len(around):,} towns around the click. Click the one by the landmark.")
+            closer = st.altair_chart(town_zoom_map(around), on_select="rerun", key=f"place_zoom-{points[0]}",
+                                     selection_mode="clicked")
+            points = ((closer.selection.get("clicked") or []) if closer else []) or points
             candidates = [town for town, _ in nearest_towns(points[0]["latitude"], points[0]["longitude"])]
     if candidates:
         choice = st.selectbox("Place", candidates, key="place_choice", format_func=lambda c: (

@@ -5,7 +5,7 @@ import streamlit as st
 
 from landmark_core.errors import LandmarkError
 from landmark_core.locations import artifacts_dir
-from landmark_core.places import display_name
+from landmark_core.places import display_name, gazetteer
 from landmark_core.review import REVIEWED_OUTCOMES, Review, Verdict, find_reports
 from landmark_core.tagging import STATUS_MEANINGS
 from pages.common import assessment_for, explanation_for, show_error
@@ -19,7 +19,12 @@ st.caption("Go through a tag report written by `landmark tag`: confirm a tag, co
            "(`train/<class>/` or `unknown/`; your photo stays where it is) and can be undone. **Retrain** then "
            "trains a new model with the same settings and re-tags the photos the model decided.")
 
-found = find_reports([Path.cwd(), artifacts_dir()])
+@st.cache_data(ttl=30, show_spinner=False)
+def reports_here(folders: tuple[str, ...]) -> list[Path]:
+    return find_reports(folders)
+
+
+found = reports_here((str(Path.cwd()), str(artifacts_dir())))
 typed = st.text_input("Tag report (the CSV that `landmark tag` wrote)", key="review_report",
                       placeholder=str(found[0]) if found else "tagged/tag-report.csv")
 if not typed and found:
@@ -31,6 +36,7 @@ try:
     review = Review(typed)
     run, dataset_root = review.run, review.dataset_root
     items = review.items()
+    places = gazetteer(dataset_root)  # a damaged places.csv shows here, with its line
 except (LandmarkError, OSError) as error:
     show_error(error)
     st.stop()
@@ -76,6 +82,9 @@ if outcome:
                 said = item.verdict
                 st.success(f"**{said['verdict'].replace('_', ' ')}**"
                            + (f": {display_name(said['class'])}" if said.get("class") else "") + f" → `{said['copy']}`")
+                if said.get("class") and places.place_for(said["class"]) is None:
+                    st.caption("This class has no place yet: tags would carry its name only. Find it on **Explore "
+                               "dataset** (search a town or click on the map).")
                 if st.button("Undo", key=f"undo-{item.file}"):
                     try:
                         review.undo(item.file)

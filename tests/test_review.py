@@ -218,6 +218,10 @@ def test_landmark_review_lists_judges_undoes_and_refuses_bad_input_in_one_line(t
     assert "is not a tag report" in one_line_error(landmark("review", tmp_path / "missing.csv"))
     (tmp_path / "notes.csv").write_text("my,own\nnotes,here\n")
     assert "is not a tag report" in one_line_error(landmark("review", tmp_path / "notes.csv"))
+    gone = sorted(library.glob("new-*.jpg"))[1]
+    gone.unlink()  # deleted from the library since it was tagged
+    assert "No such file" in one_line_error(landmark("review", report, "--not-landmark", gone))
+    assert not (data / "unknown" / gone.name).exists()
 
 
 def test_a_report_from_before_reviews_says_to_tag_again(teachable, tmp_path):
@@ -238,3 +242,26 @@ def test_find_reports_offers_tag_reports_and_nothing_else(teachable, tmp_path):
     (tmp_path / "other.json").write_text("{}")
     assert find_reports([tmp_path]) == [report.resolve()]
     assert REVIEWED_OUTCOMES == ("tagged", "abstained", "unknown", "failed")
+
+
+def test_a_torn_or_hand_edited_review_log_loses_no_verdict_and_deletes_nothing_outside_the_dataset(teachable, tmp_path):
+    run, data, library = teachable
+    review = Review(tagged_report(run, library, tmp_path))
+    photo = sorted(library.glob("new-*.jpg"))[0]
+    review.judge(photo, Verdict.CORRECTED, NEW_CLASS)
+    with open(review.log_path, "a") as log:
+        log.write('{"file": "torn by a kill')  # the writer died mid-line
+    review.judge(library / "noise.jpg", Verdict.NOT_A_LANDMARK)  # starts a line of its own
+    assert set(review.verdicts()) == {str(photo), str(library / "noise.jpg")}
+
+    outside = tmp_path / "precious.txt"
+    outside.write_text("not the dataset's")
+    import hashlib
+    forged = {"file": str(library / "noise.jpg"), "verdict": "not_a_landmark", "copy": "../precious.txt",
+              "sha256": hashlib.sha256(outside.read_bytes()).hexdigest()}
+    with open(review.log_path, "a") as log:
+        log.write(json.dumps(forged) + "\n" + '{"file": 3}\n' + "not json\n")
+    with pytest.raises(DataError, match="outside the dataset"):
+        review.undo()
+    assert outside.read_text() == "not the dataset's"
+    assert set(review.verdicts()) == {str(photo), str(library / "noise.jpg")}  # the junk lines are passed over

@@ -9,7 +9,8 @@ from streamlit.testing.v1 import AppTest
 
 from landmark_core.errors import DataError
 from landmark_core.places import gazetteer, place_for
-from landmark_core.towns import country_name, map_points, nearest_towns, place_at, search_towns, set_place, towns
+from landmark_core.towns import (country_name, map_points, nearest_towns, place_at, search_towns, set_place,
+                                 towns, towns_around)
 from test_hostile import landmark, one_line_error
 from test_places import _kilometres
 
@@ -34,8 +35,19 @@ def test_the_nearest_towns_come_nearest_first_with_distances_also_across_the_dat
     assert [d for _, d in rest] == sorted(d for _, d in rest) and all(d >= distance for _, d in rest)
     east, west = nearest_towns(-16.5, 179.999, 3), nearest_towns(-16.5, -179.999, 3)  # Fiji, both sides of 180°
     assert [t for t, _ in east] == [t for t, _ in west] and all(t.country_code == "FJ" for t, _ in east)
+    assert nearest_towns(-16.5, 180.001, 1)[0][0] == west[0][0]  # past 180°, as a map across the date line gives it
     with pytest.raises(DataError, match="is not a position"):
         nearest_towns(91, 0)
+    with pytest.raises(DataError, match="is not a position"):
+        nearest_towns(0, float("nan"))
+
+
+def test_towns_around_a_click_fill_a_square_window_nearest_first_also_across_the_date_line():
+    around = towns_around(43.34, 17.81, degrees=1.0)
+    assert around[0]["town"] == "Mostar" and len(around) > 20
+    assert all(abs(t["latitude"] - 43.34) <= 1.0 for t in around)
+    fiji = towns_around(-16.5, 179.9, degrees=3.0)
+    assert fiji and all(170 < t["longitude"] < 190 for t in fiji)  # unwrapped: one side of the map
 
 
 def test_map_points_cover_the_world_with_one_town_per_square():
