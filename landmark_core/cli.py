@@ -426,20 +426,22 @@ def cmd_places(args) -> int:
 def cmd_review(args) -> int:
     from .review import Review, Verdict
     review = Review(args.report)
-    judged = [(file, Verdict.CONFIRMED, None) for file in args.accept]
-    for pair in args.correct:
-        file, _, class_name = pair.rpartition("=")
-        if not file or not class_name:
-            raise LandmarkError(f"--correct takes FILE=CLASS (got {pair!r})")
-        judged.append((file, Verdict.CORRECTED, class_name))
-    judged += [(file, Verdict.NOT_A_LANDMARK, None) for file in args.not_landmark]
-    for file, verdict, class_name in judged:
-        entry = review.judge(file, verdict, class_name)
+    judged = [(file, Verdict.CONFIRMED, None, False) for file in args.accept]
+    for flag, pairs, new_class in (("--correct", args.correct, False), ("--new-class", args.new_class, True)):
+        for pair in pairs:
+            file, _, class_name = pair.rpartition("=")
+            if not file or not class_name:
+                raise LandmarkError(f"{flag} takes FILE=CLASS (got {pair!r})")
+            judged.append((file, Verdict.CORRECTED, class_name, new_class))
+    judged += [(file, Verdict.NOT_A_LANDMARK, None, False) for file in args.not_landmark]
+    for file, verdict, class_name, new_class in judged:
+        entry = review.judge(file, verdict, class_name, new_class=new_class)
         print(f"{entry['verdict']}: {Path(entry['file']).name} -> {entry['copy']} (in {review.dataset_root})", file=sys.stderr)
     if args.undo:
         taken_back = review.undo(None if args.undo == "last" else args.undo)
-        print(f"undid: {taken_back['verdict']} {Path(taken_back['file']).name}" if taken_back else "nothing to undo",
-              file=sys.stderr)
+        gone = " (its copy had already left the dataset)" if taken_back and taken_back.get("copy_was_gone") else ""
+        print(f"undid: {taken_back['verdict']} {Path(taken_back['file']).name}{gone}" if taken_back
+              else "nothing to undo", file=sys.stderr)
     if args.retrain:
         runs_before = review.run.id
         result = review.retrain(progress=lambda stage, done, total: ProgressBar(stage)(done, total))
@@ -466,6 +468,15 @@ def cmd_review(args) -> int:
               f"review {said:<30} {item.file}")
     if not items:
         print("nothing to review: no photo of this report was decided by the model", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import API_KEY_ENV, ServeSettings, serve
+    settings = ServeSettings(run=args.run, host=args.host, port=args.port, workers=args.workers,
+                             api_key=args.api_key or os.environ.get(API_KEY_ENV) or None, max_batch=args.max_batch,
+                             batch_wait_ms=args.batch_wait_ms, max_queue=args.queue, device=args.device)
+    serve(settings)
     return 0
 
 
@@ -595,7 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("report", help="a tag report (tag-report.csv) written by landmark tag")
     review.add_argument("--accept", nargs="+", default=[], metavar="FILE", help="these photos' tags are right")
     review.add_argument("--correct", nargs="+", default=[], metavar="FILE=CLASS",
-                        help="these photos show CLASS (a class of the run, or a new one)")
+                        help="these photos show CLASS, a class of the dataset")
+    review.add_argument("--new-class", nargs="+", default=[], metavar="FILE=CLASS",
+                        help="these photos show CLASS, a landmark the dataset has no class for yet (one is made)")
     review.add_argument("--not-landmark", nargs="+", default=[], metavar="FILE",
                         help="these photos show no landmark the model should know")
     review.add_argument("--undo", nargs="?", const="last", metavar="FILE",
@@ -604,6 +617,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "dataset with the verdicts, then re-tag the photos the model decided")
     review.add_argument("--json", action="store_true")
     review.set_defaults(func=cmd_review)
+
+    served = sub.add_parser("serve", help="an HTTP API for photo platforms: POST /v1/predict and /v1/tag",
+                            description="Answers on 127.0.0.1 unless --host says otherwise (then --api-key is needed). "
+                                        "OpenAPI description at /docs and /openapi.json.")
+    served.add_argument("run", help="a finished, exported run")
+    served.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    served.add_argument("--port", type=_number(int, 0, 65535), default=8000)
+    served.add_argument("--workers", type=_number(int, 1, 64), default=1, help="processes, each with its own model")
+    served.add_argument("--api-key", help="required from clients (header X-API-Key), also from $LANDMARK_API_KEY")
+    served.add_argument("--max-batch", type=_number(int, 1, 256), default=8, help="photos classified in one pass")
+    served.add_argument("--batch-wait-ms", type=_number(float, 0, 1000), default=5.0,
+                        help="how long a photo waits for others to share its pass (default: 5 ms)")
+    served.add_argument("--queue", type=_number(int, 1, 100_000), default=64,
+                        help="photos that may wait; beyond it clients get 503 and Retry-After")
+    served.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
+    served.set_defaults(func=cmd_serve)
 
     models = sub.add_parser("models", help="list registered models")
     models.set_defaults(func=cmd_models)

@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 import re
 import tempfile
 from pathlib import Path
@@ -119,14 +120,19 @@ def _rewrite_in_place(path: Path, data: bytes, before: os.stat_result, keep_time
         os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
-def remove_unfinished_writes(folder: str | os.PathLike, keep: tuple[str, ...] = ()) -> list[str]:
+def remove_unfinished_writes(folder: str | os.PathLike, keep: tuple[str, ...] = (), keep_seconds: float = 10.0) -> list[str]:
     """Remove the temporary files of :func:`atomic_path` writes whose process was killed before it could clean up
     (SIGKILL, or a signal that arrived mid-write). Only for files no other process may be writing at the time:
-    ``keep`` names the files others still write (their temporaries are left alone). Returns the names removed."""
-    removed = []
+    ``keep`` names the files others may still write, whose temporaries go only once ``keep_seconds`` old (a write
+    takes milliseconds: an older one belongs to a dead process). Returns the names removed."""
+    removed, now = [], time.time()
     for stale in Path(folder).glob(".*.tmp"):
         if stale.name.startswith(tuple(f".{name}." for name in keep)):
-            continue
+            try:
+                if now - stale.stat().st_mtime < keep_seconds:
+                    continue
+            except OSError:
+                continue
         stale.unlink(missing_ok=True)
         removed.append(stale.name)
     return removed

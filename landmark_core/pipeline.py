@@ -204,6 +204,9 @@ def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: dis
             evaluate_run(run_dir, device=device, prepared=prepared)
             export_run(run_dir)
         write_status(run_dir, state="finished", finished=now_iso(), train_seconds=train_seconds)
+        # a status write of a rank killed before this start (SIGKILL mid-write) left its temporary: older than the
+        # run's own writes, so no live writer's
+        remove_unfinished_writes(run_dir, keep=(Run.STATUS,), keep_seconds=max(10.0, time.time() - started))
         return run_dir
     except TrainingCancelled as stop:
         if world.is_distributed and not (run_dir / Run.CANCEL).exists():

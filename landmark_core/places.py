@@ -110,14 +110,15 @@ class Gazetteer:
         stripped_owner: dict[str, str] = {}
         for place in places:
             for name in (place.folder, place.display_name):
-                self._by_compact[_compact(name)] = place
+                self._by_compact[_compact(name, strip_number=False)] = place
             for strip in (False, True):
                 for index, name in ((self._by_folder, place.folder), (self._by_display_name, place.display_name)):
                     key = normalise(name, strip)
                     index[key] = place
                     if strip:  # "10 Downing St" and "11 Downing St" both strip to "downing st": neither may claim it
-                        owner = stripped_owner.setdefault(key, normalise(place.folder))
-                        if owner != normalise(place.folder) and key != normalise(name, False):
+                        folder = normalise(place.folder, strip_number=False)
+                        owner = stripped_owner.setdefault(key, folder)
+                        if owner != folder and key != normalise(name, False):
                             index[key] = None
 
     def place_for(self, class_name: str) -> Place | None:
@@ -126,14 +127,18 @@ class Gazetteer:
             place = self._by_folder.get(key) or self._by_display_name.get(key)
             if place:
                 return place
-        return self._by_compact.get(_compact(class_name))
+        # without spaces, the numbers kept in the index: "12 Downing St" never finds 10 or 11 Downing St
+        for key in (_compact(class_name, strip_number=False), _compact(class_name)):
+            if key in self._by_compact:
+                return self._by_compact[key]
+        return None
 
     def for_classes(self, classes: Iterable[str]) -> dict[str, Place | None]:
         return {name: self.place_for(name) for name in classes}
 
 
-def _compact(name: str) -> str:
-    return normalise(name).replace(" ", "")
+def _compact(name: str, strip_number: bool = True) -> str:
+    return normalise(name, strip_number).replace(" ", "")
 
 
 def dataset_places_file(dataset_root: str | Path) -> Path:

@@ -12,7 +12,9 @@ model for its photo.
 """
 from __future__ import annotations
 
+import contextlib
 import enum
+import fcntl
 import hashlib
 import json
 import math
@@ -23,14 +25,15 @@ from pathlib import Path
 from typing import Callable
 
 from .cleaning import free_name, training_folder
-from .data import UNKNOWN_FOLDERS
+from .data import UNKNOWN_FOLDERS, scan_dataset
 from .errors import DataError, LandmarkError
 from .fileio import append_jsonl, read_jsonl, write_bytes_atomic
 from .pipeline import create_run, train
 from .predict import Predictor
+from .places import normalise
 from .runs import Run, artifacts_of
-from .tagging import (_read_photo, check_report_path, destination_arguments, read_summary, report_counts,
-                      report_rows, tag_files)
+from .tagging import (check_report_path, destination_arguments, previous_decision, read_summary,
+                      read_photo, report_counts, report_rows, tag_files)
 
 
 class Verdict(str, enum.Enum):
@@ -144,42 +147,81 @@ class Review:
 
     # --- verdicts ---------------------------------------------------------------------------------
 
-    def judge(self, file: str | os.PathLike, verdict: Verdict | str, class_name: str | None = None) -> dict:
+    def judge(self, file: str | os.PathLike, verdict: Verdict | str, class_name: str | None = None, *,
+              new_class: bool = False) -> dict:
         """Record the user's verdict on one photo of the report and copy the photo into the dataset; a photo judged
-        before loses its earlier verdict (and that copy) first. Returns the logged entry."""
+        before loses its earlier verdict (and that copy) first. A correction names a class of the dataset (matched
+        as class names are: ``Taj Mahal`` is ``21.Taj_Mahal``), or, with ``new_class``, a class to add: a typo
+        never makes a class by itself. Returns the logged entry."""
         verdict = Verdict(verdict)
         file = self._file_of(file)
         row = self.rows()[file]
+        root = self.dataset_root
+        model_said = previous_decision(row)
         if verdict is Verdict.CONFIRMED:
-            if row["status"] != "tagged":
+            if model_said is None:
                 raise LandmarkError(f"{Path(file).name} was not tagged ({row['status']}): there is no tag to confirm; "
                                     "correct it to its class instead")
-            class_name = row["prediction"]
+            class_name = self._class_folder(root, model_said.prediction, new_class=False)
         elif verdict is Verdict.CORRECTED:
             if not class_name:
                 raise LandmarkError("a correction names the photo's class")
-            if class_name == row["prediction"] and row["status"] == "tagged":
+            class_name = self._class_folder(root, class_name, new_class=new_class)
+            if model_said is not None and class_name == model_said.prediction:
                 verdict = Verdict.CONFIRMED
         else:
             class_name = None
-        root = self.dataset_root
         folder = training_folder(root, class_name) if class_name else _unknown_folder(root)
-        data = _read_photo(Path(file))
-        if file in self.verdicts():
-            self.undo(file)
-        created = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
-        copy = free_name(folder, Path(file).name)
-        write_bytes_atomic(copy, data)
-        entry = {"file": file, "verdict": verdict.value, "class": class_name, "copy": copy.relative_to(root).as_posix(),
-                 "sha256": _sha256(data), "created_class": created and class_name is not None, "time": time.time()}
-        append_jsonl(self.log_path, entry)
+        data = read_photo(Path(file))
+        with self._locked():
+            if file in self.verdicts():
+                self._undo_locked(file)
+            created = not folder.exists()
+            folder.mkdir(parents=True, exist_ok=True)
+            name = Path(file).name
+            # a name the dataset reads as hidden or private (_DSC1234.JPG, .photo.jpg) would never be trained on
+            copy = free_name(folder, f"review-{name}" if name.startswith((".", "_")) else name)
+            write_bytes_atomic(copy, data)
+            entry = {"file": file, "verdict": verdict.value, "class": class_name,
+                     "copy": copy.relative_to(root).as_posix(), "sha256": _sha256(data),
+                     "created_class": created and class_name is not None, "time": time.time()}
+            append_jsonl(self.log_path, entry)
         return entry
+
+    @staticmethod
+    def _class_folder(root: Path, class_name: str, *, new_class: bool) -> str:
+        """The dataset's class folder ``class_name`` means, or ``class_name`` itself when it is to be new."""
+        classes = scan_dataset(root).classes
+        if class_name in classes:
+            return class_name
+        matching = [c for c in classes if normalise(c) == normalise(class_name)]
+        if len(matching) == 1:
+            return matching[0]
+        if not new_class:
+            shown = ", ".join(classes[:8]) + (", …" if len(classes) > 8 else "")
+            raise LandmarkError(f"{class_name!r} is not a class of {root.name} ({shown}); to add it as a new class, "
+                                "say so (--new-class FILE=CLASS, or 'a new class…' on the page)")
+        return class_name
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """One writer of the review log at a time (two browser tabs, the page and the CLI)."""
+        with open(self.log_path.with_name(self.log_path.name + ".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def undo(self, file: str | os.PathLike | None = None) -> dict | None:
         """Take back the verdict on ``file`` (the latest verdict when None): its copy leaves the dataset (only if it
         is still the copy we made), and a class folder the verdict made goes when it is empty again. Returns the
-        verdict taken back, or None when there was none."""
+        verdict taken back (with ``copy_was_gone`` when its copy had left the dataset already), or None when there
+        was none."""
+        with self._locked():
+            return self._undo_locked(file)
+
+    def _undo_locked(self, file: str | os.PathLike | None) -> dict | None:
         log = self._log()
         if not log:
             return None
@@ -187,7 +229,7 @@ class Review:
         matching = [entry for entry in log if entry["file"] == key]
         if not matching:
             return None
-        entry = matching[-1]
+        entry = dict(matching[-1])
         root = self.dataset_root
         copy = root / entry["copy"]
         if not copy.resolve().is_relative_to(root):
@@ -197,6 +239,8 @@ class Review:
                 raise DataError(f"{entry['copy']} changed since the review copied it there: left alone (delete it by "
                                 "hand if it should go)")
             copy.unlink()
+        else:
+            entry["copy_was_gone"] = True  # moved or deleted by hand: the verdict goes, there is no copy to take
         if entry.get("created_class") is True and copy.parent.is_dir() and not any(copy.parent.iterdir()):
             copy.parent.rmdir()  # an empty class folder would be a class without photos
         kept = [other for other in log if other["file"] != key]

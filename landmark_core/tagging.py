@@ -60,7 +60,7 @@ STATUS_MEANINGS = {
     "failed": "recognised, but the tags could not be written into it (the photo is left as it was)",
 }
 REPORT_FIELDS = ["file", "output", "status", "prediction", "probability", "familiarity", "landmark", "region",
-                 "country", "latitude", "longitude", "note", "size", "mtime_ns", "error"]
+                 "country", "latitude", "longitude", "note", "size", "mtime_ns", "error", "added"]
 NO_PLACE_NOTE = "no place for this class: tagged by name only (add it to the dataset's places.csv)"
 
 pyexiv2.set_log_level(4)  # exiv2's warnings about odd but readable files would go to stderr otherwise
@@ -302,81 +302,148 @@ _PLACE_FIELDS = ("Iptc.Application2.City", "Iptc.Application2.CountryName", "Xmp
                  "Xmp.photoshop.Country")
 
 
-def retracted_fields(previous: TagDecision, existing: dict) -> dict:
-    """The changes (a field's new value, None to delete it) that take our earlier tag ``previous`` back out of a
-    file's ``existing`` fields, so it can be tagged again: our keywords and caption part go, the user's stay;
-    the position goes (a tag wrote the whole of it); a city or country goes only where it is still ours."""
+@dataclass(frozen=True)
+class EarlierTag:
+    """A tag written before (rebuilt from its report row) and what it added to the file: the keywords that were
+    not there, whether the caption, the city and country and the position were ours. ``added`` is None for a row
+    of a report that did not record it: then every field that holds our value is taken as ours."""
+    decision: TagDecision
+    added: dict | None = None
+
+
+def _same_position(position, place: Place | None) -> bool:
+    return place is not None and position is not None and abs(position[0] - place.latitude) < 1e-4 \
+        and abs(position[1] - place.longitude) < 1e-4
+
+
+def _exif_position(exif: dict) -> tuple[float, float] | None:
+    try:
+        def degrees(key):
+            parts = [Fraction(part) for part in str(exif[f"Exif.GPSInfo.GPS{key}"]).split()]
+            return _to_degrees(parts, exif.get(f"Exif.GPSInfo.GPS{key}Ref", "N"))
+        return degrees("Latitude"), degrees("Longitude")
+    except (KeyError, ValueError, ZeroDivisionError, TypeError):
+        return None
+
+
+def _xmp_position(xmp: dict) -> tuple[float, float] | None:
+    try:
+        return _from_xmp_coordinate(xmp["Xmp.exif.GPSLatitude"]), _from_xmp_coordinate(xmp["Xmp.exif.GPSLongitude"])
+    except (KeyError, IndexError, ValueError):
+        return None
+
+
+def retracted_fields(earlier: EarlierTag, existing: dict, *, position_is_ours: bool) -> dict:
+    """The changes (a field's new value, None to delete it) that take an earlier tag of ours back out of a file's
+    ``existing`` fields, so it can be tagged again: the keywords it added and its caption part go, the user's
+    stay (a keyword the user had before is not ours to take); a city or country goes only where the tag set it
+    and it still holds our value; the position only while it is still ours (``position_is_ours``)."""
+    previous, added = earlier.decision, earlier.added
     exif, iptc, xmp = _metadata(previous)
     ours, changes = exif | iptc | xmp, {}
+    ours_keywords = set(added.get("keywords", []) if added is not None else previous.keywords)
     for key in _KEYWORD_FIELDS:
         if key in existing:
-            theirs = [k for k in _as_list(existing[key]) if k not in previous.keywords]
+            theirs = [k for k in _as_list(existing[key]) if k not in ours_keywords]
             changes[key] = (";".join(theirs) if key == "Exif.Image.XPKeywords" else theirs) or None
-    for key in _CAPTION_FIELDS:
-        if key in existing:
-            parts = [part for part in _as_text(existing[key]).split(_CAPTION_JOIN) if part and part != previous.description]
-            text = _CAPTION_JOIN.join(parts)
-            if key == "Xmp.dc.description" and isinstance(existing[key], dict):
-                others = {k: v for k, v in existing[key].items() if k != _DEFAULT_LANGUAGE}
-                changes[key] = ({**others, _DEFAULT_LANGUAGE: text} if text else others) or None
-            else:
-                changes[key] = text or None
-    for key in _PLACE_FIELDS:
-        if key in existing and _as_text(existing[key]) == _as_text(ours.get(key)):
-            changes[key] = None
-    if previous.place is not None:
+    if added is None or added.get("caption"):
+        for key in _CAPTION_FIELDS:
+            if key in existing:
+                parts = [part for part in _as_text(existing[key]).split(_CAPTION_JOIN)
+                         if part and part != previous.description]
+                text = _CAPTION_JOIN.join(parts)
+                if key == "Xmp.dc.description" and isinstance(existing[key], dict):
+                    others = {k: v for k, v in existing[key].items() if k != _DEFAULT_LANGUAGE}
+                    changes[key] = ({**others, _DEFAULT_LANGUAGE: text} if text else others) or None
+                else:
+                    changes[key] = text or None
+    if added is None or added.get("place_fields"):
+        for key in _PLACE_FIELDS:
+            if key in existing and _as_text(existing[key]) == _as_text(ours.get(key)):
+                changes[key] = None
+    if position_is_ours:
         changes.update({key: None for key in existing if key.startswith(("Exif.GPSInfo.", "Xmp.exif.GPS"))})
-    return changes
+    return {key: value for key, value in changes.items() if key in existing}
 
 
-def _retract_from(image, previous: TagDecision) -> None:
-    """XMP last: exiv2 reads a sidecar's XMP into EXIF and IPTC views too, and writes those views back into its XMP
-    on every change, so a field is gone only once it is gone from all three."""
-    for read, modify in ((image.read_exif, image.modify_exif), (image.read_iptc, image.modify_iptc),
-                         (image.read_xmp, image.modify_xmp)):
-        existing = read()
-        changes = {key: value for key, value in retracted_fields(previous, existing).items() if key in existing}
+#: exiv2's three views of a file's metadata, XMP last: it reads a sidecar's XMP into EXIF and IPTC views too and
+#: writes those back into its XMP on every change, so a field is gone only once it is gone from all three.
+def _views(image):
+    return ((image.read_exif, image.modify_exif), (image.read_iptc, image.modify_iptc),
+            (image.read_xmp, image.modify_xmp))
+
+
+def _retract_from(image, earlier: EarlierTag) -> None:
+    place = earlier.decision.place
+    ours_written = earlier.added is None or earlier.added.get("gps")
+    position_is_ours = bool(ours_written) and (_same_position(_exif_position(image.read_exif()), place)
+                                               or _same_position(_xmp_position(image.read_xmp()), place))
+    for read, modify in _views(image):
+        changes = retracted_fields(earlier, read(), position_is_ours=position_is_ours)
         if changes:
             modify(changes)
 
 
-def _merge_into(image, decision: TagDecision, *, sidecar: bool = False) -> None:
+def _merge_into(image, decision: TagDecision, *, sidecar: bool = False, earlier: EarlierTag | None = None) -> dict:
     """Write the tag into an open pyexiv2 image (a JPEG, or an XMP ``sidecar``: XMP only), keeping every field of
-    the user's."""
+    the user's; an ``earlier`` tag of ours is taken out first. Returns what the tag added (see :class:`EarlierTag`),
+    {} when ``decision`` is no tag (then only the earlier one is taken out)."""
+    if earlier is not None:
+        _retract_from(image, earlier)
+    if decision.status != "tagged":
+        return {}
+    there = {view: read() for view, (read, _) in zip(("exif", "iptc", "xmp"), _views(image))}
+    fields = there["exif"] | there["iptc"] | there["xmp"]
+    keywords_there = {k for key in _KEYWORD_FIELDS for k in _as_list(fields.get(key))}
+    added = {"keywords": [k for k in decision.keywords if k not in keywords_there],
+             "caption": not any(decision.description in _as_text(fields.get(key)).split(_CAPTION_JOIN)
+                                for key in _CAPTION_FIELDS),
+             "place_fields": not any(_as_text(fields.get(key)) for key in _PLACE_FIELDS),
+             "gps": decision.place is not None}
     exif, iptc, xmp = _metadata(decision)
+    if decision.place:  # a new position replaces the whole old one (altitude, timestamps...); in a sidecar too,
+        # whose EXIF view exiv2 would write back over the new XMP position
+        image.modify_exif({key: None for key in there["exif"] if key.startswith("Exif.GPSInfo.")})
     if not sidecar:
         existing = image.read_exif()
-        if decision.place:  # a new position replaces the whole old one (altitude, timestamps...)
-            image.modify_exif({key: None for key in existing if key.startswith("Exif.GPSInfo.")})
         image.modify_exif(merged_fields(exif, existing))
-        existing_iptc = image.read_iptc()
-        image.modify_iptc({key: value for key, value in merged_fields(iptc, existing_iptc).items() if value})
-    existing_xmp = image.read_xmp()
-    image.modify_xmp({key: value for key, value in merged_fields(xmp, existing_xmp).items() if value})
+        image.modify_iptc({key: value for key, value in merged_fields(iptc, there["iptc"]).items() if value})
+    image.modify_xmp({key: value for key, value in merged_fields(xmp, image.read_xmp()).items() if value})
+    return added
+
+
+def _jpeg_with(jpeg: bytes, decision: TagDecision, earlier: EarlierTag | None = None) -> tuple[bytes, dict]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pyexiv2.ImageData(jpeg) as image:
+                added = _merge_into(image, decision, earlier=earlier)
+                return image.get_bytes(), added
+    except _EXIV2_ERRORS as error:  # exiv2 refuses metadata it cannot parse: never write a half-tagged file
+        raise ImageError(f"cannot write tags into this JPEG ({error})") from None
 
 
 def jpeg_with_tag(jpeg: bytes, decision: TagDecision) -> bytes:
     """The JPEG's bytes with the tag merged into its EXIF, IPTC and XMP segments (the user's keywords, captions
     and other fields kept); the compressed image data is untouched."""
+    return _jpeg_with(jpeg, decision)[0]
+
+
+def _sidecar_with(existing: bytes, decision: TagDecision, earlier: EarlierTag | None = None) -> tuple[bytes, dict]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with pyexiv2.ImageData(jpeg) as image:
-                _merge_into(image, decision)
-                return image.get_bytes()
-    except _EXIV2_ERRORS as error:  # exiv2 refuses metadata it cannot parse: never write a half-tagged file
-        raise ImageError(f"cannot write tags into this JPEG ({error})") from None
+            with pyexiv2.ImageData(existing) as image:
+                added = _merge_into(image, decision, sidecar=True, earlier=earlier)
+                return image.get_bytes(), added
+    except _EXIV2_ERRORS as error:
+        raise ImageError(f"cannot merge the tags into the existing XMP sidecar ({error})") from None
 
 
 def merged_sidecar(existing: bytes, decision: TagDecision) -> bytes:
     """An existing XMP sidecar with the tag merged in: its other fields (rating, labels, keywords, face regions,
     an editor's history) stay."""
-    try:
-        with pyexiv2.ImageData(existing) as image:
-            _merge_into(image, decision, sidecar=True)
-            return image.get_bytes()
-    except _EXIV2_ERRORS as error:
-        raise ImageError(f"cannot merge the tags into the existing XMP sidecar ({error})") from None
+    return _sidecar_with(existing, decision)[0]
 
 
 def xmp_sidecar(decision: TagDecision) -> str:
@@ -411,15 +478,21 @@ def tagged_bytes(data: bytes, decision: TagDecision) -> tuple[bytes, str | None]
     return data, xmp_sidecar(decision)
 
 
-def write_tagged(original: bytes, destination: Path, decision: TagDecision, like: os.stat_result | None = None) -> Path:
+def write_tagged(original: bytes, destination: Path, decision: TagDecision, like: os.stat_result | None = None,
+                 earlier: EarlierTag | None = None) -> dict:
     """Write the tagged photo (and sidecar) atomically, keeping the file's (or ``like``'s) mode, owner and times;
-    an existing sidecar is merged into, not replaced. Returns the photo's path."""
-    data, sidecar = tagged_bytes(original, decision)
-    if sidecar is not None:  # first: a sidecar that cannot be written leaves no copy behind
-        write_user_file(sidecar_path_of(destination), _sidecar_bytes(sidecar_path_of(destination), decision), like=like)
-    if data != original or not destination.exists():  # a sidecar-only format tagged in place stays untouched
-        write_user_file(destination, data, like=like)
-    return destination
+    an existing sidecar is merged into, not replaced, and an ``earlier`` tag of ours in the photo (tagged in place)
+    or its sidecar is taken out in the same write. Returns what the tag added."""
+    if open_image(original).format == "JPEG":
+        data, added = _jpeg_with(original, decision, earlier)
+        if data != original or not destination.exists():
+            write_user_file(destination, data, like=like)
+        return added
+    sidecar = sidecar_path_of(destination)  # a format that carries no tags: they go into its sidecar
+    added = write_sidecar(sidecar, decision, earlier, like=like, keep_times=True)
+    if not destination.exists():
+        write_user_file(destination, original, like=like)
+    return added
 
 
 #: How a sidecar is named: ``photo.jpg.xmp`` (digiKam, darktable, Immich) or ``photo.xmp`` (Lightroom, Capture One).
@@ -434,17 +507,31 @@ def sidecar_path_of(photo: Path, naming: str = "ext", base: Path | None = None, 
     return where / name
 
 
-def _sidecar_bytes(path: Path, decision: TagDecision) -> bytes:
-    """The sidecar at ``path`` with the tag merged in, or a new one."""
+def write_sidecar(path: Path, decision: TagDecision, earlier: EarlierTag | None = None, *,
+                  like: os.stat_result | None = None, keep_times: bool = False) -> dict:
+    """Write (or merge into) the XMP sidecar at ``path``, an ``earlier`` tag of ours taken out in the same write;
+    the photo itself is never touched. A changed sidecar gets a new modification time, which is how photo managers
+    notice it. Returns what the tag added."""
     existing = _read_photo(path) if os.path.lexists(path) else None
-    return merged_sidecar(existing, decision) if existing else xmp_sidecar(decision).encode("utf-8")
+    if existing:
+        data, added = _sidecar_with(existing, decision, earlier)
+        if data == existing:
+            return added
+    elif decision.status == "tagged":
+        data, added = xmp_sidecar(decision).encode("utf-8"), _everything_added(decision)
+    else:
+        return {}
+    write_user_file(path, data, like=like, keep_times=keep_times)
+    return added
 
 
-def write_sidecar(path: Path, decision: TagDecision) -> Path:
-    """Write (or merge into) the XMP sidecar at ``path``; the photo itself is never touched. A changed sidecar
-    gets a new modification time, which is how photo managers notice it."""
-    write_user_file(path, _sidecar_bytes(path, decision), keep_times=False)
-    return path
+def _everything_added(decision: TagDecision) -> dict:
+    return {"keywords": decision.keywords, "caption": True, "place_fields": True, "gps": decision.place is not None}
+
+
+def read_photo(path: str | os.PathLike) -> bytes:
+    """A photo file's bytes, refused (ImageError) when it is no regular file or over :data:`MAX_PHOTO_BYTES`."""
+    return _read_photo(Path(path))
 
 
 def _read_photo(path: Path) -> bytes:
@@ -631,6 +718,18 @@ def previous_decision(row: Mapping[str, str]) -> TagDecision | None:
     return TagDecision("tagged", prediction=prediction, place=place)
 
 
+def earlier_tag(row: Mapping[str, str] | None) -> EarlierTag | None:
+    """The tag a report row says was written, and what it added (None when the photo got none)."""
+    decision = previous_decision(row) if row else None
+    if decision is None:
+        return None
+    try:
+        added = json.loads(row.get("added") or "null")
+    except ValueError:
+        added = None
+    return EarlierTag(decision, added if isinstance(added, dict) else None)
+
+
 def _is_our_summary(path: Path) -> bool:
     try:
         summary = json.loads(path.read_bytes()[:1_000_000])
@@ -715,6 +814,7 @@ class _Decoded:
     error: str | None = None
     assessment: object = None
     output: str = ""
+    added: dict | None = None  # what the tag written added to the file (see EarlierTag)
 
 
 def _decode_one(predictor, entry: WalkEntry) -> _Decoded:
@@ -847,21 +947,27 @@ def tag_files(predictor, paths: Iterable[str | os.PathLike], *, out_dir: Path | 
     summary |= {"run": str(predictor.run_dir), "paths": [os.path.abspath(path) for path in paths],
                 "destination": where.as_dict(), "overwrite_gps": overwrite_gps, "open_set": open_set,
                 "threshold": threshold}
+    if redo is not None:  # a re-tag of some photos: the summary stays the whole report's
+        summary["shard"] = read_summary(report_path).get("shard")
     with _ReportLock(report_path), _sigterm_between_photos() as stop:
         try:
-            if redo:
-                for file, row in report_rows(report_path).items():
-                    if file in redo:
-                        _retract(row, where)
             _tag_locked(predictor, files, report_path, counts, stop, threshold=threshold, where=where,
                         overwrite_gps=overwrite_gps, open_set=open_set, progress=progress,
                         workers=workers, batch_size=batch_size, count_first=count_first, redo=redo,
                         verdicts=verdicts or {})
         except KeyboardInterrupt:  # the rows so far are in the report; say how far it got, then stop
-            write_json_atomic(report_path.with_suffix(".json"), summary | {"stopped": True})
+            write_json_atomic(report_path.with_suffix(".json"), _whole(summary, report_path, redo) | {"stopped": True})
             raise
-    write_json_atomic(report_path.with_suffix(".json"), summary)
+    write_json_atomic(report_path.with_suffix(".json"), _whole(summary, report_path, redo))
     return counts
+
+
+def _whole(summary: dict, report_path: Path, redo: set[str] | None) -> dict:
+    """A re-tag's summary counts every photo of the report, with how many were re-tagged."""
+    if redo is None:
+        return summary
+    counts = report_counts(report_rows(report_path))
+    return summary | {"counts": counts | {"skipped": 0, "retagged": sum(summary["counts"][s] for s in STATUSES)}}
 
 
 @dataclass(frozen=True)
@@ -891,34 +997,22 @@ def destination_arguments(summary: Mapping) -> dict:
             "sidecar_dir": Path(where["sidecar_dir"]) if where.get("sidecar_dir") else None}
 
 
-def _retract(row: Mapping[str, str], where: _Destination) -> None:
-    """Take the tag a report row says was written back out, so its photo can be tagged anew: a tagged copy is
-    deleted (only one this report wrote, inside --out), a sidecar or a photo tagged in place loses our fields and
-    keeps the user's. Doing it twice changes nothing more."""
-    previous, output = previous_decision(row), row.get("output", "")
-    if previous is None or not output or not os.path.lexists(output):
+def _remove_stale_copy(earlier_row: Mapping[str, str], where: _Destination) -> None:
+    """Delete the tagged copy an earlier run of this report wrote for a photo that is no longer tagged: only a file
+    the report names, inside --out (and the sidecar beside it only when we wrote one: a copy that is no JPEG)."""
+    output = earlier_row.get("output", "")
+    if not output or where.out_dir is None or not os.path.isfile(output):
         return
-    output = Path(output)
-    if not where.in_place and not where.sidecars:
-        if where.out_dir is not None and output.resolve().is_relative_to(where.out_dir) and output.is_file():
-            for path in (sidecar_path_of(output), output):  # a non-JPEG copy has its sidecar beside it
-                if path.is_file():
-                    path.unlink()
+    copy = Path(output)
+    if not copy.resolve().is_relative_to(where.out_dir):
         return
     try:
-        target, data = output, _read_photo(output)
-        if where.in_place and open_image(data).format != "JPEG":  # its tags went into the sidecar beside it
-            target = sidecar_path_of(output)
-            data = _read_photo(target)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with pyexiv2.ImageData(data) as image:
-                _retract_from(image, previous)
-                retracted = image.get_bytes()
-    except (ImageError, OSError, *_EXIV2_ERRORS):
-        return  # not ours to repair: the photo is tagged again over what is there, as a first run would
-    if retracted != data:
-        write_user_file(target, retracted, keep_times=target == output and where.in_place)
+        is_jpeg = open_image(_read_photo(copy)).format == "JPEG"
+    except (ImageError, OSError):
+        is_jpeg = True  # not knowing, leave any sidecar beside it alone
+    if not is_jpeg and sidecar_path_of(copy).is_file():
+        sidecar_path_of(copy).unlink()
+    copy.unlink()
 
 
 def _tag_locked(predictor, files, report_path: Path, counts: dict, stop: threading.Event, *, threshold,
@@ -926,6 +1020,7 @@ def _tag_locked(predictor, files, report_path: Path, counts: dict, stop: threadi
                 redo: set[str] | None, verdicts: Mapping[str, tuple[str, str | None]]) -> None:
     _repair_torn_tail(report_path)
     done, outputs = _done_before(report_path)
+    earlier_rows = {file: row for file, row in report_rows(report_path).items() if file in redo} if redo else {}
     total = sum(1 for _ in files()) if count_first else None  # a walk: cheap next to decoding
     fields = _report_fields(report_path)
     new_file = not report_path.exists() or report_path.stat().st_size == 0
@@ -967,7 +1062,8 @@ def _tag_locked(predictor, files, report_path: Path, counts: dict, stop: threadi
                     item.error = "the model gave no finite probabilities for this image"
             for item in decoded:
                 decision = _decide_and_write(predictor, item, threshold=threshold, overwrite_gps=overwrite_gps,
-                                             open_set=open_set, where=where, outputs=outputs, verdicts=verdicts)
+                                             open_set=open_set, where=where, outputs=outputs, verdicts=verdicts,
+                                             earlier_rows=earlier_rows)
                 writer.writerow(_report_row(item, decision))
                 handle.flush()  # row by row: a kill loses at most the photo being written
                 counts[decision.status] += 1
@@ -1052,60 +1148,78 @@ _FATAL_WRITE_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
 
 
 def _decide_and_write(predictor, item: _Decoded, *, threshold, overwrite_gps, open_set, where: _Destination,
-                      outputs: dict[str, str], verdicts: Mapping[str, tuple[str, str | None]]) -> TagDecision:
+                      outputs: dict[str, str], verdicts: Mapping[str, tuple[str, str | None]],
+                      earlier_rows: Mapping[str, dict]) -> TagDecision:
     """The decision for one classified photo, and its tags written: a tagged copy, the original tagged in place, or
-    its sidecar."""
+    its sidecar. A photo tagged before by this report (a re-tag, ``earlier_rows``) loses that tag in the same write
+    that gives it the new one (or in a write of its own when it gets none): never both, never neither."""
     if item.error is not None:
         return TagDecision("unreadable", error=item.error)
-    decision = decide_for(predictor, None, threshold=threshold, existing_gps=item.gps, overwrite_gps=overwrite_gps,
+    source = _key(item.path)
+    earlier_row = earlier_rows.get(source)
+    earlier = earlier_tag(earlier_row)
+    gps = item.gps
+    if earlier is not None and where.in_place and _same_position(gps, earlier.decision.place):
+        gps = None  # the position in the photo is the one our earlier tag wrote
+    decision = decide_for(predictor, None, threshold=threshold, existing_gps=gps, overwrite_gps=overwrite_gps,
                           open_set=open_set, assessment=item.assessment)
     if item.gps_problem:
         decision = replace(decision, gps_note=item.gps_problem)
-    source = _key(item.path)
     if source in verdicts and decision.status != "has_gps":
         decision = reviewed_decision(decision, *verdicts[source], predictor)
-    if decision.status != "tagged":
-        return decision
     if where.sidecars:
-        return _write_sidecar_of(item, decision, source, where, outputs, overwrite_gps=overwrite_gps)
+        return _write_sidecar_of(item, decision, source, where, outputs, overwrite_gps=overwrite_gps, earlier=earlier)
+    if decision.status != "tagged" and earlier is None:
+        return decision
     in_place, out_dir = where.in_place, where.out_dir
     if in_place:
         destination = item.path
     else:
+        if decision.status != "tagged":
+            failure = _failure_of(decision, out_dir, lambda: _remove_stale_copy(earlier_row, where))
+            return failure or decision
         wanted = out_dir / item.path.relative_to(item.base)
         if os.path.realpath(wanted) == source or _same_file(wanted, item.path):
             raise LandmarkError(f"--out {out_dir} would overwrite the originals in it; choose another "
                                 "folder (or --overwrite to tag the originals on purpose)")
         destination = _free_destination(wanted, source, outputs)
-    failure = _failure_of(decision, destination, lambda: write_tagged(
-        _read_photo(item.path), destination, decision, like=None if in_place else os.stat(item.path)))
+    written: dict = {}
+    failure = _failure_of(decision, destination, lambda: written.update(added=write_tagged(
+        _read_photo(item.path), destination, decision, like=None if in_place else os.stat(item.path),
+        earlier=earlier)))  # in the photo tagged in place, or in a copy's sidecar (a copy is made anew otherwise)
     if failure is not None:
         return failure
-    item.output = os.path.realpath(destination)
     if in_place:  # the file changed: record its new identity so a re-run skips it
         info = item.path.stat()
         item.size, item.mtime_ns = info.st_size, info.st_mtime_ns
+    if decision.status == "tagged":
+        item.output, item.added = os.path.realpath(destination), written.get("added") or {}
     return decision
 
 
 def _write_sidecar_of(item: _Decoded, decision: TagDecision, source: str, where: _Destination,
-                      outputs: dict[str, str], *, overwrite_gps: bool) -> TagDecision:
+                      outputs: dict[str, str], *, overwrite_gps: bool, earlier: EarlierTag | None) -> TagDecision:
     destination = sidecar_path_of(item.path, where.sidecar_naming, item.base, where.sidecar_dir)
     owner = outputs.setdefault(os.path.realpath(destination), source)
     if owner != source:  # photo.jpg and photo.png in one folder share photo.xmp
         return replace(decision, status="failed", error=f"{destination.name} is the sidecar of {Path(owner).name} "
                        "already (--sidecar-name ext names each photo's own)")
-    if not overwrite_gps and os.path.lexists(destination):  # a position the user set in the sidecar stays
-        try:
+    if decision.status == "tagged" and not overwrite_gps and os.path.lexists(destination):
+        try:  # a position the user set in the sidecar stays (the one our earlier tag wrote does not count)
             existing = xmp_gps(_read_photo(destination))
         except (OSError, ImageError):
             existing = None
-        if existing is not None:
-            return replace(decision, status="has_gps", existing_gps=existing)
-    failure = _failure_of(decision, destination, lambda: write_sidecar(destination, decision))
+        if existing is not None and not (earlier is not None and _same_position(existing, earlier.decision.place)):
+            decision = replace(decision, status="has_gps", existing_gps=existing)
+    if decision.status != "tagged" and earlier is None:
+        return decision
+    written: dict = {}
+    failure = _failure_of(decision, destination,
+                          lambda: written.update(added=write_sidecar(destination, decision, earlier)))
     if failure is not None:
         return failure
-    item.output = os.path.realpath(destination)
+    if decision.status == "tagged":
+        item.output, item.added = os.path.realpath(destination), written.get("added") or {}
     return decision
 
 
@@ -1144,5 +1258,6 @@ def _report_row(item: _Decoded, decision: TagDecision) -> dict:
            "familiarity": f"{decision.familiarity:.4f}" if decision.familiarity is not None else "",
            "landmark": decision.name if decision.prediction else "", "region": place.region if place else "",
            "country": place.country if place else "", "latitude": place.latitude if place else "",
-           "longitude": place.longitude if place else "", "note": decision.note, "error": decision.error or ""}
+           "longitude": place.longitude if place else "", "note": decision.note, "error": decision.error or "",
+           "added": json.dumps(item.added, ensure_ascii=False) if item.added is not None else ""}
     return row | {field: spreadsheet_safe(row[field]) for field in _TEXT_FIELDS}

@@ -7,7 +7,7 @@ from landmark_core.errors import LandmarkError
 from landmark_core.locations import artifacts_dir
 from landmark_core.places import display_name, gazetteer
 from landmark_core.review import REVIEWED_OUTCOMES, Review, Verdict, find_reports
-from landmark_core.tagging import STATUS_MEANINGS
+from landmark_core.tagging import STATUS_MEANINGS, read_photo
 from pages.common import assessment_for, explanation_for, show_error
 
 PER_PAGE = 12
@@ -62,7 +62,7 @@ if outcome:
         name = Path(item.file).name
         photo, verdicts, actions = st.columns([1, 1.3, 1.3])
         try:
-            data = Path(item.file).read_bytes()
+            data = read_photo(item.file)
             assessment = assessment_for(run.path, data)
         except (LandmarkError, OSError) as error:
             photo.caption(name)
@@ -106,7 +106,8 @@ if outcome:
                     elif choice == NOT_A_LANDMARK:
                         review.judge(item.file, Verdict.NOT_A_LANDMARK)
                     else:
-                        review.judge(item.file, Verdict.CORRECTED, new_class if choice == NEW_CLASS else choice)
+                        review.judge(item.file, Verdict.CORRECTED, new_class if choice == NEW_CLASS else choice,
+                                     new_class=choice == NEW_CLASS)
                     st.rerun()
                 except (LandmarkError, OSError) as error:
                     show_error(error)

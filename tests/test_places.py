@@ -158,6 +158,13 @@ def test_no_two_built_in_places_share_a_name_once_spaces_are_dropped():
     owners = {}
     for place in builtin_places():
         for name in (place.folder, place.display_name):
-            owners.setdefault(_compact(name), set()).add(place.folder)
+            owners.setdefault(_compact(name, strip_number=False), set()).add(place.folder)
     assert {key: folders for key, folders in owners.items() if len(folders) > 1} == {}
     assert len(builtin_places()) >= 250
+
+
+def test_a_number_in_a_name_keeps_two_places_apart_also_without_spaces(tmp_path):
+    places = gazetteer_with(tmp_path, "10_Downing_Street,10 Downing Street,London,United Kingdom,51.5034,-0.1276",
+                            "11_Downing_Street,11 Downing Street,London,United Kingdom,51.5035,-0.1278")
+    assert places.place_for("10DowningStreet").folder == "10_Downing_Street"
+    assert places.place_for("12_Downing_Street") is None and places.place_for("12 DowningStreet") is None

@@ -19,7 +19,7 @@ from landmark_core.review import REVIEWED_OUTCOMES, Review, Verdict, find_report
 from landmark_core.runs import Run
 from landmark_core.tagging import report_rows, tag_files
 from test_hostile import landmark, one_line_error
-from test_sidecars import USER_SIDECAR, exiftool
+from test_sidecars import USER_SIDECAR, exiftool, reader
 
 NEW_CLASS = DEMO_CLASSES[3]  # 18.Delicate_Arch: a landmark the tiny run never saw
 EVERYTHING = dict(threshold=0.0, open_set=False)  # the tiny model tags every photo: a review has tags to judge
@@ -70,7 +70,7 @@ def test_verdicts_become_training_photos_and_the_retrained_run_retags_the_librar
 
     new = sorted(library.glob("new-*.jpg"))
     for photo in new:
-        entry = review.judge(photo, Verdict.CORRECTED, NEW_CLASS)
+        entry = review.judge(photo, Verdict.CORRECTED, NEW_CLASS, new_class=True)
         assert (data / entry["copy"]).read_bytes() == photo.read_bytes()
         assert entry["copy"].startswith(f"train/{NEW_CLASS}/")
     assert review.judge(library / "noise.jpg", Verdict.NOT_A_LANDMARK)["copy"] == "unknown/noise.jpg"
@@ -114,7 +114,7 @@ def test_undo_takes_a_verdict_back_with_its_copy_and_the_class_folder_it_made(te
     run, data, library = teachable
     review = Review(tagged_report(run, library, tmp_path))
     photo = sorted(library.glob("new-*.jpg"))[0]
-    review.judge(photo, Verdict.CORRECTED, NEW_CLASS)
+    review.judge(photo, Verdict.CORRECTED, NEW_CLASS, new_class=True)
     assert (data / "train" / NEW_CLASS).is_dir()
     taken_back = review.undo()
     assert taken_back["file"] == str(photo) and review.verdicts() == {}
@@ -137,7 +137,7 @@ def test_a_correction_to_a_name_that_is_no_class_folder_is_refused_and_copies_no
     review = Review(tagged_report(run, library, tmp_path))
     files_before = sorted(data.rglob("*"))
     with pytest.raises(DataError, match="cannot be a class folder name"):
-        review.judge(library / "noise.jpg", Verdict.CORRECTED, bad)
+        review.judge(library / "noise.jpg", Verdict.CORRECTED, bad, new_class=True)
     assert sorted(data.rglob("*")) == files_before and review.verdicts() == {}
 
 
@@ -204,7 +204,8 @@ def test_landmark_review_lists_judges_undoes_and_refuses_bad_input_in_one_line(t
     assert len(lines) == len(originals(library)) and all(line.startswith("tagged") for line in lines)
 
     photo = sorted(library.glob("new-*.jpg"))[0]
-    judged = landmark("review", report, "--correct", f"{photo}={NEW_CLASS}", "--not-landmark", library / "noise.jpg")
+    assert "is not a class of" in one_line_error(landmark("review", report, "--correct", f"{photo}={NEW_CLASS}"))
+    judged = landmark("review", report, "--new-class", f"{photo}={NEW_CLASS}", "--not-landmark", library / "noise.jpg")
     assert judged.returncode == 0, judged.stderr
     assert (data / "train" / NEW_CLASS / photo.name).is_file() and (data / "unknown" / "noise.jpg").is_file()
     as_json = json.loads(landmark("review", report, "--json").stdout)
@@ -248,7 +249,7 @@ def test_a_torn_or_hand_edited_review_log_loses_no_verdict_and_deletes_nothing_o
     run, data, library = teachable
     review = Review(tagged_report(run, library, tmp_path))
     photo = sorted(library.glob("new-*.jpg"))[0]
-    review.judge(photo, Verdict.CORRECTED, NEW_CLASS)
+    review.judge(photo, Verdict.CORRECTED, NEW_CLASS, new_class=True)
     with open(review.log_path, "a") as log:
         log.write('{"file": "torn by a kill')  # the writer died mid-line
     review.judge(library / "noise.jpg", Verdict.NOT_A_LANDMARK)  # starts a line of its own
@@ -265,3 +266,65 @@ def test_a_torn_or_hand_edited_review_log_loses_no_verdict_and_deletes_nothing_o
         review.undo()
     assert outside.read_text() == "not the dataset's"
     assert set(review.verdicts()) == {str(photo), str(library / "noise.jpg")}  # the junk lines are passed over
+
+
+def test_a_retag_leaves_the_users_own_keywords_and_a_position_the_user_set_after_tagging(teachable, tmp_path):
+    run, data, library = teachable
+    photo, sidecar = library / "noise.jpg", library / "noise.jpg.xmp"
+    countries = ["United Kingdom", "United States", "France"]  # every tiny class's country: one is ours too
+    with pyexiv2.ImageData(USER_SIDECAR) as image:
+        image.modify_xmp({"Xmp.dc.subject": ["Holiday", "landmark", *countries]})
+        sidecar.write_bytes(image.get_bytes())
+    report = tagged_report(run, library, tmp_path, sidecars=True)
+    first = report_rows(report)[str(photo)]
+    assert first["status"] == "tagged" and json.loads(first["added"])["keywords"] == [first["landmark"], first["region"]]
+    review = Review(report)
+    review.judge(photo, Verdict.NOT_A_LANDMARK)
+    review.retag(run)
+    subjects = exiftool(sidecar)["XMP-dc:Subject"]
+    assert sorted(subjects) == sorted(["Holiday", "landmark", *countries])  # the user's, though one equals ours
+
+    other = next(c for c in Predictor(run).classes if c != first["prediction"])
+    review.judge(photo, Verdict.CORRECTED, other)
+    review.retag(run)
+    subprocess.run([reader("exiftool"), "-q", "-overwrite_original", "-XMP-exif:GPSLatitude=10.5",  # the user
+                    "-XMP-exif:GPSLongitude=20.25", str(sidecar)], check=True)  # moves the pin by hand afterwards
+    review.judge(photo, Verdict.NOT_A_LANDMARK)
+    review.retag(run)
+    read = exiftool(sidecar)
+    assert (read["XMP-exif:GPSLatitude"], read["XMP-exif:GPSLongitude"]) == (10.5, 20.25)  # the user's pin stays
+    assert place_for(other).display_name not in read["XMP-dc:Subject"]
+
+
+def test_a_retag_never_deletes_the_copy_of_a_photo_whose_original_is_gone_nor_a_sidecar_it_did_not_write(
+        teachable, tmp_path):
+    run, data, library = teachable
+    report = tagged_report(run, library, tmp_path)
+    rows = report_rows(report)
+    gone, odd = sorted(library.glob("new-*.jpg"))[0], library / "noise.jpg"
+    gone_copy, odd_copy = Path(rows[str(gone)]["output"]), Path(rows[str(odd)]["output"])
+    users_sidecar = odd_copy.with_name(odd_copy.name + ".xmp")
+    users_sidecar.write_bytes(USER_SIDECAR)  # digiKam's, for the copy: not ours
+    review = Review(report)
+    review.judge(odd, Verdict.NOT_A_LANDMARK)
+    gone.unlink()  # the original leaves the library (a card taken out, a photo deleted)
+    review.retag(run)
+    assert gone_copy.is_file()  # now the only copy of that photo
+    assert report_rows(report)[str(gone)]["status"] == "tagged"
+    assert not odd_copy.exists() and users_sidecar.read_bytes() == USER_SIDECAR
+
+
+def test_a_correction_finds_the_class_by_its_name_a_hidden_file_name_still_trains_and_a_moved_copy_undoes(
+        teachable, tmp_path):
+    run, data, library = teachable
+    hidden = library / "_DSC0001.jpg"
+    hidden.write_bytes((library / "noise.jpg").read_bytes())
+    review = Review(tagged_report(run, library, tmp_path))
+    entry = review.judge(hidden, Verdict.CORRECTED, "golden gate bridge")
+    assert entry["class"] == "09.Golden_Gate_Bridge" and Path(entry["copy"]).name == "review-_DSC0001.jpg"
+    from landmark_core.data import scan_dataset
+    assert str(data / entry["copy"]) in {s.path for s in scan_dataset(data).train}  # a photo training reads
+    (data / entry["copy"]).rename(data / "moved-away.jpg")
+    taken_back = review.undo(hidden)
+    assert taken_back["copy_was_gone"] and review.verdicts() == {}
+    assert (data / "moved-away.jpg").is_file()

@@ -201,3 +201,17 @@ def test_a_trainer_killed_before_its_first_checkpoint_logs_each_epoch_once_on_th
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
     assert all(r.get("loss") != 9.0 and r.get("train_loss") != 9.0 for r in records)
+
+
+def test_a_status_write_cut_short_by_a_kill_is_cleaned_up_once_no_live_writer_can_own_it(tmp_path):
+    import os
+    import time
+
+    from landmark_core.fileio import remove_unfinished_writes
+    fresh, old, other = (tmp_path / ".status.json.fresh.tmp", tmp_path / ".status.json.old.tmp",
+                         tmp_path / ".checkpoint_last.pt.x.tmp")
+    for path in (fresh, old, other):
+        path.write_bytes(b"half")
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    removed = remove_unfinished_writes(tmp_path, keep=("status.json",), keep_seconds=30)
+    assert sorted(removed) == sorted([old.name, other.name]) and fresh.exists()  # the app may be writing that one
