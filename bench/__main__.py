@@ -7,6 +7,7 @@
     python -m bench --only tagging                             # landmark tag on a 20,000-photo library
     python -m bench --only distributed                         # torchrun: 1 vs 2 training processes
     python -m bench --only review --data KNOWN OTHER           # tag, review the mistakes, Retrain: real photos
+    python -m bench --only serve                               # landmark serve: 1, 4, 16 clients, batching on/off
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from . import suites
 from .common import demo_dataset, machine
 
 NAMES = ["input", "frozen", "throughput", "inference", "tta", "real", "fewshot", "openset", "tagging", "distributed",
-         "review"]
+         "review", "serve"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.work or scratch)
         work.mkdir(parents=True, exist_ok=True)
         demo = demo_dataset(work / "demo", scale.demo_per_class, scale.demo_test_per_class, scale.demo_classes)
-        if {"inference", "input", "tagging"} & set(chosen):
+        if {"inference", "input", "tagging", "serve"} & set(chosen):
             from .common import photo_dataset
             photo_dataset(work / "photos", scale.photos)
 
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             "fewshot": lambda: suites.few_shot(scale, [Path(d).resolve() for d in args.data] or [photos_for_smoke()], work),
             "tagging": lambda: suites.tagging(scale, work),
             "distributed": lambda: suites.distributed_training(scale, demo, work),
+            "serve": lambda: suites.serving(scale, work),
             "review": lambda: suites.review_loop(scale, [Path(d).resolve() for d in args.data] or [
                 photos_for_smoke(), photo_dataset_for_smoke("review-smoke-b", first_class=3)], work),
             "openset": lambda: suites.open_set(scale, [Path(d).resolve() for d in args.data] or [

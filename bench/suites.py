@@ -868,3 +868,88 @@ def _review_pair(table: Table, scale: Scale, known: Path, other: Path, work: Pat
         table.add(known.name, label, name, f"{shares[0]:.1%}", f"{shares[1]:.1%}", f"{shares[2]:.1%}",
                   f"{held['right']:.1%}", f"{held['wrong']:.1%}", f"{held_others['right'] + held_others['wrong']:.1%}",
                   verdict_count, seconds)
+
+
+def _post_photos(url: str, bodies: list[bytes], clients: int, requests_each: int) -> tuple[list[float], float, int]:
+    """``clients`` threads each posting ``requests_each`` photos to /v1/predict: (latencies, wall seconds, errors)."""
+    import concurrent.futures
+    import urllib.error
+    import urllib.request
+
+    def client(number: int):
+        latencies, errors = [], 0
+        for i in range(requests_each):
+            request = urllib.request.Request(f"{url}/v1/predict", data=bodies[(number + i) % len(bodies)],
+                                             headers={"Content-Type": "image/jpeg"}, method="POST")
+            started = time.perf_counter()
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    response.read()
+            except (urllib.error.URLError, OSError):
+                errors += 1
+            latencies.append(time.perf_counter() - started)
+        return latencies, errors
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(client, range(clients)))
+    wall = time.perf_counter() - started
+    return [x for latencies, _ in results for x in latencies], wall, sum(errors for _, errors in results)
+
+
+def serving(scale: Scale, work: Path) -> Table:
+    """`landmark serve` on loopback: latency and photos/s at 1, 4 and 16 concurrent clients, micro-batching on
+    (batch 8, 5 ms window) against off (batch 1), in the same run."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from landmark_core.config import TrainConfig
+    from landmark_core.demo import DEMO_CLASSES, generate_demo_dataset
+    from landmark_core.models import DEFAULT_TRANSFER_MODEL
+    from landmark_core.pipeline import train_new
+
+    data = work / "serve-train"
+    generate_demo_dataset(data, classes=DEMO_CLASSES[:6], train_per_class=8, test_per_class=2, workers=1)
+    model = scale.tag_model or DEFAULT_TRANSFER_MODEL
+    overrides = {} if scale.name == "full" else dict(image_size=scale.image_size)
+    if model != "scratch_cnn":
+        overrides["freeze_epochs"] = 1
+    run = train_new(TrainConfig(data=str(data), model=model, epochs=1, **overrides), work / "serve-artifacts")
+    bodies = [path.read_bytes() for path in sorted((photo_dataset(work / "photos", scale.photos) / "train").rglob("*.jpg"))[:16]]
+    table = Table(f"12. Serving over loopback HTTP ({model}, photo-sized JPEGs, POST /v1/predict, CPU)",
+                  ["micro-batching", "clients", "requests", "photos/s", "vs batch 1", "p50 ms", "p99 ms", "errors"])
+    requests_each = 24 if scale.name == "full" else 3
+    rates: dict[int, float] = {}
+    for label, flags in (("off (batch 1)", ["--max-batch", "1", "--batch-wait-ms", "0"]),
+                         ("on (batch 8, 5 ms)", ["--max-batch", "8", "--batch-wait-ms", "5"])):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        process = subprocess.Popen([sys.executable, "-m", "landmark_core", "serve", str(run), "--port", str(port),
+                                    "--queue", "1024", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(600):
+                try:
+                    urllib.request.urlopen(f"{url}/v1/health", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            _post_photos(url, bodies, 2, 2)  # warm up: the first passes compile and allocate
+            for clients in (1, 4, 16):
+                latencies, wall, errors = _post_photos(url, bodies, clients, requests_each if clients > 1 else requests_each * 2)
+                rate = len(latencies) / wall
+                rates.setdefault(clients, rate)
+                ordered = sorted(latencies)
+                p50, p99 = ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+                table.add(label, clients, len(latencies), rate, rate / rates[clients], p50 * 1000, p99 * 1000, errors)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    table.notes.append("Each client sends its next photo when the last is answered; photos/s is all requests over "
+                       "the wall time. The service decodes each photo in a thread, then classifies the photos that "
+                       "arrived within the window in one forward pass. 'vs batch 1': the same client count "
+                       "without micro-batching, in the same run.")
+    return table
