@@ -73,13 +73,28 @@ def multipart(data: bytes, field: str = "file", name: str = "photo.jpg") -> tupl
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-@pytest.fixture()
-def photos(finished_copy) -> list[Path]:
-    return [Path(p["path"]) for p in read_json(finished_copy / "predictions.json")][:8]
+@pytest.fixture(scope="module")
+def shared_run(trained_run, tmp_path_factory) -> Path:
+    """A copy of the shared finished run, for the service the read-only tests of this module share."""
+    import shutil
+    return shutil.copytree(trained_run, tmp_path_factory.mktemp("served") / "artifacts" / "runs" / trained_run.name)
+
+
+@pytest.fixture(scope="module")
+def photos(shared_run) -> list[Path]:
+    return [Path(p["path"]) for p in read_json(shared_run / "predictions.json")][:8]
+
+
+@pytest.fixture(scope="module")
+def served(shared_run):
+    """One service for the tests that only ask it questions (starting one is seconds of imports)."""
+    with service(shared_run) as url:
+        yield url, shared_run
 
 
 @pytest.fixture()
-def served(finished_copy):
+def served_alone(finished_copy):
+    """A service of its own, on a run the test may change."""
     with service(finished_copy) as url:
         yield url, finished_copy
 
@@ -224,8 +239,8 @@ def test_another_address_needs_an_api_key_and_the_key_is_checked_on_every_reques
         assert call(url, "/v1/predict", photos[0].read_bytes(), headers={"Authorization": "Bearer s3cret"})[0] == 200
 
 
-def test_a_re_export_is_picked_up_without_a_restart_and_a_tampered_one_is_refused(served, photos):
-    url, run = served
+def test_a_re_export_is_picked_up_without_a_restart_and_a_tampered_one_is_refused(served_alone, photos):
+    url, run = served_alone
     before = json.loads(call(url, "/v1/model")[2])
     export_run(run, format="onnx")  # the user exports again: the next request answers with it
     after = json.loads(call(url, "/v1/model")[2])
