@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -150,10 +150,14 @@ def towns_around(latitude: float, longitude: float, degrees: float = 3.0, limit:
              "longitude": unwrapped} for _, town, unwrapped in found[:limit]]
 
 
-def place_at(class_name: str, town: Town, display_name: str | None = None,
+def place_at(class_name: str, town: Town | Place, display_name: str | None = None,
              latitude: float | None = None, longitude: float | None = None) -> Place:
-    """A class's place in ``town``: its region is "town, region", its country the town's; the position is the
-    town's unless given (a landmark outside the town centre)."""
+    """A class's place in ``town`` (or at a known landmark's place): its region is "town, region", its country the
+    town's; the position is the town's unless given (a landmark outside the town centre)."""
+    if isinstance(town, Place):
+        return replace(town, folder=class_name, display_name=display_name or town.display_name,
+                       latitude=town.latitude if latitude is None else latitude,
+                       longitude=town.longitude if longitude is None else longitude)
     region = ", ".join([town.name] + ([town.region] if town.region and town.region != town.name else []))
     return Place(class_name, display_name or display_name_of_folder(class_name), region, town.country,
                  town.latitude if latitude is None else latitude, town.longitude if longitude is None else longitude)

@@ -1,4 +1,3 @@
-from dataclasses import replace
 from pathlib import Path
 
 import altair as alt
@@ -168,9 +167,7 @@ with st.expander("Find a class's place: search a landmark or a town, or click on
         if st.button(f"Set the place of {short_label(target)}", type="primary", key="set_place"):
             try:
                 name = shown.iloc[0] if len(shown) and shown.iloc[0] else None
-                place = (replace(choice, folder=target, display_name=name or choice.display_name, latitude=latitude,
-                                 longitude=longitude) if isinstance(choice, Place)
-                         else place_at(target, choice, name, latitude, longitude))
+                place = place_at(target, choice, name, latitude, longitude)
                 set_place(dataset.root, place)
                 st.session_state["places_version"] = st.session_state.get("places_version", 0) + 1
                 for key in ("place_class", "place_query", "place_choice"):  # on to the next class without a place
