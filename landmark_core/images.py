@@ -22,8 +22,11 @@ from .errors import ImageError
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image]
 
-#: Largest image we decode: 64 megapixels covers every camera photo; a 30000x30000 bomb is refused.
+#: Largest image we decode: 64 megapixels; a 30000x30000 bomb is refused.
 MAX_PIXELS = 64_000_000
+#: libjpeg decodes a JPEG at 1/2, 1/4 or 1/8 of its size (DCT scaling) at that size's cost: a phone's 48 to 200
+#: megapixel JPEG is decoded small, within MAX_PIXELS, and only a JPEG larger than 64 times it is refused.
+JPEG_REDUCTIONS = (1, 2, 4, 8)
 # Pillow's own settings (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) are left as the application set
 # them: open_image checks the pixel count itself, and turns Pillow's bomb warning into a refusal.
 
@@ -60,16 +63,41 @@ def open_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image
         except Image.UnidentifiedImageError:
             raise ImageError(f"{_describe(source)}: not an image Pillow can read") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"{_describe(source)}: too many pixels (limit {max_pixels:,}); refused before decoding") from None
+            image = _large_jpeg(source)  # Pillow's own limit counts full-size pixels: a JPEG may decode smaller
+            if image is None:
+                raise ImageError(f"{_describe(source)}: too many pixels (limit {max_pixels:,}); refused before "
+                                 "decoding") from None
         except _READ_ERRORS as error:
             raise ImageError(f"{_describe(source)}: corrupt or truncated image ({error})") from None
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageError(f"{_describe(source)}: image has no pixels")
-    if width * height > max_pixels:
-        raise ImageError(f"{_describe(source)}: {width}x{height} is too many pixels "
-                         f"(limit {max_pixels:,}); refused before decoding")
+    if width * height > max_pixels * (JPEG_REDUCTIONS[-1] ** 2 if image.format in ("JPEG", "MPO") else 1):
+        raise ImageError(f"{_describe(source)}: {width}x{height} is too many pixels (limit {max_pixels:,}"
+                         + (f", or {max_pixels * JPEG_REDUCTIONS[-1] ** 2:,} for a JPEG, decoded at reduced size"
+                            if image.format in ("JPEG", "MPO") else "") + "); refused before decoding")
     return image
+
+
+def _large_jpeg(source) -> Image.Image | None:
+    """A JPEG that Pillow's pixel limit refused, opened lazily through its JPEG reader (which reads only the header;
+    :func:`open_image` then applies the limit that holds for JPEGs); None for anything else."""
+    from PIL import JpegImagePlugin
+    try:
+        source.seek(0) if hasattr(source, "seek") else None
+        handle = open(source, "rb") if isinstance(source, (str, os.PathLike)) else source
+        if handle.read(3) != b"\xff\xd8\xff":
+            return None
+        handle.seek(0)
+        return JpegImagePlugin.JpegImageFile(handle)
+    except _READ_ERRORS:
+        return None
+
+
+def _reduction(image: Image.Image, max_pixels: int) -> int:
+    """The least JPEG reduction that brings ``image`` within ``max_pixels`` (1 when it fits as it is)."""
+    width, height = image.size
+    return next((scale for scale in JPEG_REDUCTIONS if width * height <= max_pixels * scale * scale), 0)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -110,11 +138,14 @@ def load_rgb(source: ImageSource, *, min_side: int | None = None, max_pixels: in
     try:
         if getattr(image, "is_animated", False):
             image.seek(0)
-        if min_side and image.format == "JPEG":
+        if image.format in ("JPEG", "MPO"):
             width, height = image.size
-            scale = min(width, height) / min_side
-            if scale >= 2:
+            needed = _reduction(image, max_pixels)  # a photo larger than the limit: decoded small enough, never whole
+            scale = max(min(width, height) / min_side if min_side else 1, needed)
+            if scale >= 2:  # Pillow picks the largest reduction that keeps at least the size asked for
                 image.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
+            if image.size[0] * image.size[1] > max_pixels:
+                raise ImageError(f"{name}: {width}x{height} cannot be decoded within {max_pixels:,} pixels")
         image.load()
         image = ImageOps.exif_transpose(image) or image
         return to_rgb(image)

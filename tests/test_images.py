@@ -117,3 +117,24 @@ def test_large_legal_photo_decodes_at_reduced_size():
     data = encode(Image.new("RGB", (6000, 4000), (10, 120, 200)), "JPEG")
     image = load_rgb(data, min_side=256)
     assert min(image.size) >= 256 and image.size[0] <= 1500
+
+
+def test_a_phone_jpeg_over_the_pixel_limit_is_decoded_at_reduced_size_and_other_formats_are_still_refused():
+    """An 81-megapixel JPEG (a 9000x9000 phone photo) decodes at half size, within the limit; the same pixels as
+    a PNG cannot be decoded small and are refused; a JPEG header of 4.3 gigapixels is refused before decoding."""
+    from landmark_core.images import MAX_PIXELS, load_square, open_image
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 90, 3), dtype=np.uint8)).resize((9000, 9000))
+    jpeg = encode(big, "JPEG")
+    assert open_image(jpeg).size == (9000, 9000)  # the header, read lazily
+    decoded = load_rgb(jpeg)
+    assert decoded.size == (4500, 4500) and decoded.size[0] * decoded.size[1] <= MAX_PIXELS
+    square = load_square(jpeg, 64)
+    reference = np.asarray(big.resize((64, 64), Image.BILINEAR), dtype=np.float32)
+    assert square.shape == (64, 64, 3) and np.abs(square.astype(np.float32) - reference).mean() < 8
+    with pytest.raises(ImageError, match="too many pixels"):
+        load_rgb(encode(Image.new("RGB", (9000, 9000)), "PNG"))
+    header = bytearray(encode(Image.new("RGB", (16, 16)), "JPEG"))
+    sof = header.index(b"\xff\xc0")
+    header[sof + 5:sof + 9] = (65500).to_bytes(2, "big") * 2  # height and width of the frame: 65500 x 65500
+    with pytest.raises(ImageError, match="too many pixels"):
+        load_rgb(bytes(header))
