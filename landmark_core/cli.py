@@ -480,6 +480,25 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_lr_find(args) -> int:
+    from .lr_finder import find_learning_rate
+    config = _config_from_args(args)
+    if not config.data:
+        raise LandmarkError("no dataset given (--data DIR, or --data demo)")
+    bar = ProgressBar("learning-rate sweep")
+    result = find_learning_rate(config, steps=args.steps, progress=bar)
+    if args.json:
+        print(json.dumps({"suggestion": result.suggestion, "trained": result.trained,
+                          "learning_rates": result.learning_rates, "losses": result.losses}))
+        return 0 if result.suggestion else 1
+    if result.suggestion is None:
+        print("no clear descent of the loss: keep the model's default learning rate", file=sys.stderr)
+        return 1
+    print(f"suggested learning rate (trained: {result.trained}; --lr for landmark train):", file=sys.stderr)
+    print(f"{result.suggestion:.2e}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from .models import list_models, model_info
     for name in list_models():
@@ -560,6 +579,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "or CPU processes); --batch-size stays the global batch. Resuming uses the run's own N "
                             "unless given")
     train.set_defaults(func=cmd_train)
+
+    lr_find = sub.add_parser("lr-find", help="suggest a learning rate: a short sweep with growing rates (fastai's "
+                             "lr_find); prints the rate", description="Takes the training settings of landmark train; "
+                             "nothing is written to any run.")
+    _add_config_flags(lr_find)
+    lr_find.add_argument("--steps", type=_number(int, 10, 1000), default=80, help="batches in the sweep (default 80)")
+    lr_find.add_argument("--json", action="store_true", help="the rates and smoothed losses too")
+    lr_find.set_defaults(func=cmd_lr_find)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run on its test split")
     evaluate.add_argument("run")

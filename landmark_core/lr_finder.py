@@ -81,13 +81,39 @@ def _endless(batches):
 
 
 def suggest(rates: list[float], losses: list[float]) -> float | None:
-    """The rate at the steepest descent of the loss against log(rate), looked for before the loss's minimum."""
+    """A rate in the loss's longest valley (fastai's "valley" rule): the longest run of ever lower smoothed losses,
+    looked for only once the loss has started to fall (a tenth of its drop below its start), and a rate part-way down it, where the loss still falls steadily
+    (the bottom of a valley is already too high a rate). None without a clear descent.
+
+    The steepest point of the whole curve is no answer: the first few smoothed points of a sweep are noisy, and
+    their slope is often the steepest (a suggestion at the curve's first rate, 1e-6, that trains nothing)."""
     finite = [(r, l) for r, l in zip(rates, losses) if math.isfinite(l)]
     if len(finite) < 5:
         return None
     rates_arr, losses_arr = np.array([r for r, _ in finite]), np.array([l for _, l in finite])
-    lowest = int(np.argmin(losses_arr))
-    if lowest < 2:
+    plateau, lowest = float(np.median(losses_arr[:5])), float(losses_arr.min())
+    if not plateau > lowest:
         return None
-    slopes = np.gradient(losses_arr[:lowest + 1], np.log(rates_arr[:lowest + 1]))
-    return float(rates_arr[int(np.argmin(slopes))])
+    # the loss has started to fall: it stays a tenth of its whole drop below where it started for three points
+    # (a noisy point on the plateau does not)
+    below = losses_arr < plateau - 0.1 * (plateau - lowest)
+    sustained = [i for i in range(len(below)) if below[i:i + 3].all()]
+    if not sustained:
+        return None
+    begin = sustained[0]
+    curve = losses_arr[begin:]
+    # longest[i]: length of the longest chain of ever lower losses ending at point i; before[i]: its previous point
+    longest, before = np.ones(len(curve), dtype=int), np.full(len(curve), -1)
+    for i in range(1, len(curve)):
+        lower_before = np.nonzero(curve[:i] > curve[i])[0]
+        if len(lower_before):
+            j = int(lower_before[np.argmax(longest[lower_before])])
+            longest[i], before[i] = longest[j] + 1, j
+    end = int(np.argmax(longest))
+    start = end
+    while before[start] >= 0:
+        start = int(before[start])
+    if end - start < 3:
+        return None
+    # part-way down: past the valley's first third, short of its bottom
+    return float(rates_arr[begin + start + (end - start) // 2])

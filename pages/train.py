@@ -71,7 +71,7 @@ with st.expander("New training run", expanded=not list_runs()):
     with st.container(border=True):
         st.markdown("**Learning-rate finder**")
         st.caption("Trains a throwaway copy of the model for up to 80 batches while the learning rate grows from 1e-6 "
-                   "to 1, and suggests the rate where the loss falls fastest (fastai's lr_find). Uses this model's "
+                   "to 1, and suggests a rate part-way down the loss's longest valley (fastai's lr_find). Uses this model's "
                    "default settings; nothing is saved.")
         if st.button("Find a learning rate", key="lr_find"):
             bar = st.progress(0.0, text="Sweeping…")

@@ -340,3 +340,39 @@ def test_learning_rate_finder_sweeps_until_the_loss_explodes_and_suggests_a_rate
     curve_rates = [10 ** (-6 + k * 0.25) for k in range(25)]
     curve = [2.0] * 5 + [2.0 - 0.3 * k for k in range(1, 6)] + [0.5] * 5 + [0.5 + k for k in range(10)]
     assert 1e-5 < suggest(curve_rates, curve) < 1e-3
+
+
+def test_the_suggested_rate_lies_where_the_smoothed_loss_falls_not_at_a_noisy_start():
+    """Issue 24, item 1: the steepest point of a sweep was often its noisy first one (1e-6, which trains nothing)."""
+    import numpy as np
+
+    from landmark_core.lr_finder import suggest
+    rates = list(np.geomspace(1e-6, 1, 80))
+    log = np.log10(rates)
+    for seed in range(10):
+        noise = np.random.default_rng(seed).normal(0, 0.02, 80)
+        loss = 2.5 - 1.5 / (1 + np.exp(-(log + 3) * 3)) + np.where(log > -1, (log + 1) * 8, 0) + noise
+        loss[:3] = [2.8, 2.3, 2.7]  # the first smoothed points jump about: their slope is the steepest
+        suggestion = suggest(rates, list(loss))
+        assert 3e-4 < suggestion < 3e-2, (seed, suggestion)  # in the fall (1e-4 to 1e-2), not on the plateau
+    assert suggest(rates, [1.0] * 80) is None  # no descent: no suggestion
+
+
+def test_landmark_lr_find_prints_a_rate_on_the_falling_part_of_its_sweep(tiny_dataset, artifacts):
+    import json
+
+    from test_hostile import landmark
+    result = landmark("lr-find", "--data", tiny_dataset, "--model", "scratch_cnn", "--image-size", "32",
+                      "--batch-size", "8", "--steps", "60", "--json")
+    sweep = json.loads(result.stdout)
+    rates, losses, suggestion = sweep["learning_rates"], sweep["losses"], sweep["suggestion"]
+    assert result.returncode == (0 if suggestion else 1)
+    if suggestion is not None:  # on the falling part: below where the loss started, above its lowest point
+        at = rates.index(suggestion)
+        assert min(losses) < losses[at] < max(losses[:5]) and at > 2
+    assert not list(artifacts.glob("runs/*"))
+    plain = landmark("lr-find", "--data", tiny_dataset, "--model", "scratch_cnn", "--image-size", "32", "--batch-size", "8",
+                     "--steps", "60")
+    assert plain.returncode == result.returncode
+    if suggestion is not None:
+        assert float(plain.stdout) == pytest.approx(suggestion, rel=1e-2)
