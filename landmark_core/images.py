@@ -72,6 +72,11 @@ def open_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageError(f"{_describe(source)}: image has no pixels")
+    if width * height > max_pixels and image.format in ("JPEG", "MPO") and \
+            (image.info.get("progressive") or image.info.get("progression")):
+        # a progressive JPEG holds every coefficient of the whole image while it decodes, at any reduced size
+        raise ImageError(f"{_describe(source)}: {width}x{height} is too many pixels for a progressive JPEG (limit "
+                         f"{max_pixels:,}); refused before decoding")
     if width * height > max_pixels * (JPEG_REDUCTIONS[-1] ** 2 if image.format in ("JPEG", "MPO") else 1):
         raise ImageError(f"{_describe(source)}: {width}x{height} is too many pixels (limit {max_pixels:,}"
                          + (f", or {max_pixels * JPEG_REDUCTIONS[-1] ** 2:,} for a JPEG, decoded at reduced size"
@@ -84,12 +89,16 @@ def _large_jpeg(source) -> Image.Image | None:
     :func:`open_image` then applies the limit that holds for JPEGs); None for anything else."""
     from PIL import JpegImagePlugin
     try:
-        source.seek(0) if hasattr(source, "seek") else None
-        handle = open(source, "rb") if isinstance(source, (str, os.PathLike)) else source
-        if handle.read(3) != b"\xff\xd8\xff":
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as handle:
+                if handle.read(3) != b"\xff\xd8\xff":
+                    return None
+            return JpegImagePlugin.JpegImageFile(source)  # Pillow opens, and closes, the file itself
+        source.seek(0)
+        if source.read(3) != b"\xff\xd8\xff":
             return None
-        handle.seek(0)
-        return JpegImagePlugin.JpegImageFile(handle)
+        source.seek(0)
+        return JpegImagePlugin.JpegImageFile(source)
     except _READ_ERRORS:
         return None
 

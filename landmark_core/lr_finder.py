@@ -92,7 +92,7 @@ def suggest(rates: list[float], losses: list[float]) -> float | None:
         return None
     rates_arr, losses_arr = np.array([r for r, _ in finite]), np.array([l for _, l in finite])
     plateau, lowest = float(np.median(losses_arr[:5])), float(losses_arr.min())
-    if not plateau > lowest:
+    if not plateau - lowest > 0.05 * abs(plateau):  # a flat curve's noise is no descent
         return None
     # the loss has started to fall: it stays a tenth of its whole drop below where it started for three points
     # (a noisy point on the plateau does not)
@@ -113,7 +113,7 @@ def suggest(rates: list[float], losses: list[float]) -> float | None:
     start = end
     while before[start] >= 0:
         start = int(before[start])
-    if end - start < 3:
+    if longest[end] < 4:  # a valley of at least four ever lower points
         return None
     # part-way down: past the valley's first third, short of its bottom
     return float(rates_arr[begin + start + (end - start) // 2])

@@ -54,6 +54,8 @@ class ServeSettings:
 
     def checked(self) -> "ServeSettings":
         """These settings, or a LandmarkError saying which one is wrong (before anything listens)."""
+        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable() and self.api_key):
+            raise LandmarkError("--api-key must be printable ASCII (it travels in an HTTP header)")
         if not is_loopback(self.host) and not self.api_key:
             raise LandmarkError(f"serving on {self.host} lets other machines in: give --api-key KEY (or set "
                                 f"{API_KEY_ENV}), or keep the default --host 127.0.0.1")
@@ -111,7 +113,7 @@ class ModelHolder:
                     try:
                         self.predictor = Predictor(self.run, device=self.device)
                         self.reload_error = None
-                    except LandmarkError as error:
+                    except Exception as error:  # a half-written or unreadable export: keep answering
                         self.reload_error = f"kept the model loaded before: {error}"
                     self._version = version
         return self.predictor
@@ -179,7 +181,7 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     while it streams in."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise ClientError(400, "Content-Length is not a number")
         if int(declared) > limit + 64 * 1024:  # a multipart form's boundaries and headers on top of the photo
             raise ClientError(413, f"the upload is over the {limit / 2**20:.0f} MiB limit")
@@ -269,16 +271,25 @@ def build_app(settings: ServeSettings) -> FastAPI:
     holder = ModelHolder(settings.run, settings.device)
     batcher = MicroBatcher(holder, settings.max_batch, settings.batch_wait_ms / 1000, settings.max_queue)
     decode_threads = ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 2)), thread_name_prefix="landmark-decode")
+    # uploads held at once (read, decoding or waiting for the model): each may be 25 MiB
+    in_flight = asyncio.Semaphore(settings.max_queue + settings.max_batch)
     app = FastAPI(title="Landmark Tagger", version="1", description="Recognise the landmark in a photo and tag it "
                   "with its name and position (the decision `landmark tag` makes).")
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         if settings.api_key:
-            given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
-            if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            given = request.headers.get("x-api-key") or (token.strip() if scheme.lower() == "bearer" else "")
+            if not hmac.compare_digest(given.encode("latin-1", "replace"), settings.api_key.encode()):
                 return JSONResponse({"error": "a valid API key is needed (header X-API-Key or Authorization: "
-                                              "Bearer KEY)"}, status_code=401)
+                                              "Bearer KEY)"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        if request.method == "POST":  # photos read or being decoded, before the model's queue: bounded too
+            if in_flight.locked():
+                return JSONResponse({"error": "the service is busy: try again in a moment"}, status_code=503,
+                                    headers={"Retry-After": "1"})
+            async with in_flight:
+                return await call_next(request)
         return await call_next(request)
 
     @app.exception_handler(ClientError)
@@ -297,12 +308,15 @@ def build_app(settings: ServeSettings) -> FastAPI:
         where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("query", "body"))
         return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
 
-    async def assess(request: Request, top_k: int, threshold: float | None, tag_unfamiliar: bool):
+    async def assess(request: Request, top_k: int, threshold: float | None, tag_unfamiliar: bool,
+                     jpeg_only: bool = False):
         data = await _photo(request, settings.max_upload_bytes)
         predictor = holder.current()
         loop = asyncio.get_running_loop()
         try:
-            check_upload(data, "the photo", settings.max_upload_bytes)
+            image = check_upload(data, "the photo", settings.max_upload_bytes)
+            if jpeg_only and image.format != "JPEG":  # before any decoding: the answer is known
+                raise ClientError(415, "only a JPEG carries the tags inside it: ask for the sidecar (?sidecar=1)")
             square, (gps, gps_note) = await loop.run_in_executor(
                 decode_threads, lambda: (predictor.decode(data), read_gps_checked(data)))
         except ImageError as error:
@@ -350,14 +364,13 @@ def build_app(settings: ServeSettings) -> FastAPI:
         **_ERRORS})
     async def tag(request: Request, sidecar: bool = Query(False, description="answer with the XMP sidecar"),
                   threshold: float | None = Query(None, ge=0.0, le=1.0), tag_unfamiliar: bool = Query(False)):
-        data, predictor, assessment, decision, _ = await assess(request, 1, threshold, tag_unfamiliar)
+        data, predictor, assessment, decision, _ = await assess(request, 1, threshold, tag_unfamiliar,
+                                                                jpeg_only=not sidecar)
         headers = {"X-Landmark-Decision": decision.status}
         if sidecar:
             if decision.status != "tagged":
                 return Response(status_code=204, headers=headers)
             return Response(xmp_sidecar(decision), media_type="application/rdf+xml", headers=headers)
-        if check_upload(data).format not in ("JPEG", "MPO"):
-            raise ClientError(415, "only a JPEG carries the tags inside it: ask for the sidecar (?sidecar=1)")
         if decision.status != "tagged":
             return Response(data, media_type="image/jpeg", headers=headers)
         try:

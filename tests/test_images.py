@@ -133,6 +133,8 @@ def test_a_phone_jpeg_over_the_pixel_limit_is_decoded_at_reduced_size_and_other_
     assert square.shape == (64, 64, 3) and np.abs(square.astype(np.float32) - reference).mean() < 8
     with pytest.raises(ImageError, match="too many pixels"):
         load_rgb(encode(Image.new("RGB", (9000, 9000)), "PNG"))
+    with pytest.raises(ImageError, match="progressive"):  # it would hold every coefficient while it decodes
+        load_rgb(encode(big, "JPEG", progressive=True))
     header = bytearray(encode(Image.new("RGB", (16, 16)), "JPEG"))
     sof = header.index(b"\xff\xc0")
     header[sof + 5:sof + 9] = (65500).to_bytes(2, "big") * 2  # height and width of the frame: 65500 x 65500

@@ -232,11 +232,15 @@ def test_another_address_needs_an_api_key_and_the_key_is_checked_on_every_reques
     refused = landmark("serve", finished_copy, "--host", "0.0.0.0")
     assert "--api-key" in one_line_error(refused)
     with service(finished_copy, env={"LANDMARK_API_KEY": "s3cret"}) as url:
-        assert call(url, "/v1/health")[0] == 401
+        status, headers, _ = call(url, "/v1/health")
+        assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
         status, _, answer = call(url, "/v1/predict", photos[0].read_bytes(), headers={"X-API-Key": "wrong"})
         assert status == 401 and "API key" in json.loads(answer)["error"]
         assert call(url, "/v1/health", headers={"X-API-Key": "s3cret"})[0] == 200
         assert call(url, "/v1/predict", photos[0].read_bytes(), headers={"Authorization": "Bearer s3cret"})[0] == 200
+        assert call(url, "/v1/health", headers={"Authorization": "bearer s3cret"})[0] == 200  # schemes ignore case
+        assert call(url, "/v1/health", headers={"Authorization": "s3cret"})[0] == 401  # a bare key is no scheme
+    assert "printable ASCII" in one_line_error(landmark("serve", finished_copy, "--api-key", "clé"))
 
 
 def test_a_re_export_is_picked_up_without_a_restart_and_a_tampered_one_is_refused(served_alone, photos):
