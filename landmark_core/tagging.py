@@ -143,11 +143,12 @@ def xmp_gps(data: bytes) -> tuple[float, float] | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with pyexiv2.ImageData(data) as image:
-                xmp = image.read_xmp()
-        latitude = _from_xmp_coordinate(xmp["Xmp.exif.GPSLatitude"])
-        longitude = _from_xmp_coordinate(xmp["Xmp.exif.GPSLongitude"])
-    except (KeyError, IndexError, *_EXIV2_ERRORS):
+                position = _xmp_position(image.read_xmp())
+    except _EXIV2_ERRORS:
         return None
+    if position is None:
+        return None
+    latitude, longitude = position
     valid = math.isfinite(latitude) and math.isfinite(longitude) and abs(latitude) <= 90 and abs(longitude) <= 180
     return (latitude, longitude) if valid else None
 
@@ -366,9 +367,10 @@ def retracted_fields(earlier: EarlierTag, existing: dict, *, position_is_ours: b
     return {key: value for key, value in changes.items() if key in existing}
 
 
-#: exiv2's three views of a file's metadata, XMP last: it reads a sidecar's XMP into EXIF and IPTC views too and
-#: writes those back into its XMP on every change, so a field is gone only once it is gone from all three.
 def _views(image):
+    """exiv2's three views of a file's metadata as (read, modify), XMP last: it reads a sidecar's XMP into EXIF and
+    IPTC views too and writes those back into its XMP on every change, so a field is gone only once it is gone
+    from all three."""
     return ((image.read_exif, image.modify_exif), (image.read_iptc, image.modify_iptc),
             (image.read_xmp, image.modify_xmp))
 
@@ -438,12 +440,6 @@ def _sidecar_with(existing: bytes, decision: TagDecision, earlier: EarlierTag | 
                 return image.get_bytes(), added
     except _EXIV2_ERRORS as error:
         raise ImageError(f"cannot merge the tags into the existing XMP sidecar ({error})") from None
-
-
-def merged_sidecar(existing: bytes, decision: TagDecision) -> bytes:
-    """An existing XMP sidecar with the tag merged in: its other fields (rating, labels, keywords, face regions,
-    an editor's history) stay."""
-    return _sidecar_with(existing, decision)[0]
 
 
 def xmp_sidecar(decision: TagDecision) -> str:
