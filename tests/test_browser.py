@@ -134,6 +134,24 @@ def _same_named_photos_the_model_tags(artifacts: Path) -> list[tuple[Path, objec
     pytest.fail(f"no two same-named test photos are tagged by the trained model: {by_name}")
 
 
+def click_painted_chart(chart, x_share: float, y_share: float) -> None:
+    """Click a Vega chart at a share of its width and height once it has drawn its marks: the chart's canvas (or,
+    for small data, its SVG) appears before Vega has parsed the data and attached its click handlers, and a click
+    before that is lost."""
+    chart.page.wait_for_function("""(chart) => {
+        const svg = chart.querySelector("svg.marks");
+        if (svg) return svg.querySelectorAll(".role-mark path, .role-mark circle").length > 0;
+        const canvas = chart.querySelector("canvas");
+        if (!canvas || !canvas.width || !canvas.height) return false;
+        const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+        for (let i = 3; i < pixels.length; i += 4 * 97) if (pixels[i]) return true;  // some pixel is painted
+        return false;
+    }""", arg=chart.element_handle())
+    drawing = chart.locator("canvas, svg.marks").first
+    box = drawing.bounding_box()  # Playwright's click waits for the drawing to stop moving before it clicks
+    drawing.click(position={"x": box["width"] * x_share, "y": box["height"] * y_share})
+
+
 @contextlib.contextmanager
 def browser_tab(shots: Path, viewport=(1400, 1000)):
     """A tab in a fresh Chromium; a failed step leaves a picture of the page as it was (failure.png)."""
@@ -476,18 +494,12 @@ def test_explore_place_picker_a_click_on_the_offline_map_offers_the_nearest_town
         page.get_by_role("link", name="Explore dataset").click()
         expect(page.get_by_text("2 classes have no place")).to_be_visible()
         page.get_by_text("a click on the map").click()
-        chart = page.get_by_test_id("stVegaLiteChart").last
-        expect(chart.locator("canvas, svg").first).to_be_visible()
+        expect(page.get_by_text("Click near the landmark")).to_be_visible()
         tab.no_exceptions()
-        chart.scroll_into_view_if_needed()
-        box = chart.bounding_box()
-        page.mouse.click(box["x"] + box["width"] * 0.62, box["y"] + box["height"] * 0.38)  # Asia, where towns are dense
+        click_painted_chart(page.get_by_test_id("stVegaLiteChart").last, 0.62, 0.38)  # Asia, where towns are dense
         expect(page.get_by_text(re.compile(r"Closer: the [\d,]+ towns around the click"))).to_be_visible()
         tab.no_exceptions()
-        closer = page.get_by_test_id("stVegaLiteChart").last
-        closer.scroll_into_view_if_needed()
-        box = closer.bounding_box()
-        page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)  # a second, closer click
+        click_painted_chart(page.get_by_test_id("stVegaLiteChart").last, 0.5, 0.5)  # a second, closer click
         button = page.get_by_role("button", name="Set the place of Old Town Bridge")
         expect(button).to_be_visible()
         tab.shot("01-towns-near-the-click")
