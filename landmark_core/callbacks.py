@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -11,7 +12,7 @@ from .distributed import SINGLE_PROCESS, World
 from .engine import Callback
 from .errors import TrainingCancelled
 from .fileio import append_jsonl
-from .runs import Run, write_status
+from .runs import STOPPED_BY_REQUEST, Run, write_status
 
 
 class MetricsLogger(Callback):
@@ -77,13 +78,25 @@ class EarlyStopping(Callback):
 
 
 class StatusUpdater(Callback):
+    """Keeps the status's epoch and batch current for the progress line (:mod:`.progress`): the epoch's start
+    and, at most once every ``every_seconds``, the batch reached (the metrics log has a batch only every
+    ``log_every``)."""
     order = 30
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, every_seconds: float = 1.0):
+        self.run_dir, self.every_seconds, self.written = run_dir, every_seconds, 0.0
+
+    def on_epoch_start(self, engine):
+        self.written = time.time()
+        write_status(self.run_dir, epoch_started=self.written, batch=0)
+
+    def on_batch_end(self, engine):
+        if time.time() - self.written >= self.every_seconds or engine.batch == engine.last.get("batches"):
+            self.written = time.time()
+            write_status(self.run_dir, batch=engine.batch, batches=engine.last.get("batches"))
 
     def on_epoch_end(self, engine):
-        write_status(self.run_dir, epoch=engine.epoch, epochs=engine.config.epochs)
+        write_status(self.run_dir, epoch=engine.epoch, epochs=engine.config.epochs, batch=0)
 
 
 class CancelOnRequest(Callback):
@@ -98,7 +111,7 @@ class CancelOnRequest(Callback):
 
     def on_batch_end(self, engine):
         if self.world.any(self.flag.exists()):
-            raise TrainingCancelled("cancelled by request")
+            raise TrainingCancelled(STOPPED_BY_REQUEST)
 
 
 class ConsoleProgress(Callback):

@@ -369,17 +369,25 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_runs(args) -> int:
+    from .progress import run_progress
     from .runs import list_runs
     runs = list_runs()
     if args.json:
-        print(json.dumps([{**r.__dict__, "path": str(r.path)} for r in runs], indent=2))
+        print(json.dumps([{**r.__dict__, "path": str(r.path), "progress": _progress_fields(run_progress(r.path))}
+                          for r in runs], indent=2, default=str))
         return 0
     if not runs:
         print("no runs yet (start one with: landmark train --data demo --model scratch_cnn)")
     for r in runs:
-        acc = f"{r.test_acc:.3f}" if r.test_acc is not None else "-"
-        print(f"{r.run_id}  {r.state:<11} {r.model:<20} epoch {r.epoch}/{r.epochs or '?'}  test top-1 {acc}")
+        acc = f"  test top-1 {r.test_acc:.1%}" if r.test_acc is not None else ""
+        print(f"{r.run_id}  {r.model:<20} {run_progress(r.path).describe()}{acc}")
     return 0
+
+
+def _progress_fields(progress) -> dict:
+    from dataclasses import asdict
+    return {**asdict(progress), "state": str(progress.state), "stage": str(progress.stage) if progress.stage else None,
+            "label": progress.label, "fraction": progress.fraction, "description": progress.describe()}
 
 
 def _position(text: str) -> tuple[float, float]:

@@ -6,7 +6,6 @@ thin and everything here is testable without a browser.
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -43,34 +42,10 @@ def curves_frame(run_dirs: list[Path]) -> pd.DataFrame:
         columns=["epoch", "series", "value", "run", "split", "metric"])
 
 
-def live_progress(run_dir: Path) -> dict:
-    """Where a run is: state, epoch and batch, recent batch losses, elapsed time and ETA."""
-    run = Run(run_dir)
-    status, config, records = run.status, run.config_values, run.metrics
-    epochs = [r for r in records if r.get("kind") == "epoch"]
-    batches = [r for r in records if r.get("kind") == "batch"]
-    total_epochs = int(config.get("epochs") or 1)
-    last_batch = batches[-1] if batches else None
-    done_epochs = len(epochs)
-    if last_batch and last_batch["epoch"] > done_epochs:
-        fraction = (done_epochs + last_batch["batch"] / max(1, last_batch["batches"])) / total_epochs
-    else:
-        fraction = done_epochs / total_epochs
-    elapsed = (last_batch or {}).get("elapsed") or (epochs[-1]["elapsed"] if epochs else 0.0)
-    if status.get("state") == "running" and status.get("started"):
-        try:
-            started = pd.Timestamp(status["started"]).timestamp()
-            elapsed = max(elapsed, time.time() - started - float(status.get("train_seconds") or 0))
-        except (ValueError, TypeError):
-            pass
-    eta = elapsed * (1 - fraction) / fraction if 0 < fraction < 1 else None
-    return {"state": status.get("state", "queued"), "error": status.get("error"), "epoch": done_epochs,
-            "epochs": total_epochs, "batch": last_batch["batch"] if last_batch and last_batch["epoch"] > done_epochs else 0,
-            "batches": last_batch["batches"] if last_batch else None, "fraction": min(1.0, fraction),
-            "elapsed": elapsed, "eta": eta, "last_epoch": epochs[-1] if epochs else None,
-            "processes": int(status.get("processes") or 1),
-            "stage": status.get("stage") if status.get("state") == "running" and not epochs else None,
-            "batch_losses": pd.DataFrame([{"step": i, "epoch": b["epoch"], "loss": b["loss"]} for i, b in enumerate(batches)])}
+def batch_losses(run_dir: Path) -> pd.DataFrame:
+    """The logged batch losses of a run's first epoch (the only curve there is before an epoch ends)."""
+    return pd.DataFrame([{"batch": r["batch"], "loss": r["loss"]} for r in Run(run_dir).metrics
+                         if r.get("kind") == "batch" and r.get("epoch") == 1], columns=["batch", "loss"])
 
 
 def confusion_frame(evaluation: dict, normalize: bool = False) -> pd.DataFrame:

@@ -32,7 +32,8 @@ from .export import export_run
 from .fileio import read_json, read_jsonl, remove_unfinished_writes, write_bytes_atomic, write_json_atomic
 from .models import build_model
 from .prepare import prepare_data
-from .runs import new_run_dir, now_iso, Run, write_status
+from .progress import Stage
+from .runs import STOPPED_BY_REQUEST, new_run_dir, now_iso, read_status, Run, worked_seconds, write_status
 
 def _raise_cancel(signum, frame):
     raise TrainingCancelled(f"stopped by signal {signum}")
@@ -171,16 +172,23 @@ def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: dis
     # one may be writing the status right now
     remove_unfinished_writes(run_dir, keep=(Run.STATUS,))
     started = time.time()
+    # the run's own clock: the sessions before this one, a killed one's up to its last status write
+    worked_before = worked_seconds(read_status(run_dir))
     # the launcher's pid when there is one: Stop signals it, and torchrun stops every rank
     pid = int(os.environ.get("LANDMARK_LAUNCHER_PID") or os.getpid())
     write_status(run_dir, state="running", pid=pid, processes=world.size, started=previous.get("started") or now_iso(),
-                 error=None)
+                 error=None, session_started=started, seconds=worked_before, stage=Stage.DECODING.value, decoded=None,
+                 batch=0, freeze_epochs=config.freeze_epochs)
+
+    def ended(state: str, **fields) -> None:
+        write_status(run_dir, state=state, finished=now_iso(), seconds=worked_before + time.time() - started,
+                     session_started=None, stage=None, **fields)
     old_handler = signal.signal(signal.SIGTERM, _raise_cancel) if _in_main_thread() else None
     try:
         torch.manual_seed(config.seed)
         resume_state = _resume_state(run_dir, device) if resume else None  # before decoding: a bad file fails fast
         prepared = prepare_data(config, _reporting_stage(run_dir, progress))
-        write_status(run_dir, stage=None)
+        write_status(run_dir, stage=Stage.TRAINING.value, decoded=None)
         if world.is_distributed:
             data_lib.wait_for_cache_writes()
             world.barrier()
@@ -201,9 +209,11 @@ def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: dis
         train_seconds = previous.get("train_seconds", 0.0) + time.time() - started
         write_status(run_dir, train_seconds=train_seconds)
         if evaluate_and_export:
+            write_status(run_dir, stage=Stage.EVALUATING.value)
             evaluate_run(run_dir, device=device, prepared=prepared)
+            write_status(run_dir, stage=Stage.EXPORTING.value)
             export_run(run_dir)
-        write_status(run_dir, state="finished", finished=now_iso(), train_seconds=train_seconds)
+        ended("finished", train_seconds=train_seconds)
         # a status write of a rank killed before this start (SIGKILL mid-write) left its temporary: older than the
         # run's own writes, so no live writer's
         remove_unfinished_writes(run_dir, keep=(Run.STATUS,), keep_seconds=max(10.0, time.time() - started))
@@ -211,22 +221,22 @@ def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: dis
     except TrainingCancelled as stop:
         if world.is_distributed and not (run_dir / Run.CANCEL).exists():
             stop = TrainingCancelled(f"{stop} (torchrun stops every rank when one fails: its output names the rank)")
-        write_status(run_dir, state="cancelled", error=str(stop), finished=now_iso(),
-                     train_seconds=previous.get("train_seconds", 0.0) + time.time() - started)
+        # the Stop button (request_cancel) leaves its flag: a stop the user asked for, not a failure
+        ended("cancelled", error=STOPPED_BY_REQUEST if (run_dir / Run.CANCEL).exists() else str(stop),
+              train_seconds=previous.get("train_seconds", 0.0) + time.time() - started)
         raise
     except KeyboardInterrupt:
-        write_status(run_dir, state="cancelled", error="interrupted (Ctrl-C)", finished=now_iso())
+        ended("cancelled", error="interrupted (Ctrl-C)")
         raise TrainingCancelled("interrupted (Ctrl-C)") from None
     except LandmarkError as error:
-        write_status(run_dir, state="failed", error=str(error), finished=now_iso())
+        ended("failed", error=str(error))
         raise
     except OSError as error:  # disk full, permissions: fail the run with the reason
-        write_status(run_dir, state="failed", error=f"{error.strerror or error}: {error.filename or ''}".strip(": "),
-                     finished=now_iso())
+        ended("failed", error=f"{error.strerror or error}: {error.filename or ''}".strip(": "))
         raise RunError(f"run failed: {error}") from None
     except Exception as error:
         (run_dir / Run.ERROR).write_text(traceback.format_exc())
-        write_status(run_dir, state="failed", error=f"{type(error).__name__}: {error}", finished=now_iso())
+        ended("failed", error=f"{type(error).__name__}: {error}")
         raise
     finally:
         if old_handler is not None:
@@ -243,7 +253,7 @@ def _reporting_stage(run_dir: Path, progress: Callable[[str, int, int], None] | 
             progress(stage, done, total)
         if done == total or time.time() - last[0] >= 1.0:
             last[0] = time.time()
-            write_status(run_dir, stage=f"{stage} photos {done:,}/{total:,}")
+            write_status(run_dir, stage=Stage.DECODING.value, decoded=[done, total])
     return report
 
 

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,6 +224,33 @@ def write_status(run_dir: Path, **fields) -> dict:
     return status
 
 
+def _timestamp(text) -> float | None:
+    try:
+        return dt.datetime.fromisoformat(text).timestamp() if text else None
+    except (TypeError, ValueError):
+        return None
+
+
+def non_negative(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+
+
+def worked_seconds(status: dict, now: float | None = None) -> float:
+    """The seconds a run has worked: its closed sessions' (``seconds``; older runs kept ``train_seconds``) plus the
+    open session's: to now while its process runs, to its last status write when the process is gone."""
+    closed = non_negative(status.get("seconds"))
+    if closed is None:
+        closed = non_negative(status.get("train_seconds")) or 0.0
+    opened = non_negative(status.get("session_started"))
+    if opened is None:
+        return closed
+    if status.get("state") == RunState.RUNNING:
+        until = now if now is not None else time.time()
+    else:  # interrupted: the process died; its last write is the last moment it is known to have worked
+        until = _timestamp(status.get("updated")) or opened
+    return closed + max(0.0, until - opened)
+
+
 @dataclass
 class RunSummary:
     run_id: str
@@ -310,9 +338,15 @@ def launch_background(run_dir: Path, *, resume: bool = False, processes: int | N
                                    start_new_session=True, cwd=os.getcwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"})
     finally:
         log.close()
-    # queued until the trainer says running: a resumed run must not go on showing "cancelled" meanwhile
-    write_status(run_dir, state="queued", error=None, pid=process.pid, launched=True, processes=processes)
+    # queued until the trainer says running: a resumed run must not go on showing "cancelled" meanwhile. A killed
+    # session's time is closed first, up to its last write: this write would otherwise move that moment to now
+    write_status(run_dir, state="queued", error=None, pid=process.pid, launched=True, processes=processes,
+                 seconds=worked_seconds(read_status(run_dir)), session_started=None)
     return process.pid
+
+
+#: The error a run stopped by :func:`request_cancel` (the Stop button) records: a stop, not a failure.
+STOPPED_BY_REQUEST = "stopped by request"
 
 
 def request_cancel(run_dir: Path) -> None:

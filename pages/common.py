@@ -15,6 +15,7 @@ from landmark_core.download import DATASET_NAME, download_dataset, find_dataset_
 from landmark_core.errors import LandmarkError
 from landmark_core.locations import artifacts_dir, data_dir, demo_dir
 from landmark_core.places import world_land
+from landmark_core.progress import format_seconds  # noqa: F401 (pages format times through common)
 from landmark_core.runs import list_runs, Run
 
 DEMO, REAL, FOLDER, ZIP = "Built-in demo", "landmark_images (50 classes)", "A folder on this machine", "Import a zip of photos"
@@ -181,11 +182,9 @@ def run_label(summary) -> str:
     return f"{summary.run_id} ({summary.model}{acc})"
 
 
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    seconds = int(seconds)
-    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m {seconds % 60:02d}s"
+def format_percent(share: float | None, digits: int = 1) -> str:
+    """A share as every page writes it (94.2%); a missing one as a dash, never "None"."""
+    return "–" if share is None or share != share else f"{share:.{digits}%}"
 
 
 @st.cache_resource(max_entries=4, show_spinner="Preparing Grad-CAM…")

@@ -6,14 +6,15 @@ import torch
 from landmark_core.data import AUGMENTATIONS
 from landmark_core.distributed import default_processes, process_limit
 from landmark_core.errors import LandmarkError
-from landmark_core.insights import curves_frame, live_progress
+from landmark_core.insights import batch_losses, curves_frame
+from landmark_core.progress import run_progress
 from landmark_core.models import DEFAULT_TRANSFER_MODEL, list_models, model_info
-from landmark_core.runs import (ACTIVE_STATES, delete_run, is_training, launch_background, list_runs, rename_run,
+from landmark_core.runs import (ACTIVE_STATES, RunState, Run, delete_run, is_training, launch_background, list_runs, rename_run,
                                 request_cancel, resolve_run)
 from landmark_core.config import HEAD_SOLVERS, OPTIMIZERS, SCHEDULERS, TrainConfig
 from landmark_core.lr_finder import find_learning_rate
 from landmark_core.pipeline import create_run
-from pages.common import format_seconds, require_dataset, show_error
+from pages.common import format_percent, format_seconds, require_dataset, show_error
 
 st.title("🏋️ Train")
 dataset = require_dataset()
@@ -137,20 +138,16 @@ def live_view(run_id: str, refreshing: bool) -> None:
     training = is_training(run_dir)
     if refreshing and not training:
         st.rerun(scope="app")  # it has just stopped: draw the page once more, still
-    progress = live_progress(run_dir)
-    state = progress["state"]
-    label = {"queued": "⏳ queued", "running": "🏃 running", "finished": "✅ finished", "failed": "❌ failed",
-             "cancelled": "⏹ cancelled", "interrupted": "⚠️ interrupted"}.get(state, state)
-    batch = f" · batch {progress['batch']}/{progress['batches']}" if progress["batch"] else ""
-    label += f" on {progress['processes']} processes" if progress["processes"] > 1 else ""
-    label += f" · {progress['stage']} (first time only: the decoded photos are cached)" if progress["stage"] else ""
-    st.progress(progress["fraction"], text=f"{label} · epoch {progress['epoch']}/{progress['epochs']}{batch} · "
-                                          f"elapsed {format_seconds(progress['elapsed'])} · ETA {format_seconds(progress['eta'])}")
-    if progress["error"] and state in ("failed", "cancelled", "interrupted"):
-        (st.error if state == "failed" else st.warning)(progress["error"])
-    if state == "interrupted":
-        st.warning("The training process stopped without finishing (killed or the machine restarted). Resume continues from the last checkpoint.")
+    progress = run_progress(run_dir)
+    icon = {RunState.QUEUED: "⏳", RunState.RUNNING: "🏃", RunState.FINISHED: "✅", RunState.FAILED: "❌",
+            RunState.CANCELLED: "⏹", RunState.INTERRUPTED: "⚠️"}.get(progress.state, "")
+    st.progress(progress.fraction, text=f"{icon} {progress.describe(with_error=False)}")
+    if progress.state == RunState.FAILED and progress.error:
+        st.error(progress.error)
+    elif progress.state == RunState.CANCELLED and not progress.stopped_by_request and progress.error:
+        st.warning(progress.error)  # stopped by something else than Stop (a signal, Ctrl-C): say what
     buttons = st.columns(6)
+    state = progress.state
     if state in ACTIVE_STATES and buttons[0].button("Stop", key=f"stop-{run_id}"):
         request_cancel(run_dir)
         st.toast("Stopping after the current batch…")
@@ -175,7 +172,8 @@ def live_view(run_id: str, refreshing: bool) -> None:
                     st.rerun(scope="app")
                 except (LandmarkError, OSError) as error:  # a file op: the reason, no traceback
                     show_error(error)
-    last = progress["last_epoch"]
+    run = Run(run_dir)
+    last = (run.epochs or [None])[-1]
     if last:
         m = st.columns(4)
         m[0].metric("train loss", f"{last['train_loss']:.3f}")
@@ -190,8 +188,10 @@ def live_view(run_id: str, refreshing: bool) -> None:
                 x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y("value:Q", title=metric),
                 color=alt.Color("split:N"), tooltip=["epoch", "split", alt.Tooltip("value:Q", format=".3f")]
             ).properties(title=metric, height=260), width="stretch")
-    elif not progress["batch_losses"].empty:
-        st.altair_chart(alt.Chart(progress["batch_losses"]).mark_line().encode(x="step:Q", y="loss:Q").properties(
+    elif not (losses := batch_losses(run_dir)).empty:
+        st.altair_chart(alt.Chart(losses).mark_line(point=True).encode(
+            x=alt.X("batch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y("loss:Q", scale=alt.Scale(zero=False)),
+            tooltip=["batch", alt.Tooltip("loss:Q", format=".3f")]).properties(
             title="batch loss (first epoch)", height=220), width="stretch")
 
 
@@ -205,11 +205,14 @@ def all_runs(trained: bool) -> None:
     if trained != any(is_training(r.path) for r in runs):
         st.rerun(scope="app")  # training stopped, or started elsewhere: the whole page follows
     st.subheader("All runs")
-    st.dataframe(pd.DataFrame([{"run": r.run_id, "state": r.state, "model": r.model, "processes": r.processes,
-                                "epochs": f"{r.epoch}/{r.epochs}", "best val acc": r.best_val_acc, "test top-1": r.test_acc,
-                                "duration": format_seconds(r.duration_s), "error": r.error or ""} for r in runs]),
-                 hide_index=True, column_config={"best val acc": st.column_config.NumberColumn(format="percent"),
-                                                 "test top-1": st.column_config.NumberColumn(format="percent")})
+    rows = []
+    for r in runs:
+        progress = run_progress(r.path)
+        rows.append({"run": r.run_id, "state": progress.label, "model": r.model, "processes": r.processes,
+                     "epochs": f"{progress.epoch}/{progress.epochs}", "best val acc": format_percent(r.best_val_acc),
+                     "test top-1": format_percent(r.test_acc), "time": format_seconds(progress.elapsed),
+                     "error": "" if progress.stopped_by_request else (r.error or "")})
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
 
 
 any_trains = any(is_training(r.path) for r in runs)

@@ -6,7 +6,8 @@ import torch
 
 from landmark_core.evaluate import choose_threshold
 from landmark_core.fileio import read_json, write_json_atomic
-from landmark_core.insights import (cell_images, comparison, confusion_frame, curves_frame, live_progress, short_label,
+from landmark_core.progress import run_progress
+from landmark_core.insights import (cell_images, comparison, confusion_frame, curves_frame, batch_losses, short_label,
                                     top_losses)
 from landmark_core.engine import autocast_dtype
 
@@ -20,18 +21,11 @@ def test_curves_and_progress_of_a_finished_run(trained_run):
     curves = curves_frame([trained_run])
     assert set(curves["metric"]) == {"loss", "accuracy"} and set(curves["split"]) == {"train", "val"}
     assert sorted(curves["epoch"].unique()) == [1, 2]
-    progress = live_progress(trained_run)
-    assert progress["state"] == "finished" and progress["fraction"] == 1.0 and progress["eta"] is None
-
-
-def test_live_progress_mid_epoch(trained_run, tmp_path):
-    run = tmp_path / "runs" / "mid"
-    shutil.copytree(trained_run, run)
-    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
-    first_epoch_end = next(i for i, line in enumerate(lines) if '"kind": "epoch"' in line)
-    (run / "metrics.jsonl").write_text("".join(lines[: first_epoch_end + 2]))  # epoch 1 done, one batch of epoch 2
-    progress = live_progress(run)
-    assert progress["epoch"] == 1 and progress["batch"] == 1 and 0.5 < progress["fraction"] < 1.0
+    progress = run_progress(trained_run)
+    assert progress.state == "finished" and progress.fraction == 1.0 and progress.eta is None
+    assert progress.describe().startswith("finished · 2 epochs · trained in ")
+    assert progress.elapsed >= progress.train_seconds > 0
+    assert list(batch_losses(trained_run)["batch"]) == sorted(batch_losses(trained_run)["batch"])
 
 
 def test_confusion_frame_and_cells_match_predictions(trained_run):

@@ -6,6 +6,7 @@ import pytest
 from landmark_core.errors import RunError
 from landmark_core.fileio import read_jsonl
 from landmark_core.pipeline import create_run, train
+from landmark_core.progress import Stage, run_progress
 from landmark_core.runs import delete_run, list_runs, read_status, rename_run, write_status
 
 from conftest import tiny_config
@@ -45,10 +46,10 @@ def test_status_says_photos_are_being_decoded_before_the_first_epoch(tiny_datase
     monkeypatch.setenv("LANDMARK_CACHE", str(tmp_path / "cold-cache"))  # decoding really happens
     run_dir = create_run(tiny_config(tiny_dataset, epochs=1), artifacts)
     seen = []
-    train(run_dir, evaluate_and_export=False,
-          progress=lambda stage, done, total: seen.append(read_status(run_dir).get("stage")))
-    assert any(stage and stage.startswith("decoding train photos") for stage in seen)
-    assert read_status(run_dir).get("stage") is None  # gone once training starts
+    train(run_dir, evaluate_and_export=False, progress=lambda stage, done, total: seen.append(run_progress(run_dir)))
+    assert seen and all(p.stage == Stage.DECODING for p in seen)
+    assert any(p.decoded and p.decoded[1] > 0 and "decoding photos" in p.describe() for p in seen)
+    assert read_status(run_dir).get("stage") is None and run_progress(run_dir).stage is None  # gone once it ends
 
 
 def test_resume_from_the_app_and_from_the_cli_in_the_background_continues_the_run(tiny_dataset, artifacts):

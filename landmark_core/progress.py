@@ -1,0 +1,174 @@
+"""Where a run is, in one model: its stage, epoch and batch, the time it has worked and the time it still needs.
+
+The Train page, ``landmark runs`` and the CLI's progress line all describe a run through :func:`run_progress`, so
+they never disagree. Time is the run's own clock: the seconds of its finished sessions (``seconds`` in the
+status) plus the open session's, so a stop, a pause and a resume neither lose time nor count the pause. The ETA
+comes only from times this run measured (its epochs, the batches of the epoch in progress) and is ``None`` while
+nothing has been measured or the stage's length is unknown (decoding, evaluating, exporting).
+"""
+from __future__ import annotations
+
+import enum
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .runs import ACTIVE_STATES, STOPPED_BY_REQUEST, Run, RunState, non_negative, worked_seconds
+
+
+class Stage(str, enum.Enum):
+    """What a running session is doing; written to the status as its value."""
+    WAITING = "waiting"
+    DECODING = "decoding"
+    TRAINING = "training"
+    EVALUATING = "evaluating"
+    EXPORTING = "exporting"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    state: RunState
+    stage: Stage | None  # None once the run has ended
+    epoch: int  # epochs completed
+    epochs: int
+    batch: int  # batches done in the epoch in progress (0 between epochs)
+    batches: int | None
+    decoded: tuple[int, int] | None  # photos decoded / to decode, while decoding
+    elapsed: float  # seconds the run has worked, over all its sessions
+    train_seconds: float | None  # of a finished run: its training alone (no evaluation or export)
+    eta: float | None
+    processes: int
+    error: str | None
+
+    @property
+    def fraction(self) -> float:
+        if self.state == RunState.FINISHED or self.stage in (Stage.EVALUATING, Stage.EXPORTING):
+            return 1.0
+        within = self.batch / self.batches if self.batch and self.batches else 0.0
+        return min(1.0, (self.epoch + within) / max(1, self.epochs))
+
+    @property
+    def stopped_by_request(self) -> bool:
+        return self.state == RunState.CANCELLED and self.error == STOPPED_BY_REQUEST
+
+    @property
+    def label(self) -> str:
+        """The state in a word, as a user reads it (a run stopped by request is "stopped", not "cancelled")."""
+        return "stopped" if self.state == RunState.CANCELLED else str(self.state)
+
+    def describe(self, with_error: bool = True) -> str:
+        """One line: what the run does or how it ended, where it is and its times (and the error of a failed run
+        unless ``with_error`` is False, for a page that shows it apart)."""
+        where = f"epoch {self.epoch} of {self.epochs}"
+        on = f" on {self.processes} processes" if self.processes > 1 else ""
+        worked = f"elapsed {format_seconds(self.elapsed)}"
+        if self.state == RunState.RUNNING:
+            if self.stage == Stage.DECODING:
+                counted = f" {self.decoded[0]:,}/{self.decoded[1]:,}" if self.decoded else ""
+                doing = f"decoding photos{counted} (the first time only: they are cached)"
+            elif self.stage == Stage.EVALUATING:
+                doing = f"evaluating on the test photos (trained {self.epoch} of {self.epochs} epochs)"
+            elif self.stage == Stage.EXPORTING:
+                doing = "exporting the model"
+            elif self.stage == Stage.TRAINING:
+                batch = f" · batch {self.batch}/{self.batches}" if self.batch and self.batches else ""
+                doing = f"training epoch {min(self.epoch + 1, self.epochs)} of {self.epochs}{batch}"
+            else:
+                doing = "starting"
+            eta = f" · ETA {format_seconds(self.eta)}" if self.eta is not None else ""
+            return f"running{on} · {doing} · {worked}{eta}"
+        if self.state == RunState.QUEUED:
+            return "waiting to start"
+        if self.state == RunState.FINISHED:
+            trained = f"trained in {format_seconds(self.train_seconds)}, " if self.train_seconds is not None else ""
+            return f"finished · {self.epoch} epochs · {trained}{format_seconds(self.elapsed)} in all"
+        if self.state == RunState.CANCELLED:
+            how = "stopped" if self.stopped_by_request else f"stopped ({self.error})" if self.error else "stopped"
+            return f"{how} after {where} · {worked} · Resume continues from the last finished epoch"
+        if self.state == RunState.INTERRUPTED:
+            return (f"interrupted after {where} · {worked} · its process is gone (killed, or the machine restarted); "
+                    "Resume continues from the last finished epoch")
+        if self.state == RunState.FAILED:
+            return f"failed after {where} · {worked}" + (f": {self.error}" if self.error and with_error else "")
+        return f"{self.state} · {where}"
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m {seconds % 60:02d}s"
+
+
+def _epoch_estimate(records: list[dict], frozen: bool) -> float | None:
+    """The median measured length of this run's epochs of one kind (backbone frozen or not), or None."""
+    seconds = [r["epoch_seconds"] for r in records
+               if bool(r.get("backbone_frozen")) == frozen and non_negative(r.get("epoch_seconds")) is not None]
+    return statistics.median(seconds[-3:]) if seconds else None
+
+
+def _eta(status: dict, config: dict, epochs_done: list[dict], batch: int, batches: int | None, total: int,
+         now: float) -> float | None:
+    """Seconds until the last epoch ends, from what this run measured; None when any remaining epoch's length is
+    unknown."""
+    freeze = config.get("freeze_epochs")
+    freeze = freeze if isinstance(freeze, int) and not isinstance(freeze, bool) else None
+    started = non_negative(status.get("epoch_started"))
+    in_epoch = max(0.0, now - started) if started is not None else 0.0
+    current = len(epochs_done) + 1  # 1-based number of the epoch in progress
+    current_frozen = freeze is not None and current <= freeze
+    # the epoch in progress, projected from its own batches once a few have passed
+    projected = in_epoch * batches / batch if batch >= 2 and batches and in_epoch > 0 else None
+
+    def length(epoch: int) -> float | None:
+        frozen = freeze is not None and epoch <= freeze
+        measured = _epoch_estimate(epochs_done, frozen)
+        if frozen == current_frozen and projected is not None:
+            return projected if measured is None else (projected + measured) / 2
+        return measured
+
+    now_length = length(current)
+    if now_length is None:
+        return None
+    remaining = max(0.0, now_length - in_epoch)
+    for epoch in range(current + 1, total + 1):
+        later = length(epoch)
+        if later is None:
+            return None
+        remaining += later
+    return remaining
+
+
+def run_progress(run_dir: Path, now: float | None = None) -> RunProgress:
+    run = Run(run_dir)
+    now = time.time() if now is None else now
+    try:
+        status = run.status
+    except (ValueError, OSError):
+        status = {"state": RunState.DAMAGED.value}
+    config = run.config_values
+    epochs_done = run.epochs
+    try:
+        state = RunState(status.get("state", "queued"))
+    except ValueError:
+        state = RunState.DAMAGED
+    total = max(1, int(config.get("epochs") or status.get("epochs") or 1))
+    running = state == RunState.RUNNING
+    try:
+        stage = Stage(status.get("stage")) if running and status.get("stage") else (Stage.WAITING if running else None)
+    except ValueError:
+        stage = Stage.TRAINING if running else None
+    batch = int(status.get("batch") or 0) if running and stage == Stage.TRAINING else 0
+    batches = status.get("batches") or next((r.get("batches") for r in reversed(run.metrics) if r.get("kind") == "batch"), None)
+    decoded = status.get("decoded") if stage == Stage.DECODING and isinstance(status.get("decoded"), list) else None
+    eta = (_eta(status, config, epochs_done, batch, batches, total, now)
+           if running and stage == Stage.TRAINING else None)
+    return RunProgress(
+        state=state, stage=stage if state in ACTIVE_STATES else None, epoch=len(epochs_done), epochs=total,
+        batch=batch, batches=batches, decoded=tuple(decoded) if decoded and len(decoded) == 2 else None,
+        elapsed=worked_seconds(status, now), train_seconds=non_negative(status.get("train_seconds")) if state == RunState.FINISHED else None,
+        eta=eta, processes=int(status.get("processes") or 1), error=status.get("error"))
