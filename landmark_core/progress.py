@@ -85,7 +85,7 @@ class RunProgress:
             return "waiting to start"
         if self.state == RunState.FINISHED:
             trained = f"trained in {format_seconds(self.train_seconds)}, " if self.train_seconds is not None else ""
-            return f"finished · {self.epoch} epochs · {trained}{format_seconds(self.elapsed)} in all"
+            return f"finished · {self.epoch} epoch{'s' if self.epoch != 1 else ''} · {trained}{format_seconds(self.elapsed)} in all"
         if self.state == RunState.CANCELLED:
             how = "stopped" if self.stopped_by_request else f"stopped ({self.error})" if self.error else "stopped"
             return f"{how} after {where} · {worked} · Resume continues from the last finished epoch"

@@ -138,6 +138,23 @@ def import_zip_from_browser() -> None:
     st.success(f"Imported `{Path(st.session_state['imported_dataset']).name}`: {st.session_state['imported_summary']}")
 
 
+@st.cache_data(ttl=60, show_spinner=False)
+def dataset_classes(root: Path) -> list[str]:
+    """The class names of a dataset folder ([] when its layout is wrong: the page that needs more says why)."""
+    from landmark_core.data import scan_dataset
+    try:
+        return list(scan_dataset(root).classes)
+    except (LandmarkError, OSError):
+        return []
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def model_summary(model: str, image_size: int, num_classes: int) -> dict:
+    """A model's measured size (it builds the model and counts its FLOPs: once per model, size and class count)."""
+    from landmark_core.models import model_info
+    return model_info(model, image_size, num_classes=num_classes)
+
+
 def require_dataset() -> Path:
     """The current dataset, or stop the page with a hint."""
     dataset = current_dataset()

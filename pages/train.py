@@ -1,3 +1,5 @@
+import os
+
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -8,13 +10,13 @@ from landmark_core.distributed import default_processes, process_limit
 from landmark_core.errors import LandmarkError
 from landmark_core.insights import batch_losses, curves_frame
 from landmark_core.progress import run_progress
-from landmark_core.models import DEFAULT_TRANSFER_MODEL, list_models, model_info
+from landmark_core.models import DEFAULT_TRANSFER_MODEL, list_models
 from landmark_core.runs import (ACTIVE_STATES, RunState, Run, delete_run, is_training, launch_background, list_runs, rename_run,
                                 request_cancel, resolve_run)
 from landmark_core.config import HEAD_SOLVERS, OPTIMIZERS, SCHEDULERS, TrainConfig
 from landmark_core.lr_finder import find_learning_rate
 from landmark_core.pipeline import create_run
-from pages.common import format_percent, format_seconds, require_dataset, show_error
+from pages.common import dataset_classes, format_percent, model_summary, format_seconds, require_dataset, show_error
 
 st.title("🏋️ Train")
 dataset = require_dataset()
@@ -24,10 +26,13 @@ with st.expander("New training run", expanded=not list_runs()):
                          help=f"scratch_cnn learns from random weights; the others start from ImageNet. "
                               f"{DEFAULT_TRANSFER_MODEL} was the most accurate on real photos.")
     defaults = TrainConfig(data=str(dataset), model=model).resolved()
-    info = model_info(model, defaults.image_size)
-    st.caption(f"{info['description']} {info['parameters'] / 1e6:.2f} M parameters, {info['gflops']:.2f} GFLOPs per image at "
+    classes = len(dataset_classes(dataset)) or 50
+    info = model_summary(model, defaults.image_size, classes)
+    st.caption(f"{info['description']} {info['parameters'] / 1e6:.2f} M parameters (with this dataset's {classes}-class "
+               f"head), {info['gflops']:.2f} GFLOPs ({info['gflops'] / 2:.2f} G multiply-adds) per image at "
                f"{info['image_size']} px. Pretrained: {info['pretrained_source']}.")
-    with st.form("train_form"):
+    # Enter in a number field must not start a run (a second click on Start started another): only the button does
+    with st.form("train_form", enter_to_submit=False):
         a, b, c, d = st.columns(4)
         epochs = a.number_input("Epochs", 1, 500, defaults.epochs)
         lr = b.number_input("Learning rate", 1e-6, 1.0, defaults.lr, format="%.5f")
@@ -36,7 +41,10 @@ with st.expander("New training run", expanded=not list_runs()):
         e, f, g, h = st.columns(4)
         optimizer = e.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(defaults.optimizer))
         scheduler = f.selectbox("Scheduler", SCHEDULERS, index=SCHEDULERS.index(defaults.scheduler))
-        augment = g.slider("Augmentation", 0.0, 1.0, float(defaults.augment), 0.1)
+        augment = g.slider("Augmentation strength", 0.0, 1.0, float(defaults.augment), 0.1,
+                           help="How far the random crops, flips and colour changes go: 0 shows every photo as it is, "
+                                "1 the strongest changes. More helps small datasets generalise; too much hides the "
+                                "landmark.")
         freeze_epochs = h.number_input("Frozen-backbone epochs", 0, 500, defaults.freeze_epochs,
                                        disabled=model == "scratch_cnn", help="Train only the new head first (fast: features are cached).")
         augmentation = st.radio("Augmentation recipe", AUGMENTATIONS, index=AUGMENTATIONS.index(defaults.augmentation),
@@ -104,13 +112,33 @@ with st.expander("New training run", expanded=not list_runs()):
                              freeze_epochs=None if int(freeze_epochs) == defaults.freeze_epochs else int(freeze_epochs),
                              tta_flip=tta_flip, class_balanced=class_balanced, weight_decay=float(weight_decay),
                              label_smoothing=float(label_smoothing), early_stopping_patience=int(patience))
-        try:
-            run_dir = create_run(config)
-            launch_background(run_dir, processes=int(processes))
-            st.session_state["live_run_select"] = run_dir.name  # the live view follows the new run
-            st.success(f"Started {run_dir.name}: it trains in the background, so you can leave this page.")
-        except LandmarkError as error:
-            show_error(error)
+        st.session_state["pending_start"] = (config, int(processes))
+    pending = st.session_state.get("pending_start")
+    if pending:
+        training_now = [r.run_id for r in list_runs() if is_training(r.path)]
+        go = not training_now
+        if training_now:
+            st.warning(f"{', '.join(training_now)} {'is' if len(training_now) == 1 else 'are'} training already: a second "
+                       f"run shares the {os.cpu_count()} CPU cores, and both take about twice as long. Start anyway?")
+            yes, no = st.columns([1, 6])
+            go = yes.button("Start anyway", type="primary", key="start_anyway")
+            if no.button("Don't start", key="start_cancelled"):
+                st.session_state.pop("pending_start")
+                st.rerun()
+        if go:
+            st.session_state.pop("pending_start")
+            config, processes = pending
+            try:
+                run_dir = create_run(config)
+                launch_background(run_dir, processes=processes)
+                st.session_state["live_run_select"] = run_dir.name  # the live view follows the new run
+                resolved = config.resolved()
+                frozen = (f", the first {resolved.freeze_epochs} with the backbone frozen"
+                          if resolved.freeze_epochs and config.model != "scratch_cnn" else "")
+                st.success(f"Started {run_dir.name} ({resolved.epochs} epochs{frozen}): it trains in the background, "
+                           "so you can leave this page.")
+            except LandmarkError as error:
+                show_error(error)
 
 runs = list_runs()
 if not runs:

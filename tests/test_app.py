@@ -423,3 +423,64 @@ def test_review_page_judges_a_photo_of_a_report_and_undoes_it(teachable, tmp_pat
     assert any("not a landmark" in s.value for s in at.success)
     at.button(key=f"undo-{photo}").click().run()
     assert not (data / "unknown" / "noise.jpg").exists() and not at.exception
+
+
+def test_train_page_asks_before_a_second_run_shares_the_cores(app_env):
+    """Issue 24, item 3: a Start while another run trains asks first; nothing starts until the answer."""
+    import os
+    from landmark_core.pipeline import create_run
+    from landmark_core.runs import delete_run, write_status
+    from conftest import tiny_config
+    busy = create_run(tiny_config(app_env / "data" / "demo", epochs=1), app_env)
+    write_status(busy, state="running", pid=os.getpid(), session_started=time.time(), stage="training")
+    try:
+        before = {r.run_id for r in list_runs(app_env)}
+        at = page("train").run()
+        at.button(key="FormSubmitter:train_form-Start").click()
+        at.run()
+        assert not at.exception
+        assert any(f"{busy.name} is training already" in w.value and "Start anyway?" in w.value for w in at.warning)
+        assert {r.run_id for r in list_runs(app_env)} == before and not at.success
+        assert at.button(key="start_anyway")
+        at.button(key="start_cancelled").click()
+        at.run()
+        assert not at.exception and not any("training already" in w.value for w in at.warning)
+        assert {r.run_id for r in list_runs(app_env)} == before
+    finally:
+        write_status(busy, state="cancelled", session_started=None)
+        delete_run(busy)
+
+
+def test_train_page_shows_a_stopped_run_as_stopped_with_its_own_clock(app_env):
+    """Issue 24, items 4 and 7: Stop is no failure (no yellow box, no error in the table), and the progress line
+    says where the run stopped and how long it worked, with no ETA."""
+    from landmark_core.pipeline import create_run
+    from landmark_core.runs import STOPPED_BY_REQUEST, delete_run, write_status
+    from conftest import tiny_config
+    run_dir = create_run(tiny_config(app_env / "data" / "demo", epochs=3), app_env)
+    write_status(run_dir, state="cancelled", error=STOPPED_BY_REQUEST, seconds=64.0, session_started=None)
+    try:
+        at = page("train")
+        at.session_state["live_run_select"] = run_dir.name
+        at.run()
+        assert not at.exception and not at.warning and not at.error
+        text = at.get("progress")[0].proto.text
+        assert "stopped after epoch 0 of 3 · elapsed 1m 04s" in text and "ETA" not in text and "signal" not in text
+        table = at.dataframe[-1].value
+        row = table.loc[table["run"] == run_dir.name]
+        assert row["state"].item() == "stopped" and row["error"].item() == "" and row["time"].item() == "1m 04s"
+        assert "None" not in table.to_string()
+        assert any(b.label == "Resume" for b in at.button)
+    finally:
+        delete_run(run_dir)
+
+
+def test_train_page_says_how_big_the_model_is_once_and_what_the_run_will_do(app_env):
+    """Issue 24, item 8: one measured size for this dataset's head (no quoted ImageNet figure beside it), help on
+    the augmentation strength."""
+    at = page("train").run()
+    model_caption = next(c.value for c in at.caption if "M parameters" in c.value)
+    assert model_caption.count("parameters") == 1 and "params" not in model_caption
+    assert "5-class head" in model_caption and "multiply-adds" in model_caption
+    strength = next(s for s in at.slider if s.label == "Augmentation strength")
+    assert strength.help
