@@ -121,7 +121,8 @@ def class_places_frame(run_dir: Path) -> pd.DataFrame:
 def comparison(run_dirs: list[Path]) -> dict:
     """Final metrics of each run, per-class recall side by side, and images the first run gets right and another wrong.
 
-    Runs evaluated on different test sets are compared on the images they share.
+    Runs evaluated on different test sets are compared on the images they share (``shared_photos``, none for
+    runs on different datasets) and on the classes they share.
     """
     metrics, recalls = [], []
     predictions = {}
@@ -139,8 +140,10 @@ def comparison(run_dirs: list[Path]) -> dict:
         per_class = per_class.pivot_table(index="class", columns="run", values="recall").reset_index()
         names = [r.name for r in run_dirs]
         if len(names) >= 2 and all(n in per_class for n in names[:2]):
+            per_class = per_class.dropna(subset=names[:2])  # a class only one of them knows has no difference
             per_class["difference"] = per_class[names[0]] - per_class[names[1]]
     disagreements = []
+    shared = pd.Index([])
     if len(run_dirs) >= 2:
         first, second = predictions[run_dirs[0].name], predictions[run_dirs[1].name]
         shared = first.index.intersection(second.index)
@@ -150,7 +153,9 @@ def comparison(run_dirs: list[Path]) -> dict:
                 disagreements.append({"path": path, "true": a["true_name"], "right": run_dirs[0].name if a["correct"] else run_dirs[1].name,
                                       "first_prediction": a["predicted_name"], "first_probability": a["probability"],
                                       "second_prediction": b["predicted_name"], "second_probability": b["probability"]})
-    return {"metrics": pd.DataFrame(metrics), "per_class": per_class, "disagreements": pd.DataFrame(disagreements)}
+    return {"metrics": pd.DataFrame(metrics), "per_class": per_class, "disagreements": pd.DataFrame(disagreements),
+            # what the per-photo comparison stands on: the test photos both runs were evaluated on
+            "shared_photos": len(shared), "test_photos": {name: len(frame) for name, frame in predictions.items()}}
 
 
 def familiarity_curve_frame(evaluation: dict) -> pd.DataFrame:

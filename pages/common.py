@@ -194,6 +194,43 @@ def finished_runs() -> list:
     return [r for r in list_runs() if r.state == "finished" and r.run.evaluation is not None]
 
 
+def trained_on(summary, dataset: Path | None) -> bool:
+    """Whether a run was trained on this dataset folder (the same folder, however its path was written)."""
+    if dataset is None or not summary.data:
+        return False
+    try:
+        return Path(summary.data).expanduser().resolve() == Path(dataset).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
+def current_dataset_runs(runs: list, key: str) -> list:
+    """The runs trained on the sidebar's dataset, which every page follows; a toggle shows the others too, so a
+    model trained elsewhere is one click away, never mixed in unasked."""
+    dataset = current_dataset()
+    if dataset is None:
+        return runs
+    here = [r for r in runs if trained_on(r, dataset)]
+    others = len(runs) - len(here)
+    if others and st.toggle(f"Also runs trained on other datasets ({others})", key=f"{key}-other-datasets",
+                            help=f"Off: only runs trained on `{dataset.name}`, the dataset chosen in the sidebar."):
+        return runs
+    if not here and others:
+        st.caption(f"No run here was trained on `{dataset.name}` (the sidebar's dataset) yet.")
+    return here
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def dataset_test_photos(root: Path, count: int = 6) -> list[str]:
+    """A few test photos of a dataset, spread over its classes (for "try these")."""
+    from landmark_core.data import scan_dataset
+    try:
+        test = [str(item.path) for item in scan_dataset(root).test]
+    except (LandmarkError, OSError):
+        return []
+    return test[:: max(1, len(test) // count)][:count]
+
+
 def run_label(summary) -> str:
     acc = f" · test {summary.test_acc:.1%}" if summary.test_acc is not None else ""
     return f"{summary.run_id} ({summary.model}{acc})"

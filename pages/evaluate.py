@@ -4,10 +4,10 @@ import streamlit as st
 
 from landmark_core.insights import (cell_images, class_places_frame, confusion_classes, confusion_frame,
                                    familiarity_curve_frame, per_class_frame, short_label, tagged_unknowns, top_losses)
-from pages.common import explanation_for, finished_runs, model_bundle_for, run_label, world_map
+from pages.common import current_dataset_runs, explanation_for, finished_runs, model_bundle_for, run_label, world_map
 
 st.title("📊 Evaluate")
-runs = finished_runs()
+runs = current_dataset_runs(finished_runs(), "evaluate")
 if not runs:
     st.info("No finished run yet: train one on the **Train** page.")
     st.stop()

@@ -1,14 +1,17 @@
+from pathlib import Path
+
 import streamlit as st
 
 from landmark_core.runs import list_runs
-from pages.common import current_dataset, format_seconds
+from pages.common import current_dataset, format_percent, format_seconds, trained_on
 
 st.title("🗺️ Landmark Tagger")
 st.write("Recognise the landmark in a photo, then tag the photo with the landmark's name and location. "
          "Train a CNN from scratch or fine-tune a pretrained one, see where it fails, and try it on your own photos.")
 
 dataset = current_dataset()
-runs = list_runs()
+every_run = list_runs()
+runs = [r for r in every_run if trained_on(r, dataset)]  # the checklist is about the dataset in use
 finished = [r for r in runs if r.state == "finished"]
 
 st.subheader("What to do next")
@@ -19,7 +22,7 @@ else:
 steps = [
     (dataset is not None, "Pick a dataset", pick),
     (bool(runs), "Train a model", "Open **Train**, keep the defaults and press **Start**: watch the loss and accuracy live."
-     + (f" {len(runs)} run(s) so far." if runs else "")),
+     + (f" {len(runs)} run{'s' if len(runs) != 1 else ''} on this dataset so far." if runs else "")),
     (bool(finished), "Check it", "**Evaluate** shows the confusion matrix, per-class scores and the photos it gets most wrong."),
     (bool(finished), "Use it", "**Predict & tag** takes your photos and shows the top 5 landmarks with their place on a map."),
 ]
@@ -28,8 +31,9 @@ for done, title, text in steps:
 
 if dataset:
     st.caption(f"Current dataset: `{dataset}`")
-if runs:
+if every_run:
     st.subheader("Recent runs")
-    st.dataframe([{"run": r.run_id, "state": r.state, "model": r.model, "epochs": f"{r.epoch}/{r.epochs}",
-                   "best val acc": r.best_val_acc, "test top-1": r.test_acc, "time": format_seconds(r.duration_s)}
-                  for r in runs[:5]], hide_index=True)
+    st.dataframe([{"run": r.run_id, "dataset": Path(r.data).name, "state": r.state, "model": r.model,
+                   "epochs": f"{r.epoch}/{r.epochs}", "best val acc": format_percent(r.best_val_acc),
+                   "test top-1": format_percent(r.test_acc), "time": format_seconds(r.duration_s)}
+                  for r in every_run[:5]], hide_index=True)

@@ -6,11 +6,11 @@ from landmark_core.errors import ImageError, LandmarkError
 from landmark_core.images import MAX_UPLOAD_BYTES, check_upload
 from landmark_core.places import display_name
 from landmark_core.tagging import STATUS_MEANINGS, decide_for, read_gps, tagged_bytes, tagged_zip, xmp_sidecar
-from pages.common import (assessment_for, explanation_for, finished_runs, predictor_for, run_label, show_error,
-                          world_map)
+from pages.common import (assessment_for, current_dataset, current_dataset_runs, dataset_test_photos, explanation_for,
+                          finished_runs, predictor_for, run_label, show_error, world_map)
 
 st.title("📍 Predict & tag")
-runs = [r for r in finished_runs() if r.run.exported]
+runs = current_dataset_runs([r for r in finished_runs() if r.run.exported], "predict")
 if not runs:
     st.info("No trained model yet: train one on the **Train** page.")
     st.stop()
@@ -42,9 +42,13 @@ else:
                "(`landmark evaluate RUN`) so that photos of places it never learned are left untagged.")
 
 uploads = st.file_uploader("Drop photos here", accept_multiple_files=True, max_upload_size=MAX_UPLOAD_BYTES // 2**20)
-split = chosen[0].run.split
-examples = split.get("test", [])[:: max(1, len(split.get("test", [])) // 6)][:6]
-picked = st.pills("…or try demo test photos", examples, selection_mode="multi",
+dataset = current_dataset()
+if dataset is not None:  # the sidebar's dataset, which the page follows
+    examples, source = dataset_test_photos(dataset), f"test photos of {dataset.name}"
+else:
+    test = chosen[0].run.split.get("test", [])
+    examples, source = test[:: max(1, len(test) // 6)][:6], f"test photos of {run_label(chosen[0])}"
+picked = st.pills(f"…or try {source}", examples, selection_mode="multi",
                   format_func=lambda p: p.split("/")[-2].split(".", 1)[-1].replace("_", " ") + " · " + p.split("/")[-1]) if examples else []
 
 sidecars_only = st.radio(

@@ -484,3 +484,63 @@ def test_train_page_says_how_big_the_model_is_once_and_what_the_run_will_do(app_
     assert "5-class head" in model_caption and "multiply-adds" in model_caption
     strength = next(s for s in at.slider if s.label == "Augmentation strength")
     assert strength.help
+
+
+@pytest.fixture()
+def run_on_another_dataset(app_env, trained_run):
+    """A finished run trained on another dataset (the tiny one) beside the demo-trained run, removed after."""
+    import shutil
+    copy = app_env / "runs" / "29991231-000000-scratch_cnn-other"
+    shutil.copytree(trained_run, copy)
+    yield copy
+    shutil.rmtree(copy, ignore_errors=True)
+
+
+def test_pages_follow_the_sidebars_dataset_and_show_other_runs_on_request(app_env, run_on_another_dataset):
+    """Issue 24, items 2 and 6: with the demo chosen, Evaluate, Predict and Compare offer the demo-trained run
+    (not the newer run of another dataset); a toggle shows the others, and Compare then says in words that
+    runs on different datasets share no test photo instead of charting empty bars."""
+    demo = str(app_env / "data" / "demo")
+    other = run_on_another_dataset.name
+    for name, key in (("evaluate", "evaluate"), ("predict", "predict"), ("compare", "compare")):
+        at = page(name)
+        at.session_state["dataset_path"] = demo
+        at.run()
+        assert not at.exception, name
+        assert at.toggle(key=f"{key}-other-datasets").label == "Also runs trained on other datasets (1)"
+        offered = [o for w in [*at.selectbox, *at.multiselect] for o in w.options]
+        assert not any(other in str(o) for o in offered), (name, offered)
+    at = page("predict")
+    at.session_state["dataset_path"] = demo
+    at.run()
+    assert at.get("button_group")[0].proto.label.startswith("…or try test photos of demo")
+
+    at = page("compare")
+    at.session_state["dataset_path"] = demo
+    at.run()
+    at.toggle(key="compare-other-datasets").set_value(True)
+    at.run()  # the two newest: the other dataset's run (its name sorts last) and the newest demo run
+    assert other in at.multiselect[0].values[0] and other not in at.multiselect[0].values[1]
+    assert not at.exception
+    assert any("were tested on different photos" in i.value and "not photo by photo" in i.value for i in at.info)
+    assert not any("exactly the same" in m.value for m in at.markdown)
+    assert "Where they disagree" not in [s.value for s in at.subheader]
+    if any(s.value.startswith("Per-class") for s in at.subheader):  # the class names both datasets use
+        assert any("the classes they share" in i.value for i in at.info)
+
+
+def test_home_checklist_counts_the_runs_of_the_dataset_in_use(app_env, tmp_path):
+    at = AppTest.from_file(str(ROOT / "pages" / "home.py"), default_timeout=120)
+    at.session_state["dataset_path"] = str(tmp_path)  # a folder with no run trained on it
+    at.run()
+    assert not at.exception
+    lines = [m.value for m in at.markdown]
+    assert any(line.startswith("⬜️ **Train a model**") for line in lines), lines
+    assert not any("so far" in line for line in lines)
+    demo = app_env / "data" / "demo"
+    on_demo = [r for r in list_runs(app_env) if Path(r.data).resolve() == demo.resolve()]
+    at = AppTest.from_file(str(ROOT / "pages" / "home.py"), default_timeout=120)
+    at.session_state["dataset_path"] = str(demo)
+    at.run()
+    said = f"{len(on_demo)} run{'s' if len(on_demo) != 1 else ''} on this dataset so far"
+    assert any(m.value.startswith("✅ **Train a model**") and said in m.value for m in at.markdown)

@@ -64,3 +64,20 @@ def test_mixed_precision_only_where_it_pays():
     assert autocast_dtype("auto", torch.device("cpu")) is None
     assert autocast_dtype("off", torch.device("cpu")) is None
     assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_runs_on_different_datasets_share_no_photo_and_no_class(trained_run, tmp_path):
+    """Issue 24, item 2: runs on different datasets have nothing per photo to compare, and a class only one of them
+    knows has no difference (it drew empty bars on a 0.000000 axis)."""
+    other = tmp_path / "runs" / "elsewhere"
+    shutil.copytree(trained_run, other)
+    rows = read_json(other / "predictions.json")
+    write_json_atomic(other / "predictions.json", [{**r, "path": "/elsewhere/" + r["path"].rsplit("/", 1)[-1]} for r in rows])
+    evaluation = read_json(other / "evaluation.json")
+    evaluation["per_class"] = [{**row, "class": "99.Somewhere_" + row["class"]} for row in evaluation["per_class"]]
+    write_json_atomic(other / "evaluation.json", evaluation)
+    result = comparison([trained_run, other])
+    assert result["shared_photos"] == 0 and result["disagreements"].empty
+    assert result["test_photos"] == {trained_run.name: len(rows), "elsewhere": len(rows)}
+    assert result["per_class"].empty or result["per_class"]["difference"].notna().all()
+    assert len(result["per_class"]) == 0
