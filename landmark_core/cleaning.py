@@ -28,8 +28,8 @@ MOVES_LOG = "moves.jsonl"
 
 
 def suspect_photos(run_dir: Path, limit: int = 24, batch_size: int = 64) -> list[dict]:
-    """The training photos with the highest loss on their own label, highest first: path, label, loss, the
-    probability of the label, and what the model sees instead."""
+    """The training photos the model puts in another class, with the highest loss on their own label first: path,
+    label, loss, the probability of the label, and what the model sees instead."""
     run = Run(run_dir)
     predictor = Predictor(run)
     prepared = prepare_data(run.config())  # the decoded cache: the squares the exported model expects
@@ -47,6 +47,8 @@ def suspect_photos(run_dir: Path, limit: int = 24, batch_size: int = 64) -> list
                 continue
             own = float(probabilities[predictor.classes.index(label)])
             best = int(np.argmax(probabilities))
+            if predictor.classes[best] == label:
+                continue  # hard, but the model calls it its own class: no sign of a wrong label
             rows.append({"path": path, "label": label, "loss": -math.log(max(own, 1e-12)), "probability": own,
                          "predicted": predictor.classes[best], "predicted_probability": float(probabilities[best])})
     rows.sort(key=lambda row: row["loss"], reverse=True)

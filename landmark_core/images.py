@@ -41,6 +41,12 @@ def _describe(source: ImageSource) -> str:
     return "image"
 
 
+def about_file(error: ImageError, name: str) -> ImageError:
+    """The error of an image read from bytes ("image: …"), about the file the bytes came from ("name: …")."""
+    text = str(error)
+    return ImageError(f"{name}:{text[len('image:'):]}" if text.startswith("image:") else text)
+
+
 def open_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open (lazily) and check the header; raise ImageError for non-images and bombs."""
     if isinstance(source, Image.Image):
@@ -61,7 +67,8 @@ def open_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image = Image.open(source)
         except Image.UnidentifiedImageError:
-            raise ImageError(f"{_describe(source)}: not an image Pillow can read") from None
+            raise ImageError(f"{_describe(source)}: not an image (photos are read from JPEG, PNG, WebP, AVIF, GIF, BMP "
+                             "or TIFF files)") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             image = _large_jpeg(source)  # Pillow's own limit counts full-size pixels: a JPEG may decode smaller
             if image is None:
@@ -194,7 +201,7 @@ def check_upload(data: bytes, name: str = "upload", max_bytes: int = MAX_UPLOAD_
     try:
         image = open_image(data)
     except ImageError as error:
-        raise ImageError(str(error).replace("image:", f"{name}:", 1)) from None
+        raise about_file(error, name) from None
     if image.format not in UPLOAD_FORMATS:
         raise ImageError(f"{name}: {image.format} files are not accepted (JPEG, PNG, WEBP, GIF, BMP, TIFF, AVIF are)")
     return image

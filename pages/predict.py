@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from landmark_core.errors import ImageError, LandmarkError
-from landmark_core.images import MAX_UPLOAD_BYTES, check_upload
+from landmark_core.images import MAX_UPLOAD_BYTES, about_file, check_upload
 from landmark_core.places import display_name
 from landmark_core.tagging import STATUS_MEANINGS, decide_for, read_gps, tagged_bytes, tagged_zip, xmp_sidecar
 from pages.common import (assessment_for, current_dataset, current_dataset_runs, dataset_test_photos, explanation_for,
@@ -71,8 +71,8 @@ for index, (name, data) in enumerate(photos):
         check_upload(data, name)
         assessments = {run.run_id: assessment_for(run.path, data) for run in chosen}
         existing = read_gps(data)
-    except ImageError as error:
-        st.error(str(error))
+    except ImageError as error:  # read from the upload's bytes: said about its file name
+        st.error(str(about_file(error, name)))
         continue
     except Exception as error:  # a broken model file must not take the page down
         show_error(error)

@@ -80,10 +80,17 @@ def test_predict_page_shows_five_predictions_for_an_upload(app_env):
 def test_predict_page_reports_a_bad_upload_and_still_predicts_the_good_one(app_env):
     at = page("predict").run()
     good = next((app_env / "data" / "demo" / "test").rglob("*.jpg")).read_bytes()
-    at.file_uploader[0].set_value([("fake.jpg", b"<html>not a photo</html>", "image/jpeg"), ("good.jpg", good, "image/jpeg")])
+    strip = io.BytesIO()
+    Image.new("RGB", (1, 60000), "grey").save(strip, "PNG")  # a readable header: refused when it is decoded
+    at.file_uploader[0].set_value([("fake.jpg", b"<html>not a photo</html>", "image/jpeg"),
+                                   ("strip.png", strip.getvalue(), "image/png"), ("good.jpg", good, "image/jpeg")])
     at.run()
     assert not at.exception
-    assert any("fake.jpg" in e.value for e in at.error)
+    errors = [e.value for e in at.error]
+    # each error names its file and speaks of photos, not of the library that reads them (issue 24, item 12)
+    assert any(e.startswith("fake.jpg: not an image") for e in errors), errors
+    assert any(e.startswith("strip.png: 1x60000 is too thin") for e in errors), errors
+    assert not any("Pillow" in e or e.startswith("image:") for e in errors)
     assert [m.value for m in at.markdown if m.value.startswith("1. ")]
 
 
