@@ -102,7 +102,13 @@ def top_losses(run_dir: Path, n: int = 12) -> pd.DataFrame:
 
 
 def per_class_frame(run_dir: Path) -> pd.DataFrame:
-    return pd.DataFrame((Run(run_dir).evaluation or {}).get("per_class", []))
+    """Precision, recall, F1 and support per class, with the class's ``landmark`` label (as the confusion matrix
+    writes it: "21 Taj Mahal", not the folder "21.Taj_Mahal") first."""
+    frame = pd.DataFrame((Run(run_dir).evaluation or {}).get("per_class", []))
+    if frame.empty:
+        return frame
+    frame.insert(0, "landmark", frame["class"].map(short_label))
+    return frame
 
 
 def class_places_frame(run_dir: Path) -> pd.DataFrame:

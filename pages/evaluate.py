@@ -36,7 +36,10 @@ if calibration:
                     delta=f"{test_cal['ece_after'] - test_cal['ece_before']:+.3f} by calibration", delta_color="inverse",
                     help="Expected calibration error: how far the confidence is from the real share of right answers "
                          "(0 is perfect). Calibration divides the logits by a temperature fit on the validation split.")
-    c[1].metric("Temperature", f"{calibration['temperature']:.2f}")
+    c[1].metric("Temperature", f"{calibration['temperature']:.2f}",
+                help="The model's scores are divided by it before they become probabilities, fit on the validation "
+                     "split: below 1 the raw probabilities were too cautious and are sharpened, above 1 too "
+                     "confident and are softened.")
     for column, point in zip(c[2:], evaluation["coverage_at_precision"]["test"]):
         column.metric(f"Coverage at {point['precision']:.0%} precision",
                       "–" if point["coverage"] is None else f"{point['coverage']:.1%}",
@@ -46,7 +49,8 @@ open_set = evaluation.get("open_set")
 if open_set:
     st.subheader("Known or unknown: photos of places the model never learned")
     known, unknown = open_set["known"], open_set["unknown"]
-    auroc = open_set["auroc"]["unknown photos"]["familiarity"] or open_set["auroc"]["leave-one-class-out"]["familiarity"]
+    against_unknowns = open_set["auroc"]["unknown photos"]["familiarity"] is not None
+    auroc = open_set["auroc"]["unknown photos" if against_unknowns else "leave-one-class-out"]["familiarity"]
     o = st.columns(4)
     o[0].metric("Known test photos tagged", f"{known['tagged_share']:.1%}" if known["tagged_share"] is not None else "–",
                 help="At the default decision: probability and familiarity both at least their thresholds.")
@@ -56,9 +60,12 @@ if open_set:
                      "tag. Without the familiarity check: "
                      + (f"{open_set['unknown_without_open_set']['tagged_share']:.0%}."
                         if open_set["unknown_without_open_set"]["tagged_share"] is not None else "–"))
-    o[3].metric("AUROC known vs unknown", f"{auroc:.3f}" if auroc is not None else "–",
-                help="How well familiarity tells known photos from unknown ones (1 perfect, 0.5 chance); against "
-                     "unknown photos when the dataset has them, else against leave-one-class-out photos.")
+    o[3].metric("AUROC known vs " + ("unknown photos" if against_unknowns else "held-out classes"),
+                f"{auroc:.3f}" if auroc is not None else "–",
+                help="How well familiarity tells known photos from unknown ones (1 perfect, 0.5 chance). " + (
+                    "Measured on the dataset's unknown/ photos." if against_unknowns else
+                    "This dataset has no unknown/ photos: measured by holding each class out of the model in turn "
+                    "and treating its photos as unknown (a stand-in for photos of other places)."))
     st.caption(f"Familiarity threshold **{open_set['familiarity_threshold']:.3f}** (set from "
                f"{' and '.join(open_set['threshold_basis'])}), probability threshold "
                f"**{open_set['probability_threshold']:.2f}**. Unknown photos: {open_set['unknown_photos']['calibration']} "
@@ -104,6 +111,9 @@ heatmap = alt.Chart(cells).mark_rect().encode(
     color=alt.Color("value:Q", scale=alt.Scale(scheme="blues"), title="share" if normalize else "images"),
     tooltip=["true", "predicted", "count", alt.Tooltip("share:Q", format=".1%")],
     opacity=alt.condition(selection, alt.value(1.0), alt.value(0.6)),
+    # the clicked cell is outlined (nothing is outlined before a click)
+    stroke=alt.condition(selection, alt.value("crimson"), alt.value(None), empty=False),
+    strokeWidth=alt.condition(selection, alt.value(2.5), alt.value(0), empty=False),
 ).add_params(selection).properties(width=cell_px * len(shown), height=cell_px * len(shown))
 if len(shown) <= 20:
     text = alt.Chart(cells[cells["count"] > 0]).mark_text(fontSize=10).encode(
@@ -143,20 +153,20 @@ if behind.empty:
     st.write("No test images in this cell.")
 columns = st.columns(6)
 for i, row in enumerate(behind.head(18).itertuples()):
-    columns[i % 6].image(gallery_image(row.path), caption=gallery_caption(f"p={row.probability:.2f}"),
-                                 width="stretch")
+    columns[i % 6].image(gallery_image(row.path), width="stretch", caption=gallery_caption(
+        f"predicted {short_label(row.predicted_name)} ({row.probability:.0%}) · true {short_label(row.true_name)}"))
 
 st.subheader("Per-class precision, recall and F1")
 per_class = per_class_frame(summary.path)
 metric = st.radio("Chart", ["f1", "precision", "recall"], horizontal=True)
 st.altair_chart(alt.Chart(per_class).mark_bar().encode(
-    x=alt.X(f"{metric}:Q", scale=alt.Scale(domain=[0, 1])),
-    y=alt.Y("class:N", sort="x", title=None, axis=alt.Axis(labelOverlap=False, labelFlush=False, labelLimit=260, labelFontSize=11)),
-    tooltip=["class", alt.Tooltip("precision:Q", format=".2f"), alt.Tooltip("recall:Q", format=".2f"),
+    x=alt.X(f"{metric}:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format=".0%")),
+    y=alt.Y("landmark:N", sort="x", title=None, axis=alt.Axis(labelOverlap=False, labelFlush=False, labelLimit=260, labelFontSize=11)),
+    tooltip=["landmark", alt.Tooltip("precision:Q", format=".2f"), alt.Tooltip("recall:Q", format=".2f"),
              alt.Tooltip("f1:Q", format=".2f"), "support"]).properties(height=22 * len(classes) + 40, usermeta=as_svg),
                 width="stretch")
-st.dataframe(per_class, hide_index=True, column_config={k: st.column_config.NumberColumn(format="%.3f")
-                                                        for k in ("precision", "recall", "f1")})
+st.dataframe(per_class.drop(columns="class"), hide_index=True, column_config={
+    k: st.column_config.NumberColumn(format="percent") for k in ("precision", "recall", "f1")})
 
 places = class_places_frame(summary.path)
 if not places.empty:
@@ -167,7 +177,8 @@ if not places.empty:
 
 if evaluation["most_confused"]:
     st.subheader("Most confused pairs")
-    st.dataframe(evaluation["most_confused"][:10], hide_index=True)
+    st.dataframe([{"true": short_label(p["true"]), "predicted": short_label(p["predicted"]), "photos": p["count"]}
+                  for p in evaluation["most_confused"][:10]], hide_index=True)
 
 st.subheader("Top losses")
 st.caption("The test photos with the highest loss (the least probability on their true class), highest first.")
@@ -183,7 +194,9 @@ curve = evaluation["coverage_curve"]["validation"]
 if curve:
     frame = pd.DataFrame(curve).melt(id_vars="threshold", value_vars=["coverage", "accuracy"])
     st.altair_chart(alt.Chart(frame).mark_line(point=True).encode(
-        x="threshold:Q", y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1])), color="variable:N",
+        x=alt.X("threshold:Q", title="confidence threshold"),
+        y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1]), title=None, axis=alt.Axis(format=".0%")),
+        color=alt.Color("variable:N", title=None),
         tooltip=["threshold", "variable", alt.Tooltip("value:Q", format=".1%")]).properties(height=260), width="stretch")
 
 if calibration and calibration["test"]["reliability_after"]:
@@ -192,9 +205,11 @@ if calibration and calibration["test"]["reliability_after"]:
                "the time. The temperature is fit on the validation split only.")
     points = pd.concat([pd.DataFrame(calibration["test"][f"reliability_{when}"]).assign(probabilities=label)
                         for when, label in (("before", "raw softmax"), ("after", "calibrated"))])
-    diagonal = alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]})).mark_line(strokeDash=[4, 4], color="gray").encode(x="x:Q", y="y:Q")
+    diagonal = alt.Chart(pd.DataFrame({"confidence": [0, 1], "accuracy": [0, 1]})).mark_line(
+        strokeDash=[4, 4], color="gray").encode(x="confidence:Q", y="accuracy:Q")
     st.altair_chart(diagonal + alt.Chart(points).mark_line(point=True).encode(
-        x=alt.X("confidence:Q", scale=alt.Scale(domain=[0, 1])), y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
+        x=alt.X("confidence:Q", scale=alt.Scale(domain=[0, 1]), title="confidence", axis=alt.Axis(format=".0%")),
+        y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="share right", axis=alt.Axis(format=".0%")),
         color="probabilities:N", tooltip=["probabilities", alt.Tooltip("confidence:Q", format=".2f"),
                                           alt.Tooltip("accuracy:Q", format=".1%"), "count"]).properties(height=300),
         width="stretch")

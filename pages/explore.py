@@ -39,12 +39,20 @@ st.caption(f"`{dataset.root}` · {len(dataset.classes)} classes · {len(dataset.
               "unknown/ (they calibrate and test the open-set decision, never a class)"
               if dataset.unknown_calibration or dataset.unknown_evaluation else ""))
 
+def in_dataset(path: str) -> str:
+    """A file's path inside the dataset folder (the caption above names the folder once)."""
+    try:
+        return Path(path).relative_to(dataset.root).as_posix()
+    except ValueError:
+        return path
+
+
 counts = images.groupby(["class", "split"]).size().reset_index(name="images")
 counts["label"] = counts["class"].map(short_label)
 st.subheader("Images per class")
 st.altair_chart(alt.Chart(counts).mark_bar().encode(
-    x=alt.X("label:N", sort=None, title=None, axis=alt.Axis(labelAngle=-60)),
-    y=alt.Y("images:Q"), color=alt.Color("split:N"), xOffset="split:N",
+    x=alt.X("label:N", sort=None, title=None, axis=alt.Axis(labelAngle=-60, labelLimit=260, labelOverlap=False)),
+    y=alt.Y("images:Q", title="photos"), color=alt.Color("split:N"), xOffset="split:N",
     tooltip=["class", "split", "images"]), width="stretch")
 
 left, right = st.columns(2)
@@ -56,7 +64,8 @@ with left:
 with right:
     st.subheader("Aspect ratio")
     st.altair_chart(alt.Chart(sized).mark_bar().encode(
-        x=alt.X("aspect:Q", bin=alt.Bin(maxbins=30), title="width / height"), y="count()", color="split:N"), width="stretch")
+        x=alt.X("aspect:Q", bin=alt.Bin(maxbins=30), title="width / height"), y=alt.Y("count():Q", title="photos"),
+        color="split:N"), width="stretch")
 
 st.subheader("Samples")
 chosen = st.selectbox("Class", dataset.classes, format_func=short_label)
@@ -81,12 +90,13 @@ st.subheader("Problems found")
 unreadable = report["unreadable"]
 if unreadable:
     st.warning(f"{len(unreadable)} unreadable files are skipped in training and evaluation.")
-    st.dataframe(pd.DataFrame([{"file": k, "reason": v} for k, v in unreadable.items()]), hide_index=True)
+    st.dataframe(pd.DataFrame([{"file": in_dataset(k), "reason": v} for k, v in unreadable.items()]), hide_index=True)
 else:
     st.success("Every file is a readable image.")
 if report["duplicates"]:
     st.warning(f"{len(report['duplicates'])} groups of identical files.")
-    st.dataframe(pd.DataFrame({"identical files": [" | ".join(g) for g in report["duplicates"]]}), hide_index=True)
+    st.dataframe(pd.DataFrame({"identical files": [" | ".join(map(in_dataset, g)) for g in report["duplicates"]]}),
+                 hide_index=True)
 else:
     st.success("No duplicate files.")
 
@@ -94,7 +104,8 @@ leaks = report.get("leaks", [])
 if leaks:
     st.warning(f"{len(leaks)} test photos also appear in the training split (identical files or near-duplicates by "
                "perceptual hash): test accuracy counts them as recognised. Remove them from one of the splits.")
-    st.dataframe(pd.DataFrame([{"test photo": leak["test"], "training photo": leak["train"], "kind": leak["kind"],
+    st.dataframe(pd.DataFrame([{"test photo": in_dataset(leak["test"]), "training photo": in_dataset(leak["train"]),
+                                "kind": leak["kind"],
                                 "hash distance (bits)": leak["distance"]} for leak in leaks]), hide_index=True)
 else:
     st.success("No test photo is also a training photo.")

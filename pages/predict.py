@@ -33,6 +33,12 @@ threshold = st.slider("Tag only when the top probability is at least", 0.0, 1.0,
                       on_change=lambda: st.session_state.update(threshold_moved=True),
                       help="Below it the photo gets no tag: abstaining beats a wrong location. Until you move it, it "
                            "is the tagging model's suggestion, chosen on its validation split (see Evaluate).")
+suggested = tagger.probability_threshold
+if abs(threshold - suggested) < 1e-9:
+    st.caption(f"▲ {suggested:.2f} is the tagging model's suggested threshold.")
+else:  # a slider has no tick marks: the suggestion is said, and one click away
+    st.button(f"Back to the suggested {suggested:.2f} (now {threshold:.2f})", key="threshold_reset",
+              on_click=lambda: st.session_state.update(tag_threshold=suggested, threshold_moved=False))
 if tagger.familiarity_threshold is not None:
     st.caption(f"Tags come from **{run_label(chosen[0])}**. A photo is tagged only if it also looks like the training "
                f"photos of its landmark (familiarity at least {tagger.familiarity_threshold:.2f}); otherwise it is "

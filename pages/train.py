@@ -213,7 +213,10 @@ def live_view(run_id: str, refreshing: bool) -> None:
         left, right = st.columns(2)
         for column, metric in ((left, "loss"), (right, "accuracy")):
             column.altair_chart(alt.Chart(curves[curves["metric"] == metric]).mark_line(point=True).encode(
-                x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1)), y=alt.Y("value:Q", title=metric),
+                # whole epochs and a fixed format: one epoch's single point drew "1.000000"-style axes
+                x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")),
+                y=alt.Y("value:Q", title=metric, scale=alt.Scale(domain=[0, 1]) if metric == "accuracy" else alt.Scale(zero=False),
+                        axis=alt.Axis(format=".0%" if metric == "accuracy" else ".2f")),
                 color=alt.Color("split:N"), tooltip=["epoch", "split", alt.Tooltip("value:Q", format=".3f")]
             ).properties(title=metric, height=260), width="stretch")
     elif not (losses := batch_losses(run_dir)).empty:

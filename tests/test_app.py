@@ -149,7 +149,12 @@ def test_evaluate_shows_the_open_set_decision(app_env):
     at = page("evaluate").run()
     assert not at.exception
     labels = [m.label for m in at.metric]
-    assert {"Known test photos tagged", "Unknown photos tagged", "AUROC known vs unknown"} <= set(labels), labels
+    assert {"Known test photos tagged", "Unknown photos tagged"} <= set(labels), labels
+    # the AUROC says what it was measured against (issue 24, item 9)
+    auroc = next(m for m in at.metric if m.label.startswith("AUROC"))
+    assert auroc.label in ("AUROC known vs unknown photos", "AUROC known vs held-out classes")
+    assert ("unknown/ photos" in auroc.help) and (("holding each class out" in auroc.help) == auroc.label.endswith("classes"))
+    assert next(m for m in at.metric if m.label == "Temperature").help
     assert any("Known or unknown" in s.value for s in at.subheader)
 
 
@@ -267,7 +272,8 @@ def test_confusion_matrix_labels_every_one_of_50_classes(fifty_class_artifacts, 
     assert len(set(encoding["y"]["sort"])) == 50 and encoding["y"]["axis"]["labelOverlap"] is False
     assert (confusion.get("height") or confusion["layer"][0].get("height", 0)) >= 50 * 18  # a row per class (the
     # browser test measures on the page that no two labels overlap)
-    per_class = next(s for s in specs if s.get("encoding", {}).get("y", {}).get("field") == "class")
+    # the per-class chart labels classes as the confusion matrix does (issue 24, item 16)
+    per_class = next(s for s in specs if s.get("encoding", {}).get("y", {}).get("field") == "landmark")
     assert per_class["height"] >= 50 * 20 and per_class["encoding"]["y"]["axis"]["labelOverlap"] is False
     at.slider[0].set_value(10).run()  # only the 10 most-confused classes
     specs = [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
@@ -551,3 +557,16 @@ def test_home_checklist_counts_the_runs_of_the_dataset_in_use(app_env, tmp_path)
     at.run()
     said = f"{len(on_demo)} run{'s' if len(on_demo) != 1 else ''} on this dataset so far"
     assert any(m.value.startswith("✅ **Train a model**") and said in m.value for m in at.markdown)
+
+
+def test_predict_says_the_suggested_threshold_and_goes_back_to_it(app_env):
+    """Issue 24, item 22: the slider has no mark, so the suggestion is said and one click away once moved."""
+    at = page("predict").run()
+    slider = at.slider(key="tag_threshold")
+    suggested = slider.value
+    assert any(f"{suggested:.2f} is the tagging model's suggested threshold" in c.value for c in at.caption)
+    slider.set_value(round(suggested - 0.2 if suggested >= 0.5 else suggested + 0.2, 2)).run()
+    reset = at.button(key="threshold_reset")
+    assert f"Back to the suggested {suggested:.2f}" in reset.label
+    reset.click().run()
+    assert not at.exception and at.slider(key="tag_threshold").value == pytest.approx(suggested)

@@ -175,6 +175,10 @@ def test_demo_train_evaluate_predict_in_chromium(server):
 
         page.goto(url)
         expect(page.get_by_text("What to do next")).to_be_visible()
+        # an offline tool: no Deploy button, and the navigation lists the pages, not the pages/ folder's modules
+        expect(page.get_by_role("button", name="Deploy")).to_have_count(0)
+        expect(page.get_by_role("link", name="common")).to_have_count(0)
+        expect(page.get_by_role("link", name="Explore dataset")).to_be_visible()
         shot("01-start")
         page.get_by_role("button", name="Create demo data").click()
         expect(page.get_by_text("12 landmark classes, drawn procedurally")).to_be_visible(timeout=180_000)
