@@ -31,51 +31,69 @@ with st.expander("New training run", expanded=not list_runs()):
     st.caption(f"{info['description']} {info['parameters'] / 1e6:.2f} M parameters (with this dataset's {classes}-class "
                f"head), {info['gflops']:.2f} GFLOPs ({info['gflops'] / 2:.2f} G multiply-adds) per image at "
                f"{info['image_size']} px. Pretrained: {info['pretrained_source']}.")
+    # A first visit (no run yet) sees the three steps only: photos, the model, Start. The ~15 settings wait under
+    # Advanced with the defaults that finish in minutes on a 2-core CPU; the choice sticks for the session.
+    advanced = st.toggle("Advanced settings", key="train_advanced", value=bool(list_runs()),
+                         help="Epochs, learning rate, image size, optimizer, augmentation, regularisation and processes. "
+                              "Off: the model's defaults.")
     # Enter in a number field must not start a run (a second click on Start started another): only the button does
     with st.form("train_form", enter_to_submit=False):
-        a, b, c, d = st.columns(4)
-        epochs = a.number_input("Epochs", 1, 500, defaults.epochs)
-        lr = b.number_input("Learning rate", 1e-6, 1.0, defaults.lr, format="%.5f")
-        batch_size = c.number_input("Batch size", 1, 1024, defaults.batch_size)
-        image_size = d.number_input("Image size (px)", 32, 512, defaults.image_size, step=16)
-        e, f, g, h = st.columns(4)
-        optimizer = e.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(defaults.optimizer))
-        scheduler = f.selectbox("Scheduler", SCHEDULERS, index=SCHEDULERS.index(defaults.scheduler))
-        augment = g.slider("Augmentation strength", 0.0, 1.0, float(defaults.augment), 0.1,
-                           help="How far the random crops, flips and colour changes go: 0 shows every photo as it is, "
-                                "1 the strongest changes. More helps small datasets generalise; too much hides the "
-                                "landmark.")
-        freeze_epochs = h.number_input("Frozen-backbone epochs", 0, 500, defaults.freeze_epochs,
-                                       disabled=model == "scratch_cnn", help="Train only the new head first (fast: features are cached).")
-        augmentation = st.radio("Augmentation recipe", AUGMENTATIONS, index=AUGMENTATIONS.index(defaults.augmentation),
-                                horizontal=True, help="full: random resized crop, flip and colour jitter, scaled by the "
-                                "strength. crop_flip: random crop and flip only, no resampling (fastest on CPUs).")
-        i, j, k = st.columns(3)
-        head_solver = i.radio("Frozen epochs fit the head by", HEAD_SOLVERS, index=HEAD_SOLVERS.index(defaults.head_solver),
-                              horizontal=True, disabled=model == "scratch_cnn",
-                              help="lbfgs: logistic regression solved to the optimum on cached features, one more "
-                                   "augmented view each epoch (the default: best on real photos). sgd: minibatch steps.")
-        tta_flip = j.checkbox("Flip test-time augmentation", value=bool(defaults.tta_flip),
-                              help="Average the prediction of each photo and its mirror image: twice the inference time.")
-        class_balanced = k.checkbox("Class-balanced loss", value=defaults.class_balanced,
-                                    help="Weight each class by the inverse of its photo count, for skewed datasets.")
-        l, m, n = st.columns(3)
-        weight_decay = l.number_input("Weight decay", 0.0, 10.0, float(defaults.weight_decay), format="%.5f",
-                                      help="L2 penalty on the weights (decoupled for adamw).")
-        label_smoothing = m.number_input("Label smoothing", 0.0, 0.9, float(defaults.label_smoothing), 0.05,
-                                         help="Aim for 1 - ε on the true class instead of 1: less over-confident models.")
-        patience = n.number_input("Early stopping (epochs without improvement)", 0, 500,
-                                  defaults.early_stopping_patience, help="0: off. Stops when validation accuracy has "
-                                  "not improved for this many epochs; the best epoch is kept.")
-        if model != "scratch_cnn" and defaults.epochs == defaults.freeze_epochs:
-            st.caption("On this machine (no GPU) training stops after the frozen epochs: fine-tuning the whole network "
-                       "costs minutes per epoch on a CPU and did not pay on real photos. Add epochs to fine-tune.")
-        limit = process_limit()
-        processes = st.number_input(
-            "Training processes", 1, limit, min(default_processes(), limit),
-            help=("One process per GPU (data-parallel, NCCL)." if torch.cuda.is_available() else
-                  "Data-parallel CPU processes (torchrun, gloo); each gets a share of the cores. The batch size "
-                  "stays the global batch, so results match one process's.") + " Each process loads the model.")
+        if not advanced:
+            epochs, lr, batch_size, image_size = defaults.epochs, defaults.lr, defaults.batch_size, defaults.image_size
+            optimizer, scheduler, augment, augmentation = (defaults.optimizer, defaults.scheduler, defaults.augment,
+                                                           defaults.augmentation)
+            freeze_epochs, head_solver, tta_flip = defaults.freeze_epochs, defaults.head_solver, bool(defaults.tta_flip)
+            class_balanced, weight_decay, label_smoothing = (defaults.class_balanced, defaults.weight_decay,
+                                                             defaults.label_smoothing)
+            patience, processes = defaults.early_stopping_patience, min(default_processes(), process_limit())
+            frozen = (f", the first {defaults.freeze_epochs} with the pretrained backbone frozen"
+                      if defaults.freeze_epochs and model != "scratch_cnn" else "")
+            st.markdown(f"Trains **{model}** on `{dataset.name}` with its defaults: {defaults.epochs} epochs{frozen}, "
+                        f"{defaults.image_size} px photos. When it has finished, try it on **Predict & tag**.")
+        else:
+            a, b, c, d = st.columns(4)
+            epochs = a.number_input("Epochs", 1, 500, defaults.epochs)
+            lr = b.number_input("Learning rate", 1e-6, 1.0, defaults.lr, format="%.5f")
+            batch_size = c.number_input("Batch size", 1, 1024, defaults.batch_size)
+            image_size = d.number_input("Image size (px)", 32, 512, defaults.image_size, step=16)
+            e, f, g, h = st.columns(4)
+            optimizer = e.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(defaults.optimizer))
+            scheduler = f.selectbox("Scheduler", SCHEDULERS, index=SCHEDULERS.index(defaults.scheduler))
+            augment = g.slider("Augmentation strength", 0.0, 1.0, float(defaults.augment), 0.1,
+                               help="How far the random crops, flips and colour changes go: 0 shows every photo as it is, "
+                                    "1 the strongest changes. More helps small datasets generalise; too much hides the "
+                                    "landmark.")
+            freeze_epochs = h.number_input("Frozen-backbone epochs", 0, 500, defaults.freeze_epochs,
+                                           disabled=model == "scratch_cnn", help="Train only the new head first (fast: features are cached).")
+            augmentation = st.radio("Augmentation recipe", AUGMENTATIONS, index=AUGMENTATIONS.index(defaults.augmentation),
+                                    horizontal=True, help="full: random resized crop, flip and colour jitter, scaled by the "
+                                    "strength. crop_flip: random crop and flip only, no resampling (fastest on CPUs).")
+            i, j, k = st.columns(3)
+            head_solver = i.radio("Frozen epochs fit the head by", HEAD_SOLVERS, index=HEAD_SOLVERS.index(defaults.head_solver),
+                                  horizontal=True, disabled=model == "scratch_cnn",
+                                  help="lbfgs: logistic regression solved to the optimum on cached features, one more "
+                                       "augmented view each epoch (the default: best on real photos). sgd: minibatch steps.")
+            tta_flip = j.checkbox("Flip test-time augmentation", value=bool(defaults.tta_flip),
+                                  help="Average the prediction of each photo and its mirror image: twice the inference time.")
+            class_balanced = k.checkbox("Class-balanced loss", value=defaults.class_balanced,
+                                        help="Weight each class by the inverse of its photo count, for skewed datasets.")
+            l, m, n = st.columns(3)
+            weight_decay = l.number_input("Weight decay", 0.0, 10.0, float(defaults.weight_decay), format="%.5f",
+                                          help="L2 penalty on the weights (decoupled for adamw).")
+            label_smoothing = m.number_input("Label smoothing", 0.0, 0.9, float(defaults.label_smoothing), 0.05,
+                                             help="Aim for 1 - ε on the true class instead of 1: less over-confident models.")
+            patience = n.number_input("Early stopping (epochs without improvement)", 0, 500,
+                                      defaults.early_stopping_patience, help="0: off. Stops when validation accuracy has "
+                                      "not improved for this many epochs; the best epoch is kept.")
+            if model != "scratch_cnn" and defaults.epochs == defaults.freeze_epochs:
+                st.caption("On this machine (no GPU) training stops after the frozen epochs: fine-tuning the whole network "
+                           "costs minutes per epoch on a CPU and did not pay on real photos. Add epochs to fine-tune.")
+            limit = process_limit()
+            processes = st.number_input(
+                "Training processes", 1, limit, min(default_processes(), limit),
+                help=("One process per GPU (data-parallel, NCCL)." if torch.cuda.is_available() else
+                      "Data-parallel CPU processes (torchrun, gloo); each gets a share of the cores. The batch size "
+                      "stays the global batch, so results match one process's.") + " Each process loads the model.")
         start = st.form_submit_button("Start", type="primary")
     with st.container(border=True):
         st.markdown("**Learning-rate finder**")

@@ -570,3 +570,21 @@ def test_predict_says_the_suggested_threshold_and_goes_back_to_it(app_env):
     assert f"Back to the suggested {suggested:.2f}" in reset.label
     reset.click().run()
     assert not at.exception and at.slider(key="tag_threshold").value == pytest.approx(suggested)
+
+
+def test_a_first_visit_trains_in_three_steps_with_the_settings_under_advanced(app_env, tmp_path, monkeypatch):
+    """Issue 24: simple mode. With no run yet the Train page asks for the model only and says what Start will do;
+    Advanced shows every setting."""
+    import shutil
+    fresh = tmp_path / "artifacts"
+    shutil.copytree(app_env / "data" / "demo", fresh / "data" / "demo")
+    monkeypatch.setenv("LANDMARK_ARTIFACTS", str(fresh))
+    at = page("train").run()
+    assert not at.exception
+    assert not [n for n in at.number_input if n.label == "Epochs"] and not at.slider
+    assert any(m.value.startswith("Trains **efficientnet_lite2** on `demo` with its defaults") for m in at.markdown)
+    assert at.button(key="FormSubmitter:train_form-Start")
+    at.toggle(key="train_advanced").set_value(True).run()
+    labels = {n.label for n in at.number_input} | {s.label for s in at.selectbox} | {s.label for s in at.slider}
+    assert {"Epochs", "Learning rate", "Batch size", "Image size (px)", "Optimizer", "Augmentation strength",
+            "Weight decay", "Training processes"} <= labels

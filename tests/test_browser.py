@@ -191,6 +191,10 @@ def test_demo_train_evaluate_predict_in_chromium(server):
         shot("03-explore")
 
         page.goto(f"{url}/train")
+        # a first visit: the model and Start, with the settings under Advanced
+        expect(page.get_by_text(re.compile(r"Trains \*?\*?efficientnet_lite2"))).to_be_visible()
+        expect(page.get_by_label("Epochs", exact=True)).to_have_count(0)
+        page.get_by_text("Advanced settings").click()
         expect(page.get_by_text("Epochs", exact=True)).to_be_visible()
         for label, value in (("Epochs", "1"), ("Batch size", "32"), ("Image size (px)", "32")):
             field = page.get_by_label(label, exact=True)
