@@ -493,8 +493,11 @@ def cmd_lr_find(args) -> int:
     config = _config_from_args(args)
     if not config.data:
         raise LandmarkError("no dataset given (--data DIR, or --data demo)")
-    bar = ProgressBar("learning-rate sweep")
-    result = find_learning_rate(config, steps=args.steps, progress=bar)
+    if args.into:  # a background sweep the app started: its folder keeps the progress and the result
+        from .lr_finder import Sweep
+        result = Sweep(Path(args.into)).run_here(config, steps=args.steps)
+    else:
+        result = find_learning_rate(config, steps=args.steps, progress=ProgressBar("learning-rate sweep"))
     if args.json:
         print(json.dumps({"suggestion": result.suggestion, "trained": result.trained,
                           "learning_rates": result.learning_rates, "losses": result.losses}))
@@ -594,6 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(lr_find)
     lr_find.add_argument("--steps", type=_number(int, 10, 1000), default=80, help="batches in the sweep (default 80)")
     lr_find.add_argument("--json", action="store_true", help="the rates and smoothed losses too")
+    lr_find.add_argument("--into", metavar="DIR", help="keep progress and result in DIR (status.json, result.json): how "
+                         "the app runs a sweep in the background")
     lr_find.set_defaults(func=cmd_lr_find)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run on its test split")

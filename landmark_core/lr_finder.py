@@ -7,9 +7,16 @@ Nothing is written to any run folder.
 """
 from __future__ import annotations
 
+import enum
+import hashlib
 import itertools
 import math
-from dataclasses import dataclass, replace
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -17,6 +24,9 @@ import torch
 
 from .config import TrainConfig, resolve_device
 from .engine import Engine
+from .errors import LandmarkError
+from .fileio import process_alive, read_json, write_json_atomic
+from .locations import artifacts_dir
 from .models import build_model
 from .prepare import prepare_data
 
@@ -117,3 +127,115 @@ def suggest(rates: list[float], losses: list[float]) -> float | None:
         return None
     # part-way down: past the valley's first third, short of its bottom
     return float(rates_arr[begin + start + (end - start) // 2])
+
+
+class SweepState(str, enum.Enum):
+    NONE = "none"  # never started for this model and dataset
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"  # it said why, or its process is gone without a result
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Sweep:
+    """The one handle on a learning-rate sweep that runs in its own process, like a training run: the page that
+    starts it stays responsive and may be left, and any page or session reads its progress and result.
+
+    Its folder (``artifacts/lr-sweeps/<model>-<dataset hash>``) holds ``status.json`` (state, pid, batches done of
+    the total, error), ``result.json`` and the process's ``log.txt``; the last sweep of a model on a dataset is
+    kept until the next one replaces it.
+    """
+    STATUS, RESULT, LOG = "status.json", "result.json", "log.txt"
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    @classmethod
+    def of(cls, data: str, model: str, artifacts: Path | None = None) -> "Sweep":
+        key = hashlib.sha1(str(Path(data).expanduser().resolve()).encode()).hexdigest()[:10]
+        return cls((artifacts or artifacts_dir()) / "lr-sweeps" / f"{model}-{key}")
+
+    @classmethod
+    def start(cls, data: str, model: str, *, steps: int = 80, artifacts: Path | None = None) -> "Sweep":
+        """Launch ``landmark lr-find --into`` for the model's default settings on ``data``; a sweep already running
+        for the pair is a LandmarkError (one at a time: it takes the cores)."""
+        sweep = cls.of(data, model, artifacts)
+        if sweep.state == SweepState.RUNNING:
+            raise LandmarkError(f"a learning-rate sweep of {model} on this dataset is running already")
+        sweep.folder.mkdir(parents=True, exist_ok=True)
+        (sweep.folder / cls.RESULT).unlink(missing_ok=True)
+        args = [sys.executable, "-m", "landmark_core", "lr-find", "--data", str(data), "--model", model,
+                "--steps", str(steps), "--into", str(sweep.folder)]
+        with open(sweep.folder / cls.LOG, "wb") as log:
+            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        write_json_atomic(sweep.folder / cls.STATUS, {"state": SweepState.RUNNING.value, "pid": process.pid,
+                                                      "done": 0, "total": steps, "model": model, "data": str(data)})
+        return sweep
+
+    def _status(self) -> dict:
+        try:
+            status = read_json(self.folder / self.STATUS, default={}) or {}
+        except (ValueError, OSError):
+            status = {}
+        return status if isinstance(status, dict) else {}
+
+    @property
+    def state(self) -> SweepState:
+        status = self._status()
+        try:
+            state = SweepState(status.get("state", "none"))
+        except ValueError:
+            return SweepState.FAILED
+        if state == SweepState.RUNNING and not process_alive(status.get("pid")):
+            return SweepState.FAILED if not (self.folder / self.RESULT).exists() else SweepState.FINISHED
+        return state
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        status = self._status()
+        return int(status.get("done") or 0), int(status.get("total") or 0)
+
+    @property
+    def error(self) -> str | None:
+        status = self._status()
+        if status.get("error"):
+            return str(status["error"])
+        if self.state == SweepState.FAILED:
+            return f"the sweep's process ended without a result (its output: {self.folder / self.LOG})"
+        return None
+
+    @property
+    def result(self) -> LRFinderResult | None:
+        try:
+            values = read_json(self.folder / self.RESULT, default=None)
+            return LRFinderResult(**values) if isinstance(values, dict) else None
+        except (ValueError, OSError, TypeError):
+            return None
+
+    def run_here(self, config: TrainConfig, steps: int = 80) -> LRFinderResult:
+        """Sweep in this process, keeping the folder's status current (what ``landmark lr-find --into`` runs)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        base = {"state": SweepState.RUNNING.value, "pid": os.getpid(), "done": 0, "total": steps,
+                "model": config.model, "data": config.data}
+        write_json_atomic(self.folder / self.STATUS, base)
+        written = [0.0]
+
+        def report(done: int, total: int) -> None:
+            if time.time() - written[0] >= 0.5 or done == total:
+                written[0] = time.time()
+                write_json_atomic(self.folder / self.STATUS, {**base, "done": done, "total": total})
+
+        try:
+            result = find_learning_rate(config, steps=steps, progress=report)
+        except BaseException as error:
+            reason = str(error) if isinstance(error, LandmarkError) else f"{type(error).__name__}: {error}"
+            write_json_atomic(self.folder / self.STATUS, {**base, "state": SweepState.FAILED.value, "error": reason})
+            raise
+        write_json_atomic(self.folder / self.RESULT, asdict(result))
+        done = len(result.learning_rates)
+        write_json_atomic(self.folder / self.STATUS, {**base, "state": SweepState.FINISHED.value, "done": done,
+                                                      "total": done})
+        return result

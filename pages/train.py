@@ -14,12 +14,37 @@ from landmark_core.models import DEFAULT_TRANSFER_MODEL, list_models
 from landmark_core.runs import (ACTIVE_STATES, RunState, Run, delete_run, is_training, launch_background, list_runs, rename_run,
                                 request_cancel, resolve_run)
 from landmark_core.config import HEAD_SOLVERS, OPTIMIZERS, SCHEDULERS, TrainConfig
-from landmark_core.lr_finder import find_learning_rate
+from landmark_core.lr_finder import Sweep, SweepState
 from landmark_core.pipeline import create_run
 from pages.common import dataset_classes, format_percent, model_summary, format_seconds, require_dataset, show_error
 
 st.title("🏋️ Train")
 dataset = require_dataset()
+
+def sweep_view(sweep: Sweep, model: str, refreshing: bool) -> None:
+    """The sweep's progress while its process runs (refreshed every second, this fragment alone), then its curve
+    and suggestion: it runs in the background like a training run, so the page stays usable and may be left."""
+    state = sweep.state
+    if state == SweepState.RUNNING:
+        done, total = sweep.progress
+        st.progress(done / max(1, total), text=f"Sweeping {model} in the background… batch {done}/{total}")
+    elif state == SweepState.FAILED:
+        st.error(f"The learning-rate sweep failed: {sweep.error}")
+    elif state == SweepState.FINISHED and (result := sweep.result) is not None:
+        curve = pd.DataFrame({"learning rate": result.learning_rates, "loss": result.losses})
+        chart = alt.Chart(curve).mark_line().encode(
+            x=alt.X("learning rate:Q", scale=alt.Scale(type="log"), axis=alt.Axis(format=".0e")),
+            y=alt.Y("loss:Q", scale=alt.Scale(zero=False), title="smoothed loss"),
+            tooltip=[alt.Tooltip("learning rate:Q", format=".1e"), alt.Tooltip("loss:Q", format=".3f")])
+        if result.suggestion:
+            chart += alt.Chart(pd.DataFrame({"learning rate": [result.suggestion]})).mark_rule(
+                color="crimson", strokeDash=[4, 4]).encode(x="learning rate:Q")
+        st.altair_chart(chart.properties(height=240), width="stretch")
+        st.markdown(f"Suggested learning rate: **{result.suggestion:.1e}** (trained: {result.trained}); enter it "
+                    "under Advanced settings." if result.suggestion else "No clear descent: keep the default.")
+    if refreshing and state != SweepState.RUNNING:
+        st.rerun(scope="app")  # it has just ended: draw once more, without the timer
+
 
 with st.expander("New training run", expanded=not list_runs()):
     model = st.selectbox("Model", list_models(), index=list_models().index(DEFAULT_TRANSFER_MODEL),
@@ -99,29 +124,15 @@ with st.expander("New training run", expanded=not list_runs()):
         st.markdown("**Learning-rate finder**")
         st.caption("Trains a throwaway copy of the model for up to 80 batches while the learning rate grows from 1e-6 "
                    "to 1, and suggests a rate part-way down the loss's longest valley (fastai's lr_find). Uses this model's "
-                   "default settings; nothing is saved.")
-        if st.button("Find a learning rate", key="lr_find"):
-            bar = st.progress(0.0, text="Sweeping…")
+                   "default settings and runs in the background; no run is created.")
+        sweep = Sweep.of(str(dataset), model)
+        if st.button("Find a learning rate", key="lr_find", disabled=sweep.state == SweepState.RUNNING):
             try:
-                st.session_state["lr_found"] = (model, str(dataset), find_learning_rate(
-                    TrainConfig(data=str(dataset), model=model),
-                    progress=lambda done, total: bar.progress(done / total, text=f"Sweeping… batch {done}/{total}")))
-            except LandmarkError as error:
+                Sweep.start(str(dataset), model)
+            except (LandmarkError, OSError) as error:
                 show_error(error)
-            bar.empty()
-        found = st.session_state.get("lr_found")
-        if found and found[:2] == (model, str(dataset)):
-            result = found[2]
-            curve = pd.DataFrame({"learning rate": result.learning_rates, "loss": result.losses})
-            chart = alt.Chart(curve).mark_line().encode(
-                x=alt.X("learning rate:Q", scale=alt.Scale(type="log")), y=alt.Y("loss:Q", scale=alt.Scale(zero=False)),
-                tooltip=[alt.Tooltip("learning rate:Q", format=".1e"), alt.Tooltip("loss:Q", format=".3f")])
-            if result.suggestion:
-                chart += alt.Chart(pd.DataFrame({"learning rate": [result.suggestion]})).mark_rule(
-                    color="crimson", strokeDash=[4, 4]).encode(x="learning rate:Q")
-            st.altair_chart(chart.properties(height=240), width="stretch")
-            st.markdown(f"Suggested learning rate: **{result.suggestion:.1e}** (trained: {result.trained}); enter it "
-                        "above." if result.suggestion else "No clear descent: try the default.")
+        running = sweep.state == SweepState.RUNNING
+        st.fragment(sweep_view, run_every=1 if running else None)(sweep, model, running)
     if start:
         config = TrainConfig(data=str(dataset), model=model, epochs=int(epochs), lr=float(lr), batch_size=int(batch_size),
                              image_size=int(image_size), optimizer=optimizer, scheduler=scheduler, augment=float(augment),

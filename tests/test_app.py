@@ -588,3 +588,19 @@ def test_a_first_visit_trains_in_three_steps_with_the_settings_under_advanced(ap
     labels = {n.label for n in at.number_input} | {s.label for s in at.selectbox} | {s.label for s in at.slider}
     assert {"Epochs", "Learning rate", "Batch size", "Image size (px)", "Optimizer", "Augmentation strength",
             "Weight decay", "Training processes"} <= labels
+
+
+def test_train_page_shows_a_finished_background_sweep_and_its_suggestion(app_env):
+    """Issue 24, item 1: the page draws the sweep that ran in the background (no page-greying call)."""
+    from landmark_core.config import TrainConfig
+    from landmark_core.lr_finder import Sweep
+    demo = str(app_env / "data" / "demo")
+    sweep = Sweep.of(demo, "scratch_cnn")
+    result = sweep.run_here(TrainConfig(data=demo, model="scratch_cnn", image_size=32, batch_size=8), steps=12)
+    at = page("train")
+    at.session_state["dataset_path"] = demo
+    at.run()
+    at.selectbox[0].set_value("scratch_cnn").run()
+    assert not at.exception
+    said = [m.value for m in at.markdown if "learning rate" in m.value.lower() or "No clear descent" in m.value]
+    assert said and (f"{result.suggestion:.1e}" in said[0] if result.suggestion else "No clear descent" in said[0])

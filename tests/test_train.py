@@ -376,3 +376,32 @@ def test_landmark_lr_find_prints_a_rate_on_the_falling_part_of_its_sweep(tiny_da
     assert plain.returncode == result.returncode
     if suggestion is not None:
         assert float(plain.stdout) == pytest.approx(suggestion, rel=1e-2)
+
+
+def test_a_background_sweep_reports_progress_and_keeps_its_result(tiny_dataset, artifacts, tmp_path):
+    """Issue 24, item 1: the Train page's sweep runs in its own process like a training run; any page reads its
+    progress and result from its folder, a second one for the same pair waits, and a failure says why."""
+    import time
+
+    from landmark_core.errors import LandmarkError
+    from landmark_core.lr_finder import Sweep, SweepState
+    sweep = Sweep.start(str(tiny_dataset), "scratch_cnn", steps=12, artifacts=artifacts)
+    assert sweep.state == SweepState.RUNNING and sweep.progress[1] == 12
+    with pytest.raises(LandmarkError, match="running already"):
+        Sweep.start(str(tiny_dataset), "scratch_cnn", steps=12, artifacts=artifacts)
+    seen = set()
+    deadline = time.time() + 300
+    while sweep.state == SweepState.RUNNING and time.time() < deadline:
+        seen.add(sweep.progress[0])
+        time.sleep(0.2)
+    assert sweep.state == SweepState.FINISHED, (sweep.error, (sweep.folder / Sweep.LOG).read_text()[-2000:])
+    result = sweep.result
+    assert 1 <= len(result.learning_rates) == len(result.losses) <= 12
+    assert sweep.progress == (len(result.learning_rates), len(result.learning_rates))
+    assert Sweep.of(str(tiny_dataset), "scratch_cnn", artifacts).result == result  # the same folder for the pair
+    assert not list(artifacts.glob("runs/*"))
+
+    missing = Sweep.start(str(tmp_path / "no-such-folder"), "scratch_cnn", steps=12, artifacts=artifacts)
+    while missing.state == SweepState.RUNNING and time.time() < deadline:
+        time.sleep(0.2)
+    assert missing.state == SweepState.FAILED and "no-such-folder" in missing.error and missing.result is None
