@@ -115,13 +115,21 @@ class CancelOnRequest(Callback):
 
 
 class ConsoleProgress(Callback):
-    order = 40
+    """A line per epoch; with the run's folder, also the run's elapsed time and ETA from :mod:`.progress` (the
+    same figures as the Train page and ``landmark runs``)."""
+    order = 40  # after StatusUpdater: the status already has this epoch
 
-    def __init__(self, print_fn: Callable[[str], None] = print):
-        self.print = print_fn
+    def __init__(self, print_fn: Callable[[str], None] = print, run_dir: Path | None = None):
+        self.print, self.run_dir = print_fn, run_dir
 
     def on_epoch_end(self, engine):
         r = engine.last
         val = f"val loss {r['val_loss']:.3f} acc {r['val_acc']:.3f}" if r["val_acc"] is not None else "no validation"
+        times = ""
+        if self.run_dir is not None:
+            from .progress import format_seconds, run_progress
+            progress = run_progress(self.run_dir)
+            times = f"  elapsed {format_seconds(progress.elapsed)}" + (
+                f"  ETA {format_seconds(progress.eta)}" if progress.eta is not None else "")
         self.print(f"epoch {r['epoch']}/{r['epochs']}  train loss {r['train_loss']:.3f} acc {r['train_acc']:.3f}  "
-                   f"{val}  {r['epoch_seconds']:.1f}s")
+                   f"{val}  {r['epoch_seconds']:.1f}s{times}")

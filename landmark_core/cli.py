@@ -173,7 +173,8 @@ def cmd_train(args) -> int:
     else:
         from .callbacks import ConsoleProgress
         from .pipeline import train
-        train(run_dir, resume=resume, callbacks=[ConsoleProgress(lambda line: print(line, file=sys.stderr, flush=True))],
+        train(run_dir, resume=resume, callbacks=[ConsoleProgress(lambda line: print(line, file=sys.stderr, flush=True),
+                                                                 run_dir)],
               progress=lambda stage, done, total: ProgressBar(stage)(done, total) if done == total else None)
     evaluation = Run(run_dir).evaluation or {}
     if evaluation:
@@ -202,7 +203,7 @@ def _train_as_rank(args) -> int:
         if main_rank:
             print(run_dir, flush=True)
     resume = Run(run_dir).checkpoint("last").exists()
-    console = [ConsoleProgress(lambda line: print(line, file=sys.stderr, flush=True))] if main_rank else []
+    console = [ConsoleProgress(lambda line: print(line, file=sys.stderr, flush=True), run_dir)] if main_rank else []
     train(run_dir, resume=resume, callbacks=console)
     return 0
 

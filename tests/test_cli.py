@@ -49,6 +49,11 @@ def test_train_then_predict_from_the_cli(tiny_dataset, tmp_path):
                      "--batch-size", "8", "--device", "cpu", env_artifacts=tmp_path)
     run_dir = result.stdout.strip().splitlines()[-1]
     assert os.path.isdir(run_dir) and "epoch 1/1" in result.stderr
+    # the run's own clock in the progress line, and landmark runs describes the run as the Train page does
+    import re
+    assert re.search(r"epoch 1/1 .* elapsed \d+m \d\ds", result.stderr), result.stderr
+    listed = run_cli("runs", env_artifacts=tmp_path).stdout
+    assert re.search(rf"{os.path.basename(run_dir)}  scratch_cnn +finished · 1 epoch · trained in \d+m \d\ds", listed), listed
     image = next((tiny_dataset / "test").rglob("*.jpg"))
     text = run_cli("predict", run_dir, image, env_artifacts=tmp_path).stdout.splitlines()
     # first line: the photo and the tag decision; then the top-5 (tiny set: 3 classes, so all 3)
