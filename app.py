@@ -9,7 +9,7 @@ from pages.common import dataset_sidebar
 
 st.set_page_config(page_title="Landmark Tagger", page_icon="🗺️", layout="wide")
 
-navigation = st.navigation({
+SECTIONS = {
     "": [st.Page("pages/home.py", title="Start", icon="🏠", default=True)],
     "Data": [st.Page("pages/explore.py", title="Explore dataset", icon="🔎")],
     "Models": [
@@ -19,6 +19,15 @@ navigation = st.navigation({
     ],
     "Use": [st.Page("pages/predict.py", title="Predict & tag", icon="📍"),
             st.Page("pages/review.py", title="Review tags", icon="✅")],
-})
+}
+# The menu is drawn here, not by st.navigation: with client.showSidebarNavigation off (it keeps Streamlit from
+# listing the pages/ folder's modules for a moment on the first load) Streamlit draws no menu of its own.
+navigation = st.navigation(SECTIONS, position="hidden")
+with st.sidebar:
+    for section, pages in SECTIONS.items():
+        if section:
+            st.caption(section)
+        for page in pages:
+            st.page_link(page)
 dataset_sidebar()
 navigation.run()

@@ -129,14 +129,11 @@ def suggest(rates: list[float], losses: list[float]) -> float | None:
     return float(rates_arr[begin + start + (end - start) // 2])
 
 
-class SweepState(str, enum.Enum):
+class SweepState(enum.StrEnum):
     NONE = "none"  # never started for this model and dataset
     RUNNING = "running"
     FINISHED = "finished"
     FAILED = "failed"  # it said why, or its process is gone without a result
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class Sweep:

@@ -17,16 +17,13 @@ from pathlib import Path
 from .runs import ACTIVE_STATES, STOPPED_BY_REQUEST, Run, RunState, non_negative, worked_seconds
 
 
-class Stage(str, enum.Enum):
+class Stage(enum.StrEnum):
     """What a running session is doing; written to the status as its value."""
     WAITING = "waiting"
     DECODING = "decoding"
     TRAINING = "training"
     EVALUATING = "evaluating"
     EXPORTING = "exporting"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from .errors import RunError
 from .fileio import process_alive, read_json, read_jsonl, write_json_atomic
 from .locations import runs_dir
 
-class RunState(str, enum.Enum):
+class RunState(enum.StrEnum):
     """Where a run is; compares equal to its string (``status.json`` stores the string)."""
     QUEUED = "queued"
     RUNNING = "running"
@@ -33,9 +33,6 @@ class RunState(str, enum.Enum):
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"  # its process is gone without saying how it ended (killed, machine restarted)
     DAMAGED = "damaged"  # status.json cannot be read
-
-    def __str__(self) -> str:
-        return self.value
 
 
 ACTIVE_STATES = (RunState.QUEUED, RunState.RUNNING)

@@ -2,7 +2,7 @@ import altair as alt
 import streamlit as st
 
 from landmark_core.insights import comparison, curves_frame, short_label
-from pages.common import current_dataset_runs, finished_runs, format_seconds, run_label
+from pages.common import current_dataset_runs, finished_runs, format_percent, format_seconds, run_label
 
 st.title("⚖️ Compare runs")
 runs = current_dataset_runs(finished_runs(), "compare")
@@ -25,11 +25,15 @@ if not shared:
                and len(result["per_class"]) else "") + ", not photo by photo.")
 
 st.subheader("Final metrics")
-metrics = result["metrics"].assign(**{"train time": result["metrics"]["train seconds"].map(format_seconds)}).drop(
-    columns="train seconds")
-st.dataframe(metrics, hide_index=True, column_config={
-    "run": st.column_config.TextColumn(width="large"),
-    "test top-1": st.column_config.NumberColumn(format="percent"), "test top-5": st.column_config.NumberColumn(format="percent")})
+metrics = result["metrics"].assign(**{
+    "train time": result["metrics"]["train seconds"].map(format_seconds),
+    # shares as every page writes them (94.2%), a missing one as a dash
+    "test top-1": result["metrics"]["test top-1"].map(format_percent),
+    "test top-5": result["metrics"]["test top-5"].map(format_percent)}).drop(columns="train seconds")
+for whole in ("image size", "epochs"):  # whole numbers, or a dash where a run's config lacks them
+    metrics[whole] = metrics[whole].map(lambda v: "–" if v is None or v != v else str(int(v)))
+st.dataframe(metrics, hide_index=True,
+             column_config={"run": st.column_config.TextColumn(width="large")})
 
 st.subheader("Training curves")
 curves = curves_frame(paths)

@@ -604,3 +604,19 @@ def test_train_page_shows_a_finished_background_sweep_and_its_suggestion(app_env
     assert not at.exception
     said = [m.value for m in at.markdown if "learning rate" in m.value.lower() or "No clear descent" in m.value]
     assert said and (f"{result.suggestion:.1e}" in said[0] if result.suggestion else "No clear descent" in said[0])
+
+
+def test_compare_writes_shares_and_missing_values_as_every_page_does(app_env, run_on_another_dataset):
+    """Issue 24, item 15: 94.2%, not 0.9417 beside 94.17%; a dash, never "None"."""
+    import json as _json
+    evaluation = _json.loads((run_on_another_dataset / "evaluation.json").read_text())
+    evaluation.pop("top5")
+    (run_on_another_dataset / "evaluation.json").write_text(_json.dumps(evaluation))
+    at = page("compare")
+    at.session_state["compare-other-datasets"] = True
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert "None" not in table.to_string() and "nan" not in table.to_string().lower()
+    assert all(v == "–" or (v.endswith("%") and len(v.split(".")[-1]) == 2) for v in table["test top-1"])
+    assert "–" in list(table.loc[table["run"] == run_on_another_dataset.name, "test top-5"])

@@ -310,6 +310,25 @@ def _assert_readable(axis_labels) -> None:
     assert not overlapping, overlapping[:3]
 
 
+def choose_folder(page, folder: Path) -> None:
+    """Pick a dataset folder in the sidebar, as a user types its path."""
+    from playwright.sync_api import expect
+    page.get_by_text("A folder on this machine").click()
+    field = page.get_by_label("Folder with train/ and test/ (or class folders)")
+    field.fill(str(folder))
+    field.press("Enter")
+    expect(page.get_by_text("Working with")).to_be_visible()
+
+
+def copy_of_artifacts(original: Path, copy: Path) -> Path:
+    """A copy of an artifacts folder whose runs name the copy's dataset and photos, as if trained there (a run
+    names its dataset and test photos by path: copied as they are, they would be runs of the original folder)."""
+    shutil.copytree(original, copy)
+    for record in (copy / "runs").rglob("*.json"):
+        record.write_text(record.read_text().replace(str(original), str(copy)))
+    return copy
+
+
 def test_fifty_classes_every_page_and_a_labelled_confusion_matrix(fifty_class_artifacts, tmp_path):
     """The journey at 50 classes: a run trained from the browser beside the one there already, every page without
     an exception, a confusion matrix that labels each class once, readable (no two labels overlap), with tooltips."""
@@ -318,7 +337,7 @@ def test_fifty_classes_every_page_and_a_labelled_confusion_matrix(fifty_class_ar
     from landmark_core.insights import short_label
 
     shots = screenshot_folder("fifty-classes")
-    artifacts = shutil.copytree(fifty_class_artifacts, tmp_path / "artifacts")  # the shared fixture stays as it is
+    artifacts = copy_of_artifacts(fifty_class_artifacts, tmp_path / "artifacts")  # the shared fixture stays as it is
     data = artifacts / "data" / "fifty"
     with streamlit_server(artifacts, tmp_path / "streamlit.log") as url, \
             browser_tab(shots, viewport=(1600, 1000)) as tab:
@@ -502,11 +521,7 @@ def test_explore_place_picker_a_click_on_the_offline_map_offers_the_nearest_town
     with streamlit_server(tmp_path / "artifacts", tmp_path / "streamlit.log") as url, browser_tab(shots) as tab:
         page = tab.page
         page.goto(url)
-        page.get_by_text("A folder on this machine").click()
-        folder = page.get_by_label("Folder with train/ and test/ (or class folders)")
-        folder.fill(str(dataset_without_places))
-        folder.press("Enter")
-        expect(page.get_by_text("Working with")).to_be_visible()
+        choose_folder(page, dataset_without_places)
         page.get_by_role("link", name="Explore dataset").click()
         expect(page.get_by_text("2 classes have no place")).to_be_visible()
         page.get_by_text("a click on the map").click()
@@ -527,3 +542,64 @@ def test_explore_place_picker_a_click_on_the_offline_map_offers_the_nearest_town
     place = gazetteer(dataset_without_places).place_for("Old_Town_Bridge")
     nearest, distance = nearest_towns(place.latitude, place.longitude, 1)[0]
     assert distance < 1 and place.country == nearest.country and place.region.startswith(nearest.name)
+
+
+def test_round_three_compare_across_datasets_a_100_megapixel_photo_and_a_background_lr_sweep(
+        fifty_class_artifacts, trained_run, tmp_path):
+    """Issue 24's journey: Compare with runs on two datasets says so in words; a 100-megapixel JPEG is classified
+    (decoded at reduced size); the learning-rate sweep runs in the background and its suggestion lies where its
+    smoothed loss falls."""
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    from landmark_core.lr_finder import Sweep
+
+    shots = screenshot_folder("round-three")
+    artifacts = copy_of_artifacts(fifty_class_artifacts, tmp_path / "artifacts")
+    shutil.copytree(trained_run, artifacts / "runs" / "29991231-000000-scratch_cnn-tiny")  # trained on another dataset
+    data = artifacts / "data" / "fifty"
+    photo = tmp_path / "phone-100mp.jpg"
+    pixels = Image.radial_gradient("L").resize((10000, 10000)).convert("RGB")  # 100 MP, a few MB as a JPEG
+    pixels.save(photo, quality=80)
+    with streamlit_server(artifacts, tmp_path / "streamlit.log") as url, browser_tab(shots) as tab:
+        page = tab.page
+        page.goto(url)
+        choose_folder(page, data)
+
+        page.get_by_role("link", name="Compare runs").click()
+        expect(page.get_by_text("Train at least two models")).to_be_visible()  # one run on this dataset
+        page.get_by_text("Also runs trained on other datasets (1)").click()
+        expect(page.get_by_text(re.compile(r"were tested on different photos .* not photo by photo"))).to_be_visible()
+        expect(page.get_by_text("Where they disagree")).to_have_count(0)
+        tab.no_exceptions()
+        tab.shot("01-compare-two-datasets")
+
+        page.get_by_role("link", name="Predict & tag").click()
+        page.locator("[data-testid='stFileUploader'] input[type='file']").first.set_input_files(str(photo))
+        expect(page.locator("[data-testid='stMarkdownContainer'] ol li")).to_have_count(5)
+        expect(page.get_by_text("too many pixels")).to_have_count(0)
+        tab.no_exceptions()
+        tab.shot("02-predict-100-megapixels")
+
+        page.get_by_role("link", name="Train").click()
+        page.get_by_text("New training run").click()
+        page.get_by_role("combobox", name="Model", exact=True).click()
+        page.keyboard.type("scratch_cnn")  # typing filters the list; Enter takes its one match
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("combobox", name="Model", exact=True)).to_have_value("scratch_cnn")
+        page.get_by_role("button", name="Find a learning rate").click()
+        expect(page.get_by_text(re.compile(r"Sweeping scratch_cnn in the background… batch \d+/80"))).to_be_visible()
+        expect(page.get_by_role("button", name="Rename", exact=True)).to_be_visible()  # the page stays usable
+        suggestion = page.get_by_text(re.compile(r"Suggested learning rate: |No clear descent"))
+        expect(suggestion).to_be_visible(timeout=300_000)
+        tab.no_exceptions()
+        tab.shot("03-train-lr-sweep-in-the-background")
+        shown = suggestion.inner_text()
+    tab.assert_stayed_on_this_machine()
+    result = Sweep.of(str(data), "scratch_cnn", artifacts).result
+    if result.suggestion is not None:
+        assert f"{result.suggestion:.1e}" in shown
+        at = result.learning_rates.index(result.suggestion)  # on the falling part of its own smoothed loss
+        assert min(result.losses) < result.losses[at] < max(result.losses[:5]) and at > 2
+    else:
+        assert "No clear descent" in shown
