@@ -73,6 +73,17 @@ def matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> flo
     return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+def int8_matmul_gops(size: int = 2048, repeats: int = 5) -> float:
+    """int8 x int8 -> int32 matrix multiplies (torch._int_mm: the instructions int8 convolutions use, VNNI where the
+    CPU has them), in GOP/s."""
+    a, b = (torch.randint(-128, 127, (size, size), dtype=torch.int8) for _ in range(2))
+    torch._int_mm(a, b)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch._int_mm(a, b)
+    return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
 def photo_dataset(root: Path, count: int, classes: int = 6, seed: int = 0, first_class: int = 0) -> Path:
     """Photo-sized JPEGs (800x600 to 1600x1200) made from demo scenes plus sensor-like noise, in train/ layout."""
     from landmark_core.demo import DEMO_CLASSES, SceneSpec, render_scene

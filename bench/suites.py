@@ -16,7 +16,7 @@ from landmark_core.models import build_model, get_spec, list_models, model_info
 from landmark_core.probe import DEFAULT_WEIGHT_DECAY as DEFAULT_PROBE_DECAY
 from landmark_core.transforms import freeze_scripted, resize_side_for
 
-from .common import Table, jpeg_bytes, matmul_gflops, percentiles, photo_dataset, timed
+from .common import Table, int8_matmul_gops, jpeg_bytes, matmul_gflops, percentiles, photo_dataset, timed
 
 
 @dataclass(frozen=True)
@@ -952,4 +952,84 @@ def serving(scale: Scale, work: Path) -> Table:
                        "the wall time. The service decodes each photo in a thread, then classifies the photos that "
                        "arrived within the window in one forward pass. 'vs batch 1': the same client count "
                        "without micro-batching, in the same run.")
+    return table
+
+
+def inference_backends(scale: Scale, datasets: list[Path], work: Path) -> Table:
+    """The same trained run served by TorchScript fp32, ONNX Runtime fp32 and ONNX Runtime int8: speed of the model
+    alone and of tagging (decoding included), and what int8 changes (top-1, tag decisions) on each set's test
+    photos."""
+    import numpy as np
+    import torch
+
+    from landmark_core.config import TrainConfig
+    from landmark_core.export import export_run
+    from landmark_core.images import load_square
+    from landmark_core.models import DEFAULT_TRANSFER_MODEL, model_info
+    from landmark_core.pipeline import train_new
+    from landmark_core.predict import Predictor
+    from landmark_core.runs import Run
+    from landmark_core.tagging import tag_files
+
+    peaks = {"fp32": matmul_gflops(torch.float32), "int8": int8_matmul_gops()}
+    table = Table("13. Inference back-ends: TorchScript fp32, ONNX Runtime fp32 and int8 (CPU, same run)",
+                  ["dataset", "back-end", "model photos/s", "vs TorchScript", "tagging photos/s", "vs TorchScript",
+                   "test top-1", "decisions as fp32", "achieved GFLOP/s (share of peak)", "int8 bound"])
+    for root in datasets:
+        overrides = {} if scale.name == "full" else dict(model="scratch_cnn", image_size=scale.image_size, epochs=1)
+        config = TrainConfig(data=str(root), **{"model": DEFAULT_TRANSFER_MODEL, **overrides})
+        trained = train_new(config, work / f"backends-{root.name}")
+        copies = {}
+        for backend, format in (("TorchScript fp32", None), ("ONNX Runtime fp32", "onnx"), ("ONNX Runtime int8", "onnx-int8")):
+            copy = work / f"backends-{root.name}-{format or 'torchscript'}" / trained.name
+            shutil.rmtree(copy.parent, ignore_errors=True)
+            shutil.copytree(trained, copy)
+            if format:
+                export_run(copy, format=format, int8_outside_bound=True)
+            copies[backend] = copy
+        rows = Run(trained).predictions
+        meta = Run(trained).export_meta
+        squares = [torch.from_numpy(np.ascontiguousarray(load_square(row["path"], meta["resize_size"],
+                                                                      meta["interpolation"]).transpose(2, 0, 1)))
+                   for row in rows]
+        batches = [torch.stack(squares[i:i + 8]) for i in range(0, len(squares), 8)]
+        resolved = config.resolved()
+        gflops = model_info(resolved.model, resolved.image_size, num_classes=len(meta["classes"]))["gflops"] * (
+            2 if meta.get("flip_tta") else 1)
+        base_model = base_tagging = None
+        for backend, copy in copies.items():
+            predictor = Predictor(copy)
+            module = predictor.module
+            with torch.inference_mode():
+                for batch in batches:  # warm: TorchScript's profiling executor optimises over the first calls
+                    module.classify(batch)
+                seconds = min(timed(lambda: [module.classify(b) for b in batches])[0]
+                              for _ in range(3 if scale.name == "full" else 1))
+            model_rate = len(squares) / seconds
+            out = work / f"backends-tagged-{root.name}-{copy.parent.name}"
+            shutil.rmtree(out, ignore_errors=True)
+            started = time.perf_counter()
+            tag_files(predictor, [row["path"] for row in rows], out_dir=out, report_path=out / "report.csv",
+                      count_first=False)
+            tagging_rate = len(squares) / (time.perf_counter() - started)
+            base_model, base_tagging = base_model or model_rate, base_tagging or tagging_rate
+            check = (Run(copy).export_meta or {}).get("int8_check")
+            peak = peaks["int8" if check else "fp32"]
+            achieved = gflops * model_rate
+            top1 = check["top1_int8"] if check else Run(trained).evaluation["top1"]
+            table.add(root.name, backend, model_rate, f"{model_rate / base_model:.2f}x", tagging_rate,
+                      f"{tagging_rate / base_tagging:.2f}x", top1,
+                      f"{check['decision_agreement']:.1%}" if check else "-",
+                      f"{achieved:.0f} ({achieved / peak:.0%} of {peak:.0f})",
+                      ("kept" if check["accepted"] else f"missed: top-1 {check['top1_change_points']:+.1f} points, "
+                       f"{check['decision_agreement']:.1%} of decisions (needs ≤ 0.5, ≥ 99%)") if check else "-")
+    table.notes += [
+        f"Peaks measured in this run: fp32 {peaks['fp32']:.0f} GFLOP/s (torch matmul), int8 {peaks['int8']:.0f} GOP/s "
+        "(torch._int_mm), 2048x2048, every core. Model photos/s: the test photos pre-decoded, batches of 8, best of "
+        "3; tagging photos/s: `landmark tag`'s tag_files on the test photos (decoding and writing included).",
+        "int8: static post-training quantisation of the convolutions (QDQ, per-channel int8 weights, uint8 "
+        "activations calibrated on 128 training photos; the familiarity's similarities stay fp32), compared with the "
+        "fp32 ONNX model on the test photos. `landmark export --format onnx-int8` refuses it outside the bound; "
+        "this table keeps it to measure it.",
+    ]
     return table

@@ -96,7 +96,8 @@ class StatusUpdater(Callback):
             write_status(self.run_dir, batch=engine.batch, batches=engine.last.get("batches"))
 
     def on_epoch_end(self, engine):
-        write_status(self.run_dir, epoch=engine.epoch, epochs=engine.config.epochs, batch=0)
+        # the next epoch has not started (its loaders may take a while): its length is not yet being measured
+        write_status(self.run_dir, epoch=engine.epoch, epochs=engine.config.epochs, batch=0, epoch_started=None)
 
 
 class CancelOnRequest(Callback):

@@ -490,15 +490,19 @@ def cmd_serve(args) -> int:
 
 
 def cmd_lr_find(args) -> int:
-    from .lr_finder import find_learning_rate
-    config = _config_from_args(args)
-    if not config.data:
-        raise LandmarkError("no dataset given (--data DIR, or --data demo)")
-    if args.into:  # a background sweep the app started: its folder keeps the progress and the result
-        from .lr_finder import Sweep
-        result = Sweep(Path(args.into)).run_here(config, steps=args.steps)
-    else:
-        result = find_learning_rate(config, steps=args.steps, progress=ProgressBar("learning-rate sweep"))
+    from .lr_finder import Sweep, find_learning_rate
+    try:
+        config = _config_from_args(args)
+        if not config.data:
+            raise LandmarkError("no dataset given (--data DIR, or --data demo)")
+        if args.into:  # a background sweep the app started: its folder keeps the progress and the result
+            result = Sweep(Path(args.into)).run_here(config, steps=args.steps)
+        else:
+            result = find_learning_rate(config, steps=args.steps, progress=ProgressBar("learning-rate sweep"))
+    except BaseException as error:
+        if args.into:  # the app reads why from the folder, whatever failed
+            Sweep(Path(args.into)).record_failure(error)
+        raise
     if args.json:
         print(json.dumps({"suggestion": result.suggestion, "trained": result.trained,
                           "learning_rates": result.learning_rates, "losses": result.losses}))
@@ -612,9 +616,11 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export a run (TorchScript or ONNX) with its preprocessing inside")
     export.add_argument("run")
     export.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    export.add_argument("--format", default="torchscript", choices=("torchscript", "onnx"),
-                        help="torchscript (default; what training exports) or onnx (ONNX Runtime and other "
-                             "runtimes); the app and `landmark predict` load whichever was exported last")
+    export.add_argument("--format", default="torchscript", choices=("torchscript", "onnx", "onnx-int8"),
+                        help="torchscript (default; what training exports), onnx (ONNX Runtime and other "
+                             "runtimes) or onnx-int8 (quantised on the run's training photos, accepted only if it "
+                             "keeps top-1 within 0.5 points and the tag decision on 99%% of the test photos); the "
+                             "app and `landmark predict` load whichever was exported last")
     export.set_defaults(func=cmd_export)
 
     predict = sub.add_parser("predict", help="top-k landmarks for images")

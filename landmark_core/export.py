@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -158,19 +159,25 @@ def build_exportable(run_dir: Path, checkpoint: str = "best") -> ExportedClassif
 
 
 #: Export formats and the file each writes in the run folder.
-FORMATS = {"torchscript": Run.MODEL, "onnx": Run.ONNX_MODEL}
+FORMATS = {"torchscript": Run.MODEL, "onnx": Run.ONNX_MODEL, "onnx-int8": Run.ONNX_INT8_MODEL}
 #: ONNX Runtime's resize rounds differently from torch's uint8 kernel by a level on a few pixels: with the Lite
 #: models' bicubic filter that moves probabilities and familiarity by up to ~5e-3 (measured on efficientnet_lite2;
 #: the top-5 stays the same, and is required to).
 FORMAT_TOLERANCE = {"torchscript": 1e-4, "onnx": 1e-2}
+#: An int8 export is accepted only if, on the run's test photos, it keeps top-1 within half a point of the fp32
+#: model's and takes the same tag decision (tagged / unknown / abstained) on 99% of them (issue 26's bound).
+INT8_TOP1_POINTS, INT8_DECISION_AGREEMENT = 0.5, 0.99
+#: Training photos that calibrate the int8 activations' ranges.
+INT8_CALIBRATION_PHOTOS = 128
 
 
 def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float | None = None,
-               format: str = "torchscript") -> Path:
+               format: str = "torchscript", int8_outside_bound: bool = False) -> Path:
     """Write the model in ``format``, load it back, compare it with the eager model, and sign the record.
 
     Returns the model file's path. ``export.json`` records the format, so :func:`load_exported` (and the
-    Predictor) load whichever was exported last.
+    Predictor) load whichever was exported last. ``int8_outside_bound`` keeps an int8 export that misses the
+    accuracy bound (its ``int8_check`` says so): for benchmarks that measure what int8 would give, never a default.
     """
     if format not in FORMATS:
         raise ModelError(f"unknown export format {format!r} (use {' or '.join(FORMATS)})")
@@ -178,9 +185,15 @@ def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float | None 
     path = run_dir / FORMATS[format]
     # Saved and checked under a temporary name: a refused export leaves the last good model in place.
     candidate = run_dir / f".{path.name}.{os.getpid()}.candidate"
+    int8_check = None
     try:
-        reloaded = _write_torchscript(wrapper, candidate) if format == "torchscript" else _write_onnx(wrapper, candidate)
-        max_diff = _check_round_trip(run_dir, wrapper, reloaded, FORMAT_TOLERANCE[format] if tolerance is None else tolerance)
+        if format == "onnx-int8":
+            # the int8 model differs from the eager one by design: it is judged on the run's own photos instead
+            int8_check = _write_int8(run_dir, wrapper, candidate, refuse=not int8_outside_bound)
+            max_diff = int8_check["max_probability_change"]
+        else:
+            reloaded = _write_torchscript(wrapper, candidate) if format == "torchscript" else _write_onnx(wrapper, candidate)
+            max_diff = _check_round_trip(run_dir, wrapper, reloaded, FORMAT_TOLERANCE[format] if tolerance is None else tolerance)
         digest = sha256_file(candidate)
         os.replace(candidate, path)
     finally:
@@ -192,7 +205,8 @@ def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float | None 
         "probability_threshold": wrapper.probability_threshold,
         "familiarity_threshold": wrapper.familiarity_threshold if wrapper.has_feature_bank else None,
         "feature_bank_size": int(len(wrapper.bank_labels)),
-        "round_trip_max_abs_diff": max_diff, "torch": torch.__version__}
+        "round_trip_max_abs_diff": max_diff, "torch": torch.__version__,
+        **({"int8_check": int8_check} if int8_check else {})}
     meta["signature"] = _signature(_signing_key(create=True), meta)
     write_json_atomic(run_dir / Run.EXPORT_META, meta)
     return path
@@ -277,6 +291,107 @@ class OnnxClassifier:
         return self
 
 
+def _decoded(paths: list[str], wrapper: ExportedClassifier) -> list[np.ndarray]:
+    """Photos as the exported model's input: uint8 (3, H, W) at its resize size (unreadable ones left out)."""
+    from .errors import ImageError
+    from .images import load_square
+    squares = []
+    for path in paths:
+        try:
+            squares.append(load_square(path, wrapper.resize_size, wrapper.interpolation).transpose(2, 0, 1))
+        except (ImageError, OSError):
+            continue
+    return squares
+
+
+def tag_outcomes(probabilities: np.ndarray, familiarity: np.ndarray, probability_threshold: float,
+                 familiarity_threshold: float | None) -> np.ndarray:
+    """The tag decision per photo from a model's outputs: 0 tagged, 1 unknown (not familiar), 2 abstained (not
+    sure enough), as :func:`~landmark_core.tagging.decide` takes it for photos without GPS."""
+    familiar = np.ones(len(probabilities), bool) if familiarity_threshold is None else familiarity >= familiarity_threshold
+    sure = probabilities.max(1) >= probability_threshold
+    return np.where(~familiar, 1, np.where(sure, 0, 2))
+
+
+def int8_verdict(reference: tuple[np.ndarray, np.ndarray], quantized: tuple[np.ndarray, np.ndarray],
+                 labels: np.ndarray, probability_threshold: float, familiarity_threshold: float | None) -> dict:
+    """How an int8 model compares with its fp32 reference on labelled photos, and whether it keeps the bound."""
+    photos = len(labels)
+    right = [int((outputs[0].argmax(1) == labels).sum()) for outputs in (reference, quantized)]
+    decisions = [tag_outcomes(*outputs, probability_threshold, familiarity_threshold) for outputs in (reference, quantized)]
+    agreeing = int((decisions[0] == decisions[1]).sum())
+    # compared in photo counts: "half a point" of 200 photos is exactly one photo, with no float rounding
+    accepted = (abs(right[1] - right[0]) * 100 <= INT8_TOP1_POINTS * photos + 1e-9
+                and agreeing >= INT8_DECISION_AGREEMENT * photos - 1e-9)
+    return {"photos": photos, "top1_fp32": right[0] / photos, "top1_int8": right[1] / photos,
+            "top1_change_points": abs(right[1] - right[0]) * 100 / photos, "decision_agreement": agreeing / photos,
+            "max_probability_change": float(np.abs(reference[0] - quantized[0]).max()),
+            "max_familiarity_change": float(np.abs(reference[1] - quantized[1]).max()), "accepted": accepted}
+
+
+def _write_int8(run_dir: Path, wrapper: ExportedClassifier, path: Path, refuse: bool = True) -> dict:
+    """Static post-training quantisation of the ONNX export (QDQ, int8 per-channel weights, uint8 activations
+    calibrated on the run's training photos). Only the convolutions: the familiarity's cosine similarities against
+    the feature bank stay in fp32. Refused (ModelError) unless it keeps the bound on the run's test photos."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    run = Run(run_dir)
+    fp32 = path.with_name(path.name + ".fp32")
+    try:
+        reference = _write_onnx(wrapper, fp32)[0]
+        calibration = _decoded(run.split.get("train", [])[:INT8_CALIBRATION_PHOTOS], wrapper)
+        tested = [(p["path"], p["true"]) for p in run.predictions]
+        test_photos = _decoded([p for p, _ in tested], wrapper)
+        if not calibration or len(test_photos) != len(tested) or not tested:
+            raise ModelError(f"{run_dir.name}: an int8 export needs the run's training and test photos on this "
+                             "machine (to calibrate it and to check it); the current export stays")
+
+        class Photos(CalibrationDataReader):
+            def __init__(self):
+                self.batches = iter(np.stack(calibration[i:i + 8]) for i in range(0, len(calibration), 8))
+
+            def get_next(self):
+                batch = next(self.batches, None)
+                return None if batch is None else {"image": batch}
+
+        import logging
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+        prepared = fp32.with_name(fp32.name + ".prepared")
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # onnxruntime's quantiser logs its advice at WARNING on the root logger
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:  # ONNX Runtime's recommended clean-up (shape inference, folding) before quantising
+                    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+                except Exception:
+                    prepared = fp32
+                quantize_static(str(prepared), str(path), Photos(), quant_format=QuantFormat.QDQ,
+                                op_types_to_quantize=["Conv"], per_channel=True, weight_type=QuantType.QInt8,
+                                activation_type=QuantType.QUInt8)
+        finally:
+            root.setLevel(level)
+    finally:
+        fp32.unlink(missing_ok=True)
+        for leftover in path.parent.glob(path.name + ".fp32*"):
+            leftover.unlink(missing_ok=True)
+    quantized = OnnxClassifier(path)
+
+    def outputs(model) -> tuple[np.ndarray, np.ndarray]:
+        results = [model.classify(torch.from_numpy(np.ascontiguousarray(photo))) for photo in test_photos]
+        return (torch.stack([p for p, _ in results]).numpy(), torch.stack([f for _, f in results]).numpy())
+
+    verdict = int8_verdict(outputs(reference), outputs(quantized), np.array([label for _, label in tested]),
+                           wrapper.probability_threshold,
+                           wrapper.familiarity_threshold if wrapper.has_feature_bank else None)
+    if refuse and not verdict["accepted"]:
+        raise ModelError(
+            f"int8 export refused: on {verdict['photos']} test photos top-1 moves by {verdict['top1_change_points']:.1f} "
+            f"points (at most {INT8_TOP1_POINTS}) and the tag decision agrees on {verdict['decision_agreement']:.1%} "
+            f"(at least {INT8_DECISION_AGREEMENT:.0%}); the current export stays")
+    return verdict
+
+
 #: Probe photos of the round trip: odd sizes, both orientations, one smaller than the input.
 _PROBE_SHAPES = ((3, 157, 211), (3, 480, 360), (3, 90, 120))
 
@@ -339,7 +454,7 @@ def load_exported(run_dir: Path, device="cpu") -> Tuple[object, dict]:
                          f"(modified, foreign, or exported by an older version); refusing to load it. If you trust "
                          f"the run's checkpoints, export it again: landmark export {run_dir}")
     try:
-        if format == "onnx":
+        if format in ("onnx", "onnx-int8"):
             return OnnxClassifier(path, device), meta
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)

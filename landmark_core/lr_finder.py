@@ -7,7 +7,6 @@ Nothing is written to any run folder.
 """
 from __future__ import annotations
 
-import enum
 import hashlib
 import itertools
 import math
@@ -27,6 +26,7 @@ from .engine import Engine
 from .errors import LandmarkError
 from .fileio import process_alive, read_json, write_json_atomic
 from .locations import artifacts_dir
+from .runs import TextEnum
 from .models import build_model
 from .prepare import prepare_data
 
@@ -129,7 +129,7 @@ def suggest(rates: list[float], losses: list[float]) -> float | None:
     return float(rates_arr[begin + start + (end - start) // 2])
 
 
-class SweepState(enum.StrEnum):
+class SweepState(TextEnum):
     NONE = "none"  # never started for this model and dataset
     RUNNING = "running"
     FINISHED = "finished"
@@ -165,11 +165,13 @@ class Sweep:
         (sweep.folder / cls.RESULT).unlink(missing_ok=True)
         args = [sys.executable, "-m", "landmark_core", "lr-find", "--data", str(data), "--model", model,
                 "--steps", str(steps), "--into", str(sweep.folder)]
+        # written before the process starts, which from then on writes the status alone (its own pid included)
+        write_json_atomic(sweep.folder / cls.STATUS, {"state": SweepState.RUNNING.value, "pid": None,
+                                                      "launched": time.time(), "done": 0, "total": steps,
+                                                      "model": model, "data": str(data)})
         with open(sweep.folder / cls.LOG, "wb") as log:
-            process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        write_json_atomic(sweep.folder / cls.STATUS, {"state": SweepState.RUNNING.value, "pid": process.pid,
-                                                      "done": 0, "total": steps, "model": model, "data": str(data)})
+            subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         return sweep
 
     def _status(self) -> dict:
@@ -179,16 +181,34 @@ class Sweep:
             status = {}
         return status if isinstance(status, dict) else {}
 
+    #: A sweep whose process has not started within this, or has written nothing for this long, is taken as
+    #: dead (a pid reused after a restart must not keep a sweep "running" for ever).
+    SILENT_SECONDS = 600
+
     @property
     def state(self) -> SweepState:
         status = self._status()
         try:
             state = SweepState(status.get("state", "none"))
-        except ValueError:
+        except (ValueError, TypeError):
             return SweepState.FAILED
-        if state == SweepState.RUNNING and not process_alive(status.get("pid")):
-            return SweepState.FAILED if not (self.folder / self.RESULT).exists() else SweepState.FINISHED
+        if state != SweepState.RUNNING:
+            return state
+        try:
+            silent = time.time() - (self.folder / self.STATUS).stat().st_mtime
+        except OSError:
+            silent = 0.0
+        alive = process_alive(status.get("pid")) if status.get("pid") else True  # launched, not started yet
+        if not alive or silent > self.SILENT_SECONDS:
+            return SweepState.FINISHED if (self.folder / self.RESULT).exists() else SweepState.FAILED
         return state
+
+    def record_failure(self, error: BaseException) -> None:
+        """Say why the sweep ended without a result (what ``landmark lr-find --into`` does on any failure)."""
+        reason = str(error) if isinstance(error, LandmarkError) else f"{type(error).__name__}: {error}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.folder / self.STATUS, {**self._status(), "state": SweepState.FAILED.value,
+                                                      "pid": os.getpid(), "error": reason})
 
     @property
     def progress(self) -> tuple[int, int]:
@@ -228,8 +248,7 @@ class Sweep:
         try:
             result = find_learning_rate(config, steps=steps, progress=report)
         except BaseException as error:
-            reason = str(error) if isinstance(error, LandmarkError) else f"{type(error).__name__}: {error}"
-            write_json_atomic(self.folder / self.STATUS, {**base, "state": SweepState.FAILED.value, "error": reason})
+            self.record_failure(error)
             raise
         write_json_atomic(self.folder / self.RESULT, asdict(result))
         done = len(result.learning_rates)

@@ -33,7 +33,7 @@ from .fileio import read_json, read_jsonl, remove_unfinished_writes, write_bytes
 from .models import build_model
 from .prepare import prepare_data
 from .progress import Stage
-from .runs import STOPPED_BY_REQUEST, new_run_dir, now_iso, read_status, Run, worked_seconds, write_status
+from .runs import STOPPED_BY_REQUEST, new_run_dir, now_iso, non_negative, read_status, Run, worked_seconds, write_status
 
 def _raise_cancel(signum, frame):
     raise TrainingCancelled(f"stopped by signal {signum}")
@@ -174,11 +174,12 @@ def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: dis
     started = time.time()
     # the run's own clock: the sessions before this one, a killed one's up to its last status write
     worked_before = worked_seconds(read_status(run_dir))
+    trained_before = non_negative(previous.get("train_seconds")) or 0.0  # the training of earlier, closed sessions
     # the launcher's pid when there is one: Stop signals it, and torchrun stops every rank
     pid = int(os.environ.get("LANDMARK_LAUNCHER_PID") or os.getpid())
     write_status(run_dir, state="running", pid=pid, processes=world.size, started=previous.get("started") or now_iso(),
                  error=None, session_started=started, seconds=worked_before, stage=Stage.DECODING.value, decoded=None,
-                 batch=0, freeze_epochs=config.freeze_epochs)
+                 batch=0, epoch_started=None, freeze_epochs=config.freeze_epochs)
 
     def ended(state: str, **fields) -> None:
         write_status(run_dir, state=state, finished=now_iso(), seconds=worked_before + time.time() - started,
@@ -206,7 +207,7 @@ def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: dis
             # killed before its first one) all of them are: kept, they would log epoch 1 twice
             _restrict_metrics(run_dir / Run.METRICS, engine.epoch)
         engine.fit()
-        train_seconds = previous.get("train_seconds", 0.0) + time.time() - started
+        train_seconds = trained_before + time.time() - started
         write_status(run_dir, train_seconds=train_seconds)
         if evaluate_and_export:
             write_status(run_dir, stage=Stage.EVALUATING.value)
@@ -223,10 +224,10 @@ def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: dis
             stop = TrainingCancelled(f"{stop} (torchrun stops every rank when one fails: its output names the rank)")
         # the Stop button (request_cancel) leaves its flag: a stop the user asked for, not a failure
         ended("cancelled", error=STOPPED_BY_REQUEST if (run_dir / Run.CANCEL).exists() else str(stop),
-              train_seconds=previous.get("train_seconds", 0.0) + time.time() - started)
+              train_seconds=trained_before + time.time() - started)
         raise
     except KeyboardInterrupt:
-        ended("cancelled", error="interrupted (Ctrl-C)")
+        ended("cancelled", error="interrupted (Ctrl-C)", train_seconds=trained_before + time.time() - started)
         raise TrainingCancelled("interrupted (Ctrl-C)") from None
     except LandmarkError as error:
         ended("failed", error=str(error))

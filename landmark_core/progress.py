@@ -8,16 +8,17 @@ nothing has been measured or the stage's length is unknown (decoding, evaluating
 """
 from __future__ import annotations
 
-import enum
+import math
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runs import ACTIVE_STATES, STOPPED_BY_REQUEST, Run, RunState, non_negative, worked_seconds
+from .config import MAX_EPOCHS
+from .runs import ACTIVE_STATES, STOPPED_BY_REQUEST, Run, RunState, TextEnum, count_in, non_negative, worked_seconds
 
 
-class Stage(enum.StrEnum):
+class Stage(TextEnum):
     """What a running session is doing; written to the status as its value."""
     WAITING = "waiting"
     DECODING = "decoding"
@@ -95,7 +96,7 @@ class RunProgress:
 
 
 def format_seconds(seconds: float | None) -> str:
-    if seconds is None:
+    if seconds is None or not math.isfinite(seconds):  # NaN: a missing value in a table
         return "–"
     seconds = int(round(seconds))
     return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m {seconds % 60:02d}s"
@@ -108,11 +109,11 @@ def _epoch_estimate(records: list[dict], frozen: bool) -> float | None:
     return statistics.median(seconds[-3:]) if seconds else None
 
 
-def _eta(status: dict, config: dict, epochs_done: list[dict], batch: int, batches: int | None, total: int,
+def _eta(status: dict, epochs_done: list[dict], batch: int, batches: int | None, total: int,
          now: float) -> float | None:
     """Seconds until the last epoch ends, from what this run measured; None when any remaining epoch's length is
     unknown."""
-    freeze = config.get("freeze_epochs")
+    freeze = status.get("freeze_epochs")
     freeze = freeze if isinstance(freeze, int) and not isinstance(freeze, bool) else None
     started = non_negative(status.get("epoch_started"))
     in_epoch = max(0.0, now - started) if started is not None else 0.0
@@ -141,31 +142,39 @@ def _eta(status: dict, config: dict, epochs_done: list[dict], batch: int, batche
 
 
 def run_progress(run_dir: Path, now: float | None = None) -> RunProgress:
+    """Where the run is now. Never fails on what its files hold (a hand-edited or half-written value counts as
+    missing): listing runs must show every run."""
     run = Run(run_dir)
     now = time.time() if now is None else now
     try:
         status = run.status
     except (ValueError, OSError):
         status = {"state": RunState.DAMAGED.value}
+    if not isinstance(status, dict):
+        status = {"state": RunState.DAMAGED.value}
     config = run.config_values
-    epochs_done = run.epochs
+    epochs_done = [r for r in run.epochs if isinstance(r, dict)]
     try:
         state = RunState(status.get("state", "queued"))
-    except ValueError:
+    except (ValueError, TypeError):
         state = RunState.DAMAGED
-    total = max(1, int(config.get("epochs") or status.get("epochs") or 1))
+    total = max(1, count_in(config.get("epochs"), MAX_EPOCHS) or count_in(status.get("epochs"), MAX_EPOCHS) or 1)
     running = state == RunState.RUNNING
     try:
         stage = Stage(status.get("stage")) if running and status.get("stage") else (Stage.WAITING if running else None)
-    except ValueError:
+    except (ValueError, TypeError):
         stage = Stage.TRAINING if running else None
-    batch = int(status.get("batch") or 0) if running and stage == Stage.TRAINING else 0
-    batches = status.get("batches") or next((r.get("batches") for r in reversed(run.metrics) if r.get("kind") == "batch"), None)
-    decoded = status.get("decoded") if stage == Stage.DECODING and isinstance(status.get("decoded"), list) else None
-    eta = (_eta(status, config, epochs_done, batch, batches, total, now)
+    logged = next((r.get("batches") for r in reversed(run.metrics) if isinstance(r, dict) and r.get("kind") == "batch"), None)
+    batches = count_in(status.get("batches"), 10**9) or count_in(logged, 10**9) or None
+    batch = min(count_in(status.get("batch"), 10**9), batches or 0) if running and stage == Stage.TRAINING else 0
+    decoded = status.get("decoded")
+    decoded = (tuple(count_in(n, 10**12) for n in decoded) if stage == Stage.DECODING and isinstance(decoded, list)
+               and len(decoded) == 2 else None)
+    eta = (_eta(status, epochs_done, batch, batches, total, now)
            if running and stage == Stage.TRAINING else None)
     return RunProgress(
-        state=state, stage=stage if state in ACTIVE_STATES else None, epoch=len(epochs_done), epochs=total,
-        batch=batch, batches=batches, decoded=tuple(decoded) if decoded and len(decoded) == 2 else None,
-        elapsed=worked_seconds(status, now), train_seconds=non_negative(status.get("train_seconds")) if state == RunState.FINISHED else None,
-        eta=eta, processes=int(status.get("processes") or 1), error=status.get("error"))
+        state=state, stage=stage if state in ACTIVE_STATES else None, epoch=min(len(epochs_done), total), epochs=total,
+        batch=batch, batches=batches, decoded=decoded, elapsed=worked_seconds(status, now),
+        train_seconds=non_negative(status.get("train_seconds")) if state == RunState.FINISHED else None,
+        eta=eta, processes=count_in(status.get("processes"), 1024) or 1,
+        error=str(status["error"]) if status.get("error") is not None else None)

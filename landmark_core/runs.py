@@ -24,7 +24,14 @@ from .errors import RunError
 from .fileio import process_alive, read_json, read_jsonl, write_json_atomic
 from .locations import runs_dir
 
-class RunState(enum.StrEnum):
+class TextEnum(str, enum.Enum):
+    """An enum whose members compare equal to, and print as, their string values (what the JSON files store)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class RunState(TextEnum):
     """Where a run is; compares equal to its string (``status.json`` stores the string)."""
     QUEUED = "queued"
     RUNNING = "running"
@@ -58,6 +65,7 @@ class Run:
     EXPORT_META = "export.json"
     MODEL = "model.ts"
     ONNX_MODEL = "model.onnx"
+    ONNX_INT8_MODEL = "model-int8.onnx"
     LOG = "log.txt"
     ERROR = "error.txt"
     CANCEL = "CANCEL"
@@ -132,7 +140,8 @@ class Run:
 
     @property
     def metrics(self) -> list[dict]:
-        return read_jsonl(self.file(self.METRICS))
+        """The metrics log's records (a line that is no JSON object, hand-edited or torn, is left out)."""
+        return [record for record in read_jsonl(self.file(self.METRICS)) if isinstance(record, dict)]
 
     @property
     def epochs(self) -> list[dict]:
@@ -149,7 +158,8 @@ class Run:
     def exported(self) -> bool:
         """Whether the run has an exported model (the file its ``export.json`` names)."""
         meta = self.export_meta
-        return meta is not None and self.file(self.ONNX_MODEL if meta.get("format") == "onnx" else self.MODEL).exists()
+        files = {"onnx": self.ONNX_MODEL, "onnx-int8": self.ONNX_INT8_MODEL}
+        return meta is not None and self.file(files.get(meta.get("format"), self.MODEL)).exists()
 
     @property
     def default_threshold(self) -> float:
@@ -208,7 +218,10 @@ def resolve_run(run: str | os.PathLike, artifacts: Path | None = None) -> Path:
 def read_status(run_dir: Path) -> dict:
     """``status.json`` with ``state`` corrected to "interrupted" when its process is gone."""
     status = read_json(run_dir / Run.STATUS, default={"state": "queued"}) or {"state": "queued"}
-    if status.get("state") in ACTIVE_STATES and not process_alive(status.get("pid")):
+    if not isinstance(status, dict):  # valid JSON, but not what this app writes
+        return {"state": RunState.DAMAGED.value, "error": f"{Run.STATUS} is damaged"}
+    pid = status.get("pid")
+    if status.get("state") in ACTIVE_STATES and not (isinstance(pid, int) and process_alive(pid)):
         if status.get("state") == "running" or status.get("launched"):
             status = {**status, "state": "interrupted"}
     return status
@@ -229,7 +242,10 @@ def _timestamp(text) -> float | None:
 
 
 def non_negative(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
+    """A finite number of at least 0 from a run file, else None (a hand-edited string, -1 or Infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
 
 
 def worked_seconds(status: dict, now: float | None = None) -> float:
@@ -278,7 +294,7 @@ def _readable(path: Path, default):
     return value if isinstance(value, type(default)) or default is None else default
 
 
-def _count(value, high: int) -> int:
+def count_in(value, high: int) -> int:
     """A count from a run file, 0 when it is no whole number from 0 to ``high`` (a hand-edited ``1e308``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return 0
@@ -297,9 +313,9 @@ def summarize(run_dir: Path) -> RunSummary:
     best = max((r["val_acc"] for r in epochs if r.get("val_acc") is not None), default=None)
     return RunSummary(
         run_id=run_dir.name, path=run_dir, state=status.get("state", "queued"), model=config.get("model", "?"),
-        data=config.get("data", ""), epochs=_count(config.get("epochs"), MAX_EPOCHS), epoch=len(epochs), best_val_acc=best,
+        data=config.get("data", ""), epochs=count_in(config.get("epochs"), MAX_EPOCHS), epoch=len(epochs), best_val_acc=best,
         test_acc=(evaluation or {}).get("top1"), duration_s=status.get("train_seconds"),
-        created=status.get("created"), error=status.get("error"), processes=_count(status.get("processes"), 1024) or 1)
+        created=status.get("created"), error=status.get("error"), processes=count_in(status.get("processes"), 1024) or 1)
 
 
 def list_runs(artifacts: Path | None = None) -> list[RunSummary]:

@@ -196,11 +196,11 @@ def finished_runs() -> list:
 
 def trained_on(summary, dataset: Path | None) -> bool:
     """Whether a run was trained on this dataset folder (the same folder, however its path was written)."""
-    if dataset is None or not summary.data:
-        return False
+    if dataset is None or not isinstance(summary.data, str) or not summary.data:
+        return False  # no dataset, or a damaged config.json's
     try:
         return Path(summary.data).expanduser().resolve() == Path(dataset).expanduser().resolve()
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):
         return False
 
 

@@ -31,7 +31,7 @@ metrics = result["metrics"].assign(**{
     "test top-1": result["metrics"]["test top-1"].map(format_percent),
     "test top-5": result["metrics"]["test top-5"].map(format_percent)}).drop(columns="train seconds")
 for whole in ("image size", "epochs"):  # whole numbers, or a dash where a run's config lacks them
-    metrics[whole] = metrics[whole].map(lambda v: "–" if v is None or v != v else str(int(v)))
+    metrics[whole] = metrics[whole].map(lambda v: str(int(v)) if isinstance(v, (int, float)) and v == v else "–")
 st.dataframe(metrics, hide_index=True,
              column_config={"run": st.column_config.TextColumn(width="large")})
 

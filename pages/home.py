@@ -33,7 +33,7 @@ if dataset:
     st.caption(f"Current dataset: `{dataset}`")
 if every_run:
     st.subheader("Recent runs")
-    st.dataframe([{"run": r.run_id, "dataset": Path(r.data).name, "state": r.state, "model": r.model,
+    st.dataframe([{"run": r.run_id, "dataset": Path(r.data).name if isinstance(r.data, str) else "?", "state": r.state, "model": r.model,
                    "epochs": f"{r.epoch}/{r.epochs}", "best val acc": format_percent(r.best_val_acc),
                    "test top-1": format_percent(r.test_acc), "time": format_seconds(r.duration_s)}
                   for r in every_run[:5]], hide_index=True)

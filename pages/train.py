@@ -57,7 +57,7 @@ with st.expander("New training run", expanded=not list_runs()):
                f"head), {info['gflops']:.2f} GFLOPs ({info['gflops'] / 2:.2f} G multiply-adds) per image at "
                f"{info['image_size']} px. Pretrained: {info['pretrained_source']}.")
     # A first visit (no run yet) sees the three steps only: photos, the model, Start. The ~15 settings wait under
-    # Advanced with the defaults that finish in minutes on a 2-core CPU; the choice sticks for the session.
+    # Advanced with the defaults that finish in minutes on a 2-core CPU; it is on by default once runs exist.
     advanced = st.toggle("Advanced settings", key="train_advanced", value=bool(list_runs()),
                          help="Epochs, learning rate, image size, optimizer, augmentation, regularisation and processes. "
                               "Off: the model's defaults.")
@@ -141,33 +141,41 @@ with st.expander("New training run", expanded=not list_runs()):
                              freeze_epochs=None if int(freeze_epochs) == defaults.freeze_epochs else int(freeze_epochs),
                              tta_flip=tta_flip, class_balanced=class_balanced, weight_decay=float(weight_decay),
                              label_smoothing=float(label_smoothing), early_stopping_patience=int(patience))
-        st.session_state["pending_start"] = (config, int(processes))
+        launch_now = (config, int(processes))
+        st.session_state["pending_start"] = launch_now
+    else:
+        launch_now = None
     pending = st.session_state.get("pending_start")
-    if pending:
-        training_now = [r.run_id for r in list_runs() if is_training(r.path)]
-        go = not training_now
-        if training_now:
-            st.warning(f"{', '.join(training_now)} {'is' if len(training_now) == 1 else 'are'} training already: a second "
-                       f"run shares the {os.cpu_count()} CPU cores, and both take about twice as long. Start anyway?")
-            yes, no = st.columns([1, 6])
-            go = yes.button("Start anyway", type="primary", key="start_anyway")
-            if no.button("Don't start", key="start_cancelled"):
-                st.session_state.pop("pending_start")
-                st.rerun()
-        if go:
+    training_now = [r.run_id for r in list_runs() if is_training(r.path)] if pending else []
+    if pending and pending[0].data != str(dataset):
+        st.session_state.pop("pending_start")  # asked about another dataset's run: the question is gone
+    elif pending and training_now:
+        st.warning(f"{', '.join(training_now)} {'is' if len(training_now) == 1 else 'are'} training already: a second "
+                   f"run shares the {os.cpu_count()} CPU cores, and both take about twice as long. Start anyway?")
+        yes, no = st.columns([1, 6])
+        if yes.button("Start anyway", type="primary", key="start_anyway"):
+            launch_now = pending
+        elif no.button("Don't start", key="start_cancelled"):
             st.session_state.pop("pending_start")
-            config, processes = pending
-            try:
-                run_dir = create_run(config)
-                launch_background(run_dir, processes=processes)
-                st.session_state["live_run_select"] = run_dir.name  # the live view follows the new run
-                resolved = config.resolved()
-                frozen = (f", the first {resolved.freeze_epochs} with the backbone frozen"
-                          if resolved.freeze_epochs and config.model != "scratch_cnn" else "")
-                st.success(f"Started {run_dir.name} ({resolved.epochs} epochs{frozen}): it trains in the background, "
-                           "so you can leave this page.")
-            except LandmarkError as error:
-                show_error(error)
+            st.rerun()
+        else:
+            launch_now = None  # only an answer starts it, never a later rerun
+    elif pending and not launch_now:
+        st.session_state.pop("pending_start")  # the other run has ended meanwhile: nothing starts unasked
+    if launch_now:
+        st.session_state.pop("pending_start", None)
+        config, processes = launch_now
+        try:
+            run_dir = create_run(config)
+            launch_background(run_dir, processes=processes)
+            st.session_state["live_run_select"] = run_dir.name  # the live view follows the new run
+            resolved = config.resolved()
+            frozen = (f", the first {resolved.freeze_epochs} with the backbone frozen"
+                      if resolved.freeze_epochs and config.model != "scratch_cnn" else "")
+            st.success(f"Started {run_dir.name} ({resolved.epochs} epochs{frozen}): it trains in the background, "
+                       "so you can leave this page.")
+        except LandmarkError as error:
+            show_error(error)
 
 runs = list_runs()
 if not runs:

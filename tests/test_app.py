@@ -602,8 +602,12 @@ def test_train_page_shows_a_finished_background_sweep_and_its_suggestion(app_env
     at.run()
     at.selectbox[0].set_value("scratch_cnn").run()
     assert not at.exception
-    said = [m.value for m in at.markdown if "learning rate" in m.value.lower() or "No clear descent" in m.value]
-    assert said and (f"{result.suggestion:.1e}" in said[0] if result.suggestion else "No clear descent" in said[0])
+    try:
+        said = [m.value for m in at.markdown if "learning rate" in m.value.lower() or "No clear descent" in m.value]
+        assert said and (f"{result.suggestion:.1e}" in said[0] if result.suggestion else "No clear descent" in said[0])
+    finally:
+        import shutil
+        shutil.rmtree(sweep.folder)  # the artifacts folder is shared by the page tests
 
 
 def test_compare_writes_shares_and_missing_values_as_every_page_does(app_env, run_on_another_dataset):

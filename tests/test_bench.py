@@ -11,7 +11,7 @@ def test_benchmark_smoke_run_writes_every_table(tmp_path):
     text = out.read_text()
     for title in ("1. Input pipeline", "2. Frozen-backbone", "3. Training step", "4. Inference", "5. Time to",
                   "6. Real photos", "7. Few-shot", "8. Open set", "9. Tagging a photo library",
-                  "11. Review and teach", "12. Serving over loopback"):
+                  "11. Review and teach", "12. Serving over loopback", "13. Inference back-ends"):
         assert title in text
     assert "| baseline" in text and "vs baseline" in text
     assert "| before review |" in text and "| after Retrain |" in text

@@ -20,6 +20,9 @@ def own_dataset(tiny_dataset, tmp_path):
 
 
 def test_suspects_are_training_photos_ranked_by_loss_on_their_own_label(own_dataset, artifacts):
+    classes = sorted(p for p in (own_dataset / "train").iterdir() if p.is_dir())
+    planted = classes[1] / "planted-from-another-class.jpg"  # a photo of the first class, filed under the second
+    shutil.copy(next(classes[0].glob("*.jpg")), planted)
     run_dir = train_new(tiny_config(own_dataset, epochs=2), artifacts)
     suspects = suspect_photos(run_dir, limit=5)
     training = {s.path for s in scan_dataset(own_dataset).train}

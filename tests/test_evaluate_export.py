@@ -210,3 +210,77 @@ def test_model_bundle_loads_with_the_lines_its_readme_gives(trained_run, tmp_pat
     assert done.returncode == 0, done.stderr
     name = done.stdout.split()[0]
     assert name == Predictor(trained_run).predict(photo)[0].label
+
+
+def test_the_int8_bound_counts_top1_and_tag_decisions():
+    """Issue 26: an int8 model is accepted only within half a point of top-1 and 99% of the tag decisions."""
+    from landmark_core.export import int8_verdict, tag_outcomes
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(4) * 0.3, size=200).astype(np.float32)
+    familiarity = rng.uniform(0.3, 0.9, 200).astype(np.float32)
+    labels = probabilities.argmax(1)
+    outcomes = tag_outcomes(probabilities, familiarity, 0.5, 0.6)
+    assert set(outcomes) == {0, 1, 2}  # tagged, unknown, abstained all occur
+    assert (outcomes[familiarity < 0.6] == 1).all() and (outcomes[(familiarity >= 0.6) & (probabilities.max(1) < 0.5)] == 2).all()
+    same = int8_verdict((probabilities, familiarity), (probabilities.copy(), familiarity.copy()), labels, 0.5, 0.6)
+    assert same["accepted"] and same["decision_agreement"] == 1.0 and same["top1_change_points"] == 0.0
+    # familiarity pushed across the threshold on 3 photos of 200: 98.5% agreement, refused though top-1 is untouched
+    moved = familiarity.copy()
+    near = np.argsort(np.abs(familiarity - 0.6))[:3]
+    moved[near] = np.where(familiarity[near] >= 0.6, 0.59, 0.61)
+    drifted = int8_verdict((probabilities, familiarity), (probabilities, moved), labels, 0.5, 0.6)
+    assert drifted["decision_agreement"] == pytest.approx(197 / 200) and not drifted["accepted"]
+    assert drifted["top1_change_points"] == 0.0
+    # one wrong top-1 in 200 is half a point: still within the bound; two are not
+    flipped = probabilities.copy()
+    for count, accepted in ((1, True), (2, False)):
+        flipped = probabilities.copy()
+        for row in range(count):
+            flipped[row] = np.roll(flipped[row], 1)
+        verdict = int8_verdict((probabilities, familiarity), (flipped, familiarity), labels, 0.0, None)
+        assert verdict["top1_change_points"] == pytest.approx(0.5 * count) and verdict["accepted"] == accepted
+
+
+def test_an_int8_export_keeps_the_bound_or_leaves_the_current_export(trained_run, tmp_path):
+    """Quantised on the run's own training photos and judged on its test photos: either it keeps the bound and is
+    what the Predictor loads, or it is refused in one line and the export before it stays, byte for byte."""
+    import shutil
+
+    from landmark_core.export import OnnxClassifier, export_run
+    from landmark_core.runs import Run
+
+    copy = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
+    before = (copy / "export.json").read_bytes(), (copy / "model.ts").read_bytes()
+    try:
+        export_run(copy, format="onnx-int8")
+    except ModelError as refused:
+        message = str(refused)
+        assert message.startswith("int8 export refused: on ") and message.endswith("the current export stays")
+        assert "\n" not in message
+        assert ((copy / "export.json").read_bytes(), (copy / "model.ts").read_bytes()) == before
+        assert not (copy / "model-int8.onnx").exists() and not list(copy.glob(".*candidate*"))
+        assert isinstance(Predictor(copy).module, torch_module_type())
+        return
+    meta = read_json(copy / "export.json")
+    check = meta["int8_check"]
+    assert meta["format"] == "onnx-int8" and Run(copy).exported and check["accepted"]
+    assert check["decision_agreement"] >= 0.99 and check["top1_change_points"] <= 0.5
+    assert check["photos"] == len(read_json(copy / "predictions.json"))
+    assert isinstance(Predictor(copy).module, OnnxClassifier)
+
+
+def torch_module_type():
+    import torch
+    return torch.jit.ScriptModule
+
+
+def test_the_int8_bound_holds_at_exactly_99_percent():
+    from landmark_core.export import int8_verdict
+    probabilities = np.tile(np.array([[0.9, 0.1]], np.float32), (200, 1))
+    familiarity = np.full(200, 0.9, np.float32)
+    labels = np.zeros(200, int)
+    moved = familiarity.copy()
+    moved[:2] = 0.1  # 198 of 200 decisions agree: exactly 99%
+    assert int8_verdict((probabilities, familiarity), (probabilities, moved), labels, 0.5, 0.5)["accepted"]
+    moved[2] = 0.1
+    assert not int8_verdict((probabilities, familiarity), (probabilities, moved), labels, 0.5, 0.5)["accepted"]

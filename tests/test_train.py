@@ -389,19 +389,22 @@ def test_a_background_sweep_reports_progress_and_keeps_its_result(tiny_dataset, 
     assert sweep.state == SweepState.RUNNING and sweep.progress[1] == 12
     with pytest.raises(LandmarkError, match="running already"):
         Sweep.start(str(tiny_dataset), "scratch_cnn", steps=12, artifacts=artifacts)
-    seen = set()
+    seen = []
     deadline = time.time() + 300
     while sweep.state == SweepState.RUNNING and time.time() < deadline:
-        seen.add(sweep.progress[0])
+        seen.append(sweep.progress)
         time.sleep(0.2)
     assert sweep.state == SweepState.FINISHED, (sweep.error, (sweep.folder / Sweep.LOG).read_text()[-2000:])
     result = sweep.result
     assert 1 <= len(result.learning_rates) == len(result.losses) <= 12
     assert sweep.progress == (len(result.learning_rates), len(result.learning_rates))
+    done = [d for d, _ in seen]  # what a page polling it saw: batches done, never going back, within the total
+    assert done == sorted(done) and all(0 <= d <= total == 12 for d, total in seen)
     assert Sweep.of(str(tiny_dataset), "scratch_cnn", artifacts).result == result  # the same folder for the pair
     assert not list(artifacts.glob("runs/*"))
 
     missing = Sweep.start(str(tmp_path / "no-such-folder"), "scratch_cnn", steps=12, artifacts=artifacts)
+    deadline = time.time() + 300
     while missing.state == SweepState.RUNNING and time.time() < deadline:
         time.sleep(0.2)
     assert missing.state == SweepState.FAILED and "no-such-folder" in missing.error and missing.result is None
