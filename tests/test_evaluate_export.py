@@ -314,3 +314,28 @@ def test_the_onnx_round_trip_is_strict_where_the_predictor_feeds_it(trained_run)
             _check_round_trip(trained_run, wrapper, [Shifted(2e-3, 0.0)], at_size, resized, strict_ranks=False)
         with pytest.raises(ModelError, match="on a 211x157 photo"):
             _check_round_trip(trained_run, wrapper, [Shifted(0.0, 0.1)], at_size, resized, strict_ranks=False)
+
+
+def test_export_fastest_times_every_format_and_keeps_the_fastest_that_passes(trained_run, tmp_path):
+    """Issue 26: the back-end is chosen per machine by measurement; a format refused by its own check is left out
+    with its reason, and what is kept is signed and loaded by the Predictor."""
+    import shutil
+
+    from landmark_core.export import FORMATS, export_fastest
+    from landmark_core.runs import Run
+
+    copy = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
+    path, speed = export_fastest(copy)
+    assert set(speed) == set(FORMATS)
+    timed = {f: s for f, s in speed.items() if isinstance(s, float)}
+    assert "torchscript" in timed and all(s > 0 for s in timed.values())
+    assert all(isinstance(s, str) and s for f, s in speed.items() if f not in timed)  # the reason, in words
+    meta = read_json(copy / "export.json")
+    assert meta["format"] == max(timed, key=timed.get) and path.name == FORMATS[meta["format"]]
+    assert meta["speed"] == speed and Run(copy).exported
+    predictor = Predictor(copy)  # signed: it loads
+    row = read_json(copy / "predictions.json")[0]
+    if meta["format"] == "onnx-int8":  # int8 answers within its bound, not photo for photo
+        assert meta["int8_check"]["accepted"]
+    else:
+        assert predictor.predict(row["path"], top_k=1)[0].index == Predictor(trained_run).predict(row["path"], top_k=1)[0].index
