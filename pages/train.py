@@ -16,10 +16,11 @@ from landmark_core.runs import (ACTIVE_STATES, RunState, Run, delete_run, is_tra
 from landmark_core.config import HEAD_SOLVERS, OPTIMIZERS, SCHEDULERS, TrainConfig
 from landmark_core.lr_finder import Sweep, SweepState
 from landmark_core.pipeline import create_run
-from pages.common import dataset_classes, format_percent, model_summary, format_seconds, require_dataset, show_error
+from pages.common import dataset_classes, format_percent, format_seconds, model_summary, require_dataset, show_error
 
 st.title("🏋️ Train")
 dataset = require_dataset()
+
 
 def sweep_view(sweep: Sweep, model: str, refreshing: bool) -> None:
     """The sweep's progress while its process runs (refreshed every second, this fragment alone), then its curve
