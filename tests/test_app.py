@@ -624,3 +624,40 @@ def test_compare_writes_shares_and_missing_values_as_every_page_does(app_env, ru
     assert "None" not in table.to_string() and "nan" not in table.to_string().lower()
     assert all(v == "–" or (v.endswith("%") and len(v.split(".")[-1]) == 2) for v in table["test top-1"])
     assert "–" in list(table.loc[table["run"] == run_on_another_dataset.name, "test top-5"])
+
+
+def _chart_specs(at) -> list[dict]:
+    import json as _json
+    return [_json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
+
+
+def _encodings(spec: dict):
+    for part in [spec, *spec.get("layer", [])]:
+        for channel, encoding in (part.get("encoding") or {}).items():
+            if isinstance(encoding, dict):
+                yield channel, encoding
+
+
+def test_charts_have_titled_formatted_axes_and_whole_labels(app_env):
+    """Issue 24, items 14, 17 and 18: no Altair default titles ("Count of Records", a field named x or y), whole
+    epochs on epoch axes, and class labels that are not cut at Vega's default 180 px."""
+    from landmark_core.runs import list_runs
+    finished = next(r for r in list_runs(app_env) if r.state == "finished")
+    pages = {"explore": page("explore"), "evaluate": page("evaluate"), "train": page("train")}
+    pages["train"].session_state["live_run_select"] = finished.run_id
+    for name, at in pages.items():
+        at.run()
+        assert not at.exception, name
+        for spec in _chart_specs(at):
+            for channel, encoding in _encodings(spec):
+                if channel not in ("x", "y"):
+                    continue
+                field = encoding.get("field") or ""
+                aggregate = encoding.get("aggregate")
+                assert field not in ("x", "y"), (name, encoding)
+                if aggregate == "count":
+                    assert encoding.get("title"), (name, encoding)  # else Vega writes "Count of Records"
+                if field == "epoch":
+                    assert encoding["axis"]["format"] == "d", (name, encoding)
+                if field in ("label", "landmark") and encoding.get("type") == "nominal":
+                    assert encoding["axis"].get("labelLimit", 0) >= 240 or encoding["axis"].get("labelLimit") == 0, (name, encoding)
