@@ -32,7 +32,7 @@ class RunProgress:
     state: RunState
     stage: Stage | None  # None once the run has ended
     epoch: int  # epochs completed
-    epochs: int
+    epochs: int | None  # planned; None when the run's config holds no sensible count
     batch: int  # batches done in the epoch in progress (0 between epochs)
     batches: int | None
     decoded: tuple[int, int] | None  # photos decoded / to decode, while decoding
@@ -47,7 +47,7 @@ class RunProgress:
         if self.state == RunState.FINISHED or self.stage in (Stage.EVALUATING, Stage.EXPORTING):
             return 1.0
         within = self.batch / self.batches if self.batch and self.batches else 0.0
-        return min(1.0, (self.epoch + within) / max(1, self.epochs))
+        return min(1.0, (self.epoch + within) / max(1, self.epochs or self.epoch + 1))
 
     @property
     def stopped_by_request(self) -> bool:
@@ -61,7 +61,8 @@ class RunProgress:
     def describe(self, with_error: bool = True) -> str:
         """One line: what the run does or how it ended, where it is and its times (and the error of a failed run
         unless ``with_error`` is False, for a page that shows it apart)."""
-        where = f"epoch {self.epoch} of {self.epochs}"
+        planned = self.epochs or "?"
+        where = f"epoch {self.epoch} of {planned}"
         on = f" on {self.processes} processes" if self.processes > 1 else ""
         worked = f"elapsed {format_seconds(self.elapsed)}"
         if self.state == RunState.RUNNING:
@@ -69,12 +70,12 @@ class RunProgress:
                 counted = f" {self.decoded[0]:,}/{self.decoded[1]:,}" if self.decoded else ""
                 doing = f"decoding photos{counted} (the first time only: they are cached)"
             elif self.stage == Stage.EVALUATING:
-                doing = f"evaluating on the test photos (trained {self.epoch} of {self.epochs} epochs)"
+                doing = f"evaluating on the test photos (trained {self.epoch} of {planned} epochs)"
             elif self.stage == Stage.EXPORTING:
                 doing = "exporting the model"
             elif self.stage == Stage.TRAINING:
                 batch = f" · batch {self.batch}/{self.batches}" if self.batch and self.batches else ""
-                doing = f"training epoch {min(self.epoch + 1, self.epochs)} of {self.epochs}{batch}"
+                doing = f"training epoch {min(self.epoch + 1, self.epochs or self.epoch + 1)} of {planned}{batch}"
             else:
                 doing = "starting"
             eta = f" · ETA {format_seconds(self.eta)}" if self.eta is not None else ""
@@ -83,7 +84,7 @@ class RunProgress:
             return "waiting to start"
         if self.state == RunState.FINISHED:
             trained = f"trained in {format_seconds(self.train_seconds)}, " if self.train_seconds is not None else ""
-            return f"finished · {self.epoch} epoch{'s' if self.epoch != 1 else ''} · {trained}{format_seconds(self.elapsed)} in all"
+            return f"finished · {self.epoch} of {planned} epochs · {trained}{format_seconds(self.elapsed)} in all"
         if self.state == RunState.CANCELLED:
             how = "stopped" if self.stopped_by_request else f"stopped ({self.error})" if self.error else "stopped"
             return f"{how} after {where} · {worked} · Resume continues from the last finished epoch"
@@ -158,7 +159,10 @@ def run_progress(run_dir: Path, now: float | None = None) -> RunProgress:
         state = RunState(status.get("state", "queued"))
     except (ValueError, TypeError):
         state = RunState.DAMAGED
-    total = max(1, count_in(config.get("epochs"), MAX_EPOCHS) or count_in(status.get("epochs"), MAX_EPOCHS) or 1)
+    # the config is the plan: an absurd count there is no count (a status's copy of it is not the plan)
+    planned = config.get("epochs")
+    total = count_in(planned, MAX_EPOCHS) if planned is not None else count_in(status.get("epochs"), MAX_EPOCHS)
+    total = total or None
     running = state == RunState.RUNNING
     try:
         stage = Stage(status.get("stage")) if running and status.get("stage") else (Stage.WAITING if running else None)
@@ -171,9 +175,10 @@ def run_progress(run_dir: Path, now: float | None = None) -> RunProgress:
     decoded = (tuple(count_in(n, 10**12) for n in decoded) if stage == Stage.DECODING and isinstance(decoded, list)
                and len(decoded) == 2 else None)
     eta = (_eta(status, epochs_done, batch, batches, total, now)
-           if running and stage == Stage.TRAINING else None)
+           if running and stage == Stage.TRAINING and total else None)
     return RunProgress(
-        state=state, stage=stage if state in ACTIVE_STATES else None, epoch=min(len(epochs_done), total), epochs=total,
+        state=state, stage=stage if state in ACTIVE_STATES else None, epoch=min(len(epochs_done), total or MAX_EPOCHS),
+        epochs=total,
         batch=batch, batches=batches, decoded=decoded, elapsed=worked_seconds(status, now),
         train_seconds=non_negative(status.get("train_seconds")) if state == RunState.FINISHED else None,
         eta=eta, processes=count_in(status.get("processes"), 1024) or 1,

@@ -216,7 +216,7 @@ def test_demo_train_evaluate_predict_in_chromium(server):
         expect(stopped).to_be_visible(timeout=120_000)
         assert "ETA" not in stopped.inner_text() and "signal" not in stopped.inner_text()
         main.get_by_role("button", name="Resume", exact=True).click()
-        expect(page.get_by_text(re.compile(r"finished · 1 epoch · trained in \d+m \d\ds"))).to_be_visible(timeout=300_000)
+        expect(page.get_by_text(re.compile(r"finished · 1 of 1 epochs · trained in \d+m \d\ds"))).to_be_visible(timeout=300_000)
         no_exceptions()
         shot("05-train-stopped-resumed-finished")
 
@@ -361,7 +361,7 @@ def test_fifty_classes_every_page_and_a_labelled_confusion_matrix(fifty_class_ar
         # the live view follows the new run (the one already there is finished too: wait for this one's progress)
         expect(page.get_by_role("combobox", name="Run", exact=True)).to_have_value(re.compile("efficientnet_lite2"))
         expect(page.get_by_text(re.compile(r"waiting to start|running( on \d+ processes)? ·"))).to_be_visible()
-        expect(page.get_by_text(re.compile(r"finished · 1 epoch · "))).to_be_visible(timeout=300_000)
+        expect(page.get_by_text(re.compile(r"finished · 1 of 1 epochs · "))).to_be_visible(timeout=300_000)
         tab.no_exceptions()
         tab.shot("02-trained")
         steps = [("Explore dataset", "Clean the training photos"), ("Compare runs", "Where they disagree"),
@@ -584,9 +584,10 @@ def test_round_three_compare_across_datasets_a_100_megapixel_photo_and_a_backgro
         page.get_by_role("link", name="Train").click()
         page.get_by_text("New training run").click()
         page.get_by_role("combobox", name="Model", exact=True).click()
-        page.keyboard.type("scratch_cnn")  # typing filters the list; Enter takes its one match
-        page.keyboard.press("Enter")
-        expect(page.get_by_role("combobox", name="Model", exact=True)).to_have_value("scratch_cnn")
+        page.keyboard.type("scratch")  # typing opens the list, filtered to the one match
+        page.locator("[role=option]").filter(has_text="scratch_cnn").click()
+        # the model's own description (the combobox's text is what was typed, chosen or not)
+        expect(page.get_by_text("Our residual CNN trained from scratch")).to_be_visible()
         page.get_by_role("button", name="Find a learning rate").click()
         expect(page.get_by_text(re.compile(r"Sweeping scratch_cnn in the background… batch \d+/80"))).to_be_visible()
         expect(page.get_by_role("button", name="Rename", exact=True)).to_be_visible()  # the page stays usable

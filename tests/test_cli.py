@@ -53,7 +53,7 @@ def test_train_then_predict_from_the_cli(tiny_dataset, tmp_path):
     import re
     assert re.search(r"epoch 1/1 .* elapsed \d+m \d\ds", result.stderr), result.stderr
     listed = run_cli("runs", env_artifacts=tmp_path).stdout
-    assert re.search(rf"{os.path.basename(run_dir)}  scratch_cnn +finished · 1 epoch · trained in \d+m \d\ds", listed), listed
+    assert re.search(rf"{os.path.basename(run_dir)}  scratch_cnn +finished · 1 of 1 epochs · trained in \d+m \d\ds", listed), listed
     image = next((tiny_dataset / "test").rglob("*.jpg"))
     text = run_cli("predict", run_dir, image, env_artifacts=tmp_path).stdout.splitlines()
     # first line: the photo and the tag decision; then the top-5 (tiny set: 3 classes, so all 3)

@@ -384,7 +384,7 @@ def test_25_an_empty_shard_and_absurd_epochs_are_clear(finished_copy, photos, tm
     write_json_atomic(finished_copy / "config.json", {**config, "epochs": 1e308})
     result = landmark("runs", artifacts=finished_copy.parent.parent)
     assert result.returncode == 0 and "e+" not in result.stdout and "000000" not in result.stdout
-    assert "/?" in result.stdout
+    assert "finished · 2 of ? epochs" in result.stdout  # the plan is unknown: said so, not a huge number
 
 
 def test_25_sigterm_during_tag_says_so_and_writes_the_summary(finished_copy, photos, tmp_path):

@@ -23,7 +23,7 @@ def test_curves_and_progress_of_a_finished_run(trained_run):
     assert sorted(curves["epoch"].unique()) == [1, 2]
     progress = run_progress(trained_run)
     assert progress.state == "finished" and progress.fraction == 1.0 and progress.eta is None
-    assert progress.describe().startswith("finished · 2 epochs · trained in ")
+    assert progress.describe().startswith("finished · 2 of 2 epochs · trained in ")
     assert progress.elapsed >= progress.train_seconds > 0
     assert list(batch_losses(trained_run)["batch"]) == sorted(batch_losses(trained_run)["batch"])
 

@@ -147,12 +147,14 @@ def test_odd_values_in_a_runs_files_never_break_its_progress(tmp_path):
         "freeze_epochs": "2", "epoch_started": -5, "error": 42}, [{"epoch_seconds": "slow"}, "not a record"],
         {"epochs": "abc"})
     progress = run_progress(run_dir, now=now)
-    assert progress.epochs == 1 and progress.processes == 1 and progress.batch == 0
+    assert progress.epochs is None and progress.processes == 1 and progress.batch == 0
     assert progress.elapsed == 0.0 and progress.eta is None and progress.error == "42"
     assert "decoding photos" in progress.describe()
     (run_dir / Run.CONFIG).write_text(json.dumps({"epochs": 1e9}))
     write_status(run_dir, stage="training", batch=1, batches=10, epoch_started=now - 1, seconds=1.0)
-    assert run_progress(run_dir, now=now).epochs == 1  # an absurd epoch count is no count (and no endless ETA)
+    absurd = run_progress(run_dir, now=now)
+    assert absurd.epochs is None and absurd.eta is None  # an absurd epoch count is no count (and no endless ETA)
+    assert "training epoch 2 of ? · batch 1/10" in absurd.describe()  # one epoch record is readable
     (run_dir / Run.STATUS).write_text("[1, 2]")
     assert run_progress(run_dir).state == RunState.DAMAGED
 
