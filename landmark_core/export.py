@@ -25,7 +25,7 @@ from .checkpoints import load_feature_bank, load_run_model
 from .config import run_preprocessing
 from .errors import ModelError, RunError
 from .fileio import read_json, sha256_file, write_json_atomic
-from .openset import familiarity
+from .openset import familiarity, tag_outcomes
 from .runs import Run
 from .transforms import freeze_scripted, resize_and_centre_crop
 
@@ -344,15 +344,6 @@ def _decoded(paths: list[str], wrapper: ExportedClassifier) -> list[np.ndarray]:
         except (ImageError, OSError):
             continue
     return squares
-
-
-def tag_outcomes(probabilities: np.ndarray, familiarity: np.ndarray, probability_threshold: float,
-                 familiarity_threshold: float | None) -> np.ndarray:
-    """The tag decision per photo from a model's outputs: 0 tagged, 1 unknown (not familiar), 2 abstained (not
-    sure enough), as :func:`~landmark_core.tagging.decide` takes it for photos without GPS."""
-    familiar = np.ones(len(probabilities), bool) if familiarity_threshold is None else familiarity >= familiarity_threshold
-    sure = probabilities.max(1) >= probability_threshold
-    return np.where(~familiar, 1, np.where(sure, 0, 2))
 
 
 def int8_verdict(reference: tuple[np.ndarray, np.ndarray], quantized: tuple[np.ndarray, np.ndarray],

@@ -139,10 +139,26 @@ def choose_familiarity_threshold(pseudo_unknown: np.ndarray, unknown: np.ndarray
             "calibration_unknowns": 0 if unknown is None else int(len(unknown))}
 
 
+TAGGED, UNKNOWN, ABSTAINED = 0, 1, 2
+
+
+def tag_outcomes(probabilities: np.ndarray, familiarity_scores: np.ndarray, probability_threshold: float,
+                 familiarity_threshold: float | None) -> np.ndarray:
+    """The joint rule per photo, from a model's probabilities ``(N, C)`` and familiarity ``(N,)``: TAGGED,
+    UNKNOWN (not familiar) or ABSTAINED (not sure enough), as :func:`~landmark_core.tagging.decide` takes it for
+    one photo without GPS."""
+    familiar = (np.ones(len(probabilities), bool) if familiarity_threshold is None
+                else familiarity_scores >= familiarity_threshold)
+    sure = probabilities.max(1) >= probability_threshold
+    return np.where(~familiar, UNKNOWN, np.where(sure, TAGGED, ABSTAINED))
+
+
 def operating_point(probability: np.ndarray, familiarity_scores: np.ndarray, probability_threshold: float,
                     familiarity_threshold: float, correct: np.ndarray | None = None) -> dict:
-    """What the joint rule does to a set of photos: the share tagged and, for known photos, its precision."""
-    tagged = (probability >= probability_threshold) & (familiarity_scores >= familiarity_threshold)
+    """What the joint rule does to a set of photos: the share tagged and, for known photos, its precision.
+    ``probability`` is each photo's top probability."""
+    tagged = tag_outcomes(np.asarray(probability).reshape(-1, 1), np.asarray(familiarity_scores),
+                          probability_threshold, familiarity_threshold) == TAGGED
     point = {"count": int(len(tagged)), "tagged": int(tagged.sum()),
              "tagged_share": float(tagged.mean()) if len(tagged) else None}
     if correct is not None:

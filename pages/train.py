@@ -20,6 +20,7 @@ from pages.common import dataset_classes, format_percent, format_seconds, model_
 
 st.title("🏋️ Train")
 dataset = require_dataset()
+existing_runs = list_runs()  # read once for the form and the question (the list below is read again: a run may just have started)
 
 
 def sweep_view(sweep: Sweep, model: str, refreshing: bool) -> None:
@@ -47,7 +48,7 @@ def sweep_view(sweep: Sweep, model: str, refreshing: bool) -> None:
         st.rerun(scope="app")  # it has just ended: draw once more, without the timer
 
 
-with st.expander("New training run", expanded=not list_runs()):
+with st.expander("New training run", expanded=not existing_runs):
     model = st.selectbox("Model", list_models(), index=list_models().index(DEFAULT_TRANSFER_MODEL),
                          help=f"scratch_cnn learns from random weights; the others start from ImageNet. "
                               f"{DEFAULT_TRANSFER_MODEL} was the most accurate on real photos.")
@@ -59,7 +60,7 @@ with st.expander("New training run", expanded=not list_runs()):
                f"{info['image_size']} px. Pretrained: {info['pretrained_source']}.")
     # A first visit (no run yet) sees the three steps only: photos, the model, Start. The ~15 settings wait under
     # Advanced with the defaults that finish in minutes on a 2-core CPU; it is on by default once runs exist.
-    advanced = st.toggle("Advanced settings", key="train_advanced", value=bool(list_runs()),
+    advanced = st.toggle("Advanced settings", key="train_advanced", value=bool(existing_runs),
                          help="Epochs, learning rate, image size, optimizer, augmentation, regularisation and processes. "
                               "Off: the model's defaults.")
     # Enter in a number field must not start a run (a second click on Start started another): only the button does
@@ -147,7 +148,7 @@ with st.expander("New training run", expanded=not list_runs()):
     else:
         launch_now = None
     pending = st.session_state.get("pending_start")
-    training_now = [r.run_id for r in list_runs() if is_training(r.path)] if pending else []
+    training_now = [r.run_id for r in existing_runs if is_training(r.path)] if pending else []
     if pending and pending[0].data != str(dataset):
         st.session_state.pop("pending_start")  # asked about another dataset's run: the question is gone
     elif pending and training_now:
