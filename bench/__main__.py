@@ -9,6 +9,7 @@
     python -m bench --only review --data KNOWN OTHER           # tag, review the mistakes, Retrain: real photos
     python -m bench --only serve                               # landmark serve: 1, 4, 16 clients, batching on/off
     python -m bench --only backends --data DIR [DIR ...]       # TorchScript vs ONNX Runtime fp32 and int8
+    python -m bench --only scratch --data DIR [DIR ...]        # the scratch CNN's recipe: each set and all merged
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from . import suites
 from .common import demo_dataset, machine
 
 NAMES = ["input", "frozen", "throughput", "inference", "tta", "real", "fewshot", "openset", "tagging", "distributed",
-         "review", "serve", "backends"]
+         "review", "serve", "backends", "scratch"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # as every training process does (landmark_core.pipeline.train)
     scale = suites.SMOKE if args.smoke else suites.FULL
     out = Path(args.out) if args.out else (None if args.smoke else Path("BENCHMARKS.md"))
-    chosen = args.only or [name for name in NAMES if (name not in ("real", "fewshot", "openset", "review", "backends") or args.data or args.smoke)
+    chosen = args.only or [name for name in NAMES if (name not in ("real", "fewshot", "openset", "review", "backends", "scratch") or args.data or args.smoke)
                            # two training processes need two cores; tests/test_distributed.py covers the mechanism
                            and not (name == "distributed" and args.smoke)]
     with tempfile.TemporaryDirectory(prefix="landmark-bench-") as scratch:
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             "tta": lambda: suites.time_to_accuracy(scale, demo, work),
             "real": lambda: suites.real_photos(scale, [Path(d).resolve() for d in args.data] or [photos_for_smoke()], work),
             "fewshot": lambda: suites.few_shot(scale, [Path(d).resolve() for d in args.data] or [photos_for_smoke()], work),
+            "scratch": lambda: suites.scratch_recipe(scale, [Path(d).resolve() for d in args.data] or [
+                photos_for_smoke(), photo_dataset_for_smoke("scratch-smoke-b", first_class=3)], work),
             "tagging": lambda: suites.tagging(scale, work),
             "distributed": lambda: suites.distributed_training(scale, demo, work),
             "serve": lambda: suites.serving(scale, work),

@@ -31,7 +31,8 @@ class MetricsLogger(Callback):
 
 
 class Checkpointer(Callback):
-    """Writes ``checkpoint_last.pt`` every epoch and ``checkpoint_best.pt`` on a new best validation accuracy."""
+    """Writes ``checkpoint_last.pt`` every epoch and ``checkpoint_best.pt``, the model the run keeps, on a new best
+    validation accuracy (or every epoch, when the config keeps the last epoch rather than the best)."""
 
     order = 20  # after the callbacks whose state it saves (early stopping)
 
@@ -46,7 +47,9 @@ class Checkpointer(Callback):
         if is_best:
             engine.best_val_acc, engine.best_val_loss = val_acc, val_loss
         state = {**engine.state_dict(), "config": self.config.to_dict(), **self.meta}
-        if is_best:
+        # early stopping ends a run epochs after its best one: that one is kept, whatever keep_best says
+        keeps_last = not self.config.keep_best and not self.config.early_stopping_patience
+        if is_best or keeps_last:
             save_checkpoint(Run(self.run_dir).checkpoint("best"), state)
         save_checkpoint(Run(self.run_dir).checkpoint("last"), state)
 

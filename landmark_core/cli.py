@@ -156,6 +156,11 @@ def cmd_train(args) -> int:
     else:
         if not args.data:
             raise LandmarkError("--data DIR is required (or --data demo for the built-in demo set)")
+        if args.estimate:
+            from .estimate import estimate
+            config = _config_from_args(args)
+            print(f"{config.model} on {Path(config.data).name}: {estimate(config).describe()}")
+            return 0
         from .pipeline import create_run
         run_dir, resume = create_run(_config_from_args(args)), False
         processes = args.nproc_per_node or 1
@@ -597,6 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted or cancelled run")
     train.add_argument("--run-dir", help=argparse.SUPPRESS)
     train.add_argument("--background", action="store_true", help="train in a detached process")
+    train.add_argument("--estimate", action="store_true", help="say how long this run would take on this machine "
+                       "(a few training steps timed) and train nothing")
     train.add_argument("--nproc-per-node", type=_number(int, 1, 1024), metavar="N",
                        help="data-parallel training with N processes on this machine through torchrun (one per GPU, "
                             "or CPU processes); --batch-size stays the global batch. Resuming uses the run's own N "

@@ -33,7 +33,8 @@ HEAD_SOLVERS = ("lbfgs", "sgd")
 SCHEDULERS = ("cosine", "onecycle", "plateau", "none")
 #: ``full``: random resized crop, flip and colour jitter, scaled by the strength.
 #: ``crop_flip``: the classic random crop + flip, done on uint8 without resampling (fastest on CPUs).
-AUGMENTATIONS = ("full", "crop_flip")
+#: ``trivial``: ``full``, then TrivialAugment's one random operation per photo (torchvision's TrivialAugmentWide).
+AUGMENTATIONS = ("full", "crop_flip", "trivial")
 INTERPOLATIONS = ("bilinear", "bicubic")
 MIXED_PRECISION = ("auto", "off", "bf16")
 #: The fields that take one of a few values, and those values (validation and the CLI's choices).
@@ -64,7 +65,17 @@ class TrainConfig:
     warmup_epochs: float | None = setting(None, 'linear warm-up of the cosine schedule, in epochs')
     label_smoothing: float | None = setting(None, 'label smoothing of the cross-entropy loss, 0-1')
     augment: float | None = setting(None, 'augmentation strength 0-1 (0: centre crops only)')
-    augmentation: str | None = setting(None, 'augmentation recipe: full (crop, flip, colour) or crop_flip')
+    augmentation: str | None = setting(None, 'augmentation recipe: full (crop, flip, colour), crop_flip, or trivial '
+                                             '(full, then one random TrivialAugment operation per photo)')
+    mixup: float | None = setting(None, 'mixup: blend pairs of training photos and their labels, Beta(alpha, alpha) '
+                                        'shares (0: off)')
+    cutmix: float | None = setting(None, 'cutmix: paste a box of one training photo into another, Beta(alpha, alpha) '
+                                         'areas (0: off; with mixup too, each batch takes one of the two)')
+    keep_best: bool | None = setting(None, "keep the epoch with the best validation accuracy; off: the last epoch "
+                                           "(with an annealed learning rate and the weight average, usually the better one; early "
+                                           "stopping always keeps the best)")
+    ema_epochs: float | None = setting(None, 'validate, keep and export an exponential moving average of the weights '
+                                             'over about the last N epochs (0: the weights as trained)')
     freeze_epochs: int | None = setting(None, 'epochs that train only the head on a frozen backbone')
     backbone_lr_scale: float | None = setting(None, "backbone learning rate as a fraction of the head's once unfrozen")
     freeze_batchnorm: bool | None = setting(None, 'keep BatchNorm statistics frozen while fine-tuning')
@@ -91,10 +102,16 @@ class TrainConfig:
     _FALLBACKS = {"batch_size": 64, "epochs": 10, "optimizer": "adamw", "lr": 1e-3,
                   "weight_decay": 1e-4, "scheduler": "cosine", "label_smoothing": 0.0, "augment": 0.5,
                   "augmentation": "full", "freeze_epochs": 0, "backbone_lr_scale": 1.0, "freeze_batchnorm": False, "warmup_epochs": 1.0,
-                  "head_solver": "sgd", "feature_views": 4, "tta_flip": False}
+                  "head_solver": "sgd", "feature_views": 4, "tta_flip": False, "mixup": 0.0, "cutmix": 0.0,
+                  "ema_epochs": 0.0, "keep_best": True}
 
-    def resolved(self) -> "TrainConfig":
-        """A copy with every ``None`` replaced by the model's default, validated."""
+    def resolved(self, training_photos: int | None = None) -> "TrainConfig":
+        """A copy with every ``None`` replaced by the model's default, validated.
+
+        A model whose default training length is a number of photos seen (``photo_passes``) gets its epochs
+        from ``training_photos`` (the photos of the dataset's training folder): a larger set trains fewer
+        epochs within about the same time, inside ``epoch_range``; without the count, its ``epochs`` default.
+        """
         from .models import get_spec
         spec = get_spec(self.model)
         model_defaults = spec.train_defaults
@@ -106,6 +123,9 @@ class TrainConfig:
                 values[name] = defaults[name]
         if self.head_solver is None and not self.cache_features:
             values["head_solver"] = "sgd"  # the probe needs cached features
+        if self.epochs is None and "photo_passes" in model_defaults and training_photos:
+            low, high = model_defaults["epoch_range"]
+            values["epochs"] = min(high, max(low, round(model_defaults["photo_passes"] / training_photos)))
         if self.epochs is None and "fine_tune_epochs" in model_defaults:
             # Device-aware: fine-tuning the whole network pays on a GPU; on a CPU it costs minutes per epoch
             # and did not beat the linear probe on real photos (BENCHMARKS.md, real photos), so CPUs stop there
@@ -159,6 +179,9 @@ class TrainConfig:
         number("momentum", 0, 1, high_open=True)
         number("label_smoothing", 0, 1, high_open=True)
         number("augment", 0, 1)
+        number("mixup", 0, 100)
+        number("cutmix", 0, 100)
+        number("ema_epochs", 0, MAX_EPOCHS)
         number("warmup_epochs", 0, MAX_EPOCHS)
         number("freeze_epochs", 0, MAX_EPOCHS)
         number("backbone_lr_scale", 0, 10)
@@ -196,6 +219,9 @@ class TrainConfig:
             # a run made before preprocessing and the head solver were recorded: keep what it trained with
             values.update(resize_size=math.ceil(values["image_size"] / 0.875), interpolation="bilinear")
             values.setdefault("head_solver", "sgd")
+        for added_later in ("mixup", "cutmix", "ema_epochs"):  # a run recorded before these trained without them
+            values.setdefault(added_later, 0.0)
+        values.setdefault("keep_best", True)
         return cls(**values)
 
 

@@ -199,6 +199,7 @@ class Engine:
         self.optimizer = self._make_optimizer()
         self.steps_per_epoch = len(self.train_loader)
         self.scheduler = self._make_scheduler()
+        self.averaged = self._make_average()
         self.epoch = 0  # epochs completed
         self.batch = 0
         self.last: dict = {}
@@ -244,6 +245,21 @@ class Engine:
         if c.scheduler == "plateau":
             return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=0.3, patience=2)
         return None
+
+    def _make_average(self) -> "torch.optim.swa_utils.AveragedModel | None":
+        """The moving average of the weights (and BatchNorm statistics) that validation sees and checkpoints keep:
+        a decay per step that spans about ``ema_epochs`` epochs, whatever the dataset's size."""
+        if not self.config.ema_epochs:
+            return None
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        decay = 1 - 1 / max(1.0, self.config.ema_epochs * self.steps_per_epoch)
+        return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+    @property
+    def evaluated_model(self) -> LandmarkNet:
+        """The model that validation scores and checkpoints keep: the moving average once it has begun (the first
+        step that trains the whole network starts it from the weights then, a frozen phase's fitted head included)."""
+        return self.averaged.module if self.averaged is not None and self.averaged.n_averaged > 0 else self.model
 
     # -- events
     def fire(self, event: str, *args) -> None:
@@ -303,7 +319,8 @@ class Engine:
             train_loss, train_acc = self._fit_head(train_batches, val_batches)
         else:
             train_loss, train_acc = self._train_steps(network, train_batches)
-        val = evaluate_batches(network, val_batches, tta_flip=c.tta_flip, world=self.world)
+        evaluated = self.evaluated_model if network is self.model else network
+        val = evaluate_batches(evaluated, val_batches, tta_flip=c.tta_flip, world=self.world)
         for loss in (train_loss, val["loss"]):
             if loss is not None and not math.isfinite(loss):
                 self._diverged(loss)
@@ -374,13 +391,21 @@ class Engine:
         device, world = self.device, self.world
         trained = self._replicated_network(network)
         total_loss, correct, seen = 0.0, 0, 0
+        mixing = network is self.model and (self.config.mixup > 0 or self.config.cutmix > 0)
         for self.batch, (inputs, labels) in enumerate(train_batches, start=1):
+            partners, share = labels, 1.0
+            if mixing:
+                inputs, partners, share = self._mix(inputs, labels)
             with torch.autocast(device.type, dtype=self.autocast) if self.autocast else contextlib.nullcontext():
                 logits = trained(inputs)
                 summed = self.criterion(logits.float(), labels)
+                if share < 1.0:
+                    summed = share * summed + (1 - share) * self.criterion(logits.float(), partners)
+            loss_weight = share * float(self._loss_weight(labels)) + (1 - share) * float(self._loss_weight(partners))
+            dominant = labels if share >= 0.5 else partners
             # one collective a step: the global batch's loss weight, summed loss, size and hits
-            weight, global_summed, count, hits = world.sum([float(self._loss_weight(labels)), summed.item(),
-                                                            float(len(labels)), (logits.argmax(1) == labels).sum().item()])
+            weight, global_summed, count, hits = world.sum([loss_weight, summed.item(), float(len(labels)),
+                                                            (logits.argmax(1) == dominant).sum().item()])
             batch_loss = global_summed / max(weight, 1e-12)
             if not math.isfinite(batch_loss):  # one more step would write non-finite weights into the checkpoints
                 self._diverged(batch_loss)
@@ -390,6 +415,8 @@ class Engine:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.averaged is not None and network is self.model:
+                self.averaged.update_parameters(self.model)
             if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step()
             total_loss += batch_loss * count
@@ -400,10 +427,38 @@ class Engine:
             self.fire("on_batch_end")
         return total_loss / max(1, seen), correct / max(1, seen)
 
+    def _mix(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Mixup or cutmix of a batch with itself in a shuffled order: (inputs, the partners' labels, the share
+        of each photo's own label). When both are on, each batch takes one of the two.
+
+        The draws depend only on (seed, epoch, batch), so a resumed run mixes as the uninterrupted one did. With
+        several processes each mixes within its share of the batch.
+        """
+        c = self.config
+        draws = np.random.default_rng([c.seed, self.epoch, self.batch])
+        kinds = [(kind, alpha) for kind, alpha in (("mixup", c.mixup), ("cutmix", c.cutmix)) if alpha > 0]
+        kind, alpha = kinds[int(draws.integers(len(kinds)))]
+        share = float(draws.beta(alpha, alpha))
+        order = torch.from_numpy(draws.permutation(len(labels))).to(inputs.device)
+        if kind == "mixup":
+            return inputs.mul(share).add_(inputs[order], alpha=1 - share), labels[order], share
+        # a box of the partner's pixels covering 1 - share of the image, clipped at the borders (its true area
+        # then gives the share)
+        height, width = inputs.shape[-2:]
+        box_h, box_w = round(height * math.sqrt(1 - share)), round(width * math.sqrt(1 - share))
+        y, x = int(draws.integers(height)), int(draws.integers(width))
+        top, bottom = max(0, y - box_h // 2), min(height, y + box_h - box_h // 2)
+        left, right = max(0, x - box_w // 2), min(width, x + box_w - box_w // 2)
+        mixed = inputs.clone()
+        mixed[..., top:bottom, left:right] = inputs[order][..., top:bottom, left:right]
+        return mixed, labels[order], 1 - (bottom - top) * (right - left) / (height * width)
+
     # -- state
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue exactly as the uninterrupted one, callbacks included."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        averaged = {"trained_model": self.model.state_dict(), "averaged_steps": int(self.averaged.n_averaged)} \
+            if self.averaged is not None else {}
+        return {"model": self.evaluated_model.state_dict(), **averaged, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None, "epoch": self.epoch,
                 "best_val_acc": self.best_val_acc, "best_val_loss": self.best_val_loss,
                 "should_stop": self.should_stop, "world_size": self.world.size,
@@ -411,7 +466,10 @@ class Engine:
                               if (state := callback.state_dict())}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(state.get("trained_model", state["model"]))
+        if self.averaged is not None:
+            self.averaged.module.load_state_dict(state["model"])
+            self.averaged.n_averaged.fill_(int(state.get("averaged_steps", 0)))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])

@@ -29,6 +29,8 @@ def augmentation_preview(source: ImageSource, *, strength: float, count: int = 6
     if augmentation == "crop_flip":
         return list(data_lib.crop_flip_batch(square, image_size, generator if strength > 0 else None).numpy())
     out = data_lib.augment_batch(square.permute(0, 3, 1, 2).float() / 255, image_size, strength, generator)
+    if augmentation == "trivial" and strength > 0:
+        return list(data_lib.trivial_augment_batch(out, generator).permute(0, 2, 3, 1).numpy())
     return [(view.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for view in out]
 
 

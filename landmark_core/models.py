@@ -217,7 +217,7 @@ register(ModelSpec(
     resolve_preprocessing=lambda: Preprocessing(input_size=128),
     pretrained_source="none (random initialisation)",
     description="Our residual CNN trained from scratch (4 stages, 32-256 channels).",
-    train_defaults={"image_size": 128, "epochs": 30, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4,
+    train_defaults={"image_size": 128, "epochs": 30, "photo_passes": 23_000, "epoch_range": (10, 60), "optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4,
                     "scheduler": "onecycle", "batch_size": 64, "freeze_epochs": 0, "augment": 0.8,
                     "label_smoothing": 0.1},
 ))

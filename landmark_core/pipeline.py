@@ -13,7 +13,6 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -31,7 +30,7 @@ from .evaluate import evaluate_run
 from .export import export_run
 from .fileio import read_json, read_jsonl, remove_unfinished_writes, write_bytes_atomic, write_json_atomic
 from .models import build_model
-from .prepare import prepare_data
+from .prepare import prepare_data, resolved_for_dataset
 from .progress import Stage
 from .runs import STOPPED_BY_REQUEST, new_run_dir, now_iso, non_negative, read_status, Run, worked_seconds, write_status
 
@@ -47,13 +46,7 @@ def _restrict_metrics(path: Path, epoch: int) -> None:
 
 def create_run(config: TrainConfig, artifacts: Path | None = None) -> Path:
     """Make a run folder with its resolved ``config.json`` and a queued status; train it later."""
-    config = config.resolved()
-    if not config.data:
-        raise LandmarkError("no dataset given (--data DIR)")
-    # absolute, so the run can be evaluated and resumed from any directory
-    config = replace(config, data=str(Path(config.data).expanduser().resolve()),
-                     weights_path=str(Path(config.weights_path).expanduser().resolve()) if config.weights_path else None)
-    dataset = data_lib.scan_dataset(config.data, test_fraction=config.test_fraction, seed=config.seed)  # fail early
+    config, dataset = resolved_for_dataset(config)
     if dataset.num_classes < 2:
         raise DataError(f"{config.data} has {dataset.num_classes} class ({', '.join(dataset.classes)}); "
                         "a classifier needs at least 2")

@@ -1,7 +1,7 @@
 """A run's photos, ready to train on: scanned, split, decoded once into the cache, with normalisation stats."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,6 +24,19 @@ class PreparedData:
     unknown_calibration: list[str] = field(default_factory=list)
     unknown_evaluation: list[str] = field(default_factory=list)
     cache_dir: Path | None = None
+
+
+def resolved_for_dataset(config: TrainConfig) -> tuple[TrainConfig, data_lib.Dataset]:
+    """``config`` resolved for its dataset (whose size sets the epochs of a model that trains for a number of
+    photos seen), and the dataset scanned; a bad setting or a missing dataset fails before anything is made."""
+    config.resolved()  # every setting checked before the dataset is read
+    if not config.data:
+        raise LandmarkError("no dataset given (--data DIR)")
+    # absolute, so the run can be evaluated and resumed from any directory
+    config = replace(config, data=str(Path(config.data).expanduser().resolve()),
+                     weights_path=str(Path(config.weights_path).expanduser().resolve()) if config.weights_path else None)
+    dataset = data_lib.scan_dataset(config.data, test_fraction=config.test_fraction, seed=config.seed)
+    return config.resolved(training_photos=len(dataset.train)), dataset
 
 
 def prepare_data(config: TrainConfig, progress: Callable[[str, int, int], None] | None = None) -> PreparedData:

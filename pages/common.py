@@ -155,6 +155,18 @@ def model_summary(model: str, image_size: int, num_classes: int) -> dict:
     return model_info(model, image_size, num_classes=num_classes)
 
 
+@st.cache_data(ttl=600, max_entries=32, show_spinner="Timing a few training steps on this machine…")
+def run_estimate(root: Path, model: str):
+    """How long a run of ``model`` with its defaults takes on ``root`` here (a few steps timed; None when the
+    dataset cannot be read: the page that trains says why)."""
+    from landmark_core.config import TrainConfig
+    from landmark_core.estimate import estimate
+    try:
+        return estimate(TrainConfig(data=str(root), model=model))
+    except (LandmarkError, OSError):
+        return None
+
+
 def require_dataset() -> Path:
     """The current dataset, or stop the page with a hint."""
     dataset = current_dataset()

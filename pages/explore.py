@@ -76,7 +76,8 @@ for i, row in enumerate(sample.itertuples()):
 
 st.subheader("Augmentation preview")
 st.caption("One training photo through the training augmentation several times: full = random resized crop, flip "
-           "and colour jitter scaled by the strength; crop_flip = random crop and flip.")
+           "and colour jitter scaled by the strength; crop_flip = random crop and flip; trivial = full, then one "
+           "random operation per photo (rotation, shear, posterize, solarize, …: TrivialAugment).")
 recipe, slider = st.columns([1, 2])
 augmentation = recipe.radio("Augmentation recipe", AUGMENTATIONS, horizontal=True)
 strength = slider.slider("Augmentation strength", 0.0, 1.0, 0.8, 0.1, disabled=augmentation == "crop_flip")

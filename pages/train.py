@@ -16,7 +16,9 @@ from landmark_core.runs import (ACTIVE_STATES, RunState, Run, delete_run, is_tra
 from landmark_core.config import HEAD_SOLVERS, OPTIMIZERS, SCHEDULERS, TrainConfig
 from landmark_core.lr_finder import Sweep, SweepState
 from landmark_core.pipeline import create_run
-from pages.common import dataset_classes, format_percent, format_seconds, model_summary, require_dataset, show_error
+from landmark_core.prepare import resolved_for_dataset
+from pages.common import (dataset_classes, format_percent, format_seconds, model_summary, require_dataset,
+                          run_estimate, show_error)
 
 st.title("🏋️ Train")
 dataset = require_dataset()
@@ -52,12 +54,18 @@ with st.expander("New training run", expanded=not existing_runs):
     model = st.selectbox("Model", list_models(), index=list_models().index(DEFAULT_TRANSFER_MODEL),
                          help=f"scratch_cnn learns from random weights; the others start from ImageNet. "
                               f"{DEFAULT_TRANSFER_MODEL} was the most accurate on real photos.")
-    defaults = TrainConfig(data=str(dataset), model=model).resolved()
+    try:
+        defaults = resolved_for_dataset(TrainConfig(data=str(dataset), model=model))[0]
+    except LandmarkError as error:
+        show_error(error)
+        st.stop()
     classes = len(dataset_classes(dataset)) or 50
     info = model_summary(model, defaults.image_size, classes)
     st.caption(f"{info['description']} {info['parameters'] / 1e6:.2f} M parameters (with this dataset's {classes}-class "
                f"head), {info['gflops']:.2f} GFLOPs ({info['gflops'] / 2:.2f} G multiply-adds) per image at "
                f"{info['image_size']} px. Pretrained: {info['pretrained_source']}.")
+    if (cost := run_estimate(dataset, model)) is not None:
+        st.markdown(f"**Time on this machine** with the default settings: {cost.describe()}")
     # A first visit (no run yet) sees the three steps only: photos, the model, Start. The ~15 settings wait under
     # Advanced with the defaults that finish in minutes on a 2-core CPU; it is on by default once runs exist.
     advanced = st.toggle("Advanced settings", key="train_advanced", value=bool(existing_runs),
@@ -73,6 +81,7 @@ with st.expander("New training run", expanded=not existing_runs):
             class_balanced, weight_decay, label_smoothing = (defaults.class_balanced, defaults.weight_decay,
                                                              defaults.label_smoothing)
             patience, processes = defaults.early_stopping_patience, min(default_processes(), process_limit())
+            mixup, cutmix, ema_epochs = defaults.mixup, defaults.cutmix, defaults.ema_epochs
             frozen = (f", the first {defaults.freeze_epochs} with the pretrained backbone frozen"
                       if defaults.freeze_epochs and model != "scratch_cnn" else "")
             st.markdown(f"Trains **{model}** on `{dataset.name}` with its defaults: {defaults.epochs} epochs{frozen}, "
@@ -94,7 +103,8 @@ with st.expander("New training run", expanded=not existing_runs):
                                            disabled=model == "scratch_cnn", help="Train only the new head first (fast: features are cached).")
             augmentation = st.radio("Augmentation recipe", AUGMENTATIONS, index=AUGMENTATIONS.index(defaults.augmentation),
                                     horizontal=True, help="full: random resized crop, flip and colour jitter, scaled by the "
-                                    "strength. crop_flip: random crop and flip only, no resampling (fastest on CPUs).")
+                                    "strength. crop_flip: random crop and flip only, no resampling (fastest on CPUs). "
+                                    "trivial: full, then one random operation per photo (TrivialAugment).")
             i, j, k = st.columns(3)
             head_solver = i.radio("Frozen epochs fit the head by", HEAD_SOLVERS, index=HEAD_SOLVERS.index(defaults.head_solver),
                                   horizontal=True, disabled=model == "scratch_cnn",
@@ -112,6 +122,16 @@ with st.expander("New training run", expanded=not existing_runs):
             patience = n.number_input("Early stopping (epochs without improvement)", 0, 500,
                                       defaults.early_stopping_patience, help="0: off. Stops when validation accuracy has "
                                       "not improved for this many epochs; the best epoch is kept.")
+            o, q, r = st.columns(3)
+            mixup = o.number_input("Mixup", 0.0, 100.0, float(defaults.mixup), 0.1,
+                                   help="Blend pairs of training photos and their labels (the Beta distribution's alpha; "
+                                        "0: off).")
+            cutmix = q.number_input("CutMix", 0.0, 100.0, float(defaults.cutmix), 0.1,
+                                    help="Paste a box of one training photo into another, labels shared by area (alpha; "
+                                         "0: off). With mixup on too, each batch takes one of the two.")
+            ema_epochs = r.number_input("Weight average (epochs)", 0.0, 500.0, float(defaults.ema_epochs), 0.5,
+                                        help="Validate, keep and export a moving average of the weights over about the "
+                                             "last N epochs (0: the weights as trained).")
             if model != "scratch_cnn" and defaults.epochs == defaults.freeze_epochs:
                 st.caption("On this machine (no GPU) training stops after the frozen epochs: fine-tuning the whole network "
                            "costs minutes per epoch on a CPU and did not pay on real photos. Add epochs to fine-tune.")
@@ -142,7 +162,8 @@ with st.expander("New training run", expanded=not existing_runs):
                              # left at the model's default it shrinks to fit fewer epochs; a value the user chose is checked
                              freeze_epochs=None if int(freeze_epochs) == defaults.freeze_epochs else int(freeze_epochs),
                              tta_flip=tta_flip, class_balanced=class_balanced, weight_decay=float(weight_decay),
-                             label_smoothing=float(label_smoothing), early_stopping_patience=int(patience))
+                             label_smoothing=float(label_smoothing), early_stopping_patience=int(patience),
+                             mixup=float(mixup), cutmix=float(cutmix), ema_epochs=float(ema_epochs))
         launch_now = (config, int(processes))
         st.session_state["pending_start"] = launch_now
     else:
@@ -171,7 +192,7 @@ with st.expander("New training run", expanded=not existing_runs):
             run_dir = create_run(config)
             launch_background(run_dir, processes=processes)
             st.session_state["live_run_select"] = run_dir.name  # the live view follows the new run
-            resolved = config.resolved()
+            resolved = Run(run_dir).config()
             frozen = (f", the first {resolved.freeze_epochs} with the backbone frozen"
                       if resolved.freeze_epochs and config.model != "scratch_cnn" else "")
             st.success(f"Started {run_dir.name} ({resolved.epochs} epochs{frozen}): it trains in the background, "

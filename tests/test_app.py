@@ -661,3 +661,17 @@ def test_charts_have_titled_formatted_axes_and_whole_labels(app_env):
                     assert encoding["axis"]["format"] == "d", (name, encoding)
                 if field in ("label", "landmark") and encoding.get("type") == "nominal":
                     assert encoding["axis"].get("labelLimit", 0) >= 240 or encoding["axis"].get("labelLimit") == 0, (name, encoding)
+
+
+def test_train_page_says_what_a_run_will_cost_before_it_starts(app_env):
+    """Issue 27, item 2: the time on this machine from a few training steps timed just now, for the model chosen,
+    with the epochs the dataset's size gives a scratch run."""
+    from landmark_core.config import TrainConfig
+    from landmark_core.prepare import resolved_for_dataset
+    at = page("train").run()
+    at.selectbox[0].set_value("scratch_cnn").run()
+    assert not at.exception
+    cost = next(m.value for m in at.markdown if "Time on this machine" in m.value)
+    epochs = resolved_for_dataset(TrainConfig(data=str(app_env / "data" / "demo"), model="scratch_cnn"))[0].epochs
+    assert f"{epochs} epochs of about" in cost and "measured on this machine just now" in cost
+    assert "in all" in cost and "decoding the photos" in cost

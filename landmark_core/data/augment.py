@@ -101,6 +101,29 @@ def crop_flip_batch(pixels: torch.Tensor, size: int, generator: torch.Generator 
 
 
 
+def trivial_augment_batch(batch: torch.Tensor, generator: torch.Generator, rows: slice | None = None,
+                          drawn: int | None = None) -> torch.Tensor:
+    """TrivialAugment (Müller & Hutter, 2021) on a float batch (N,3,S,S) in 0-1: one operation drawn at random,
+    at a random magnitude, per image (torchvision's TrivialAugmentWide). Returns uint8 (N,3,S,S).
+
+    torchvision draws from torch's global generator, so each image's draws are seeded from ``generator``
+    (inside a forked RNG state, which leaves the caller's stream alone): a resumed run sees the same images.
+    ``rows``/``drawn`` as in :func:`augment_batch`.
+    """
+    from torchvision.transforms import v2  # imported here: the other recipes do not need torchvision
+
+    n = batch.shape[0]
+    seeds = torch.randint(0, 2 ** 62, (drawn or n,), generator=generator)[rows if rows is not None else slice(0, n)]
+    # uint8: posterize, solarize and equalize are defined on whole-number pixels
+    pixels = batch.mul(255).round_().to(torch.uint8)
+    operation = v2.TrivialAugmentWide()
+    with torch.random.fork_rng(devices=[]):
+        for i, seed in enumerate(seeds.tolist()):
+            torch.manual_seed(seed)
+            pixels[i] = operation(pixels[i])
+    return pixels
+
+
 class BatchLoader:
     """Batches from a :class:`DecodedSplit`: uint8 → device → (augment) → normalise.
 
@@ -151,7 +174,12 @@ class BatchLoader:
         batch of ``drawn`` images (see :func:`augment_batch`)."""
         pixels = pixels.to(self.device, non_blocking=True)
         augmenting = self.augment > 0 and generator is not None
-        if augmenting and self.augmentation == "full":
+        if augmenting and self.augmentation == "trivial":
+            batch = augment_batch(pixels.permute(0, 3, 1, 2).float().div_(255), self.image_size, self.augment, generator,
+                                  rows=rows, drawn=drawn)
+            batch = trivial_augment_batch(batch, generator, rows, drawn)
+            batch = torch.addcmul(self.pixel_shift.view(1, 3, 1, 1), batch, self.pixel_scale.view(1, 3, 1, 1))
+        elif augmenting and self.augmentation == "full":
             batch = augment_batch(pixels.permute(0, 3, 1, 2).float().div_(255), self.image_size, self.augment, generator,
                                   normalize=self.normalization, rows=rows, drawn=drawn)
         else:
