@@ -11,7 +11,7 @@ from .config import TrainConfig
 from .distributed import SINGLE_PROCESS, World
 from .engine import Callback
 from .errors import TrainingCancelled
-from .fileio import append_jsonl
+from .fileio import append_jsonl, share_atomic
 from .runs import STOPPED_BY_REQUEST, Run, write_status
 
 
@@ -49,9 +49,12 @@ class Checkpointer(Callback):
         state = {**engine.state_dict(), "config": self.config.to_dict(), **self.meta}
         # early stopping ends a run epochs after its best one: that one is kept, whatever keep_best says
         keeps_last = not self.config.keep_best and not self.config.early_stopping_patience
-        if is_best or keeps_last:
-            save_checkpoint(Run(self.run_dir).checkpoint("best"), state)
-        save_checkpoint(Run(self.run_dir).checkpoint("last"), state)
+        run = Run(self.run_dir)
+        save_checkpoint(run.checkpoint("last"), state)
+        if keeps_last:
+            share_atomic(run.checkpoint("last"), run.checkpoint("best"))  # the same bytes: not written twice
+        elif is_best:
+            save_checkpoint(run.checkpoint("best"), state)
 
 
 class EarlyStopping(Callback):

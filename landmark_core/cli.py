@@ -149,6 +149,8 @@ def cmd_train(args) -> int:
 
     if distributed.launched_by_torchrun():
         return _train_as_rank(args)
+    if args.estimate and (args.run_dir or args.resume):
+        raise LandmarkError("--estimate is for a new run: give --data and the settings, not --resume")
     if args.run_dir or args.resume:
         run_dir = resolve_run(args.run_dir or args.resume)
         resume = bool(args.resume) or Run(run_dir).checkpoint("last").exists()
@@ -157,7 +159,9 @@ def cmd_train(args) -> int:
         if not args.data:
             raise LandmarkError("--data DIR is required (or --data demo for the built-in demo set)")
         if args.estimate:
+            from .allocator import keep_freed_memory
             from .estimate import estimate
+            keep_freed_memory()  # as the training process will: its steps are what is timed
             config = _config_from_args(args)
             print(f"{config.model} on {Path(config.data).name}: {estimate(config).describe()}")
             return 0

@@ -70,7 +70,8 @@ class TrainConfig:
     mixup: float | None = setting(None, 'mixup: blend pairs of training photos and their labels, Beta(alpha, alpha) '
                                         'shares (0: off)')
     cutmix: float | None = setting(None, 'cutmix: paste a box of one training photo into another, Beta(alpha, alpha) '
-                                         'areas (0: off; with mixup too, each batch takes one of the two)')
+                                         'areas (0: off; with mixup too, each batch takes one of the two; both only '
+                                         'in epochs that train the whole network, not on frozen features)')
     keep_best: bool | None = setting(None, "keep the epoch with the best validation accuracy; off: the last epoch "
                                            "(with an annealed learning rate and the weight average, usually the better one; early "
                                            "stopping always keeps the best)")

@@ -91,18 +91,22 @@ class FeatureBatches:
                  tta_flip: bool = False):
         self.model, self.loader, self.epoch = model, loader, 0
         self.exact_views, self.tta_flip = exact_views, tta_flip
-        if exact_views:  # the probe refits on all views so far: the last frozen epoch uses them all
-            self.views = max(1, views if augment else min(views, 2))
-        else:
-            self.views = max(1, min(views if augment else 1, epochs))
-        if tta_flip:
-            self.views = max(self.views, 2)
+        self.views = self.view_count(views, augment, epochs, exact_views=exact_views, tta_flip=tta_flip)
         self.epochs = max(1, epochs)
         self.augment = augment
         self.features: dict[int, torch.Tensor] = {}  # view -> (N, D), computed when an epoch first needs it
         self.backbone = backbone  # the frozen backbone; by default folded for inference when first needed
         self.labels = torch.from_numpy(np.asarray(loader.split.labels))
         self.world = loader.world
+
+    @staticmethod
+    def view_count(views: int, augment: bool, epochs: int, *, exact_views: bool, tta_flip: bool = False) -> int:
+        """How many views of each photo the frozen epochs compute (one backbone pass each)."""
+        if exact_views:  # the probe refits on all views so far: the last frozen epoch uses them all
+            count = max(1, views if augment else min(views, 2))
+        else:
+            count = max(1, min(views if augment else 1, epochs))
+        return max(count, 2) if tta_flip else count
 
     @torch.no_grad()
     def _view(self, view: int) -> torch.Tensor:
@@ -251,9 +255,9 @@ class Engine:
         a decay per step that spans about ``ema_epochs`` epochs, whatever the dataset's size."""
         if not self.config.ema_epochs:
             return None
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-        decay = 1 - 1 / max(1.0, self.config.ema_epochs * self.steps_per_epoch)
-        return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        from torch.optim.swa_utils import AveragedModel
+        return AveragedModel(self.model, multi_avg_fn=_moving_average(self.config.ema_epochs * self.steps_per_epoch),
+                             use_buffers=True)
 
     @property
     def evaluated_model(self) -> LandmarkNet:
@@ -481,6 +485,22 @@ class Engine:
             if callback.state_key in saved:
                 callback.load_state_dict(saved[callback.state_key])
         self.model.set_backbone_trainable(self.epoch >= self.config.freeze_epochs)
+
+
+def _moving_average(horizon_steps: float) -> Callable:
+    """An exponential moving average over about ``horizon_steps`` steps, with a warm-up: step n's decay is at most
+    (1 + n) / (10 + n), as in timm's ModelEmaV2, so the random initial weights are forgotten within tens of steps
+    and a short run keeps its trained weights rather than an average with the initialisation."""
+    target = 1 - 1 / max(1.0, horizon_steps)
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], steps: torch.Tensor) -> None:
+        decay = min(target, (1 + float(steps)) / (10 + float(steps)))
+        if averaged[0].is_floating_point():  # a group of one dtype; integer buffers (batch counts) are copied
+            torch._foreach_lerp_(averaged, current, 1 - decay)
+        else:
+            for mine, theirs in zip(averaged, current):
+                mine.copy_(theirs)
+    return update
 
 
 def predict_logits(network: nn.Module, inputs: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:

@@ -9,6 +9,7 @@ trains, both are slower.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -19,13 +20,14 @@ import torch.nn as nn
 
 from . import data as data_lib
 from .config import TrainConfig, device_or_error, run_preprocessing
+from .engine import FeatureBatches, autocast_dtype
 from .models import build_model, inference_batch_size
 from .prepare import resolved_for_dataset
 
 #: Steps timed after the warm-up step: enough to average out a slow first allocation, few enough for ~seconds.
 TIMED_STEPS = 3
 #: Photos decoded to time decoding (the dataset's first ones).
-DECODE_SAMPLE = 8
+DECODE_SAMPLE = 16
 
 
 @dataclass(frozen=True)
@@ -93,16 +95,22 @@ def measure_steps(config: TrainConfig, num_classes: int, *, training: bool = Tru
 
     def train_step() -> None:
         inputs = loader.prepare(_random_batch(config.batch_size, preprocessing.resize_size), generator)
-        loss = criterion(model(inputs), labels)
+        with autocast():
+            loss = criterion(model(inputs).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    eval_size = inference_batch_size(device)
+    eval_size = inference_batch_size(device, memory_kept=True)  # a training process keeps freed memory
+    precision = autocast_dtype(config.mixed_precision, device)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=precision) if precision else contextlib.nullcontext()
 
     @torch.no_grad()
     def eval_step() -> None:
-        model(loader.prepare(_random_batch(eval_size, preprocessing.resize_size)))
+        with autocast():
+            model(loader.prepare(_random_batch(eval_size, preprocessing.resize_size)))
 
     def seconds_per_call(step) -> float:
         step()  # warm-up: first allocations, kernel selection
@@ -117,6 +125,9 @@ def measure_steps(config: TrainConfig, num_classes: int, *, training: bool = Tru
     train_batch = seconds_per_call(train_step) if training else 0.0
     model.eval()
     eval_batch = seconds_per_call(eval_step)
+    del model, optimizer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the app's process times the steps: it should not keep the GPU's memory
     return StepTimes(train_batch, eval_batch, config.batch_size, eval_size)
 
 
@@ -134,7 +145,8 @@ def measure_decode_seconds(config: TrainConfig, sample_count: int = DECODE_SAMPL
         return 0.0
     preprocessing = run_preprocessing(config)
     began = time.perf_counter()
-    data_lib.decode_split(samples, preprocessing.resize_size, interpolation=preprocessing.interpolation, workers=1)
+    # the decoding threads a run uses (DECODE_SAMPLE photos keep them all busy): photos per second, as a run sees it
+    data_lib.decode_split(samples, preprocessing.resize_size, interpolation=preprocessing.interpolation)
     return (time.perf_counter() - began) / len(samples)
 
 
@@ -142,19 +154,21 @@ def estimate_run(config: TrainConfig, steps: StepTimes, *, trained_photos: int, 
                  decode_seconds_per_photo: float) -> RunEstimate:
     """The run's time from its step times and the sizes of its splits (``config`` resolved for its dataset)."""
     train_batches = max(1, math.ceil(trained_photos / config.batch_size))
-    views = 2 if config.tta_flip else 1
 
-    def eval_seconds(photos: int) -> float:
-        return math.ceil(photos / steps.eval_batch_size) * steps.eval_batch * views
+    def eval_seconds(photos: int, flip: bool = bool(config.tta_flip)) -> float:
+        return math.ceil(photos / steps.eval_batch_size) * steps.eval_batch * (2 if flip else 1)
 
     frozen = config.freeze_epochs if config.cache_features else 0
     full_epochs = config.epochs - frozen
     seconds_per_epoch = train_batches * steps.train_batch + eval_seconds(val_photos)
-    # frozen epochs with cached features: each feature view is one forward pass over the training photos
-    frozen_seconds = (min(frozen, config.feature_views) * eval_seconds(trained_photos) + eval_seconds(val_photos)
-                      if frozen else 0.0)
-    # the final evaluation: test and validation predictions of the best checkpoint, then the export's check
-    evaluation = eval_seconds(test_photos + val_photos) * 2
+    # frozen epochs with cached features: one backbone pass over the training photos per feature view (flip
+    # averaging is one of the views there), and the validation photos once
+    views = FeatureBatches.view_count(config.feature_views, config.augment > 0, frozen,
+                                      exact_views=config.head_solver == "lbfgs", tta_flip=bool(config.tta_flip))
+    frozen_seconds = views * eval_seconds(trained_photos, flip=False) + eval_seconds(val_photos) if frozen else 0.0
+    # the final evaluation predicts every split (the training photos give the familiarity's feature bank), then
+    # the export is checked on a batch
+    evaluation = eval_seconds(trained_photos + val_photos + test_photos) + eval_seconds(steps.eval_batch_size)
     return RunEstimate(epochs=config.epochs, full_epochs=full_epochs, train_batches=train_batches,
                        seconds_per_epoch=seconds_per_epoch, training_seconds=full_epochs * seconds_per_epoch,
                        frozen_seconds=frozen_seconds, evaluation_seconds=evaluation,

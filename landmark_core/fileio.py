@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
 import re
 import tempfile
@@ -151,6 +152,18 @@ def save_atomic(path: str | os.PathLike, saver: Callable[[Path], None]) -> None:
     """Run ``saver(tmp_path)`` (e.g. ``torch.save``) and move the result into place."""
     with atomic_path(path) as tmp:
         saver(tmp)
+
+
+def share_atomic(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Make ``path`` hold ``source``'s bytes, atomically: a hard link where the file system has them (no second
+    write), a copy otherwise. Writers replace files by renaming (:func:`atomic_path`), never in place, so the two
+    names part when either is written again."""
+    with atomic_path(path) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:

@@ -155,16 +155,26 @@ def model_summary(model: str, image_size: int, num_classes: int) -> dict:
     return model_info(model, image_size, num_classes=num_classes)
 
 
+@st.cache_data(ttl=60, show_spinner=False)
+def dataset_training_photos(root: Path) -> int | None:
+    """Photos in a dataset's training folder (what sets a scratch run's epochs), None when it cannot be read."""
+    from landmark_core.data import scan_dataset
+    try:
+        return len(scan_dataset(root).train)
+    except (LandmarkError, OSError):
+        return None
+
+
 @st.cache_data(ttl=600, max_entries=32, show_spinner="Timing a few training steps on this machine…")
-def run_estimate(root: Path, model: str):
-    """How long a run of ``model`` with its defaults takes on ``root`` here (a few steps timed; None when the
-    dataset cannot be read: the page that trains says why)."""
+def run_estimate(root: Path, model: str) -> tuple[object | None, str | None]:
+    """(how long a run of ``model`` with its defaults takes on ``root`` here, None) from a few steps timed, or
+    (None, why not)."""
     from landmark_core.config import TrainConfig
     from landmark_core.estimate import estimate
     try:
-        return estimate(TrainConfig(data=str(root), model=model))
-    except (LandmarkError, OSError):
-        return None
+        return estimate(TrainConfig(data=str(root), model=model)), None
+    except Exception as error:  # an estimate is advice: a failure (out of memory, a bad file) says so, no more
+        return None, f"{type(error).__name__}: {error}" if not isinstance(error, LandmarkError) else str(error)
 
 
 def require_dataset() -> Path:

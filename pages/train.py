@@ -16,9 +16,8 @@ from landmark_core.runs import (ACTIVE_STATES, RunState, Run, delete_run, is_tra
 from landmark_core.config import HEAD_SOLVERS, OPTIMIZERS, SCHEDULERS, TrainConfig
 from landmark_core.lr_finder import Sweep, SweepState
 from landmark_core.pipeline import create_run
-from landmark_core.prepare import resolved_for_dataset
-from pages.common import (dataset_classes, format_percent, format_seconds, model_summary, require_dataset,
-                          run_estimate, show_error)
+from pages.common import (dataset_classes, dataset_training_photos, format_percent, format_seconds, model_summary,
+                          require_dataset, run_estimate, show_error)
 
 st.title("🏋️ Train")
 dataset = require_dataset()
@@ -54,18 +53,22 @@ with st.expander("New training run", expanded=not existing_runs):
     model = st.selectbox("Model", list_models(), index=list_models().index(DEFAULT_TRANSFER_MODEL),
                          help=f"scratch_cnn learns from random weights; the others start from ImageNet. "
                               f"{DEFAULT_TRANSFER_MODEL} was the most accurate on real photos.")
-    try:
-        defaults = resolved_for_dataset(TrainConfig(data=str(dataset), model=model))[0]
-    except LandmarkError as error:
-        show_error(error)
-        st.stop()
+    # a scratch run's epochs follow the dataset's size; a dataset that cannot be read is reported at Start
+    defaults = TrainConfig(data=str(dataset), model=model).resolved(training_photos=dataset_training_photos(dataset))
     classes = len(dataset_classes(dataset)) or 50
     info = model_summary(model, defaults.image_size, classes)
     st.caption(f"{info['description']} {info['parameters'] / 1e6:.2f} M parameters (with this dataset's {classes}-class "
                f"head), {info['gflops']:.2f} GFLOPs ({info['gflops'] / 2:.2f} G multiply-adds) per image at "
                f"{info['image_size']} px. Pretrained: {info['pretrained_source']}.")
-    if (cost := run_estimate(dataset, model)) is not None:
-        st.markdown(f"**Time on this machine** with the default settings: {cost.describe()}")
+    # Timing steps beside a training run would slow it and report its own slowed pace: then only on request
+    busy = [r.run_id for r in existing_runs if is_training(r.path)]
+    if not busy or st.button("Estimate the time", key="estimate_anyway",
+                             help=f"{', '.join(busy)} is training: the estimate would be slower than alone."):
+        cost, why_not = run_estimate(dataset, model)
+        if cost is not None:
+            st.markdown(f"**Time on this machine** with the default settings: {cost.describe()}")
+        else:
+            st.caption(f"No time estimate: {why_not}")
     # A first visit (no run yet) sees the three steps only: photos, the model, Start. The ~15 settings wait under
     # Advanced with the defaults that finish in minutes on a 2-core CPU; it is on by default once runs exist.
     advanced = st.toggle("Advanced settings", key="train_advanced", value=bool(existing_runs),

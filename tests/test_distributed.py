@@ -20,9 +20,10 @@ from landmark_core.runs import read_status
 
 from conftest import tiny_config
 
-#: Dropout 0 and frozen BatchNorm: the settings under which a distributed step is the single-process step
-#: (dropout masks and CPU BatchNorm statistics are per process; see landmark_core.distributed).
-EXACT = dict(model_options={"width": 8, "depth": 2, "dropout": 0.0}, freeze_batchnorm=True)
+#: Dropout 0, frozen BatchNorm and no mixing: the settings under which a distributed step is the single-process
+#: step (dropout masks and CPU BatchNorm statistics are per process, and mixup/cutmix pair photos within each
+#: process's share of the batch; see landmark_core.distributed and Engine._mix).
+EXACT = dict(model_options={"width": 8, "depth": 2, "dropout": 0.0}, freeze_batchnorm=True, mixup=0.0, cutmix=0.0)
 
 
 def _weights(run_dir: Path) -> dict:

@@ -119,7 +119,7 @@ def trivial_augment_batch(batch: torch.Tensor, generator: torch.Generator, rows:
     operation = v2.TrivialAugmentWide()
     with torch.random.fork_rng(devices=[]):
         for i, seed in enumerate(seeds.tolist()):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU generator alone: a GPU's stays as it was
             pixels[i] = operation(pixels[i])
     return pixels
 
