@@ -89,14 +89,16 @@ def test_parallel_runs_get_distinct_folders(artifacts):
     assert len(set(folders)) == 24
 
 
-def test_disk_full_fails_the_run_cleanly(tiny_dataset, artifacts, monkeypatch):
-    run_dir = create_run(tiny_config(tiny_dataset, epochs=3), artifacts)
+@pytest.mark.parametrize("keep_best, writes_per_epoch", [(True, 2), (False, 1)])
+def test_disk_full_fails_the_run_cleanly(tiny_dataset, artifacts, monkeypatch, keep_best, writes_per_epoch):
+    # keep_best: epoch 1 writes best and last; otherwise last alone, and best is a link to it
+    run_dir = create_run(tiny_config(tiny_dataset, epochs=3, keep_best=keep_best), artifacts)
     real_save = torch.save
     calls = {"n": 0}
 
     def failing_save(obj, path, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 2:  # epoch 1 wrote best and last; epoch 2 hits a full disk
+        if calls["n"] > writes_per_epoch:  # epoch 2 hits a full disk
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real_save(obj, path, *args, **kwargs)
 
@@ -107,6 +109,7 @@ def test_disk_full_fails_the_run_cleanly(tiny_dataset, artifacts, monkeypatch):
     assert status["state"] == "failed" and "No space left" in status["error"]
     monkeypatch.setattr(torch, "save", real_save)
     assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["epoch"] == 1  # the last good one survives
+    assert torch.load(run_dir / "checkpoint_best.pt", weights_only=True)["epoch"] == 1
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
 
 

@@ -151,7 +151,9 @@ def test_transfer_defaults_use_the_native_size_and_stop_after_the_probe_on_a_cpu
     assert config.image_size == get_spec(model).preprocessing.input_size  # 224 / 240 / 260 from timm's config
     assert config.head_solver == "lbfgs" and config.epochs == config.freeze_epochs == config.feature_views
     assert TrainConfig(data="x", model=model, device="cpu", epochs=7).resolved().epochs == 7  # asked for: fine-tune
-    assert TrainConfig(data="x", model="scratch_cnn", device="cpu").resolved().epochs == 30
+    # scratch_cnn has no frozen phase: without a dataset size its own default, with one its photos-seen budget
+    assert TrainConfig(data="x", model="scratch_cnn", device="cpu").resolved().epochs == \
+        get_spec("scratch_cnn").train_defaults["epochs"]
 
 
 def test_unknown_or_missing_devices_are_clear_errors():
