@@ -73,8 +73,8 @@ class TrainConfig:
                                          'areas (0: off; with mixup too, each batch takes one of the two; both only '
                                          'in epochs that train the whole network, not on frozen features)')
     keep_best: bool | None = setting(None, "keep the epoch with the best validation accuracy; off: the last epoch "
-                                           "(with an annealed learning rate and the weight average, usually the better one; early "
-                                           "stopping always keeps the best)")
+                                           "(with an annealed learning rate and the weight average, usually the "
+                                           "better one; early stopping always keeps the best)")
     ema_epochs: float | None = setting(None, 'validate, keep and export an exponential moving average of the weights '
                                              'over about the last N epochs (0: the weights as trained)')
     freeze_epochs: int | None = setting(None, 'epochs that train only the head on a frozen backbone')

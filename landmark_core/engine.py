@@ -405,7 +405,8 @@ class Engine:
                 summed = self.criterion(logits.float(), labels)
                 if share < 1.0:
                     summed = share * summed + (1 - share) * self.criterion(logits.float(), partners)
-            loss_weight = share * float(self._loss_weight(labels)) + (1 - share) * float(self._loss_weight(partners))
+            # partners are the batch in another order: share and rest sum over the same total weight
+            loss_weight = float(self._loss_weight(labels))
             dominant = labels if share >= 0.5 else partners
             # one collective a step: the global batch's loss weight, summed loss, size and hits
             weight, global_summed, count, hits = world.sum([loss_weight, summed.item(), float(len(labels)),

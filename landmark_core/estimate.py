@@ -125,7 +125,7 @@ def measure_steps(config: TrainConfig, num_classes: int, *, training: bool = Tru
     train_batch = seconds_per_call(train_step) if training else 0.0
     model.eval()
     eval_batch = seconds_per_call(eval_step)
-    del model, optimizer
+    model = optimizer = None  # freed before the cache is emptied (the step closures hold these cells)
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the app's process times the steps: it should not keep the GPU's memory
     return StepTimes(train_batch, eval_batch, config.batch_size, eval_size)
@@ -136,11 +136,10 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_decode_seconds(config: TrainConfig, sample_count: int = DECODE_SAMPLE) -> float:
-    """Seconds to decode one of the dataset's photos to the run's size (a few of them timed, nothing cached)."""
-    config = config.resolved()
-    dataset = data_lib.scan_dataset(config.data, test_fraction=config.test_fraction, seed=config.seed)
-    samples = list(dataset.train[:sample_count])
+def measure_decode_seconds(config: TrainConfig, samples: list) -> float:
+    """Seconds to decode one photo to the run's size, from the first :data:`DECODE_SAMPLE` of ``samples`` (nothing
+    is cached)."""
+    samples = list(samples[:DECODE_SAMPLE])
     if not samples:
         return 0.0
     preprocessing = run_preprocessing(config)
@@ -176,12 +175,12 @@ def estimate_run(config: TrainConfig, steps: StepTimes, *, trained_photos: int, 
                        steps=steps)
 
 
-def estimate(config: TrainConfig, steps: StepTimes | None = None) -> RunEstimate:
-    """What ``config`` will cost on its dataset on this machine (``steps``: step times measured earlier for the
-    same model, input size, batch and augmentation, to skip measuring again)."""
+def estimate(config: TrainConfig) -> RunEstimate:
+    """What ``config`` will cost on its dataset on this machine."""
     config, dataset = resolved_for_dataset(config)
     trains_steps = config.epochs > (config.freeze_epochs if config.cache_features else 0)
-    steps = steps or measure_steps(config, dataset.num_classes, training=trains_steps)
+    steps = measure_steps(config, dataset.num_classes, training=trains_steps)
     trained, validation = data_lib.stratified_split(dataset.train, config.val_fraction, config.seed)
     return estimate_run(config, steps, trained_photos=len(trained), val_photos=len(validation),
-                        test_photos=len(dataset.test), decode_seconds_per_photo=measure_decode_seconds(config))
+                        test_photos=len(dataset.test),
+                        decode_seconds_per_photo=measure_decode_seconds(config, dataset.train))
