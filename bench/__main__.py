@@ -10,6 +10,8 @@
     python -m bench --only serve                               # landmark serve: 1, 4, 16 clients, batching on/off
     python -m bench --only backends --data DIR [DIR ...]       # TorchScript vs ONNX Runtime fp32 and int8
     python -m bench --only scratch --data DIR [DIR ...]        # the scratch CNN's recipe: each set and all merged
+    python -m bench --only crosssource --data KNOWN --other DIR --lookalike DIR --nolandmark DIR
+                                      # the known set's landmarks from other sources, look-alikes, no landmark
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from . import suites
 from .common import demo_dataset, machine
 
 NAMES = ["input", "frozen", "throughput", "inference", "tta", "real", "fewshot", "openset", "tagging", "distributed",
-         "review", "serve", "backends", "scratch"]
+         "review", "serve", "backends", "scratch", "crosssource"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,11 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--data", nargs="+", default=[], metavar="DIR",
                         help="real-photo datasets for the 'real' benchmark (default with --smoke: a tiny generated set)")
+    for flag, what in (("--other", "the known set's classes photographed elsewhere (class folders)"),
+                       ("--lookalike", "photos of other landmarks, look-alikes of the known ones"),
+                       ("--nolandmark", "photos of no landmark at all")):
+        parser.add_argument(flag, default=None, metavar="DIR", help=f"crosssource: {what}")
     args = parser.parse_args(argv)
     keep_freed_memory()  # as every training process does (landmark_core.pipeline.train)
     scale = suites.SMOKE if args.smoke else suites.FULL
     out = Path(args.out) if args.out else (None if args.smoke else Path("BENCHMARKS.md"))
     chosen = args.only or [name for name in NAMES if (name not in ("real", "fewshot", "openset", "review", "backends", "scratch") or args.data or args.smoke)
+                           and (name != "crosssource" or args.other or args.smoke)
                            # two training processes need two cores; tests/test_distributed.py covers the mechanism
                            and not (name == "distributed" and args.smoke)]
     with tempfile.TemporaryDirectory(prefix="landmark-bench-") as scratch:
@@ -76,8 +83,20 @@ def main(argv: list[str] | None = None) -> int:
             "openset": lambda: suites.open_set(scale, [Path(d).resolve() for d in args.data] or [
                 photos_for_smoke(), photo_dataset_for_smoke("openset-smoke-b", first_class=3)], work),
         }
+        if "crosssource" in chosen and args.smoke and not args.other:  # generated stand-ins, so the suite keeps working
+            from .common import photo_dataset
+            runners["crosssource"] = lambda: suites.cross_source(
+                scale, photos_for_smoke(), photo_dataset(work / "cross-other", 6, classes=3, seed=1) / "train",
+                photo_dataset_for_smoke("cross-lookalike", first_class=3), demo / "test", work)
+        elif "crosssource" in chosen:
+            if not (args.data and args.other and args.lookalike and args.nolandmark):
+                parser.error("crosssource needs --data KNOWN --other DIR --lookalike DIR --nolandmark DIR")
+            runners["crosssource"] = lambda: suites.cross_source(
+                scale, *(Path(d).resolve() for d in (args.data[0], args.other, args.lookalike, args.nolandmark)), work)
         command = ("python -m bench" + (" --smoke" if args.smoke else "") + (f" --only {' '.join(args.only)}" if args.only else "")
-                   + (f" --data {' '.join(args.data)}" if args.data else ""))
+                   + (f" --data {' '.join(args.data)}" if args.data else "")
+                   + "".join(f" --{flag} {value}" for flag, value in (("other", args.other), ("lookalike", args.lookalike),
+                                                                     ("nolandmark", args.nolandmark)) if value))
         stamp = f"_Measured by `{command}` on {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}._\n\n"
         sections = {}
         for name in chosen:
