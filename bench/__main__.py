@@ -3,7 +3,7 @@
     python -m bench            # full run on this machine (tens of minutes on 2 CPU cores)
     python -m bench --smoke    # tiny sizes, seconds: keeps the benchmarks working (CI)
     python -m bench --only real fewshot --data DIR [DIR ...]   # real photos: class folders (train/ + test/)
-    python -m bench --only openset --data DIR DIR              # each set's photos as the other's unknown landmarks
+    python -m bench --only openset --data DIR DIR              # held-out classes of each set and of both, and each set as the other's unknowns
     python -m bench --only tagging                             # landmark tag on a 20,000-photo library
     python -m bench --only distributed                         # torchrun: 1 vs 2 training processes
     python -m bench --only review --data KNOWN OTHER           # tag, review the mistakes, Retrain: real photos

@@ -37,6 +37,8 @@ SCHEDULERS = ("cosine", "onecycle", "plateau", "none")
 AUGMENTATIONS = ("full", "crop_flip", "trivial")
 INTERPOLATIONS = ("bilinear", "bicubic")
 MIXED_PRECISION = ("auto", "off", "bf16")
+#: ``familiarity_backbone`` value for the classifier's own features.
+OWN_FEATURES = "own"
 #: The fields that take one of a few values, and those values (validation and the CLI's choices).
 CHOICES = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "head_solver": HEAD_SOLVERS, "augmentation": AUGMENTATIONS,
            "interpolation": INTERPOLATIONS, "mixed_precision": MIXED_PRECISION}
@@ -84,6 +86,14 @@ class TrainConfig:
     cache_features: bool = setting(True, 'cache backbone features during frozen epochs')
     feature_views: int | None = setting(None, 'augmented copies of the training set cached for frozen epochs')
     tta_flip: bool | None = setting(None, "average each photo's prediction with its mirror image's (evaluation and export)")
+    # Measured on real photos (BENCHMARKS.md tables 8 and 15), a Lite2 classifier comparing Lite0's frozen features
+    # tags 4.9% of 384 look-alike landmarks from another source instead of 13.5%, but 8.7-9.9% of another set's
+    # landmarks instead of 4.3-4.9%, a wash on held-out classes, 3 points fewer known photos and a second forward
+    # pass: so an option, not the default.
+    familiarity_backbone: str | None = setting(None, "pretrained model whose features the familiarity check "
+                                                     "compares instead of the classifier's ('own', the default), "
+                                                     "e.g. efficientnet_lite0 beside efficientnet_lite2 for a "
+                                                     "library full of look-alike landmarks")
     class_balanced: bool = setting(False, 'weight the loss by inverse class frequency')
     resize_size: int | None = setting(None, "short side before the centre crop (default: from the model's crop_pct)")
     interpolation: str | None = setting(None, "resize filter, bilinear or bicubic (default: the model's)")
@@ -104,7 +114,7 @@ class TrainConfig:
                   "weight_decay": 1e-4, "scheduler": "cosine", "label_smoothing": 0.0, "augment": 0.5,
                   "augmentation": "full", "freeze_epochs": 0, "backbone_lr_scale": 1.0, "freeze_batchnorm": False, "warmup_epochs": 1.0,
                   "head_solver": "sgd", "feature_views": 4, "tta_flip": False, "mixup": 0.0, "cutmix": 0.0,
-                  "ema_epochs": 0.0, "keep_best": True}
+                  "ema_epochs": 0.0, "keep_best": True, "familiarity_backbone": OWN_FEATURES}
 
     def resolved(self, training_photos: int | None = None) -> "TrainConfig":
         """A copy with every ``None`` replaced by the model's default, validated.
@@ -159,7 +169,7 @@ class TrainConfig:
                 kind = "a whole number" if integer else "a number"
                 problems.append(f"{name} must be {kind} in {low_text}, {high_text} (got {value!r})")
 
-        from .models import list_models
+        from .models import get_spec, list_models
         if self.model not in list_models():
             problems.append(f"model must be one of {', '.join(list_models())} (got {self.model!r})")
         if not isinstance(self.data, str):
@@ -192,6 +202,12 @@ class TrainConfig:
         number("early_stopping_patience", 0, MAX_EPOCHS)
         number("log_every", 1, 1_000_000)
         number("seed", 0, 2**32 - 1)  # times 1,000,003 per epoch in the engine: well inside torch's 64-bit seeds
+        if self.familiarity_backbone not in (None, OWN_FEATURES) and (
+                self.familiarity_backbone not in list_models()
+                or not get_spec(self.familiarity_backbone).preprocessing.mean):
+            pretrained = [name for name in list_models() if get_spec(name).preprocessing.mean]
+            problems.append(f"familiarity_backbone must be {OWN_FEATURES!r} or a pretrained model "
+                            f"({', '.join(pretrained)}; got {self.familiarity_backbone!r})")
         if self.weights_path is not None and not isinstance(self.weights_path, str):
             problems.append(f"weights_path must be a file path (got {self.weights_path!r})")
         if not isinstance(self.model_options, dict):
@@ -209,6 +225,11 @@ class TrainConfig:
         if problems:
             raise LandmarkError("invalid training config: " + "; ".join(problems))
 
+    @property
+    def separate_familiarity_backbone(self) -> str | None:
+        """The model whose features the familiarity check compares, or None for the classifier's own."""
+        return None if self.familiarity_backbone in (None, OWN_FEATURES) else self.familiarity_backbone
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -223,6 +244,7 @@ class TrainConfig:
         for added_later in ("mixup", "cutmix", "ema_epochs"):  # a run recorded before these trained without them
             values.setdefault(added_later, 0.0)
         values.setdefault("keep_best", True)
+        values.setdefault("familiarity_backbone", OWN_FEATURES)  # before the setting, familiarity used these
         return cls(**values)
 
 

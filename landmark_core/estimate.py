@@ -37,6 +37,8 @@ class StepTimes:
     eval_batch: float
     batch_size: int
     eval_batch_size: int
+    #: Seconds per evaluation batch of the separate familiarity backbone (0: the run compares its own features).
+    familiarity_eval_batch: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -125,10 +127,15 @@ def measure_steps(config: TrainConfig, num_classes: int, *, training: bool = Tru
     train_batch = seconds_per_call(train_step) if training else 0.0
     model.eval()
     eval_batch = seconds_per_call(eval_step)
+    familiarity_batch = 0.0
+    if config.separate_familiarity_backbone:  # evaluation passes every split through it too
+        model = build_model(config.separate_familiarity_backbone, num_classes, pretrained=False).to(
+            device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format).eval()
+        familiarity_batch = seconds_per_call(eval_step)
     model = optimizer = None  # freed before the cache is emptied (the step closures hold these cells)
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the app's process times the steps: it should not keep the GPU's memory
-    return StepTimes(train_batch, eval_batch, config.batch_size, eval_size)
+    return StepTimes(train_batch, eval_batch, config.batch_size, eval_size, familiarity_batch)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -154,8 +161,8 @@ def estimate_run(config: TrainConfig, steps: StepTimes, *, trained_photos: int, 
     """The run's time from its step times and the sizes of its splits (``config`` resolved for its dataset)."""
     train_batches = max(1, math.ceil(trained_photos / config.batch_size))
 
-    def eval_seconds(photos: int, flip: bool = bool(config.tta_flip)) -> float:
-        return math.ceil(photos / steps.eval_batch_size) * steps.eval_batch * (2 if flip else 1)
+    def eval_seconds(photos: int, flip: bool = bool(config.tta_flip), batch_seconds: float = steps.eval_batch) -> float:
+        return math.ceil(photos / steps.eval_batch_size) * batch_seconds * (2 if flip else 1)
 
     frozen = config.freeze_epochs if config.cache_features else 0
     full_epochs = config.epochs - frozen
@@ -165,9 +172,11 @@ def estimate_run(config: TrainConfig, steps: StepTimes, *, trained_photos: int, 
     views = FeatureBatches.view_count(config.feature_views, config.augment > 0, frozen,
                                       exact_views=config.head_solver == "lbfgs", tta_flip=bool(config.tta_flip))
     frozen_seconds = views * eval_seconds(trained_photos, flip=False) + eval_seconds(val_photos) if frozen else 0.0
-    # the final evaluation predicts every split (the training photos give the familiarity's feature bank), then
-    # the export is checked on a batch
-    evaluation = eval_seconds(trained_photos + val_photos + test_photos) + eval_seconds(steps.eval_batch_size)
+    # the final evaluation predicts every split (the training photos give the familiarity's feature bank, through
+    # the separate familiarity backbone where there is one), then the export is checked on a batch
+    evaluated = trained_photos + val_photos + test_photos
+    evaluation = (eval_seconds(evaluated) + eval_seconds(steps.eval_batch_size)
+                  + eval_seconds(evaluated + steps.eval_batch_size, batch_seconds=steps.familiarity_eval_batch))
     return RunEstimate(epochs=config.epochs, full_epochs=full_epochs, train_batches=train_batches,
                        seconds_per_epoch=seconds_per_epoch, training_seconds=full_epochs * seconds_per_epoch,
                        frozen_seconds=frozen_seconds, evaluation_seconds=evaluation,

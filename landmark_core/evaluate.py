@@ -18,7 +18,7 @@ from .calibration import (coverage_at_precision, expected_calibration_error, fit
                           top_k_hits, top_k_indices)
 from .fileio import read_json, save_atomic, write_json_atomic
 from .checkpoints import load_run_model
-from .models import LandmarkNet, inference_batch_size
+from .models import LandmarkNet, familiarity_network, get_spec, inference_batch_size
 from .prepare import decode_photos, prepare_data
 from .runs import Run
 
@@ -48,6 +48,23 @@ def split_outputs(model: LandmarkNet, split: data_lib.DecodedSplit, *, image_siz
         features.append(batch.cpu())
         logits.append(model.head(batch.to(model.head[-1].weight.dtype)).float().cpu())
     return torch.cat(features), torch.cat(logits).numpy()
+
+
+def familiarity_outputs(model: LandmarkNet, config, num_classes: int, *, mean, std, **options):
+    """A function of a decoded split giving (the features the familiarity check compares, the classifier's logits):
+    the classifier's own features, or those of the run's separate familiarity backbone on the same crop, each
+    normalised as its network expects (see ``TrainConfig.familiarity_backbone``)."""
+    name = config.separate_familiarity_backbone
+    if name is None:
+        return lambda split: split_outputs(model, split, mean=mean, std=std, **options)
+    network = familiarity_network(name, num_classes).to(options["device"])
+    preprocessing = get_spec(name).preprocessing
+
+    def outputs(split):
+        logits = split_outputs(model, split, mean=mean, std=std, **options)[1]
+        features = split_outputs(network, split, mean=preprocessing.mean, std=preprocessing.std, **options)[0]
+        return features, logits
+    return outputs
 
 
 def split_logits(model: LandmarkNet, split: data_lib.DecodedSplit, **options) -> np.ndarray:
@@ -162,15 +179,19 @@ def open_set_report(scorer: openset.Scorer, choice: dict, probability_threshold:
                 "max_probability": openset.auroc(known.probability, other.probability),
                 "energy": openset.auroc(openset.energy(test[1], scorer.temperature),
                                         openset.energy(unknown[1], scorer.temperature)) if len(unknown[1]) else None},
-            "leave-one-class-out": {"familiarity": openset.auroc(known.familiarity, test_pseudo)}},
+            "leave-one-class-out": {"familiarity": openset.auroc(known.familiarity, test_pseudo.familiarity)}},
         "known": openset.operating_point(known.probability, known.familiarity, probability_threshold, threshold, correct),
         "unknown": openset.operating_point(other.probability, other.familiarity, probability_threshold, threshold),
+        # the test photos, each judged as if its landmark had never been learned: the run's own estimate of how
+        # photos of landmarks it does not know fare (the held-out-classes protocol without retraining)
+        "held_out_classes": openset.operating_point(test_pseudo.probability, test_pseudo.familiarity,
+                                                    probability_threshold, threshold),
         "known_without_open_set": openset.operating_point(known.probability, known.familiarity,
                                                           probability_threshold, -1.0, correct),
         "unknown_without_open_set": openset.operating_point(other.probability, other.familiarity,
                                                             probability_threshold, -1.0),
         "curve": openset.familiarity_curve(known.probability, known.familiarity, correct, other.probability,
-                                           other.familiarity, probability_threshold),
+                                           other.familiarity, probability_threshold, held_out=test_pseudo),
         "test_familiarity": known.familiarity,  # per test photo, for predictions.json (popped before saving)
     }
 
@@ -185,9 +206,10 @@ def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=
         prepared = prepare_data(config)
     common = dict(image_size=config.image_size, mean=meta["mean"], std=meta["std"], device=device,
                   tta_flip=bool(config.tta_flip))
-    test_features, test_logits = split_outputs(model, prepared.test, **common)
-    val_features, val_logits = split_outputs(model, prepared.val, **common)
-    train_features, train_logits = split_outputs(model, prepared.train, **common)
+    outputs = familiarity_outputs(model, config, len(meta["classes"]), **common)
+    test_features, test_logits = outputs(prepared.test)
+    val_features, val_logits = outputs(prepared.val)
+    train_features, train_logits = outputs(prepared.train)
     calibration = calibration_report(val_logits, prepared.val.labels, test_logits, prepared.test.labels,
                                      fit=bool(config.calibrate))
     temperature = calibration["temperature"]
@@ -202,13 +224,14 @@ def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=
     for name, paths in (("calibration", prepared.unknown_calibration), ("evaluation", prepared.unknown_evaluation)):
         if paths:
             decoded = decode_photos(config, paths, prepared.cache_dir)
-            unknowns[name], unknown_paths[name] = split_outputs(model, decoded, **common), decoded.paths
+            unknowns[name], unknown_paths[name] = outputs(decoded), decoded.paths
     # The familiarity threshold first (from pseudo-unknowns and any unknown photos), then the probability
     # threshold on the validation photos that pass it: those are the photos the tag decision has to sort out.
     val_labels = np.asarray(prepared.val.labels, dtype=np.int64)
     pseudo = openset.leave_one_class_out(torch.cat([train_features, val_features]),
                                          torch.cat([bank_labels, torch.from_numpy(val_labels)]),
-                                         np.concatenate([train_logits, val_logits]), temperature, bank, bank_labels)
+                                         np.concatenate([train_logits, val_logits]), temperature, bank,
+                                         bank_labels).familiarity
     calibration_scores = scorer(*unknowns["calibration"]) if "calibration" in unknowns else None
     choice = openset.choose_familiarity_threshold(
         pseudo, *((calibration_scores.familiarity, calibration_scores.probability >= MIN_DEFAULT_THRESHOLD)
@@ -219,8 +242,8 @@ def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=
     open_set = open_set_report(scorer, choice, default_threshold, test=(test_features, test_logits),
                                test_labels=np.asarray(prepared.test.labels), unknown=unknowns.get("evaluation"))
     open_set["unknown_predictions"] = []  # what each unknown photo got, for the Evaluate gallery
-    for name, outputs in unknowns.items():
-        scores = scorer(*outputs)
+    for name, unknown_outputs in unknowns.items():
+        scores = scorer(*unknown_outputs)
         open_set["unknown_predictions"] += [
             {"path": path, "split": name, "predicted": int(p), "probability": float(q), "familiarity": float(f)}
             for path, p, q, f in zip(unknown_paths[name], scores.predicted, scores.probability, scores.familiarity)]

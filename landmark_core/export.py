@@ -25,6 +25,7 @@ from .checkpoints import load_feature_bank, load_run_model
 from .config import run_preprocessing
 from .errors import ModelError, RunError
 from .fileio import read_json, sha256_file, write_json_atomic
+from .models import familiarity_network, get_spec
 from .openset import familiarity, tag_outcomes
 from .runs import Run
 from .transforms import freeze_scripted, resize_and_centre_crop
@@ -43,16 +44,31 @@ class ExportedClassifier(nn.Module):
     ``temperature`` is the softmax temperature fit on the validation split.
     ``classify`` also returns each photo's familiarity (see :mod:`.openset`),
     computed against the ``feature_bank`` of normalised training features that
-    evaluation saved; the two default thresholds travel with the model.
+    evaluation saved, from the model's own backbone or from a separate
+    ``familiarity_network`` on the same crop; the two default thresholds
+    travel with the model.
     """
     class_names: List[str]
 
     def __init__(self, model: nn.Module, class_names: List[str], mean, std, image_size: int, resize_size: int,
                  interpolation: str = "bilinear", temperature: float = 1.0, flip_tta: bool = False,
                  feature_bank: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, probability_threshold: float = 0.5,
-                 familiarity_threshold: float = -1.0):
+                 familiarity_threshold: float = -1.0, familiarity_network: Optional[nn.Module] = None,
+                 familiarity_mean=None, familiarity_std=None):
         super().__init__()
         self.model = model
+        # familiarity from another pretrained network's features (TrainConfig.familiarity_backbone), on the same
+        # crop, renormalised from this model's statistics to that network's own
+        self.separate_familiarity_backbone = familiarity_network is not None
+        self.familiarity_backbone = familiarity_network.backbone if familiarity_network is not None else nn.Identity()
+        scale, shift = torch.ones(3), torch.zeros(3)
+        if familiarity_network is not None:
+            mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+            own_mean = torch.tensor(familiarity_mean, dtype=torch.float32)
+            own_std = torch.tensor(familiarity_std, dtype=torch.float32)
+            scale, shift = std_t / own_std, (mean_t - own_mean) / own_std
+        self.register_buffer("familiarity_scale", scale.view(1, 3, 1, 1))
+        self.register_buffer("familiarity_shift", shift.view(1, 3, 1, 1))
         self.class_names = list(class_names)
         self.image_size = image_size
         self.resize_size = resize_size
@@ -61,8 +77,9 @@ class ExportedClassifier(nn.Module):
         self.flip_tta = bool(flip_tta)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        feature_dim = familiarity_network.feature_dim if familiarity_network is not None else model.feature_dim
         features, labels = feature_bank if feature_bank is not None else (
-            torch.zeros(0, model.feature_dim, dtype=torch.float16), torch.zeros(0, dtype=torch.long))
+            torch.zeros(0, feature_dim, dtype=torch.float16), torch.zeros(0, dtype=torch.long))
         self.register_buffer("bank", features.half())
         self.register_buffer("bank_labels", labels.long())
         self.has_feature_bank = len(labels) > 0
@@ -79,8 +96,7 @@ class ExportedClassifier(nn.Module):
                                             self.interpolation)
         return (pixels - self.mean) / self.std
 
-    def _features_and_probabilities(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        inputs = self.preprocess(image)
+    def _features_and_probabilities(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         features = self.model.backbone(inputs).float()
         if self.flip_tta:
             features = (features + self.model.backbone(inputs.flip(-1)).float()) / 2
@@ -89,14 +105,20 @@ class ExportedClassifier(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Class probabilities: (C,) for one image, (N, C) for a batch."""
-        probs = self._features_and_probabilities(image)[1]
+        probs = self._features_and_probabilities(self.preprocess(image))[1]
         return probs[0] if image.dim() == 3 else probs
 
     @torch.jit.export
     def classify(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(class probabilities, familiarity): familiarity is 1 for every photo when there is no feature bank."""
-        features, probs = self._features_and_probabilities(image)
+        inputs = self.preprocess(image)
+        features, probs = self._features_and_probabilities(inputs)
         if self.has_feature_bank:
+            if self.separate_familiarity_backbone:
+                inputs = inputs * self.familiarity_scale + self.familiarity_shift
+                features = self.familiarity_backbone(inputs).float()
+                if self.flip_tta:
+                    features = (features + self.familiarity_backbone(inputs.flip(-1)).float()) / 2
             scores = familiarity(features, self.bank, self.bank_labels, probs)
         else:
             scores = torch.ones(probs.shape[0], device=probs.device)
@@ -155,7 +177,19 @@ def build_exportable(run_dir: Path, checkpoint: str = "best") -> ExportedClassif
                               float(calibration.get("probability_threshold",
                                                     (read_json(run_dir / Run.EVALUATION, default={}) or {})
                                                     .get("default_threshold", 0.5))),
-                              float(calibration.get("familiarity_threshold", -1.0))).eval()
+                              float(calibration.get("familiarity_threshold", -1.0)),
+                              *_familiarity_network(config, len(meta["classes"]), bank is not None)).eval()
+
+
+def _familiarity_network(config, num_classes: int, has_bank: bool) -> tuple:
+    """(network, its mean, its std) when the run's familiarity check compares another network's features, else
+    nothing; channels-last like the classifier."""
+    name = config.separate_familiarity_backbone
+    if name is None or not has_bank:
+        return ()
+    preprocessing = get_spec(name).preprocessing
+    network = familiarity_network(name, num_classes).to(memory_format=torch.channels_last)
+    return network, preprocessing.mean, preprocessing.std
 
 
 #: Export formats and the file each writes in the run folder.
@@ -516,22 +550,31 @@ Classes, thresholds and preprocessing: export.json.
 {snippet}
 """
 
+#: The tag decision, from a model's probabilities and familiarity and export.json's thresholds, as `landmark tag`
+#: takes it for a photo without GPS (the README's ONNX snippet is the ONNX entry with ``RUN/`` paths; tested).
+_DECISION = """best = int(probabilities[0].argmax())
+if meta["familiarity_threshold"] is not None and familiarity[0] < meta["familiarity_threshold"]:
+    outcome = "unknown"    # not like the training photos of any landmark it knows: no tag
+elif probabilities[0, best] < meta["probability_threshold"]:
+    outcome = "abstained"  # a landmark it knows, but not sure enough which
+else:
+    outcome = "tagged"
+print(meta["classes"][best], outcome)"""
 _SNIPPETS = {
     "torchscript": """import json, numpy as np, torch
-from PIL import Image
+from PIL import Image, ImageOps
 meta = json.load(open("export.json"))
 model = torch.jit.load("model.ts").eval()
-photo = torch.from_numpy(np.asarray(Image.open("photo.jpg").convert("RGB"))).permute(2, 0, 1)[None]
-probabilities, familiarity = model.classify(photo)
-best = int(probabilities[0].argmax())
-print(meta["classes"][best], float(probabilities[0, best]), bool(familiarity[0] >= meta["familiarity_threshold"]))""",
+photo = ImageOps.exif_transpose(Image.open("photo.jpg")).convert("RGB")
+probabilities, familiarity = model.classify(torch.from_numpy(np.asarray(photo)).permute(2, 0, 1)[None])
+""" + _DECISION,
     "onnx": """import json, numpy as np, onnxruntime
-from PIL import Image
+from PIL import Image, ImageOps
 meta = json.load(open("export.json"))
 session = onnxruntime.InferenceSession("model.onnx")
-photo = np.asarray(Image.open("photo.jpg").convert("RGB")).transpose(2, 0, 1)[None]
-probabilities, familiarity = session.run(None, {"image": photo})
-print(meta["classes"][probabilities[0].argmax()], familiarity[0] >= meta["familiarity_threshold"])""",
+photo = ImageOps.exif_transpose(Image.open("photo.jpg")).convert("RGB")
+probabilities, familiarity = session.run(None, {"image": np.asarray(photo).transpose(2, 0, 1)[None]})
+""" + _DECISION,
 }
 
 

@@ -405,6 +405,15 @@ for _variant in EFFICIENTNET_LITE_VARIANTS:
     ))
 
 
+def familiarity_network(name: str, num_classes: int) -> LandmarkNet:
+    """The pretrained network ``name`` whose backbone features a familiarity check compares instead of the
+    classifier's own (TrainConfig.familiarity_backbone); frozen, in eval mode. Its head is unused."""
+    network = build_model(name, num_classes, pretrained=True).eval()
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    return network
+
+
 # --- metadata -------------------------------------------------------------------------------
 
 def count_parameters(model: nn.Module) -> int:

@@ -6,11 +6,13 @@ So besides "which landmark" we ask "does this photo look like the training
 photos of that landmark". The score, *familiarity*, is the cosine similarity
 of the photo's backbone feature to its nearest training photo of the predicted
 class (the run keeps the normalised training features, a *feature bank*, and
-the exported model carries it), plus a tenth of the log of the calibrated top
+the exported model carries it; ``TrainConfig.familiarity_backbone`` can take
+another pretrained network's features instead), plus a tenth of the log of the calibrated top
 probability, so a photo that is both close to one training photo and torn
 between classes counts as less familiar. Measured against the alternatives on
 real photos (BENCHMARKS.md, table 8): the softmax probability and the energy
-score alone separate known from unknown landmarks less well.
+score alone separate known from unknown landmarks less well (AUROC), but for a
+tie on the merged sets' held-out classes.
 
 The threshold needs examples of unknown landmarks. Every run has some for
 free: each training photo, with its own class taken out of the feature bank
@@ -28,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 #: At most this share of leave-one-class-out pseudo-unknowns may pass the familiarity threshold. Measured on
-#: real photos (BENCHMARKS.md, table 8), 10% of pseudo-unknowns let through ~3-5% of real unknown landmarks.
+#: real photos (BENCHMARKS.md, table 8), 10% of pseudo-unknowns let through 4-5% of another set's landmarks but
+#: 16-31% of a set's own landmarks held out of training (look-alikes fare worst: table 15).
 PSEUDO_UNKNOWN_PASS = 0.10
 #: With real unknown photos to calibrate on, at most this share of them may be tagged.
 MAX_UNKNOWN_TAGGED = 0.05
@@ -61,29 +64,28 @@ def familiarity(features: torch.Tensor, bank: torch.Tensor, bank_labels: torch.T
     return nearest + probability_weight * torch.log(top.float().clamp_min(1e-12))
 
 
+class Scores(NamedTuple):
+    probability: np.ndarray  # top calibrated probability
+    predicted: np.ndarray
+    familiarity: np.ndarray
+
+
 def leave_one_class_out(features: torch.Tensor, labels: torch.Tensor, logits: np.ndarray, temperature: float,
-                        bank: torch.Tensor, bank_labels: torch.Tensor, chunk: int = 1024) -> np.ndarray:
-    """Familiarity of each known photo as if its class had never been learned: its own class taken out of the
-    bank and of the softmax. These pseudo-unknowns are what the familiarity threshold is set from."""
-    scores = []
+                        bank: torch.Tensor, bank_labels: torch.Tensor, chunk: int = 1024) -> Scores:
+    """Top probability, predicted class and familiarity of each known photo as if its class had never been
+    learned: its own class taken out of the softmax, so the prediction is another class and the familiarity
+    compares that class's bank rows only. These pseudo-unknowns are what the familiarity threshold is set from."""
+    parts = []
     for start in range(0, len(features), chunk):
         own = labels[start:start + chunk]
         scaled = torch.from_numpy(np.asarray(logits[start:start + chunk], dtype=np.float32)) / temperature
         scaled[torch.arange(len(own)), own] = float("-inf")
         probabilities = torch.softmax(scaled, dim=1)
-        keep_bank = bank_labels.unsqueeze(0) != own.unsqueeze(1)  # the bank without the photo's own class
         top, predicted = probabilities.max(dim=1)
-        similarity = normalise_features(features[start:start + chunk]) @ bank.float().t()
-        same_class = (bank_labels.unsqueeze(0) == predicted.unsqueeze(1)) & keep_bank
-        nearest = similarity.masked_fill(~same_class, -1.0).max(dim=1).values
-        scores.append(nearest + PROBABILITY_WEIGHT * torch.log(top.clamp_min(1e-12)))
-    return torch.cat(scores).numpy() if scores else np.zeros(0, dtype=np.float32)
-
-
-class Scores(NamedTuple):
-    probability: np.ndarray  # top calibrated probability
-    predicted: np.ndarray
-    familiarity: np.ndarray
+        parts.append((top, predicted, familiarity(features[start:start + chunk], bank, bank_labels, probabilities)))
+    if not parts:
+        return Scores(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    return Scores(*(torch.cat(column).numpy() for column in zip(*parts)))
 
 
 class Scorer:
@@ -167,8 +169,9 @@ def operating_point(probability: np.ndarray, familiarity_scores: np.ndarray, pro
 
 
 def familiarity_curve(known_probability, known_familiarity, known_correct, unknown_probability, unknown_familiarity,
-                      probability_threshold: float) -> list[dict]:
-    """For each familiarity threshold (at the probability threshold): known coverage and precision, unknowns tagged."""
+                      probability_threshold: float, held_out: Scores | None = None) -> list[dict]:
+    """For each familiarity threshold (at the probability threshold): known coverage and precision, unknowns tagged
+    and, with ``held_out`` (the known photos' :func:`leave_one_class_out` scores), the share of them tagged."""
     rows = []
     for threshold in FAMILIARITY_GRID:
         known = operating_point(known_probability, known_familiarity, probability_threshold, threshold, known_correct)
@@ -176,5 +179,8 @@ def familiarity_curve(known_probability, known_familiarity, known_correct, unkno
         if len(unknown_familiarity):
             row["unknown_tagged"] = operating_point(unknown_probability, unknown_familiarity, probability_threshold,
                                                     threshold)["tagged_share"]
+        if held_out is not None and len(held_out.familiarity):
+            row["held_out_tagged"] = operating_point(held_out.probability, held_out.familiarity,
+                                                     probability_threshold, threshold)["tagged_share"]
         rows.append(row)
     return rows

@@ -3,7 +3,8 @@ import pandas as pd
 import streamlit as st
 
 from landmark_core.insights import (cell_images, class_places_frame, confusion_classes, confusion_frame,
-                                   familiarity_curve_frame, per_class_frame, short_label, tagged_unknowns, top_losses)
+                                   familiarity_curve_frame, per_class_frame, short_label, tagged_unknowns, top_losses,
+                                   wrong_tag_estimate)
 from pages.common import current_dataset_runs, explanation_for, finished_runs, model_bundle_for, run_label, world_map
 
 st.title("📊 Evaluate")
@@ -73,6 +74,9 @@ if open_set:
                + ("" if open_set["unknown_photos"]["evaluation"] else
                   " — add an `unknown/` folder of photos of other places to the dataset to measure and tighten this")
                + ".")
+    estimate = wrong_tag_estimate(evaluation)
+    if estimate:
+        st.info(estimate)
     curve = familiarity_curve_frame(evaluation)
     rule = alt.Chart(pd.DataFrame({"threshold": [open_set["familiarity_threshold"]]})).mark_rule(
         strokeDash=[4, 4], color="gray").encode(x="threshold:Q")

@@ -73,6 +73,74 @@ def noise_image(size=(64, 48), seed=0) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
+#: Kinds of drawn image that show no place: what a photo library holds besides photos (scans, screenshots...).
+DRAWN_KINDS = ("document", "chart", "screenshot", "floor plan", "poster")
+
+
+def drawn_image(kind: str, seed: int = 0, size=(640, 480)) -> Image.Image:
+    """A drawn image of one of :data:`DRAWN_KINDS`: none is a photograph of a place, so none should get a tag."""
+    from PIL import ImageDraw, ImageFont
+    rng = np.random.default_rng(seed)
+    width, height = size
+    paper = tuple(int(v) for v in rng.integers(235, 256, 3))
+    image = Image.new("RGB", size, paper)
+    draw = ImageDraw.Draw(image)
+    ink = tuple(int(v) for v in rng.integers(0, 60, 3))
+    font = ImageFont.load_default(size=int(rng.integers(14, 22)))  # Pillow's bundled font: nothing downloaded
+    words = ["Invoice", "Total", "Meeting", "notes", "Q3", "budget", "Page", "Summary", "Report", "item"]
+    def text_lines(top: int, left: int, right: int, step: int) -> None:
+        for y in range(top, height - 30, step):
+            line = " ".join(rng.choice(words, int(rng.integers(3, 9))))
+            draw.text((left, y), line, fill=ink, font=font)
+            if rng.random() < 0.3:
+                draw.line((left, y + step - 6, int(rng.integers(left + 100, right)), y + step - 6), fill=ink)
+    if kind == "document":
+        draw.text((40, 24), str(rng.choice(words)).upper(), fill=ink, font=ImageFont.load_default(size=36))
+        text_lines(90, 40, width - 40, int(rng.integers(22, 32)))
+    elif kind == "chart":
+        draw.line((60, height - 50, width - 30, height - 50), fill=ink, width=2)
+        draw.line((60, 30, 60, height - 50), fill=ink, width=2)
+        bars = int(rng.integers(4, 10))
+        for index in range(bars):
+            left = 70 + index * (width - 110) // bars
+            top = int(rng.integers(60, height - 80))
+            colour = tuple(int(v) for v in rng.integers(30, 220, 3))
+            draw.rectangle((left, top, left + (width - 110) // bars - 12, height - 51), fill=colour)
+            draw.text((left, height - 42), f"{2019 + index}", fill=ink, font=font)
+    elif kind == "screenshot":
+        chrome = tuple(int(v) for v in rng.integers(40, 90, 3))
+        draw.rectangle((0, 0, width, 44), fill=chrome)
+        for index in range(3):
+            draw.ellipse((12 + 22 * index, 14, 28 + 22 * index, 30), fill=(230, 80 + 60 * index, 70))
+        draw.rectangle((0, 44, 160, height), fill=tuple(max(0, v - 20) for v in paper))
+        for y in range(64, height - 20, 34):
+            draw.text((16, y), str(rng.choice(words)), fill=ink, font=font)
+        for y in range(64, height - 60, 70):
+            draw.rounded_rectangle((180, y, width - 20, y + 56), radius=8, outline=ink)
+            draw.text((196, y + 18), " ".join(rng.choice(words, 4)), fill=ink, font=font)
+    elif kind == "floor plan":
+        for _ in range(int(rng.integers(5, 10))):
+            x0, y0 = int(rng.integers(20, width - 200)), int(rng.integers(20, height - 150))
+            draw.rectangle((x0, y0, x0 + int(rng.integers(80, 200)), y0 + int(rng.integers(60, 150))),
+                           outline=ink, width=4)
+        draw.text((width - 160, height - 40), "PLAN 1:100", fill=ink, font=font)
+    elif kind == "poster":
+        background = tuple(int(v) for v in rng.integers(0, 256, 3))
+        draw.rectangle((0, 0, width, height), fill=background)
+        for _ in range(int(rng.integers(2, 5))):
+            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+            x, y, r = int(rng.integers(0, width)), int(rng.integers(0, height)), int(rng.integers(40, 160))
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+        contrast = tuple(255 - v for v in background)
+        draw.text((40, 40), "SUMMER SALE" if seed % 2 else "LIVE MUSIC", fill=contrast,
+                  font=ImageFont.load_default(size=64))
+        draw.text((40, height - 80), "Saturday 8 pm  -  tickets at the door", fill=contrast,
+                  font=ImageFont.load_default(size=26))
+    else:
+        raise ValueError(f"no drawn image of kind {kind!r}")
+    return image
+
+
 @pytest.fixture(scope="session")
 def ui_artifacts(tmp_path_factory) -> Path:
     """An artifacts folder as the app sees it: demo data (5 classes) and one finished run."""

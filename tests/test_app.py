@@ -8,6 +8,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from landmark_core.distributed import process_limit
+from landmark_core.fileio import read_json
 from landmark_core.runs import list_runs, read_status
 from test_review import new_landmark_photos, teachable  # noqa: F401  (fixtures, shared)
 
@@ -156,6 +157,11 @@ def test_evaluate_shows_the_open_set_decision(app_env):
     assert ("unknown/ photos" in auroc.help) and (("holding each class out" in auroc.help) == auroc.label.endswith("classes"))
     assert next(m for m in at.metric if m.label == "Temperature").help
     assert any("Known or unknown" in s.value for s in at.subheader)
+    # the operating point in words, with the run's own held-out-classes estimate
+    run = next(r for r in list_runs() if r.state == "finished")
+    share = read_json(run.path / "evaluation.json")["open_set"]["held_out_classes"]["tagged_share"]
+    words = next(i.value for i in at.info if "never learned" in i.value)
+    assert f"roughly **{share:.0%}** would get a wrong name and place" in words and "table 8" in words
 
 
 def test_predict_page_agrees_with_the_library_on_unknown_photos(app_env):

@@ -2,6 +2,7 @@
 run will take, measured before it starts."""
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from landmark_core import data as data_lib
 from landmark_core.config import TrainConfig
 from landmark_core.engine import Engine
-from landmark_core.estimate import estimate, measure_steps
+from landmark_core.estimate import estimate, estimate_run, measure_steps
 from landmark_core.models import build_model, get_spec
 from landmark_core.pipeline import create_run
 from landmark_core.prepare import prepare_data, resolved_for_dataset
@@ -147,6 +148,22 @@ def test_a_run_that_only_fits_a_head_on_frozen_features_is_timed_without_trainin
     cost = estimate(config)
     assert cost.full_epochs == 0 and cost.training_seconds == 0 and cost.frozen_seconds > 0
     assert "frozen-backbone epochs" in cost.describe() and "epochs of about" not in cost.describe()
+
+
+def test_a_separate_familiarity_backbone_is_timed_into_the_evaluation(tiny_dataset):
+    """Evaluation also passes every split through the familiarity backbone (Lite0 beside a Lite2, by default)."""
+    own = tiny_config(tiny_dataset, epochs=1)
+    beside = tiny_config(tiny_dataset, epochs=1, familiarity_backbone="efficientnet_lite0")
+    assert measure_steps(own, 3).familiarity_eval_batch == 0
+    steps = measure_steps(beside, 3)
+    assert steps.familiarity_eval_batch > 0
+    resolved, dataset = resolved_for_dataset(beside)
+    sizes = dict(trained_photos=30, val_photos=3, test_photos=12, decode_seconds_per_photo=0.0)
+    with_it = estimate_run(resolved, steps, **sizes)
+    without = estimate_run(resolved, replace(steps, familiarity_eval_batch=0.0), **sizes)
+    batches = math.ceil((30 + 3 + 12 + steps.eval_batch_size) / steps.eval_batch_size)
+    assert with_it.evaluation_seconds - without.evaluation_seconds == pytest.approx(
+        batches * steps.familiarity_eval_batch)
 
 
 def test_landmark_train_estimate_prints_the_time_and_trains_nothing(tiny_dataset, artifacts):

@@ -239,6 +239,17 @@ def test_a_run_made_before_preprocessing_was_recorded_keeps_what_it_trained_with
     assert (new.resize_size, new.interpolation, new.head_solver) == (293, "bicubic", "lbfgs")
 
 
+def test_a_run_made_before_the_familiarity_backbone_setting_keeps_its_own_features():
+    """A run recorded before the setting compared its own features: resuming or retraining it keeps them, whatever
+    the model's default becomes; a recorded setting is kept."""
+    old = TrainConfig(data="x", model="efficientnet_lite2", device="cpu").resolved().to_dict()
+    old.pop("familiarity_backbone")
+    assert TrainConfig.from_dict(old).familiarity_backbone == "own"
+    new = TrainConfig(data="x", model="efficientnet_lite2", familiarity_backbone="efficientnet_lite0",
+                      device="cpu").resolved().to_dict()
+    assert TrainConfig.from_dict(new).resolved().separate_familiarity_backbone == "efficientnet_lite0"
+
+
 def test_transfer_choices_that_do_not_fit_together():
     no_freeze = TrainConfig(data="x", model="efficientnet_lite0", device="cpu", freeze_epochs=0).resolved()
     assert no_freeze.epochs == 3  # nothing frozen: fine-tuning is all there is, even on a CPU
