@@ -29,7 +29,7 @@ from .errors import DataError, LandmarkError, RunError, TrainingCancelled
 from .evaluate import evaluate_run
 from .export import export_run
 from .fileio import read_json, read_jsonl, remove_unfinished_writes, write_bytes_atomic, write_json_atomic
-from .models import build_model
+from .models import build_model, familiarity_network
 from .prepare import prepare_data, resolved_for_dataset
 from .progress import Stage
 from .runs import STOPPED_BY_REQUEST, new_run_dir, now_iso, non_negative, read_status, Run, worked_seconds, write_status
@@ -132,6 +132,8 @@ def _build_engine(run_dir: Path, config: TrainConfig, prepared, world: distribut
                   writers: Sequence[Callback], callbacks: Sequence[Callback], resume_state: dict | None) -> Engine:
     """The model and the engine with the standard callbacks (``writers``: rank 0's), resumed when asked."""
     torch.manual_seed(config.seed)  # initialisation must not depend on what ran earlier in this process
+    if config.separate_familiarity_backbone:  # its weights are needed only by evaluation: missing ones fail now
+        familiarity_network(config.separate_familiarity_backbone, len(prepared.classes))
     model = build_model(config.model, len(prepared.classes), pretrained=config.pretrained,
                         weights_path=config.weights_path, **config.model_options)
     engine = Engine(config, model, prepared, device, [

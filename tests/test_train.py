@@ -421,3 +421,13 @@ def test_a_background_sweep_reports_progress_and_keeps_its_result(tiny_dataset, 
     while missing.state == SweepState.RUNNING and time.time() < deadline:
         time.sleep(0.2)
     assert missing.state == SweepState.FAILED and "no-such-folder" in missing.error and missing.result is None
+
+
+def test_missing_weights_of_a_familiarity_backbone_fail_before_training(tiny_dataset, tmp_path, monkeypatch):
+    """Evaluation needs them, but a run must not train for an hour to find out: the library's one-line fix, first."""
+    from landmark_core.errors import ModelError
+    from landmark_core.pipeline import train_new
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    with pytest.raises(ModelError, match="resnet18-f37072fd.pth"):
+        train_new(tiny_config(tiny_dataset, familiarity_backbone="resnet18"), tmp_path / "artifacts")
+    assert not list((tmp_path / "artifacts").rglob("*.pt"))  # no epoch was trained
