@@ -146,9 +146,17 @@ def join(device: torch.device) -> tuple[World, torch.device]:
     return world, device
 
 
-def leave() -> None:
+def leave(*, together: bool = False) -> None:
+    """Leave the process group (a no-op when there is none, or after leaving).
+
+    ``together``: every rank calls this at the same point, after training, and they meet at a barrier first, so
+    none tears gloo down while another still talks to it (a rank that left while rank 0 went on was once seen to
+    abort at exit with "terminate called without an active exception"). Rank 0 then evaluates alone.
+    """
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -155,6 +155,7 @@ def _train_rank(run_dir: Path, config: TrainConfig, world: distributed.World, de
         world.barrier()  # rank 0 decodes the photos into the shared cache first
         prepared = prepare_data(config)
         _build_engine(run_dir, config, prepared, world, device, (), callbacks, resume_state).fit()
+        distributed.leave(together=True)
     finally:
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
@@ -202,6 +203,7 @@ def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: dis
             # killed before its first one) all of them are: kept, they would log epoch 1 twice
             _restrict_metrics(run_dir / Run.METRICS, engine.epoch)
         engine.fit()
+        distributed.leave(together=True)  # evaluation and export need no other rank
         train_seconds = trained_before + time.time() - started
         write_status(run_dir, train_seconds=train_seconds)
         if evaluate_and_export:
