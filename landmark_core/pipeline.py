@@ -20,7 +20,7 @@ import torch
 
 from . import data as data_lib
 from . import distributed
-from .allocator import keep_freed_memory
+from .allocator import keep_freed_memory, release_freed_memory
 from .callbacks import CancelOnRequest, Checkpointer, EarlyStopping, MetricsLogger, StatusUpdater
 from .checkpoints import load_checkpoint
 from .config import TrainConfig, resolve_device, run_preprocessing
@@ -83,6 +83,7 @@ def train(run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] 
         raise
     finally:
         distributed.leave()
+        release_freed_memory()
 
 
 def _unfinished_status(run_dir: Path) -> dict:
