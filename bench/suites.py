@@ -675,8 +675,11 @@ def _coverage_at(curve: list[dict], unknown_share: float) -> float | None:
     return max(fits) if fits else None
 
 
-#: The familiarity check's features: the classifier's own (the default) and Lite0's frozen ones beside it.
-FAMILIARITY_FEATURES = (("Lite2's own (default)", {}), ("Lite0", {"familiarity_backbone": "efficientnet_lite0"}))
+#: The familiarity check's features: both the classifier's own and Lite0's frozen ones (the default: both must
+#: pass), the classifier's own alone, and Lite0's alone.
+FAMILIARITY_FEATURES = (("both: Lite2's own and Lite0's (default)", {}),
+                        ("Lite2's own", {"familiarity_backbone": "own"}),
+                        ("Lite0", {"familiarity_backbone": "efficientnet_lite0"}))
 
 
 def open_set(scale: Scale, datasets: list[Path], work: Path) -> Table:
@@ -750,7 +753,8 @@ def open_set(scale: Scale, datasets: list[Path], work: Path) -> Table:
         "photos alone, as with a library of places nobody collected examples of.",
         "Familiarity: cosine similarity of a photo's backbone feature (the classifier's own, or Lite0's frozen "
         "ImageNet features on the same crop: --familiarity-backbone efficientnet_lite0) to its nearest training photo of the predicted class, plus a tenth of the log of "
-        "its calibrated top probability. AUROC: known test photos vs the unknown photos (1 = perfectly told apart).",
+        "its calibrated top probability. 'Both' (the default, own+efficientnet_lite0) takes the lower of the two, "
+        "each against its own leave-one-class-out threshold: a photo must look familiar to both networks. AUROC: known test photos vs the unknown photos (1 = perfectly told apart).",
         "The run's own estimate: its known test photos, each judged as if its landmark had never been learned "
         "(its class left out of the softmax and the feature bank), what Evaluate reports for any run.",
         "A photo is tagged when its calibrated probability and its familiarity both reach the run's thresholds; "

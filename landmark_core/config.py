@@ -37,8 +37,9 @@ SCHEDULERS = ("cosine", "onecycle", "plateau", "none")
 AUGMENTATIONS = ("full", "crop_flip", "trivial")
 INTERPOLATIONS = ("bilinear", "bicubic")
 MIXED_PRECISION = ("auto", "off", "bf16")
-#: ``familiarity_backbone`` value for the classifier's own features.
+#: ``familiarity_backbone`` value for the classifier's own features; ``own+MODEL`` asks both networks.
 OWN_FEATURES = "own"
+JOINT_PREFIX = OWN_FEATURES + "+"
 #: The fields that take one of a few values, and those values (validation and the CLI's choices).
 CHOICES = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "head_solver": HEAD_SOLVERS, "augmentation": AUGMENTATIONS,
            "interpolation": INTERPOLATIONS, "mixed_precision": MIXED_PRECISION}
@@ -86,14 +87,14 @@ class TrainConfig:
     cache_features: bool = setting(True, 'cache backbone features during frozen epochs')
     feature_views: int | None = setting(None, 'augmented copies of the training set cached for frozen epochs')
     tta_flip: bool | None = setting(None, "average each photo's prediction with its mirror image's (evaluation and export)")
-    # Measured on real photos (BENCHMARKS.md tables 8 and 15), a Lite2 classifier comparing Lite0's frozen features
-    # tags 4.9% of 384 look-alike landmarks from another source instead of 13.5%, but 8.7-9.9% of another set's
-    # landmarks instead of 4.3-4.9%, a wash on held-out classes, 3 points fewer known photos and a second forward
-    # pass: so an option, not the default.
-    familiarity_backbone: str | None = setting(None, "pretrained model whose features the familiarity check "
-                                                     "compares instead of the classifier's ('own', the default), "
-                                                     "e.g. efficientnet_lite0 beside efficientnet_lite2 for a "
-                                                     "library full of look-alike landmarks")
+    # Measured on real photos (BENCHMARKS.md tables 8 and 15, README): Lite0's frozen features instead of Lite2's
+    # own tag fewer look-alike landmarks (4.9% of 384 instead of 13.5%) but more of another set's (8.7-9.9% instead
+    # of 4.3-4.9%); asking both (own+efficientnet_lite0, Lite2's default) tags fewer unknowns than either in every
+    # protocol (look-alikes 3.6%) for 2-9 points of known photos and a second, smaller forward pass.
+    familiarity_backbone: str | None = setting(None, "whose features the familiarity check compares: 'own' (the "
+                                                     "classifier's), a pretrained model's instead, or "
+                                                     "own+MODEL: both must find the photo familiar (the default "
+                                                     "of efficientnet_lite2: own+efficientnet_lite0)")
     class_balanced: bool = setting(False, 'weight the loss by inverse class frequency')
     resize_size: int | None = setting(None, "short side before the centre crop (default: from the model's crop_pct)")
     interpolation: str | None = setting(None, "resize filter, bilinear or bicubic (default: the model's)")
@@ -202,12 +203,11 @@ class TrainConfig:
         number("early_stopping_patience", 0, MAX_EPOCHS)
         number("log_every", 1, 1_000_000)
         number("seed", 0, 2**32 - 1)  # times 1,000,003 per epoch in the engine: well inside torch's 64-bit seeds
-        if self.familiarity_backbone not in (None, OWN_FEATURES) and (
-                self.familiarity_backbone not in list_models()
-                or not get_spec(self.familiarity_backbone).preprocessing.mean):
+        other = self.separate_familiarity_backbone
+        if other is not None and (other not in list_models() or not get_spec(other).preprocessing.mean):
             pretrained = [name for name in list_models() if get_spec(name).preprocessing.mean]
-            problems.append(f"familiarity_backbone must be {OWN_FEATURES!r} or a pretrained model "
-                            f"({', '.join(pretrained)}; got {self.familiarity_backbone!r})")
+            problems.append(f"familiarity_backbone must be {OWN_FEATURES!r}, a pretrained model or "
+                            f"{JOINT_PREFIX}MODEL ({', '.join(pretrained)}; got {self.familiarity_backbone!r})")
         if self.weights_path is not None and not isinstance(self.weights_path, str):
             problems.append(f"weights_path must be a file path (got {self.weights_path!r})")
         if not isinstance(self.model_options, dict):
@@ -227,8 +227,26 @@ class TrainConfig:
 
     @property
     def separate_familiarity_backbone(self) -> str | None:
-        """The model whose features the familiarity check compares, or None for the classifier's own."""
-        return None if self.familiarity_backbone in (None, OWN_FEATURES) else self.familiarity_backbone
+        """The other model whose features the familiarity check compares (instead of the classifier's own, or
+        beside them in a joint check), or None when it compares the classifier's own only."""
+        if self.familiarity_backbone in (None, OWN_FEATURES):
+            return None
+        return self.familiarity_backbone.removeprefix(JOINT_PREFIX)
+
+    @property
+    def joint_familiarity(self) -> bool:
+        """Both the classifier's own features and the separate backbone's must find a photo familiar."""
+        return str(self.familiarity_backbone).startswith(JOINT_PREFIX)
+
+    @property
+    def familiarity_features(self) -> str:
+        """In words, whose features the familiarity check compares."""
+        other = self.separate_familiarity_backbone
+        if other is None:
+            return f"{self.model}'s own features"
+        if self.joint_familiarity:
+            return f"{self.model}'s own features and {other}'s, and both must find a photo familiar"
+        return f"{other}'s features (on {self.model}'s crop)"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

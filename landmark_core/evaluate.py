@@ -52,8 +52,8 @@ def split_outputs(model: LandmarkNet, split: data_lib.DecodedSplit, *, image_siz
 
 def familiarity_outputs(model: LandmarkNet, config, num_classes: int, *, mean, std, **options):
     """A function of a decoded split giving (the features the familiarity check compares, the classifier's logits):
-    the classifier's own features, or those of the run's separate familiarity backbone on the same crop, each
-    normalised as its network expects (see ``TrainConfig.familiarity_backbone``)."""
+    the classifier's own features, those of the run's separate familiarity backbone on the same crop, or both side
+    by side for a joint check, each normalised as its network expects (see ``TrainConfig.familiarity_backbone``)."""
     name = config.separate_familiarity_backbone
     if name is None:
         return lambda split: split_outputs(model, split, mean=mean, std=std, **options)
@@ -61,9 +61,9 @@ def familiarity_outputs(model: LandmarkNet, config, num_classes: int, *, mean, s
     preprocessing = get_spec(name).preprocessing
 
     def outputs(split):
-        logits = split_outputs(model, split, mean=mean, std=std, **options)[1]
+        own, logits = split_outputs(model, split, mean=mean, std=std, **options)
         features = split_outputs(network, split, mean=preprocessing.mean, std=preprocessing.std, **options)[0]
-        return features, logits
+        return (torch.cat([own, features], dim=1) if config.joint_familiarity else features), logits
     return outputs
 
 
@@ -165,8 +165,7 @@ def open_set_report(scorer: openset.Scorer, choice: dict, probability_threshold:
     unknown = unknown or (torch.zeros(0, scorer.bank.shape[1]), np.zeros((0, test[1].shape[1]), np.float32))
     other = scorer(*unknown)
     correct = known.predicted == test_labels
-    test_pseudo = openset.leave_one_class_out(test[0], torch.from_numpy(test_labels), test[1], scorer.temperature,
-                                              scorer.bank, scorer.bank_labels)
+    test_pseudo = scorer.leave_one_class_out(test[0], torch.from_numpy(test_labels), test[1])
     return {
         "score": "familiarity",
         "familiarity_threshold": threshold, "probability_threshold": probability_threshold,
@@ -217,9 +216,16 @@ def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=
     summary, rows = summarize_predictions(test_probs, prepared.test.labels, meta["classes"], prepared.test.paths)
     val_curve = coverage_curve(val_probs, prepared.val.labels)
 
-    bank = openset.normalise_features(train_features).half()
+    own_dim = model.feature_dim if config.joint_familiarity else 0
+    bank = openset.normalise_features(train_features, own_dim).half()
     bank_labels = torch.from_numpy(np.asarray(prepared.train.labels, dtype=np.int64))
-    scorer = openset.Scorer(bank, bank_labels, temperature)
+    val_labels = np.asarray(prepared.val.labels, dtype=np.int64)
+    known = (torch.cat([train_features, val_features]), torch.cat([bank_labels, torch.from_numpy(val_labels)]),
+             np.concatenate([train_logits, val_logits]))
+    # a joint check's pseudo-unknown threshold is the classifier's own: the other network's score is moved onto it
+    offset, own_pseudo = (openset.joint_offset(*known, temperature, bank, bank_labels, own_dim) if own_dim
+                          else (0.0, None))
+    scorer = openset.Scorer(bank, bank_labels, temperature, own_dim, offset)
     unknowns, unknown_paths = {}, {}
     for name, paths in (("calibration", prepared.unknown_calibration), ("evaluation", prepared.unknown_evaluation)):
         if paths:
@@ -227,11 +233,7 @@ def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=
             unknowns[name], unknown_paths[name] = outputs(decoded), decoded.paths
     # The familiarity threshold first (from pseudo-unknowns and any unknown photos), then the probability
     # threshold on the validation photos that pass it: those are the photos the tag decision has to sort out.
-    val_labels = np.asarray(prepared.val.labels, dtype=np.int64)
-    pseudo = openset.leave_one_class_out(torch.cat([train_features, val_features]),
-                                         torch.cat([bank_labels, torch.from_numpy(val_labels)]),
-                                         np.concatenate([train_logits, val_logits]), temperature, bank,
-                                         bank_labels).familiarity
+    pseudo = own_pseudo if own_dim else scorer.leave_one_class_out(*known).familiarity
     calibration_scores = scorer(*unknowns["calibration"]) if "calibration" in unknowns else None
     choice = openset.choose_familiarity_threshold(
         pseudo, *((calibration_scores.familiarity, calibration_scores.probability >= MIN_DEFAULT_THRESHOLD)
@@ -241,6 +243,7 @@ def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=
     default_threshold = choose_threshold(familiar_curve)
     open_set = open_set_report(scorer, choice, default_threshold, test=(test_features, test_logits),
                                test_labels=np.asarray(prepared.test.labels), unknown=unknowns.get("evaluation"))
+    open_set["familiarity_features"] = config.familiarity_features
     open_set["unknown_predictions"] = []  # what each unknown photo got, for the Evaluate gallery
     for name, unknown_outputs in unknowns.items():
         scores = scorer(*unknown_outputs)
@@ -268,7 +271,8 @@ def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=
     calibrations = read_json(run_dir / Run.CALIBRATION, default={}) or {}
     calibrations[checkpoint] = {"temperature": temperature, "tta_flip": bool(config.tta_flip),
                                 "probability_threshold": default_threshold,
-                                "familiarity_threshold": open_set["familiarity_threshold"]}
+                                "familiarity_threshold": open_set["familiarity_threshold"],
+                                "familiarity_offset": offset}
     write_json_atomic(run_dir / Run.CALIBRATION, calibrations)
     write_json_atomic(run_dir / Run.PREDICTIONS, rows)
     write_json_atomic(run_dir / Run.EVALUATION, summary)

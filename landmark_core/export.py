@@ -44,9 +44,9 @@ class ExportedClassifier(nn.Module):
     ``temperature`` is the softmax temperature fit on the validation split.
     ``classify`` also returns each photo's familiarity (see :mod:`.openset`),
     computed against the ``feature_bank`` of normalised training features that
-    evaluation saved, from the model's own backbone or from a separate
-    ``familiarity_network`` on the same crop; the two default thresholds
-    travel with the model.
+    evaluation saved, from the model's own backbone, from a separate
+    ``familiarity_network`` on the same crop, or from both (a joint check);
+    the two default thresholds travel with the model.
     """
     class_names: List[str]
 
@@ -54,7 +54,8 @@ class ExportedClassifier(nn.Module):
                  interpolation: str = "bilinear", temperature: float = 1.0, flip_tta: bool = False,
                  feature_bank: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, probability_threshold: float = 0.5,
                  familiarity_threshold: float = -1.0, familiarity_network: Optional[nn.Module] = None,
-                 familiarity_mean=None, familiarity_std=None):
+                 familiarity_mean=None, familiarity_std=None, familiarity_own_dim: int = 0,
+                 familiarity_offset: float = 0.0):
         super().__init__()
         self.model = model
         # familiarity from another pretrained network's features (TrainConfig.familiarity_backbone), on the same
@@ -77,7 +78,12 @@ class ExportedClassifier(nn.Module):
         self.flip_tta = bool(flip_tta)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        # a joint check (familiarity_own_dim > 0) compares the classifier's features and the other network's, side
+        # by side in one bank; the other's score is moved by familiarity_offset onto the first's scale
+        self.familiarity_own_dim = int(familiarity_own_dim) if familiarity_network is not None else 0
+        self.familiarity_offset = float(familiarity_offset)
         feature_dim = familiarity_network.feature_dim if familiarity_network is not None else model.feature_dim
+        feature_dim += self.familiarity_own_dim
         features, labels = feature_bank if feature_bank is not None else (
             torch.zeros(0, feature_dim, dtype=torch.float16), torch.zeros(0, dtype=torch.long))
         self.register_buffer("bank", features.half())
@@ -116,10 +122,12 @@ class ExportedClassifier(nn.Module):
         if self.has_feature_bank:
             if self.separate_familiarity_backbone:
                 inputs = inputs * self.familiarity_scale + self.familiarity_shift
-                features = self.familiarity_backbone(inputs).float()
+                others = self.familiarity_backbone(inputs).float()
                 if self.flip_tta:
-                    features = (features + self.familiarity_backbone(inputs.flip(-1)).float()) / 2
-            scores = familiarity(features, self.bank, self.bank_labels, probs)
+                    others = (others + self.familiarity_backbone(inputs.flip(-1)).float()) / 2
+                features = torch.cat([features, others], dim=1) if self.familiarity_own_dim > 0 else others
+            scores = familiarity(features, self.bank, self.bank_labels, probs, self.familiarity_own_dim,
+                                 self.familiarity_offset)
         else:
             scores = torch.ones(probs.shape[0], device=probs.device)
         if image.dim() == 3:
@@ -178,7 +186,9 @@ def build_exportable(run_dir: Path, checkpoint: str = "best") -> ExportedClassif
                                                     (read_json(run_dir / Run.EVALUATION, default={}) or {})
                                                     .get("default_threshold", 0.5))),
                               float(calibration.get("familiarity_threshold", -1.0)),
-                              *_familiarity_network(config, len(meta["classes"]), bank is not None)).eval()
+                              *_familiarity_network(config, len(meta["classes"]), bank is not None),
+                              familiarity_own_dim=model.feature_dim if config.joint_familiarity else 0,
+                              familiarity_offset=float(calibration.get("familiarity_offset", 0.0))).eval()
 
 
 def _familiarity_network(config, num_classes: int, has_bank: bool) -> tuple:

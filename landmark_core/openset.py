@@ -6,10 +6,12 @@ So besides "which landmark" we ask "does this photo look like the training
 photos of that landmark". The score, *familiarity*, is the cosine similarity
 of the photo's backbone feature to its nearest training photo of the predicted
 class (the run keeps the normalised training features, a *feature bank*, and
-the exported model carries it; ``TrainConfig.familiarity_backbone`` can take
-another pretrained network's features instead), plus a tenth of the log of the calibrated top
+the exported model carries it), plus a tenth of the log of the calibrated top
 probability, so a photo that is both close to one training photo and torn
-between classes counts as less familiar. Measured against the alternatives on
+between classes counts as less familiar. ``TrainConfig.familiarity_backbone``
+can take another pretrained network's features instead, or ask both networks
+(a *joint* check, Lite2's default with Lite0): a photo is familiar only when
+it looks like the predicted landmark's training photos to each of them. Measured against the alternatives on
 real photos (BENCHMARKS.md, table 8): the softmax probability and the energy
 score alone separate known from unknown landmarks less well (AUROC), but for a
 tie on the merged sets' held-out classes.
@@ -41,7 +43,12 @@ MIN_CALIBRATION_UNKNOWNS = 20
 FAMILIARITY_GRID = [round(t, 2) for t in np.arange(-0.3, 1.0001, 0.01)]
 
 
-def normalise_features(features: torch.Tensor) -> torch.Tensor:
+def normalise_features(features: torch.Tensor, own_dim: int = 0) -> torch.Tensor:
+    """Unit rows; with ``own_dim`` (a joint check's features, the classifier's then another network's) each part
+    is normalised on its own."""
+    if own_dim > 0:
+        return torch.cat([F.normalize(features[:, :own_dim].float(), dim=1),
+                          F.normalize(features[:, own_dim:].float(), dim=1)], dim=1)
     return F.normalize(features.float(), dim=1)
 
 
@@ -49,19 +56,32 @@ def normalise_features(features: torch.Tensor) -> torch.Tensor:
 PROBABILITY_WEIGHT = 0.1
 
 
-def familiarity(features: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, probabilities: torch.Tensor,
-                probability_weight: float = PROBABILITY_WEIGHT) -> torch.Tensor:
-    """Familiarity of each photo: cosine similarity of its feature (N, D) to the nearest bank row (M, D) of its
-    predicted class, plus ``probability_weight`` times the log of its top probability (N, C).
-
-    ``bank`` holds normalised features. TorchScript compiles this function into
-    the exported model, so evaluation and prediction compute the same number.
-    """
+def nearest_familiarity(features: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor,
+                        probabilities: torch.Tensor, probability_weight: float = PROBABILITY_WEIGHT) -> torch.Tensor:
+    """Familiarity of each photo by one network's features: cosine similarity of its feature (N, D) to the nearest
+    bank row (M, D) of its predicted class, plus ``probability_weight`` times the log of its top probability."""
     top, predicted = probabilities.max(dim=1)
-    similarity = normalise_features(features) @ bank.float().t()
+    similarity = F.normalize(features.float(), dim=1) @ bank.float().t()
     same_class = bank_labels.unsqueeze(0) == predicted.unsqueeze(1)
     nearest = similarity.masked_fill(~same_class, -1.0).max(dim=1).values
     return nearest + probability_weight * torch.log(top.float().clamp_min(1e-12))
+
+
+def familiarity(features: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, probabilities: torch.Tensor,
+                own_dim: int = 0, offset: float = 0.0) -> torch.Tensor:
+    """Familiarity of each photo (features (N, D), bank (M, D) of normalised rows, probabilities (N, C)).
+
+    One network's features: :func:`nearest_familiarity`. A joint check (``own_dim`` > 0: the first ``own_dim``
+    columns are the classifier's features, the rest another network's) is the lower of the two, the second moved
+    by ``offset`` onto the first's scale (:func:`joint_offset`): a photo passes one threshold only when it looks
+    like the predicted landmark's training photos to both networks. TorchScript compiles this function into the
+    exported model, so evaluation and prediction compute the same number.
+    """
+    if own_dim <= 0:
+        return nearest_familiarity(features, bank, bank_labels, probabilities)
+    own = nearest_familiarity(features[:, :own_dim], bank[:, :own_dim], bank_labels, probabilities)
+    other = nearest_familiarity(features[:, own_dim:], bank[:, own_dim:], bank_labels, probabilities)
+    return torch.minimum(own, other + offset)
 
 
 class Scores(NamedTuple):
@@ -71,7 +91,8 @@ class Scores(NamedTuple):
 
 
 def leave_one_class_out(features: torch.Tensor, labels: torch.Tensor, logits: np.ndarray, temperature: float,
-                        bank: torch.Tensor, bank_labels: torch.Tensor, chunk: int = 1024) -> Scores:
+                        bank: torch.Tensor, bank_labels: torch.Tensor, chunk: int = 1024, *, own_dim: int = 0,
+                        offset: float = 0.0) -> Scores:
     """Top probability, predicted class and familiarity of each known photo as if its class had never been
     learned: its own class taken out of the softmax, so the prediction is another class and the familiarity
     compares that class's bank rows only. These pseudo-unknowns are what the familiarity threshold is set from."""
@@ -82,24 +103,48 @@ def leave_one_class_out(features: torch.Tensor, labels: torch.Tensor, logits: np
         scaled[torch.arange(len(own)), own] = float("-inf")
         probabilities = torch.softmax(scaled, dim=1)
         top, predicted = probabilities.max(dim=1)
-        parts.append((top, predicted, familiarity(features[start:start + chunk], bank, bank_labels, probabilities)))
+        parts.append((top, predicted, familiarity(features[start:start + chunk], bank, bank_labels, probabilities,
+                                                  own_dim, offset)))
     if not parts:
         return Scores(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
     return Scores(*(torch.cat(column).numpy() for column in zip(*parts)))
 
 
-class Scorer:
-    """Top probability, predicted class and familiarity of photos from their features and logits."""
+def pseudo_unknown_threshold(pseudo_unknown: np.ndarray) -> float:
+    """The level that at most ``PSEUDO_UNKNOWN_PASS`` of the pseudo-unknowns reach."""
+    return float(np.quantile(pseudo_unknown, 1 - PSEUDO_UNKNOWN_PASS)) if len(pseudo_unknown) else 0.0
 
-    def __init__(self, bank: torch.Tensor, bank_labels: torch.Tensor, temperature: float = 1.0):
+
+def joint_offset(features: torch.Tensor, labels: torch.Tensor, logits: np.ndarray, temperature: float,
+                 bank: torch.Tensor, bank_labels: torch.Tensor, own_dim: int) -> tuple[float, np.ndarray]:
+    """For a joint check: (the offset that puts the second network's familiarity on the first's scale, the first's
+    pseudo-unknown familiarity). Each network's pseudo-unknown threshold is set on its own; moved by the offset,
+    the second's lands on the first's, so one threshold on the joint score is both thresholds at once."""
+    own = leave_one_class_out(features[:, :own_dim], labels, logits, temperature, bank[:, :own_dim], bank_labels)
+    other = leave_one_class_out(features[:, own_dim:], labels, logits, temperature, bank[:, own_dim:], bank_labels)
+    return (pseudo_unknown_threshold(own.familiarity) - pseudo_unknown_threshold(other.familiarity),
+            own.familiarity)
+
+
+class Scorer:
+    """Top probability, predicted class and familiarity of photos from their features and logits (a joint check's
+    features with ``own_dim`` and ``offset``, see :func:`familiarity`)."""
+
+    def __init__(self, bank: torch.Tensor, bank_labels: torch.Tensor, temperature: float = 1.0, own_dim: int = 0,
+                 offset: float = 0.0):
         self.bank, self.bank_labels, self.temperature = bank, bank_labels, temperature
+        self.own_dim, self.offset = own_dim, offset
 
     def __call__(self, features: torch.Tensor, logits: np.ndarray) -> Scores:
         if len(logits) == 0:
             return Scores(np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.float32))
         probs = torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)) / self.temperature, dim=1)
         return Scores(probs.max(1).values.numpy(), probs.argmax(1).numpy(),
-                      familiarity(features, self.bank, self.bank_labels, probs).numpy())
+                      familiarity(features, self.bank, self.bank_labels, probs, self.own_dim, self.offset).numpy())
+
+    def leave_one_class_out(self, features: torch.Tensor, labels: torch.Tensor, logits: np.ndarray) -> Scores:
+        return leave_one_class_out(features, labels, logits, self.temperature, self.bank, self.bank_labels,
+                                   own_dim=self.own_dim, offset=self.offset)
 
 
 def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -127,7 +172,7 @@ def choose_familiarity_threshold(pseudo_unknown: np.ndarray, unknown: np.ndarray
     tagged (``unknown_confident``: they also clear the probability threshold);
     the stricter of the two wins, because a wrong place is the worst outcome.
     """
-    threshold = float(np.quantile(pseudo_unknown, 1 - PSEUDO_UNKNOWN_PASS)) if len(pseudo_unknown) else 0.0
+    threshold = pseudo_unknown_threshold(pseudo_unknown)
     basis = ["leave-one-class-out"] if len(pseudo_unknown) else []
     if unknown is not None and len(unknown) >= MIN_CALIBRATION_UNKNOWNS:
         confident = np.ones(len(unknown), bool) if unknown_confident is None else unknown_confident

@@ -67,7 +67,8 @@ if open_set:
                     "Measured on the dataset's unknown/ photos." if against_unknowns else
                     "This dataset has no unknown/ photos: measured by holding each class out of the model in turn "
                     "and treating its photos as unknown (a stand-in for photos of other places)."))
-    st.caption(f"Familiarity threshold **{open_set['familiarity_threshold']:.3f}** (set from "
+    st.caption((f"Familiarity compares {open_set['familiarity_features']}. " if "familiarity_features" in open_set
+                else "") + f"Familiarity threshold **{open_set['familiarity_threshold']:.3f}** (set from "
                f"{' and '.join(open_set['threshold_basis'])}), probability threshold "
                f"**{open_set['probability_threshold']:.2f}**. Unknown photos: {open_set['unknown_photos']['calibration']} "
                f"to calibrate, {open_set['unknown_photos']['evaluation']} to evaluate"

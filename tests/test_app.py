@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from landmark_core.config import TrainConfig
 from landmark_core.distributed import process_limit
 from landmark_core.fileio import read_json
 from landmark_core.runs import list_runs, read_status
@@ -162,6 +163,9 @@ def test_evaluate_shows_the_open_set_decision(app_env):
     share = read_json(run.path / "evaluation.json")["open_set"]["held_out_classes"]["tagged_share"]
     words = next(i.value for i in at.info if "never learned" in i.value)
     assert f"roughly **{share:.0%}** would get a wrong name and place" in words and "table 8" in words
+    # and whose features the familiarity compares
+    config = TrainConfig.from_dict(read_json(run.path / "config.json"))
+    assert any(c.value.startswith(f"Familiarity compares {config.familiarity_features}. ") for c in at.caption)
 
 
 def test_predict_page_agrees_with_the_library_on_unknown_photos(app_env):

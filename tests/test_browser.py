@@ -593,6 +593,7 @@ def test_round_three_compare_across_datasets_a_100_megapixel_photo_and_a_backgro
             with contextlib.suppress(Exception):
                 page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=20_000)
             page.get_by_role("combobox", name="Model", exact=True).click()
+            page.keyboard.press("Control+A")  # a try before left its text: typed again it would filter out everything
             page.keyboard.type("scratch")  # typing opens the list, filtered to the one match
             try:
                 option.wait_for(state="visible", timeout=20_000)

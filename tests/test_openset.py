@@ -224,29 +224,72 @@ def test_threshold_when_unknown_photos_tie_above_one():
     assert choice["threshold"] > 1.00003
 
 
-def test_familiarity_compares_the_classifiers_own_features_unless_told_otherwise():
-    """The measured default (config.py, beside familiarity_backbone): every model compares its own features; a
-    separate familiarity backbone must be a pretrained model."""
+def test_lite2_asks_lite0_too_and_other_models_their_own_features_unless_told_otherwise():
+    """The measured defaults (config.py, beside familiarity_backbone): Lite2 checks familiarity with its own
+    features and Lite0's (both must pass), the other models with their own; a separate familiarity backbone must
+    be a pretrained model."""
     from landmark_core.config import TrainConfig
     from landmark_core.errors import LandmarkError
-    for model in ("efficientnet_lite2", "efficientnet_lite0", "scratch_cnn"):
-        assert TrainConfig(data="x", model=model, device="cpu").resolved().separate_familiarity_backbone is None
-    assert TrainConfig(data="x", model="efficientnet_lite2", familiarity_backbone="efficientnet_lite0",
-                       device="cpu").resolved().separate_familiarity_backbone == "efficientnet_lite0"
-    for wrong in ("scratch_cnn", "efficientnet_lite9"):  # random weights compare nothing; no such model
-        with pytest.raises(LandmarkError, match="familiarity_backbone must be 'own' or a pretrained model"):
+    default = TrainConfig(data="x", model="efficientnet_lite2", device="cpu").resolved()
+    assert default.joint_familiarity and default.separate_familiarity_backbone == "efficientnet_lite0"
+    for model in ("efficientnet_lite1", "efficientnet_lite0", "scratch_cnn"):
+        config = TrainConfig(data="x", model=model, device="cpu").resolved()
+        assert config.separate_familiarity_backbone is None and not config.joint_familiarity
+    instead = TrainConfig(data="x", model="efficientnet_lite2", familiarity_backbone="efficientnet_lite0",
+                          device="cpu").resolved()
+    assert instead.separate_familiarity_backbone == "efficientnet_lite0" and not instead.joint_familiarity
+    own = TrainConfig(data="x", model="efficientnet_lite2", familiarity_backbone="own", device="cpu").resolved()
+    assert own.separate_familiarity_backbone is None and not own.joint_familiarity
+    for wrong in ("scratch_cnn", "efficientnet_lite9", "own+scratch_cnn", "own+"):  # random weights; no such model
+        with pytest.raises(LandmarkError, match="familiarity_backbone must be 'own', a pretrained model or own"):
             TrainConfig(data="x", model="efficientnet_lite2", familiarity_backbone=wrong, device="cpu").resolved()
 
 
+def test_a_joint_check_passes_a_photo_only_when_both_networks_find_it_familiar():
+    """Joint familiarity is the lower of the two networks' (the second moved onto the first's scale by the offset
+    that aligns their pseudo-unknown thresholds), so one threshold on it is each network's threshold at once."""
+    rng = np.random.default_rng(0)
+    own_dim, other_dim, per_class = 6, 4, 30
+    labels = torch.arange(3).repeat_interleave(per_class)
+    centres = torch.from_numpy(rng.normal(size=(3, own_dim + other_dim))).float() * 2
+    features = centres[labels] + torch.from_numpy(rng.normal(size=(len(labels), own_dim + other_dim))).float()
+    logits = np.eye(3, dtype=np.float32)[labels.numpy()] * 3 + rng.normal(size=(len(labels), 3)).astype(np.float32)
+    bank = openset.normalise_features(features, own_dim)
+    assert torch.allclose(bank[:, :own_dim].norm(dim=1), torch.ones(len(bank)))
+    assert torch.allclose(bank[:, own_dim:].norm(dim=1), torch.ones(len(bank)))
+    offset, own_pseudo = openset.joint_offset(features, labels, logits, 1.0, bank, labels, own_dim)
+    separately = [openset.leave_one_class_out(features[:, part], labels, logits, 1.0, bank[:, part], labels)
+                  for part in (slice(0, own_dim), slice(own_dim, None))]
+    thresholds = [openset.pseudo_unknown_threshold(scores.familiarity) for scores in separately]
+    assert offset == pytest.approx(thresholds[0] - thresholds[1])
+    np.testing.assert_allclose(own_pseudo, separately[0].familiarity)
+    queries = torch.from_numpy(rng.normal(size=(200, own_dim + other_dim))).float() * 2
+    probabilities = torch.softmax(torch.from_numpy(rng.normal(size=(200, 3))).float() * 2, dim=1)
+    joint = openset.familiarity(queries, bank, labels, probabilities, own_dim, offset).numpy()
+    each = [openset.familiarity(queries[:, part], bank[:, part], labels, probabilities).numpy()
+            for part in (slice(0, own_dim), slice(own_dim, None))]
+    passes_both = (each[0] >= thresholds[0]) & (each[1] >= thresholds[1])
+    assert 0 < passes_both.sum() < len(passes_both)
+    # at the first network's threshold (up to float rounding of the offset)
+    margin = np.minimum(np.abs(each[0] - thresholds[0]), np.abs(each[1] - thresholds[1])) > 1e-5
+    np.testing.assert_array_equal((joint >= thresholds[0])[margin], passes_both[margin])
+
+
 @pytest.mark.numeric
-def test_a_separate_familiarity_backbone_travels_with_the_export(tiny_dataset, tmp_path):
-    """A run whose familiarity compares another network's features: evaluation keeps that network's features as
-    the bank, and the TorchScript and ONNX exports compute each test photo's familiarity as evaluation did."""
+@pytest.mark.parametrize("familiarity_backbone", ["efficientnet_lite0", "own+efficientnet_lite0"])
+def test_a_separate_familiarity_backbone_travels_with_the_export(tiny_dataset, tmp_path, familiarity_backbone):
+    """A run whose familiarity compares another network's features, instead of or beside its own: evaluation keeps
+    them as the bank, and the TorchScript and ONNX exports compute each test photo's familiarity as evaluation
+    did."""
     from landmark_core.pipeline import train_new
     from conftest import tiny_config
-    run = train_new(tiny_config(tiny_dataset, familiarity_backbone="efficientnet_lite0"), tmp_path / "artifacts")
+    run = train_new(tiny_config(tiny_dataset, familiarity_backbone=familiarity_backbone), tmp_path / "artifacts")
     bank = torch.load(run / "feature_bank_best.pt")
-    assert bank["features"].shape[1] == 1280  # Lite0's features, not the tiny classifier's 16
+    joint = familiarity_backbone.startswith("own+")
+    # Lite0's 1280 features, after the tiny classifier's 16 in a joint check
+    assert bank["features"].shape[1] == 1280 + (16 if joint else 0)
+    offset = read_json(run / "calibration.json")["best"]["familiarity_offset"]
+    assert (offset != 0.0) == joint
     evaluated = {row["path"]: row for row in read_json(run / "predictions.json")}
     assert len(evaluated) == len(scan_dataset(tiny_dataset).test)
     at_size = FORMAT_TOLERANCE["onnx"][0]  # evaluation (eager) vs an export: the bound every export is checked to
