@@ -5,7 +5,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -1106,6 +1106,13 @@ def serving(scale: Scale, work: Path) -> Table:
     return table
 
 
+def _inference_gflops(config, num_classes: int, flip_tta: bool) -> float:
+    """GFLOPs of one photo through an exported run: its classifier and any separate familiarity backbone."""
+    networks = [config.model] + ([config.separate_familiarity_backbone] if config.separate_familiarity_backbone else [])
+    return sum(model_info(name, config.image_size, num_classes=num_classes)["gflops"] for name in networks) * (
+        2 if flip_tta else 1)
+
+
 def inference_backends(scale: Scale, datasets: list[Path], work: Path) -> Table:
     """The same trained run served by TorchScript fp32, ONNX Runtime fp32 and ONNX Runtime int8: speed of the model
     alone and of tagging (decoding included), and what int8 changes (top-1, tag decisions) on each set's test
@@ -1116,8 +1123,9 @@ def inference_backends(scale: Scale, datasets: list[Path], work: Path) -> Table:
     from landmark_core.config import TrainConfig
     from landmark_core.errors import ModelError
     from landmark_core.export import export_run
+    from landmark_core.fileio import read_json
     from landmark_core.images import load_square
-    from landmark_core.models import DEFAULT_TRANSFER_MODEL, model_info
+    from landmark_core.models import DEFAULT_TRANSFER_MODEL
     from landmark_core.pipeline import train_new
     from landmark_core.predict import Predictor
     from landmark_core.runs import Run
@@ -1146,17 +1154,21 @@ def inference_backends(scale: Scale, datasets: list[Path], work: Path) -> Table:
                                    "row is measured with the check's tolerance at 0.1.")
                 export_run(copy, format=format, tolerance=0.1)
             copies[backend] = copy
+        if config.resolved().separate_familiarity_backbone:
+            # the same recipe and seed with familiarity on the classifier's own features alone: what the second
+            # network costs
+            copies["TorchScript fp32, familiarity on the classifier's own features alone"] = train_new(
+                replace(config, familiarity_backbone="own"), work / f"backends-{root.name}-own")
         rows = Run(trained).predictions
         meta = Run(trained).export_meta
         squares = [torch.from_numpy(np.ascontiguousarray(load_square(row["path"], meta["resize_size"],
                                                                       meta["interpolation"]).transpose(2, 0, 1)))
                    for row in rows]
         batches = [torch.stack(squares[i:i + 8]) for i in range(0, len(squares), 8)]
-        resolved = config.resolved()
-        gflops = model_info(resolved.model, resolved.image_size, num_classes=len(meta["classes"]))["gflops"] * (
-            2 if meta.get("flip_tta") else 1)
         base_model = base_tagging = None
         for backend, copy in copies.items():
+            gflops = _inference_gflops(TrainConfig.from_dict(read_json(copy / Run.CONFIG)).resolved(), len(meta["classes"]),
+                                       bool(meta.get("flip_tta")))
             predictor = Predictor(copy)
             module = predictor.module
             with torch.inference_mode():
@@ -1185,7 +1197,10 @@ def inference_backends(scale: Scale, datasets: list[Path], work: Path) -> Table:
     table.notes += [
         f"Peaks measured in this run: fp32 {peaks['fp32']:.0f} GFLOP/s (torch matmul), int8 {peaks['int8']:.0f} GOP/s "
         "(torch._int_mm), 2048x2048, every core. Model photos/s: the test photos pre-decoded, batches of 8, best of "
-        "3; tagging photos/s: `landmark tag`'s tag_files on the test photos (decoding and writing included).",
+        "3; tagging photos/s: `landmark tag`'s tag_files on the test photos (decoding and writing included). "
+        "GFLOPs count every network a photo goes through (the default Lite2 asks Lite0 too, for familiarity); the "
+        "last row per set is a run of the same recipe and seed with its familiarity on its own features alone "
+        "(--familiarity-backbone own).",
         "int8: static post-training quantisation of the convolutions (QDQ, per-channel int8 weights, uint8 "
         "activations calibrated on 128 training photos; the familiarity's similarities stay fp32), compared with the "
         "fp32 ONNX model on the test photos. `landmark export --format onnx-int8` refuses it outside the bound; "
