@@ -1187,7 +1187,7 @@ def inference_backends(scale: Scale, datasets: list[Path], work: Path) -> Table:
             check = (Run(copy).export_meta or {}).get("int8_check")
             peak = peaks["int8" if check else "fp32"]
             achieved = gflops * model_rate
-            top1 = check["top1_int8"] if check else Run(trained).evaluation["top1"]
+            top1 = check["top1_int8"] if check else Run(copy).evaluation["top1"]
             table.add(root.name, backend, model_rate, f"{model_rate / base_model:.2f}x", tagging_rate,
                       f"{tagging_rate / base_tagging:.2f}x", top1,
                       f"{check['decision_agreement']:.1%}" if check else "-",

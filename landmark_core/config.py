@@ -204,7 +204,8 @@ class TrainConfig:
         number("log_every", 1, 1_000_000)
         number("seed", 0, 2**32 - 1)  # times 1,000,003 per epoch in the engine: well inside torch's 64-bit seeds
         other = self.separate_familiarity_backbone
-        if other is not None and (other not in list_models() or not get_spec(other).preprocessing.mean):
+        if other is not None and (not isinstance(self.familiarity_backbone, str) or other not in list_models()
+                                  or not get_spec(other).preprocessing.mean):
             pretrained = [name for name in list_models() if get_spec(name).preprocessing.mean]
             problems.append(f"familiarity_backbone must be {OWN_FEATURES!r}, a pretrained model or "
                             f"{JOINT_PREFIX}MODEL ({', '.join(pretrained)}; got {self.familiarity_backbone!r})")
@@ -231,7 +232,7 @@ class TrainConfig:
         beside them in a joint check), or None when it compares the classifier's own only."""
         if self.familiarity_backbone in (None, OWN_FEATURES):
             return None
-        return self.familiarity_backbone.removeprefix(JOINT_PREFIX)
+        return str(self.familiarity_backbone).removeprefix(JOINT_PREFIX)
 
     @property
     def joint_familiarity(self) -> bool:

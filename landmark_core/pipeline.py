@@ -132,9 +132,9 @@ class RunLock:
 def _build_engine(run_dir: Path, config: TrainConfig, prepared, world: distributed.World, device: torch.device,
                   writers: Sequence[Callback], callbacks: Sequence[Callback], resume_state: dict | None) -> Engine:
     """The model and the engine with the standard callbacks (``writers``: rank 0's), resumed when asked."""
-    torch.manual_seed(config.seed)  # initialisation must not depend on what ran earlier in this process
     if config.separate_familiarity_backbone:  # its weights are needed only by evaluation: missing ones fail now
         familiarity_network(config.separate_familiarity_backbone, len(prepared.classes))
+    torch.manual_seed(config.seed)  # initialisation must not depend on what ran earlier in this process
     model = build_model(config.model, len(prepared.classes), pretrained=config.pretrained,
                         weights_path=config.weights_path, **config.model_options)
     engine = Engine(config, model, prepared, device, [

@@ -39,13 +39,13 @@ def test_tuned_allocator_reuses_freed_blocks_instead_of_faulting_in_fresh_pages(
 # Ten 40 MiB blocks live at once, then freed (a run's batches and activations); resident MiB after the frees, and
 # after the kept memory is released.
 RELEASE_PROBE = """
-import ctypes
+import ctypes, os
 from landmark_core.allocator import keep_freed_memory, release_freed_memory
 assert keep_freed_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
-resident = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+resident = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
 size = 40 << 20
 blocks = [libc.malloc(size) for _ in range(10)]
 for block in blocks:

@@ -240,7 +240,7 @@ def test_lite2_asks_lite0_too_and_other_models_their_own_features_unless_told_ot
     assert instead.separate_familiarity_backbone == "efficientnet_lite0" and not instead.joint_familiarity
     own = TrainConfig(data="x", model="efficientnet_lite2", familiarity_backbone="own", device="cpu").resolved()
     assert own.separate_familiarity_backbone is None and not own.joint_familiarity
-    for wrong in ("scratch_cnn", "efficientnet_lite9", "own+scratch_cnn", "own+"):  # random weights; no such model
+    for wrong in ("scratch_cnn", "efficientnet_lite9", "own+scratch_cnn", "own+", 5):  # random weights; no model
         with pytest.raises(LandmarkError, match="familiarity_backbone must be 'own', a pretrained model or own"):
             TrainConfig(data="x", model="efficientnet_lite2", familiarity_backbone=wrong, device="cpu").resolved()
 
@@ -276,14 +276,17 @@ def test_a_joint_check_passes_a_photo_only_when_both_networks_find_it_familiar()
 
 
 @pytest.mark.numeric
-@pytest.mark.parametrize("familiarity_backbone", ["efficientnet_lite0", "own+efficientnet_lite0"])
-def test_a_separate_familiarity_backbone_travels_with_the_export(tiny_dataset, tmp_path, familiarity_backbone):
-    """A run whose familiarity compares another network's features, instead of or beside its own: evaluation keeps
-    them as the bank, and the TorchScript and ONNX exports compute each test photo's familiarity as evaluation
-    did."""
+@pytest.mark.parametrize("familiarity_backbone, tta_flip", [("efficientnet_lite0", False),
+                                                             ("own+efficientnet_lite0", True)])
+def test_a_separate_familiarity_backbone_travels_with_the_export(tiny_dataset, tmp_path, familiarity_backbone,
+                                                                 tta_flip):
+    """A run whose familiarity compares another network's features, instead of or beside its own (flip-averaged
+    too): evaluation keeps them as the bank, and the TorchScript and ONNX exports compute each test photo's
+    familiarity as evaluation did."""
     from landmark_core.pipeline import train_new
     from conftest import tiny_config
-    run = train_new(tiny_config(tiny_dataset, familiarity_backbone=familiarity_backbone), tmp_path / "artifacts")
+    run = train_new(tiny_config(tiny_dataset, familiarity_backbone=familiarity_backbone, tta_flip=tta_flip),
+                    tmp_path / "artifacts")
     bank = torch.load(run / "feature_bank_best.pt")
     joint = familiarity_backbone.startswith("own+")
     # Lite0's 1280 features, after the tiny classifier's 16 in a joint check
