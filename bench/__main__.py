@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from landmark_core.allocator import keep_freed_memory
+from landmark_core.core.allocator import keep_freed_memory
 
 from . import suites
 from .common import demo_dataset, machine
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"`--data DIR ...` (see the README).\n\n"
                   f"Machine: {machine()}.\n"
                   "Every figure is compared with a baseline measured in the same run. Like every training process, "
-                  "this one keeps freed memory for reuse (glibc malloc thresholds raised, landmark_core.allocator); "
+                  "this one keeps freed memory for reuse (glibc malloc thresholds raised, landmark_core.core.allocator); "
                   "baselines run under the same setting unless a row says otherwise.\n\n")
         kept = _sections(out.read_text()) if out.exists() else {}
         kept.update(sections)  # tables of this run replace their earlier versions; the others stay

@@ -86,7 +86,8 @@ def int8_matmul_gops(size: int = 2048, repeats: int = 5) -> float:
 
 def photo_dataset(root: Path, count: int, classes: int = 6, seed: int = 0, first_class: int = 0) -> Path:
     """Photo-sized JPEGs (800x600 to 1600x1200) made from demo scenes plus sensor-like noise, in train/ layout."""
-    from landmark_core.demo import DEMO_CLASSES, SceneSpec, render_scene
+    from landmark_core.core.scenes import DEMO_CLASSES
+    from landmark_core.core.demo import SceneSpec, render_scene
 
     marker = root / ".complete"
     if marker.exists():
@@ -107,7 +108,8 @@ def photo_dataset(root: Path, count: int, classes: int = 6, seed: int = 0, first
 
 
 def demo_dataset(root: Path, per_class: int, test_per_class: int, classes: int | None = None) -> Path:
-    from landmark_core.demo import DEMO_CLASSES, generate_demo_dataset, is_complete_demo
+    from landmark_core.core.scenes import DEMO_CLASSES
+    from landmark_core.core.demo import generate_demo_dataset, is_complete_demo
     if not is_complete_demo(root):
         generate_demo_dataset(root, train_per_class=per_class, test_per_class=test_per_class,
                               classes=DEMO_CLASSES[:classes] if classes else None)

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from landmark_core import data as data_lib
-from landmark_core.models import build_model, get_spec, list_models, model_info
-from landmark_core.probe import DEFAULT_WEIGHT_DECAY as DEFAULT_PROBE_DECAY
-from landmark_core.transforms import freeze_scripted, resize_side_for
+from landmark_core.models.registry import build_model, get_spec, list_models, model_info
+from landmark_core.training.probe import DEFAULT_WEIGHT_DECAY as DEFAULT_PROBE_DECAY
+from landmark_core.core.transforms import freeze_scripted, resize_side_for
 
 from .common import Table, int8_matmul_gops, jpeg_bytes, matmul_gflops, percentiles, photo_dataset, timed
 
@@ -139,7 +139,7 @@ def input_pipeline(scale: Scale, demo: Path, work: Path) -> Table:
 # 2 -------------------------------------------------------------------------------------------------
 
 def frozen_backbone(scale: Scale, demo: Path, work: Path) -> Table:
-    from landmark_core.engine import FeatureBatches
+    from landmark_core.training.features import FeatureBatches
     table = Table(f"2. Frozen-backbone transfer (efficientnet_lite0, {scale.frozen_images} images at {scale.frozen_size} px, augmentation on)",
                   ["variant", "one-time cost s", "seconds per frozen epoch", "speed-up per epoch", "10 epochs total s", "10-epoch speed-up"])
     samples = data_lib.scan_dataset(demo).train[: scale.frozen_images]
@@ -203,8 +203,8 @@ def inference(scale: Scale, demo: Path, work: Path) -> Table:
     import warnings
     from torchvision.transforms import v2
 
-    from landmark_core.export import PRESERVED_ATTRIBUTES, ExportedClassifier
-    from landmark_core.images import load_rgb
+    from landmark_core.export.module import PRESERVED_ATTRIBUTES, ExportedClassifier
+    from landmark_core.core.images import load_rgb
 
     fp32 = matmul_gflops(torch.float32)
     size = get_spec("efficientnet_lite0").train_defaults["image_size"] if scale.name == "full" else scale.image_size
@@ -294,9 +294,9 @@ class _ReachTarget(Exception):
 
 def time_to_accuracy(scale: Scale, demo: Path, work: Path) -> Table:
     """Wall time until test accuracy reaches the target, evaluating the test split after every epoch."""
-    from landmark_core.evaluate import predict_split
-    from landmark_core.config import TrainConfig
-    from landmark_core.engine import Callback
+    from landmark_core.evaluation.evaluate import predict_split
+    from landmark_core.runs.config import TrainConfig
+    from landmark_core.training.events import Callback
     from landmark_core.pipeline import create_run, train
 
     table = Table(f"5. Time to {scale.tta_target:.0%} test accuracy on the demo data (wall clock, including data preparation)",
@@ -346,7 +346,7 @@ def time_to_accuracy(scale: Scale, demo: Path, work: Path) -> Table:
                   seconds, acc, f"{seconds / results[name][0]:.1f}x" + ("" if reached else " or more"))
     table.notes.append("Each recipe evaluates the test split after every epoch and stops at the target; that evaluation "
                        "is in the time. Library imports happen before any clock starts. Our training processes raise "
-                       "glibc's malloc thresholds (landmark_core.allocator); the course recipe is timed both without "
+                       "glibc's malloc thresholds (landmark_core.core.allocator); the course recipe is timed both without "
                        "that (as the course ran it) and with it.")
     return table
 
@@ -428,9 +428,9 @@ REAL_RECIPES = (
 
 def real_photos(scale: Scale, datasets: list[Path], work: Path) -> Table:
     """Train each recipe on each class-folder dataset of real photos: accuracy, calibration, coverage, wall time."""
-    from landmark_core.evaluate import predict_split
-    from landmark_core.config import run_preprocessing, TrainConfig
-    from landmark_core.engine import Callback
+    from landmark_core.evaluation.evaluate import predict_split
+    from landmark_core.runs.config import run_preprocessing, TrainConfig
+    from landmark_core.training.events import Callback
     from landmark_core.pipeline import create_run, train
 
     table = Table("6. Real photos: each recipe trained on each development set (cold start, wall clock)",
@@ -505,10 +505,10 @@ def few_shot(scale: Scale, datasets: list[Path], work: Path) -> Table:
     averaged over random draws. Features are computed once per model (centre crop, mirror image, augmented crops)
     and each variant fits the probe on a subset of those views.
     """
-    from landmark_core.models import build_model, folded_for_inference
-    from landmark_core.probe import fit_linear_head
-    from landmark_core.config import run_preprocessing, TrainConfig
-    from landmark_core.engine import FeatureBatches
+    from landmark_core.models.registry import build_model, folded_for_inference
+    from landmark_core.training.probe import fit_linear_head
+    from landmark_core.runs.config import run_preprocessing, TrainConfig
+    from landmark_core.training.features import FeatureBatches
 
     view_sets = {"centre crop only": 1, "centre + mirror": 2, "centre + mirror + 2 augmented (default)": 4,
                  "centre + mirror + 6 augmented": 8}
@@ -585,8 +585,8 @@ def merged_dataset(datasets: list[Path], folder: Path) -> Path:
 def scratch_recipe(scale: Scale, datasets: list[Path], work: Path) -> Table:
     """The scratch CNN's recipes on each real-photo set and on all of them merged: accuracy, wall time, and the time
     the Train page estimated before the run started."""
-    from landmark_core.config import TrainConfig
-    from landmark_core.estimate import estimate
+    from landmark_core.runs.config import TrainConfig
+    from landmark_core.training.estimate import estimate
     from landmark_core.pipeline import create_run, train
 
     table = Table("14. The scratch CNN on real photos: the previous default against today's, same run (cold start, "
@@ -685,8 +685,8 @@ FAMILIARITY_FEATURES = (("both: Lite2's own and Lite0's (default)", {}),
 def open_set(scale: Scale, datasets: list[Path], work: Path) -> Table:
     """The default transfer recipe facing landmarks it never learned: near ones (classes of the same set held out
     of training, several draws) and far ones (another set's photos)."""
-    from landmark_core.models import DEFAULT_TRANSFER_MODEL
-    from landmark_core.config import TrainConfig
+    from landmark_core.models.builders import DEFAULT_TRANSFER_MODEL
+    from landmark_core.runs.config import TrainConfig
     from landmark_core.pipeline import train_new
 
     table = Table("8. Open set: photos of landmarks the model never learned, near (held-out classes of the same "
@@ -772,7 +772,7 @@ def _tag_in_fresh_process(run: Path, library: Path, out: Path, count: int, worke
     import subprocess
     import sys
     code = ("import json, sys, time; from pathlib import Path\n"
-            "from landmark_core.predict import Predictor\nfrom landmark_core.tagging import tag_files\n"
+            "from landmark_core.tagging.predict import Predictor\nfrom landmark_core.tagging.batch import tag_files\n"
             "run, library, out, count, workers, batch = sys.argv[1:7]\n"
             "folders = sorted(p for p in Path(library).iterdir() if p.is_dir())\n"
             "per_folder = sum(1 for _ in folders[0].iterdir())\n"
@@ -796,9 +796,10 @@ def tagging(scale: Scale, work: Path) -> Table:
     import os
     import shutil
 
-    from landmark_core.config import TrainConfig
-    from landmark_core.demo import DEMO_CLASSES, generate_demo_dataset
-    from landmark_core.models import DEFAULT_TRANSFER_MODEL
+    from landmark_core.runs.config import TrainConfig
+    from landmark_core.core.scenes import DEMO_CLASSES
+    from landmark_core.core.demo import generate_demo_dataset
+    from landmark_core.models.builders import DEFAULT_TRANSFER_MODEL
     from landmark_core.pipeline import train_new
 
     data = work / "tag-train"
@@ -857,8 +858,8 @@ def distributed_training(scale: Scale, demo: Path, work: Path) -> Table:
     import subprocess
     import sys
 
-    from landmark_core.fileio import read_json
-    from landmark_core.models import DEFAULT_TRANSFER_MODEL
+    from landmark_core.core.fileio import read_json
+    from landmark_core.models.builders import DEFAULT_TRANSFER_MODEL
 
     table = Table("10. Data-parallel training on CPU: 1 vs 2 processes at the same global batch (demo data, "
                   "wall clock from the command to the exported model)",
@@ -918,8 +919,8 @@ def _held_out_copy(known: Path, folder: Path, held_per_class: int) -> tuple[Path
 
 def _outcomes(run: Path, photos: list[tuple[Path, str | None]]) -> dict[str, float]:
     """Shares of photos tagged right, tagged wrong and left untagged by ``run`` (None: a photo of no known class)."""
-    from landmark_core.predict import Predictor
-    from landmark_core.tagging import decide_for
+    from landmark_core.tagging.predict import Predictor
+    from landmark_core.tagging.decision import decide_for
     predictor, counts = Predictor(run), {"right": 0, "wrong": 0, "untagged": 0}
     for path, truth in photos:
         decision = decide_for(predictor, path.read_bytes())
@@ -958,12 +959,13 @@ def review_loop(scale: Scale, datasets: list[Path], work: Path) -> Table:
 def _review_pair(table: Table, scale: Scale, known: Path, other: Path, work: Path, held_per_class: int,
                  pool_per_class: int) -> None:
     """One row pair of table 11: ``known``'s landmarks learned, ``other``'s photos as places it does not know."""
-    from landmark_core.config import TrainConfig
-    from landmark_core.models import DEFAULT_TRANSFER_MODEL
+    from landmark_core.runs.config import TrainConfig
+    from landmark_core.models.builders import DEFAULT_TRANSFER_MODEL
     from landmark_core.pipeline import train_new
-    from landmark_core.predict import Predictor
-    from landmark_core.review import Review, Verdict
-    from landmark_core.tagging import report_rows, tag_files
+    from landmark_core.tagging.predict import Predictor
+    from landmark_core.curation.review import Review, Verdict
+    from landmark_core.tagging.report import report_rows
+    from landmark_core.tagging.batch import tag_files
 
     root, held_known = _held_out_copy(known, work / "review" / f"{known.name}-data", held_per_class)
     others = data_lib.scan_dataset(other)
@@ -1056,9 +1058,10 @@ def serving(scale: Scale, work: Path) -> Table:
     import sys
     import urllib.request
 
-    from landmark_core.config import TrainConfig
-    from landmark_core.demo import DEMO_CLASSES, generate_demo_dataset
-    from landmark_core.models import DEFAULT_TRANSFER_MODEL
+    from landmark_core.runs.config import TrainConfig
+    from landmark_core.core.scenes import DEMO_CLASSES
+    from landmark_core.core.demo import generate_demo_dataset
+    from landmark_core.models.builders import DEFAULT_TRANSFER_MODEL
     from landmark_core.pipeline import train_new
 
     data = work / "serve-train"
@@ -1120,16 +1123,16 @@ def inference_backends(scale: Scale, datasets: list[Path], work: Path) -> Table:
     import numpy as np
     import torch
 
-    from landmark_core.config import TrainConfig
-    from landmark_core.errors import ModelError
-    from landmark_core.export import export_run
-    from landmark_core.fileio import read_json
-    from landmark_core.images import load_square
-    from landmark_core.models import DEFAULT_TRANSFER_MODEL
+    from landmark_core.runs.config import TrainConfig
+    from landmark_core.core.errors import ModelError
+    from landmark_core.export.exporter import export_run
+    from landmark_core.core.fileio import read_json
+    from landmark_core.core.images import load_square
+    from landmark_core.models.builders import DEFAULT_TRANSFER_MODEL
     from landmark_core.pipeline import train_new
-    from landmark_core.predict import Predictor
-    from landmark_core.runs import Run
-    from landmark_core.tagging import tag_files
+    from landmark_core.tagging.predict import Predictor
+    from landmark_core.runs.run import Run
+    from landmark_core.tagging.batch import tag_files
 
     peaks = {"fp32": matmul_gflops(torch.float32), "int8": int8_matmul_gops()}
     table = Table("13. Inference back-ends: TorchScript fp32, ONNX Runtime fp32 and int8 (CPU, same run)",
@@ -1220,12 +1223,12 @@ def cross_source(scale: Scale, known: Path, other_source: Path, look_alike: Path
                  work: Path) -> Table:
     """The tag decision on photos the development sets cannot show: the known landmarks from another source
     (``other_source/<class>/``), other landmarks that look like them, and photos of no landmark at all."""
-    from landmark_core.config import TrainConfig
-    from landmark_core.models import DEFAULT_TRANSFER_MODEL
+    from landmark_core.runs.config import TrainConfig
+    from landmark_core.models.builders import DEFAULT_TRANSFER_MODEL
     from landmark_core.pipeline import train_new
-    from landmark_core.predict import Predictor
-    from landmark_core.tagging import decide_for
-    from landmark_core.openset import auroc
+    from landmark_core.tagging.predict import Predictor
+    from landmark_core.tagging.decision import decide_for
+    from landmark_core.scoring.openset import auroc
 
     table = Table("15. Other sources and look-alikes: the tag decision at a run's own thresholds (default transfer "
                   "recipe)", ["known set", "model", "familiarity features", "photos", "count", "top-1", "tagged", "precision of those tags",

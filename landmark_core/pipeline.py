@@ -19,20 +19,24 @@ from typing import Callable, Sequence
 import torch
 
 from . import data as data_lib
-from . import distributed
-from .allocator import keep_freed_memory, release_freed_memory
-from .callbacks import CancelOnRequest, Checkpointer, EarlyStopping, MetricsLogger, StatusUpdater
-from .checkpoints import load_checkpoint
-from .config import TrainConfig, resolve_device, run_preprocessing
-from .engine import Callback, Engine
-from .errors import DataError, LandmarkError, RunError, TrainingCancelled
-from .evaluate import evaluate_run
-from .export import export_run
-from .fileio import read_json, read_jsonl, remove_unfinished_writes, write_bytes_atomic, write_json_atomic
-from .models import build_model, familiarity_network
-from .prepare import prepare_data, resolved_for_dataset
-from .progress import Stage
-from .runs import STOPPED_BY_REQUEST, new_run_dir, now_iso, non_negative, read_status, Run, worked_seconds, write_status
+from .core.allocator import keep_freed_memory, release_freed_memory
+from .core.errors import DataError, LandmarkError, RunError, TrainingCancelled
+from .core.fileio import read_json, read_jsonl, remove_unfinished_writes, write_bytes_atomic, write_json_atomic
+from .evaluation.evaluate import evaluate_run
+from .export.exporter import export_run
+from .models.builders import familiarity_network
+from .models.registry import build_model
+from .runs.config import TrainConfig, resolve_device, run_preprocessing
+from .runs.progress import Stage
+from .runs.run import Run, new_run_dir, non_negative, now_iso, read_status, worked_seconds, write_status
+from .runs.states import STOPPED_BY_REQUEST
+from .training import distributed
+from .training.callbacks import CancelOnRequest, Checkpointer, EarlyStopping, MetricsLogger, StatusUpdater
+from .training.checkpoints import load_checkpoint
+from .training.engine import Engine
+from .training.events import Callback
+from .training.prepare import prepare_data, resolved_for_dataset
+
 
 def _raise_cancel(signum, frame):
     raise TrainingCancelled(f"stopped by signal {signum}")

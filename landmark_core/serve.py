@@ -9,7 +9,7 @@ Requests are classified together: each photo is decoded in a thread of its own, 
 ``Retry-After`` at once instead of making a client wait without end. Every input a client can send is answered
 with a 4xx and a one-line JSON ``error`` (never a 5xx): an upload is refused by its declared size before it is
 read, and by its read size before it is decoded. A re-exported run is picked up on the next request, only if its
-signature checks (see :func:`landmark_core.export.load_exported`); until then the model that was loaded answers.
+signature checks (see :func:`landmark_core.export.exporter.load_exported`); until then the model that was loaded answers.
 Workers hold no state beyond the loaded model, so replicas behind a reverse proxy need nothing shared.
 """
 from __future__ import annotations
@@ -26,11 +26,13 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from .errors import ImageError, LandmarkError
-from .images import MAX_UPLOAD_BYTES, check_upload
-from .predict import Predictor
-from .runs import Run
-from .tagging import TagDecision, decide, read_gps_checked, tagged_bytes, xmp_sidecar
+from .core.errors import ImageError, LandmarkError
+from .core.images import MAX_UPLOAD_BYTES, check_upload
+from .runs.run import Run
+from .tagging.decision import TagDecision, decide
+from .tagging.metadata import read_gps_checked
+from .tagging.predict import Predictor
+from .tagging.writing import tagged_bytes, xmp_sidecar
 
 API_KEY_ENV = "LANDMARK_API_KEY"
 #: Media types a photo may be posted as, besides a multipart form with a ``file`` field.

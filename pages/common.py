@@ -10,16 +10,16 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from landmark_core.demo import generate_demo_dataset, is_complete_demo
-from landmark_core.download import DATASET_NAME, download_dataset, find_dataset_root
-from landmark_core.errors import LandmarkError
-from landmark_core.locations import artifacts_dir, data_dir, demo_dir
-from landmark_core.places import world_land
-from landmark_core.progress import format_seconds  # noqa: F401 (pages format times through common)
-from landmark_core.runs import list_runs, Run
+from landmark_core.core.demo import generate_demo_dataset, is_complete_demo
+from landmark_core.data.download import DATASET_NAME, download_dataset, find_dataset_root
+from landmark_core.core.errors import LandmarkError
+from landmark_core.core.locations import artifacts_dir, data_dir, demo_dir
+from landmark_core.geo.places import world_land
+from landmark_core.runs.progress import format_seconds  # noqa: F401 (pages format times through common)
+from landmark_core.runs.run import list_runs, Run
 
 DEMO, REAL, FOLDER, ZIP = "Built-in demo", "landmark_images (50 classes)", "A folder on this machine", "Import a zip of photos"
-#: What the browser may upload as a dataset zip; the archive is still checked entry by entry (landmark_core.download).
+#: What the browser may upload as a dataset zip; the archive is still checked entry by entry (landmark_core.data.download).
 MAX_DATASET_ZIP_MB = 4096
 
 
@@ -117,7 +117,7 @@ def import_zip_from_browser() -> None:
     marker = (upload.name, upload.size)
     if st.session_state.get("imported_zip") != marker:
         import tempfile
-        from landmark_core.download import import_dataset
+        from landmark_core.data.download import import_dataset
         with tempfile.TemporaryDirectory() as scratch:
             archive = Path(scratch) / Path(upload.name).name
             with open(archive, "wb") as handle:
@@ -151,7 +151,7 @@ def dataset_classes(root: Path) -> list[str]:
 @st.cache_data(max_entries=32, show_spinner=False)
 def model_summary(model: str, image_size: int, num_classes: int) -> dict:
     """A model's measured size (it builds the model and counts its FLOPs: once per model, size and class count)."""
-    from landmark_core.models import model_info
+    from landmark_core.models.registry import model_info
     return model_info(model, image_size, num_classes=num_classes)
 
 
@@ -169,8 +169,8 @@ def dataset_training_photos(root: Path) -> int | None:
 def run_estimate(root: Path, model: str) -> tuple[object | None, str | None]:
     """(how long a run of ``model`` with its defaults takes on ``root`` here, None) from a few steps timed, or
     (None, why not)."""
-    from landmark_core.config import TrainConfig
-    from landmark_core.estimate import estimate
+    from landmark_core.runs.config import TrainConfig
+    from landmark_core.training.estimate import estimate
     try:
         return estimate(TrainConfig(data=str(root), model=model)), None
     except Exception as error:  # an estimate is advice: a failure (out of memory, a bad file) says so, no more
@@ -193,7 +193,7 @@ def show_error(error: Exception) -> None:
 @st.cache_resource(max_entries=8, show_spinner="Loading model…")
 def load_predictor(run_dir: str, export_mtime: float):
     """One Predictor per exported run (re-exporting rewrites export.json: a new mtime, so a new cache key)."""
-    from landmark_core.predict import Predictor
+    from landmark_core.tagging.predict import Predictor
     return Predictor(run_dir)
 
 
@@ -265,7 +265,7 @@ def format_percent(share: float | None, digits: int = 1) -> str:
 
 @st.cache_resource(max_entries=4, show_spinner="Preparing Grad-CAM…")
 def _explainer(run_dir: str, checkpoint_mtime: float):
-    from landmark_core.explain import Explainer
+    from landmark_core.evaluation.explain import Explainer
     return Explainer(run_dir)
 
 
@@ -282,7 +282,7 @@ def explanation_for(run_dir: Path, photo: bytes | str):
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def _model_bundle(run_dir: str, export_mtime: float) -> bytes:
-    from landmark_core.export import export_bundle
+    from landmark_core.export.bundle import export_bundle
     return export_bundle(Path(run_dir))
 
 
@@ -305,7 +305,7 @@ def world_map(points: pd.DataFrame, *, height: int = 220, color: alt.Color | Non
 
 @st.cache_data(show_spinner="Loading the world's towns…")
 def _town_points() -> pd.DataFrame:
-    from landmark_core.towns import map_points
+    from landmark_core.geo.towns import map_points
     return pd.DataFrame(map_points())
 
 

@@ -1,7 +1,7 @@
 import altair as alt
 import streamlit as st
 
-from landmark_core.insights import comparison, curves_frame, short_label
+from landmark_core.reports.insights import comparison, curves_frame, short_label
 from pages.common import current_dataset_runs, finished_runs, format_percent, format_seconds, run_label
 
 st.title("⚖️ Compare runs")

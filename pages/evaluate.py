@@ -2,9 +2,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from landmark_core.insights import (cell_images, class_places_frame, confusion_classes, confusion_frame,
-                                   familiarity_curve_frame, per_class_frame, short_label, tagged_unknowns, top_losses,
-                                   wrong_tag_estimate)
+from landmark_core.reports.insights import (cell_images, class_places_frame, confusion_classes, confusion_frame,
+                                            familiarity_curve_frame, per_class_frame, short_label, tagged_unknowns,
+                                            top_losses, wrong_tag_estimate)
 from pages.common import current_dataset_runs, explanation_for, finished_runs, model_bundle_for, run_label, world_map
 
 st.title("📊 Evaluate")

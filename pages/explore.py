@@ -4,13 +4,13 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from landmark_core.cleaning import move_photo, moves, suspect_photos, undo_last_move
+from landmark_core.curation.cleaning import move_photo, moves, suspect_photos, undo_last_move
 from landmark_core.data import AUGMENTATIONS, dataset_report, scan_dataset
-from landmark_core.errors import LandmarkError
-from landmark_core.explore import augmentation_preview, image_table, training_stats
-from landmark_core.insights import short_label
-from landmark_core.places import PLACES_FILE, Place, places_from_table, places_matching, places_table, save_places
-from landmark_core.towns import nearest_towns, place_at, search_towns, set_place, towns_around
+from landmark_core.core.errors import LandmarkError
+from landmark_core.reports.explore import augmentation_preview, image_table, training_stats
+from landmark_core.reports.insights import short_label
+from landmark_core.geo.places import PLACES_FILE, Place, places_from_table, places_matching, places_table, save_places
+from landmark_core.geo.towns import nearest_towns, place_at, search_towns, set_place, towns_around
 from pages.common import finished_runs, require_dataset, run_label, show_error, town_picker_map, town_zoom_map
 
 OUT_OF_DATASET = "out of the dataset (_excluded/)"

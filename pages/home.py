@@ -2,7 +2,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from landmark_core.runs import list_runs
+from landmark_core.runs.run import list_runs
 from pages.common import current_dataset, format_percent, format_seconds, trained_on
 
 st.title("🗺️ Landmark Tagger")

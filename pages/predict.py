@@ -2,10 +2,12 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from landmark_core.errors import ImageError, LandmarkError
-from landmark_core.images import MAX_UPLOAD_BYTES, about_file, check_upload
-from landmark_core.places import display_name
-from landmark_core.tagging import STATUS_MEANINGS, decide_for, read_gps, tagged_bytes, tagged_zip, xmp_sidecar
+from landmark_core.core.errors import ImageError, LandmarkError
+from landmark_core.core.images import MAX_UPLOAD_BYTES, about_file, check_upload
+from landmark_core.geo.places import display_name
+from landmark_core.tagging.decision import STATUS_MEANINGS, decide_for
+from landmark_core.tagging.metadata import read_gps
+from landmark_core.tagging.writing import tagged_bytes, tagged_zip, xmp_sidecar
 from pages.common import (assessment_for, current_dataset, current_dataset_runs, dataset_test_photos, explanation_for,
                           finished_runs, predictor_for, run_label, show_error, world_map)
 

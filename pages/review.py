@@ -3,11 +3,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from landmark_core.errors import LandmarkError
-from landmark_core.locations import artifacts_dir
-from landmark_core.places import display_name, gazetteer
-from landmark_core.review import REVIEWED_OUTCOMES, Review, Verdict, find_reports
-from landmark_core.tagging import STATUS_MEANINGS, read_photo
+from landmark_core.core.errors import LandmarkError
+from landmark_core.core.locations import artifacts_dir
+from landmark_core.geo.places import display_name, gazetteer
+from landmark_core.curation.review import REVIEWED_OUTCOMES, Review, Verdict, find_reports
+from landmark_core.tagging.decision import STATUS_MEANINGS
+from landmark_core.core.images import read_photo
 from pages.common import assessment_for, explanation_for, show_error
 
 PER_PAGE = 12

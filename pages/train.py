@@ -6,15 +6,17 @@ import streamlit as st
 import torch
 
 from landmark_core.data import AUGMENTATIONS
-from landmark_core.distributed import default_processes, process_limit
-from landmark_core.errors import LandmarkError
-from landmark_core.insights import batch_losses, curves_frame
-from landmark_core.progress import run_progress
-from landmark_core.models import DEFAULT_TRANSFER_MODEL, list_models
-from landmark_core.runs import (ACTIVE_STATES, RunState, Run, delete_run, is_training, launch_background, list_runs, rename_run,
-                                request_cancel, resolve_run)
-from landmark_core.config import HEAD_SOLVERS, OPTIMIZERS, SCHEDULERS, TrainConfig
-from landmark_core.lr_finder import Sweep, SweepState
+from landmark_core.training.distributed import default_processes, process_limit
+from landmark_core.core.errors import LandmarkError
+from landmark_core.reports.insights import batch_losses, curves_frame
+from landmark_core.runs.progress import run_progress
+from landmark_core.models.builders import DEFAULT_TRANSFER_MODEL
+from landmark_core.models.registry import list_models
+from landmark_core.runs.states import ACTIVE_STATES, RunState
+from landmark_core.runs.run import Run, delete_run, is_training, list_runs, rename_run, request_cancel, resolve_run
+from landmark_core.runs.launch import launch_background
+from landmark_core.runs.config import HEAD_SOLVERS, OPTIMIZERS, SCHEDULERS, TrainConfig
+from landmark_core.training.lr_finder import Sweep, SweepState
 from landmark_core.pipeline import create_run
 from pages.common import (dataset_classes, dataset_training_photos, format_percent, format_seconds, model_summary,
                           require_dataset, run_estimate, show_error)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from landmark_core.demo import DEMO_CLASSES, generate_demo_dataset
+from landmark_core.core.scenes import DEMO_CLASSES
+from landmark_core.core.demo import generate_demo_dataset
 
 # Decoded-image caches and the signing key of the test session live in a temporary folder, not the user's
 # (set at import, before any fixture trains or exports, and inherited by every subprocess).
@@ -37,7 +38,7 @@ def artifacts(tmp_path, monkeypatch) -> Path:
 
 
 def tiny_config(data: Path, **overrides):
-    from landmark_core.config import TrainConfig
+    from landmark_core.runs.config import TrainConfig
     values = dict(data=str(data), model="scratch_cnn", image_size=32, batch_size=8, epochs=2, lr=3e-3,
                   model_options=dict(TINY_MODEL), log_every=1, device="cpu")
     values.update(overrides)

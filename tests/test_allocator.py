@@ -7,7 +7,7 @@ import pytest
 # and count the page faults that costs.
 PROBE = """
 import ctypes, resource, sys
-from landmark_core.allocator import keep_freed_memory
+from landmark_core.core.allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "tuned" else False
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
@@ -40,7 +40,7 @@ def test_tuned_allocator_reuses_freed_blocks_instead_of_faulting_in_fresh_pages(
 # after the kept memory is released.
 RELEASE_PROBE = """
 import ctypes, os
-from landmark_core.allocator import keep_freed_memory, release_freed_memory
+from landmark_core.core.allocator import keep_freed_memory, release_freed_memory
 assert keep_freed_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from landmark_core.config import TrainConfig
-from landmark_core.distributed import process_limit
-from landmark_core.fileio import read_json
-from landmark_core.runs import list_runs, read_status
+from landmark_core.runs.config import TrainConfig
+from landmark_core.training.distributed import process_limit
+from landmark_core.core.fileio import read_json
+from landmark_core.runs.run import list_runs, read_status
 from test_review import new_landmark_photos, teachable  # noqa: F401  (fixtures, shared)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,8 +61,8 @@ def test_explore_shows_counts_samples_and_problems(app_env):
 
 
 def test_predict_page_shows_five_predictions_for_an_upload(app_env):
-    from landmark_core.predict import Predictor
-    from landmark_core.tagging import decide_for
+    from landmark_core.tagging.predict import Predictor
+    from landmark_core.tagging.decision import decide_for
     at = page("predict").run()
     buffer = io.BytesIO()
     Image.open(next((app_env / "data" / "demo" / "test").rglob("*.jpg"))).save(buffer, format="PNG")
@@ -170,8 +170,8 @@ def test_evaluate_shows_the_open_set_decision(app_env):
 
 def test_predict_page_agrees_with_the_library_on_unknown_photos(app_env):
     """The page's outcome for each photo of the demo's unknown/ folder is the library's (and so the CLI's)."""
-    from landmark_core.predict import Predictor
-    from landmark_core.tagging import decide_for
+    from landmark_core.tagging.predict import Predictor
+    from landmark_core.tagging.decision import decide_for
     run = next(r for r in list_runs() if r.state == "finished")
     predictor = Predictor(run.path)
     for photo in sorted((app_env / "data" / "demo" / "unknown").glob("*.jpg"))[:3]:
@@ -380,8 +380,8 @@ def test_explore_finds_likely_mislabelled_photos_moves_one_and_undoes_it(app_env
 def test_removing_a_model_keeps_the_threshold_the_user_chose(ui_artifacts, tmp_path, monkeypatch):
     """Two models whose own suggested thresholds differ: the user's threshold survives removing the tagging model."""
     import shutil
-    from landmark_core.export import export_run
-    from landmark_core.fileio import read_json, write_json_atomic
+    from landmark_core.export.exporter import export_run
+    from landmark_core.core.fileio import read_json, write_json_atomic
     source = next(r for r in list_runs(ui_artifacts) if r.state == "finished").path
     artifacts = tmp_path / "artifacts"
     for run_id, suggested in (("run-a", 0.55), ("run-b", 0.8)):  # run-b sorts first: the tagging model
@@ -405,8 +405,8 @@ def test_predict_page_offers_sidecars_instead_of_copies(app_env):
     """The same choice as `landmark tag --sidecars`: the tags in photo.jpg.xmp beside an untouched original."""
     import zipfile
 
-    from landmark_core.predict import Predictor
-    from landmark_core.tagging import decide_for
+    from landmark_core.tagging.predict import Predictor
+    from landmark_core.tagging.decision import decide_for
     predictor = Predictor(next(r for r in list_runs() if r.state == "finished").path)
     # photos the run trained on are as familiar as photos get: tagged at threshold 0
     photos = sorted((app_env / "data" / "demo" / "train").rglob("*.jpg"))
@@ -422,7 +422,7 @@ def test_predict_page_offers_sidecars_instead_of_copies(app_env):
     assert labels.count("Download XMP sidecar") == 2 and "Download tagged copy" not in labels
     zipped = next(b for b in at.get("download_button") if b.proto.label.endswith("XMP sidecars (zip)"))
     assert zipped is not None
-    from landmark_core.tagging import tagged_zip
+    from landmark_core.tagging.writing import tagged_zip
     archive = zipfile.ZipFile(io.BytesIO(tagged_zip([(p.name, p.read_bytes(), decide_for(predictor, p, threshold=0.0))
                                                      for p in tagged], sidecars_only=True)))
     assert sorted(archive.namelist()) == sorted(f"{p.name}.xmp" for p in tagged)
@@ -452,7 +452,7 @@ def test_train_page_asks_before_a_second_run_shares_the_cores(app_env):
     """Issue 24, item 3: a Start while another run trains asks first; nothing starts until the answer."""
     import os
     from landmark_core.pipeline import create_run
-    from landmark_core.runs import delete_run, write_status
+    from landmark_core.runs.run import delete_run, write_status
     from conftest import tiny_config
     busy = create_run(tiny_config(app_env / "data" / "demo", epochs=1), app_env)
     write_status(busy, state="running", pid=os.getpid(), session_started=time.time(), stage="training")
@@ -478,7 +478,8 @@ def test_train_page_shows_a_stopped_run_as_stopped_with_its_own_clock(app_env):
     """Issue 24, items 4 and 7: Stop is no failure (no yellow box, no error in the table), and the progress line
     says where the run stopped and how long it worked, with no ETA."""
     from landmark_core.pipeline import create_run
-    from landmark_core.runs import STOPPED_BY_REQUEST, delete_run, write_status
+    from landmark_core.runs.states import STOPPED_BY_REQUEST
+    from landmark_core.runs.run import delete_run, write_status
     from conftest import tiny_config
     run_dir = create_run(tiny_config(app_env / "data" / "demo", epochs=3), app_env)
     write_status(run_dir, state="cancelled", error=STOPPED_BY_REQUEST, seconds=64.0, session_started=None)
@@ -602,8 +603,8 @@ def test_a_first_visit_trains_in_three_steps_with_the_settings_under_advanced(ap
 
 def test_train_page_shows_a_finished_background_sweep_and_its_suggestion(app_env):
     """Issue 24, item 1: the page draws the sweep that ran in the background (no page-greying call)."""
-    from landmark_core.config import TrainConfig
-    from landmark_core.lr_finder import Sweep
+    from landmark_core.runs.config import TrainConfig
+    from landmark_core.training.lr_finder import Sweep
     demo = str(app_env / "data" / "demo")
     sweep = Sweep.of(demo, "scratch_cnn")
     result = sweep.run_here(TrainConfig(data=demo, model="scratch_cnn", image_size=32, batch_size=8), steps=12)
@@ -651,7 +652,7 @@ def _encodings(spec: dict):
 def test_charts_have_titled_formatted_axes_and_whole_labels(app_env):
     """Issue 24, items 14, 17 and 18: no Altair default titles ("Count of Records", a field named x or y), whole
     epochs on epoch axes, and class labels that are not cut at Vega's default 180 px."""
-    from landmark_core.runs import list_runs
+    from landmark_core.runs.run import list_runs
     finished = next(r for r in list_runs(app_env) if r.state == "finished")
     pages = {"explore": page("explore"), "evaluate": page("evaluate"), "train": page("train")}
     pages["train"].session_state["live_run_select"] = finished.run_id
@@ -676,8 +677,8 @@ def test_charts_have_titled_formatted_axes_and_whole_labels(app_env):
 def test_train_page_says_what_a_run_will_cost_before_it_starts(app_env):
     """Issue 27, item 2: the time on this machine from a few training steps timed just now, for the model chosen,
     with the epochs the dataset's size gives a scratch run."""
-    from landmark_core.config import TrainConfig
-    from landmark_core.prepare import resolved_for_dataset
+    from landmark_core.runs.config import TrainConfig
+    from landmark_core.training.prepare import resolved_for_dataset
     at = page("train").run()
     at.selectbox[0].set_value("scratch_cnn").run()
     assert not at.exception

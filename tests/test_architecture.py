@@ -1,5 +1,6 @@
 """The library's shape: its modules import in one direction only, never streamlit, and light commands stay light."""
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +15,22 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def imports_of(path: Path) -> set[str]:
     """Every landmark_core module ``path`` imports, at module level or inside functions (a lazy import still counts)."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    typing_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node.test)
+                   for inner in ast.walk(node)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:  # `if TYPE_CHECKING:` imports name types for annotations; nothing runs them
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.startswith("landmark_core"))
         elif isinstance(node, ast.ImportFrom):
@@ -68,7 +79,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_the_import_graph_is_acyclic():
-    assert len(GRAPH) > 20 and GRAPH["landmark_core.pipeline"] >= {"landmark_core.engine", "landmark_core.evaluate"}
+    assert len(GRAPH) > 20
+    assert GRAPH["landmark_core.pipeline"] >= {"landmark_core.training.engine", "landmark_core.evaluation.evaluate"}
     cycle = find_cycle(GRAPH)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
@@ -88,9 +100,66 @@ def test_training_layers_import_downward_only():
                 todo.append(target)
         return seen
 
-    assert "landmark_core.pipeline" not in reaches("landmark_core.evaluate") | reaches("landmark_core.export")
-    assert not {"landmark_core.pipeline", "landmark_core.evaluate", "landmark_core.export"} & reaches("landmark_core.engine")
-    assert "landmark_core.cli" not in set().union(*(reaches(m) for m in MODULES if m != "landmark_core.__main__"))
+    export = {m for m in MODULES if m.startswith("landmark_core.export")}
+    assert "landmark_core.pipeline" not in reaches("landmark_core.evaluation.evaluate")
+    assert "landmark_core.pipeline" not in set().union(*(reaches(m) for m in export))
+    assert not ({"landmark_core.pipeline", "landmark_core.evaluation.evaluate"} | export) & reaches("landmark_core.training.engine")
+    cli = {m for m in MODULES if m.startswith("landmark_core.cli")}
+    outside_cli = set().union(*(reaches(m) for m in MODULES - cli if m != "landmark_core.__main__"))
+    assert not cli & outside_cli
+
+
+README = PACKAGE.parent / "README.md"
+
+
+def readme_layers() -> dict[str, int]:
+    """Each top-level package or module of landmark_core -> its row in the README's layer table (0: the top row)."""
+    text = README.read_text()
+    table = text[text.index("## Architecture"):text.index("## Tests")]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith(("| layer", "| ---"))]
+    layers = {}
+    for rank, row in enumerate(rows):
+        packages = row.split("|")[2]
+        for name in re.findall(r"`([\w.]+)`", packages):
+            layers[name] = rank
+    return layers
+
+
+def top_level(module: str) -> str:
+    return module.split(".")[1]
+
+
+def test_the_readme_layer_table_names_every_package_once():
+    layers = readme_layers()
+    found = {top_level(m) for m in MODULES if m != "landmark_core"}
+    assert found == set(layers), f"in the package, not the table: {found - set(layers)}; in the table only: {set(layers) - found}"
+
+
+def upward_imports(graph: dict[str, set[str]], layers: dict[str, int]) -> list[str]:
+    return sorted(f"{module} imports {target}" for module, targets in graph.items() if module != "landmark_core"
+                  for target in targets if layers[top_level(target)] > layers[top_level(module)])
+
+
+def test_each_package_imports_only_its_own_layer_or_those_above_it_in_the_table():
+    assert upward_imports(GRAPH, readme_layers()) == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    layers = readme_layers()
+    assert layers["core"] < layers["training"] < layers["pipeline"] < layers["cli"]
+    upward = {"landmark_core.core.errors": {"landmark_core.pipeline"}, "landmark_core.pipeline": {"landmark_core.core.errors"}}
+    assert upward_imports(upward, layers) == ["landmark_core.core.errors imports landmark_core.pipeline"]
+
+
+def test_the_layout_shows_the_layers():
+    """A package per layer, few modules at the top, no file too long to read."""
+    top_modules = [path for path in PACKAGE.glob("*.py")]
+    packages = [path for path in PACKAGE.iterdir() if (path / "__init__.py").is_file()]
+    assert len(top_modules) <= 6, sorted(path.name for path in top_modules)
+    assert len(packages) >= 6
+    too_long = {str(path.relative_to(PACKAGE)): n for path in PACKAGE.rglob("*.py")
+                if (n := len(path.read_text().splitlines())) > 450}
+    assert too_long == {}
 
 
 def test_the_library_never_imports_streamlit():

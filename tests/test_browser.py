@@ -119,9 +119,9 @@ def _same_named_photos_the_model_tags(artifacts: Path) -> list[tuple[Path, objec
     """Two demo test photos with one file name (test_00NN.jpg of two classes) that the trained run tags with the
     threshold at 0, with the library's decision for each: the familiarity check still decides, so they are picked
     with the library's own rule."""
-    from landmark_core.predict import Predictor
-    from landmark_core.runs import list_runs
-    from landmark_core.tagging import decide_for
+    from landmark_core.tagging.predict import Predictor
+    from landmark_core.runs.run import list_runs
+    from landmark_core.tagging.decision import decide_for
     predictor = Predictor(next(r for r in list_runs(artifacts) if r.state == "finished").path)
     by_name = {}
     for photo in sorted((artifacts / "data" / "demo" / "test").rglob("*.jpg")):
@@ -294,7 +294,7 @@ def _assert_tagged_copies(archive: Path, tagged_photos: list) -> None:
     """The downloaded zip holds one tagged copy per photo under distinct names (in upload order), each carrying the
     coordinates of the place the library decides for it."""
     import zipfile
-    from landmark_core.tagging import read_gps
+    from landmark_core.tagging.metadata import read_gps
     with zipfile.ZipFile(archive) as bundle:
         names = sorted(n for n in bundle.namelist() if n.endswith(".jpg"))
         name = tagged_photos[0][0].name
@@ -338,7 +338,7 @@ def test_fifty_classes_every_page_and_a_labelled_confusion_matrix(fifty_class_ar
     an exception, a confusion matrix that labels each class once, readable (no two labels overlap), with tooltips."""
     from playwright.sync_api import expect
 
-    from landmark_core.insights import short_label
+    from landmark_core.reports.insights import short_label
 
     shots = screenshot_folder("fifty-classes")
     artifacts = copy_of_artifacts(fifty_class_artifacts, tmp_path / "artifacts")  # the shared fixture stays as it is
@@ -409,9 +409,11 @@ def test_ten_sessions_predict_while_two_runs_train(tmp_path):
     """Load: 10 browser sessions upload and predict at once while two training runs use the CPU."""
     from playwright.sync_api import expect
 
-    from landmark_core.demo import DEMO_CLASSES, generate_demo_dataset
-    from landmark_core.fileio import read_json
-    from landmark_core.runs import launch_background, read_status
+    from landmark_core.core.scenes import DEMO_CLASSES
+    from landmark_core.core.demo import generate_demo_dataset
+    from landmark_core.core.fileio import read_json
+    from landmark_core.runs.launch import launch_background
+    from landmark_core.runs.run import read_status
     from landmark_core.pipeline import create_run, train_new
 
     from conftest import tiny_config
@@ -441,7 +443,7 @@ def test_ten_sessions_predict_while_two_runs_train(tmp_path):
             for page, photo in zip(pages, photos):
                 page.locator("input[type='file']").set_input_files(photo["path"])
             classes = read_json(run_dir / "evaluation.json")["classes"]
-            from landmark_core.places import display_name
+            from landmark_core.geo.places import display_name
             for page, photo in zip(pages, photos):
                 ranked = page.locator("[data-testid='stMarkdownContainer'] ol li")
                 expect(ranked).to_have_count(5)
@@ -461,8 +463,8 @@ def test_review_a_tag_report_correct_one_photo_mark_one_not_a_landmark_retrain_a
     learned (a new class), one marked not a landmark; Retrain trains a new run and re-tags the library."""
     from playwright.sync_api import expect
 
-    from landmark_core.places import place_for
-    from landmark_core.tagging import report_rows
+    from landmark_core.geo.places import place_for
+    from landmark_core.tagging.report import report_rows
     from test_review import NEW_CLASS, tagged_report
     from test_sidecars import exiftool
 
@@ -518,8 +520,8 @@ def test_review_a_tag_report_correct_one_photo_mark_one_not_a_landmark_retrain_a
 def test_explore_place_picker_a_click_on_the_offline_map_offers_the_nearest_towns(dataset_without_places, tmp_path):
     from playwright.sync_api import expect
 
-    from landmark_core.places import gazetteer
-    from landmark_core.towns import nearest_towns
+    from landmark_core.geo.places import gazetteer
+    from landmark_core.geo.towns import nearest_towns
 
     shots = screenshot_folder("place-picker")
     with streamlit_server(tmp_path / "artifacts", tmp_path / "streamlit.log") as url, browser_tab(shots) as tab:
@@ -556,7 +558,7 @@ def test_round_three_compare_across_datasets_a_100_megapixel_photo_and_a_backgro
     from PIL import Image
     from playwright.sync_api import expect
 
-    from landmark_core.lr_finder import Sweep
+    from landmark_core.training.lr_finder import Sweep
 
     shots = screenshot_folder("round-three")
     artifacts = copy_of_artifacts(fifty_class_artifacts, tmp_path / "artifacts")

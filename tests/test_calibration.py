@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from landmark_core.calibration import (coverage_at_precision, expected_calibration_error, fit_temperature, reliability,
-                                       softmax)
-from landmark_core.probe import DEFAULT_WEIGHT_DECAY, WEIGHT_DECAYS, class_weights, fit_linear_head
+from landmark_core.scoring.calibration import (coverage_at_precision, expected_calibration_error, fit_temperature,
+                                               reliability, softmax)
+from landmark_core.training.probe import DEFAULT_WEIGHT_DECAY, WEIGHT_DECAYS, class_weights, fit_linear_head
 
 
 def _sampled(temperature: float, n: int = 4000, classes: int = 5, seed: int = 0):

@@ -4,9 +4,9 @@ import shutil
 
 import pytest
 
-from landmark_core.cleaning import EXCLUDED, move_photo, moves, suspect_photos, undo_last_move
+from landmark_core.curation.cleaning import EXCLUDED, move_photo, moves, suspect_photos, undo_last_move
 from landmark_core.data import scan_dataset
-from landmark_core.errors import DataError
+from landmark_core.core.errors import DataError
 from landmark_core.pipeline import train_new
 
 from conftest import tiny_config

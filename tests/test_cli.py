@@ -70,7 +70,7 @@ def test_train_then_predict_from_the_cli(tiny_dataset, tmp_path):
 def test_predict_reports_bad_images_but_predicts_good_ones(trained_run, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    from landmark_core.fileio import read_json
+    from landmark_core.core.fileio import read_json
     good = read_json(trained_run / "predictions.json")[0]["path"]
     result = run_cli("predict", trained_run, bad, good, "--json", check=False)
     assert result.returncode == 1 and "error: bad.jpg" in result.stderr
@@ -88,10 +88,10 @@ def test_data_demo_and_stats(tmp_path):
 def test_evaluate_reexports_when_the_calibration_changed(trained_run, tmp_path, monkeypatch, capsys):
     """The tag threshold evaluate writes assumes its calibrated probabilities: the exported model must give them."""
     import shutil
-    from landmark_core.runs import Run
+    from landmark_core.runs.run import Run
     EXPORT_META = Run.EXPORT_META
-    from landmark_core.fileio import read_json, write_json_atomic
-    from landmark_core.predict import Predictor
+    from landmark_core.core.fileio import read_json, write_json_atomic
+    from landmark_core.tagging.predict import Predictor
     monkeypatch.setenv("LANDMARK_ARTIFACTS", str(tmp_path))
     copy = tmp_path / "runs" / trained_run.name
     shutil.copytree(trained_run, copy)
@@ -112,7 +112,8 @@ def test_background_training_yields_the_cpu_to_the_dashboard(tiny_dataset, artif
     import time
 
     from conftest import tiny_config
-    from landmark_core.runs import BACKGROUND_NICENESS, launch_background, request_cancel
+    from landmark_core.runs.launch import BACKGROUND_NICENESS, launch_background
+    from landmark_core.runs.run import request_cancel
     from landmark_core.pipeline import create_run
 
     run_dir = create_run(tiny_config(tiny_dataset, epochs=200), artifacts)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from landmark_core import data as data_lib
-from landmark_core.errors import DataError
+from landmark_core.core.errors import DataError
 
 from conftest import TINY_CLASSES
 
@@ -163,9 +163,9 @@ def test_unknown_augmentation_is_a_clear_error(tiny_dataset):
 
 @pytest.mark.parametrize("augmentation", data_lib.AUGMENTATIONS)
 def test_explore_preview_shows_each_recipe(tiny_dataset, augmentation):
-    from landmark_core.explore import augmentation_preview
-    from landmark_core.images import load_square
-    from landmark_core.transforms import resize_side_for
+    from landmark_core.reports.explore import augmentation_preview
+    from landmark_core.core.images import load_square
+    from landmark_core.core.transforms import resize_side_for
     path = data_lib.scan_dataset(tiny_dataset).train[0].path
     views = augmentation_preview(path, strength=1.0, count=4, image_size=32, augmentation=augmentation)
     assert len(views) == 4 and all(v.shape == (32, 32, 3) and v.dtype == np.uint8 for v in views)

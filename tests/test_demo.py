@@ -1,7 +1,7 @@
 import numpy as np
 
-from landmark_core.demo import (ARCHETYPES, DEMO_CLASSES, UNKNOWN_ARCHETYPES, SceneSpec, generate_demo_dataset,
-                                render_scene)
+from landmark_core.core.scenes import ARCHETYPES, DEMO_CLASSES, UNKNOWN_ARCHETYPES
+from landmark_core.core.demo import SceneSpec, generate_demo_dataset, render_scene
 
 
 def test_demo_classes_are_real_landmark_images_folders():
@@ -10,7 +10,7 @@ def test_demo_classes_are_real_landmark_images_folders():
     places, world-famous landmarks, carry no course number.)"""
     import re
 
-    from landmark_core.places import all_places
+    from landmark_core.geo.places import all_places
     real = [p.folder for p in all_places() if re.match(r"\d+\.", p.folder)]
     assert len(real) == len(set(real)) == 50
     assert [folder.split(".", 1)[0] for folder in real] == [f"{i:02d}" for i in range(50)]

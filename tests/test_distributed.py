@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from landmark_core.distributed import World
-from landmark_core.fileio import read_jsonl
-from landmark_core.models import build_model
+from landmark_core.core.world import World
+from landmark_core.core.fileio import read_jsonl
+from landmark_core.models.registry import build_model
 from landmark_core.pipeline import create_run, train, train_distributed
-from landmark_core.runs import read_status
+from landmark_core.runs.run import read_status
 
 from conftest import tiny_config
 
@@ -218,12 +218,12 @@ def test_each_share_of_an_augmented_feature_view_is_the_single_process_rows(monk
     exactly as one process augments them (3 processes, a split of 3 chunks: rank 2 starts after a whole chunk)."""
     import numpy as np
 
-    import landmark_core.engine as engine_module
+    import landmark_core.training.features as features_module
     from landmark_core.data import BatchLoader, DecodedSplit
-    from landmark_core.engine import FeatureBatches
-    from landmark_core.models import build_model
+    from landmark_core.training.features import FeatureBatches
+    from landmark_core.models.registry import build_model
 
-    monkeypatch.setattr(engine_module, "inference_batch_size", lambda device: 16)
+    monkeypatch.setattr(features_module, "inference_batch_size", lambda device: 16)
     rng = np.random.default_rng(0)
     split = DecodedSplit(rng.integers(0, 256, (40, 36, 36, 3), dtype=np.uint8), np.arange(40) % 3,
                          [f"photo{i}.jpg" for i in range(40)])

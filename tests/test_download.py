@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from landmark_core.download import ArchiveLimits, download_dataset, download_file, safe_extract
-from landmark_core.errors import ArchiveError, DataError, DownloadError
+from landmark_core.data.download import ArchiveLimits, download_dataset, download_file, safe_extract
+from landmark_core.core.errors import ArchiveError, DataError, DownloadError
 
 from conftest import jpeg_bytes
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from landmark_core.errors import ImageError, ModelError
-from landmark_core.fileio import read_json
-from landmark_core.predict import Predictor
+from landmark_core.core.errors import ImageError, ModelError
+from landmark_core.core.fileio import read_json
+from landmark_core.tagging.predict import Predictor
 
 from conftest import TINY_CLASSES
 
@@ -78,7 +78,7 @@ def test_foreign_model_with_forged_hash_is_refused(trained_run, tmp_path):
     import hashlib
     import hmac
     import shutil
-    from landmark_core.fileio import sha256_file
+    from landmark_core.core.fileio import sha256_file
     copy = tmp_path / "other" / "runs" / trained_run.name
     shutil.copytree(trained_run, copy)
     meta = read_json(copy / "export.json")
@@ -93,7 +93,8 @@ def test_foreign_model_with_forged_hash_is_refused(trained_run, tmp_path):
 @pytest.mark.numeric
 def test_export_is_frozen_with_batchnorm_folded_and_matches_the_eager_model(trained_run):
     import torch
-    from landmark_core.export import build_exportable, load_exported
+    from landmark_core.export.module import build_exportable
+    from landmark_core.export.exporter import load_exported
     module, meta = load_exported(trained_run)
     assert module.class_names == TINY_CLASSES and module.image_size == meta["image_size"]
     graph = str(module.graph) + "".join(str(m.graph) for m in module.modules() if hasattr(m, "graph"))
@@ -137,7 +138,7 @@ def test_each_pretrained_backbone_trains_evaluates_exports_and_predicts(tiny_dat
     # ONNX of the default model, with its bicubic resize, passes its round trip against ONNX Runtime and ranks alike.
     # (Only the default: at these 32 px test inputs ONNX Runtime's and torch's antialiased resizes differ more than
     # at real sizes — lite0 here: 3.6e-2, refused by the check; lite2 at its 260 px: 5e-3.)
-    from landmark_core.export import FORMAT_TOLERANCE, export_run
+    from landmark_core.export.exporter import FORMAT_TOLERANCE, export_run
     export_run(run_dir, format="onnx")
     assert read_json(run_dir / "export.json")["round_trip_max_abs_diff"] <= FORMAT_TOLERANCE["onnx"][1]
     onnx = Predictor(run_dir)
@@ -153,8 +154,9 @@ def test_onnx_export_round_trips_through_onnxruntime(trained_run, tmp_path):
     import io
     import shutil
 
-    from landmark_core.export import OnnxClassifier, export_run
-    from landmark_core.runs import Run
+    from landmark_core.export.onnx import OnnxClassifier
+    from landmark_core.export.exporter import export_run
+    from landmark_core.runs.run import Run
 
     torchscript = Predictor(trained_run)
     copy = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
@@ -195,9 +197,9 @@ def test_model_bundle_loads_with_the_lines_its_readme_gives(trained_run, tmp_pat
     import sys
     import zipfile
 
-    from landmark_core.export import export_bundle
-    from landmark_core.predict import Predictor
-    from landmark_core.runs import Run
+    from landmark_core.export.bundle import export_bundle
+    from landmark_core.tagging.predict import Predictor
+    from landmark_core.runs.run import Run
     folder = tmp_path / "elsewhere"
     with zipfile.ZipFile(io.BytesIO(export_bundle(trained_run))) as archive:
         assert sorted(archive.namelist()) == ["README.txt", "export.json", "model.ts"]
@@ -211,7 +213,7 @@ def test_model_bundle_loads_with_the_lines_its_readme_gives(trained_run, tmp_pat
     name, outcome = done.stdout.split()
     predictor = Predictor(trained_run)
     assert name == predictor.predict(photo)[0].label
-    from landmark_core.tagging import decide_for
+    from landmark_core.tagging.decision import decide_for
     decision = decide_for(predictor, photo)
     if abs(decision.familiarity - predictor.familiarity_threshold) > 1e-3:  # the whole photo: TorchScript within 1e-4
         assert outcome == decision.status
@@ -219,8 +221,8 @@ def test_model_bundle_loads_with_the_lines_its_readme_gives(trained_run, tmp_pat
 
 def test_the_int8_bound_counts_top1_and_tag_decisions():
     """Issue 26: an int8 model is accepted only within half a point of top-1 and 99% of the tag decisions."""
-    from landmark_core.export import int8_verdict
-    from landmark_core.openset import tag_outcomes
+    from landmark_core.export.onnx import int8_verdict
+    from landmark_core.scoring.openset import tag_outcomes
     rng = np.random.default_rng(0)
     probabilities = rng.dirichlet(np.ones(4) * 0.3, size=200).astype(np.float32)
     familiarity = rng.uniform(0.3, 0.9, 200).astype(np.float32)
@@ -252,8 +254,9 @@ def test_an_int8_export_keeps_the_bound_or_leaves_the_current_export(trained_run
     what the Predictor loads, or it is refused in one line and the export before it stays, byte for byte."""
     import shutil
 
-    from landmark_core.export import OnnxClassifier, export_run
-    from landmark_core.runs import Run
+    from landmark_core.export.onnx import OnnxClassifier
+    from landmark_core.export.exporter import export_run
+    from landmark_core.runs.run import Run
 
     copy = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
     before = (copy / "export.json").read_bytes(), (copy / "model.ts").read_bytes()
@@ -281,7 +284,7 @@ def torch_module_type():
 
 
 def test_the_int8_bound_holds_at_exactly_99_percent():
-    from landmark_core.export import int8_verdict
+    from landmark_core.export.onnx import int8_verdict
     probabilities = np.tile(np.array([[0.9, 0.1]], np.float32), (200, 1))
     familiarity = np.full(200, 0.9, np.float32)
     labels = np.zeros(200, int)
@@ -298,7 +301,9 @@ def test_the_onnx_round_trip_is_strict_where_the_predictor_feeds_it(trained_run)
     class."""
     import torch
 
-    from landmark_core.export import FORMAT_TOLERANCE, _check_round_trip, build_exportable
+    from landmark_core.export.exporter import FORMAT_TOLERANCE
+    from landmark_core.export.check import check_round_trip
+    from landmark_core.export.module import build_exportable
     wrapper = build_exportable(trained_run)
 
     class Shifted:
@@ -314,12 +319,12 @@ def test_the_onnx_round_trip_is_strict_where_the_predictor_feeds_it(trained_run)
 
     at_size, resized = FORMAT_TOLERANCE["onnx"]
     with torch.no_grad():
-        assert _check_round_trip(trained_run, wrapper, [Shifted(0.0, 3e-2)], at_size, resized, strict_ranks=False) \
+        assert check_round_trip(trained_run, wrapper, [Shifted(0.0, 3e-2)], at_size, resized, strict_ranks=False) \
             == pytest.approx(3e-2, rel=1e-3)
         with pytest.raises(ModelError, match="at the model's input size"):
-            _check_round_trip(trained_run, wrapper, [Shifted(2e-3, 0.0)], at_size, resized, strict_ranks=False)
+            check_round_trip(trained_run, wrapper, [Shifted(2e-3, 0.0)], at_size, resized, strict_ranks=False)
         with pytest.raises(ModelError, match="on a 211x157 photo"):
-            _check_round_trip(trained_run, wrapper, [Shifted(0.0, 0.1)], at_size, resized, strict_ranks=False)
+            check_round_trip(trained_run, wrapper, [Shifted(0.0, 0.1)], at_size, resized, strict_ranks=False)
 
 
 def test_export_fastest_times_every_format_and_keeps_the_fastest_that_passes(trained_run, tmp_path):
@@ -327,8 +332,8 @@ def test_export_fastest_times_every_format_and_keeps_the_fastest_that_passes(tra
     with its reason, and what is kept is signed and loaded by the Predictor."""
     import shutil
 
-    from landmark_core.export import FORMATS, export_fastest
-    from landmark_core.runs import Run
+    from landmark_core.export.exporter import FORMATS, export_fastest
+    from landmark_core.runs.run import Run
 
     copy = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
     path, speed = export_fastest(copy)

@@ -8,9 +8,9 @@ import torch
 from captum.attr import LayerGradCam
 from PIL import Image
 
-from landmark_core.explain import Explainer, last_spatial_layer
-from landmark_core.models import build_model, list_models
-from landmark_core.runs import Run
+from landmark_core.evaluation.explain import Explainer, last_spatial_layer
+from landmark_core.models.registry import build_model, list_models
+from landmark_core.runs.run import Run
 
 
 @pytest.mark.parametrize("name", list_models())

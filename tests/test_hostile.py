@@ -23,14 +23,15 @@ from PIL import Image
 from conftest import tiny_config
 from landmark_core.cli import main
 from landmark_core.data import cache_dir_for, scan_dataset
-from landmark_core.download import import_dataset
-from landmark_core.errors import ArchiveError, DataError, ImageError, LandmarkError, ModelError, RunError
-from landmark_core.export import export_run
-from landmark_core.fileio import read_json
-from landmark_core.images import load_rgb
-from landmark_core.predict import Predictor
-from landmark_core.runs import read_status
-from landmark_core.tagging import STATUSES, tag_files
+from landmark_core.data.download import import_dataset
+from landmark_core.core.errors import ArchiveError, DataError, ImageError, LandmarkError, ModelError, RunError
+from landmark_core.export.exporter import export_run
+from landmark_core.core.fileio import read_json
+from landmark_core.core.images import load_rgb
+from landmark_core.tagging.predict import Predictor
+from landmark_core.runs.run import read_status
+from landmark_core.tagging.decision import STATUSES
+from landmark_core.tagging.batch import tag_files
 from landmark_core.pipeline import create_run, train, train_new
 
 

@@ -20,10 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from landmark_core.fileio import read_json, write_json_atomic
-from landmark_core.predict import Predictor
-from landmark_core.runs import write_status
-from landmark_core.tagging import STATUSES, read_gps, tag_files
+from landmark_core.core.fileio import read_json, write_json_atomic
+from landmark_core.tagging.predict import Predictor
+from landmark_core.runs.run import write_status
+from landmark_core.tagging.decision import STATUSES
+from landmark_core.tagging.metadata import read_gps
+from landmark_core.tagging.batch import tag_files
 from test_hostile import finished_copy, landmark, one_line_error  # noqa: F401  (a fixture, shared)
 
 T = ("--min-confidence", "0", "--tag-unfamiliar")
@@ -135,7 +137,7 @@ def test_3_the_users_keywords_and_captions_survive_and_ours_are_added_once(finis
 
 def landmark_name_of(run: Path, photo: Path) -> str:
     """The landmark name the run gives this photo (what our keywords start with)."""
-    from landmark_core.tagging import decide_for
+    from landmark_core.tagging.decision import decide_for
     return decide_for(Predictor(run), photo, threshold=0.0, open_set=False).name
 
 

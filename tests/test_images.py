@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from landmark_core.errors import ImageError
-from landmark_core.images import load_rgb, load_square
+from landmark_core.core.errors import ImageError
+from landmark_core.core.images import load_rgb, load_square
 
 from conftest import jpeg_bytes, noise_image, pillow_resize_crop
 
@@ -103,7 +103,7 @@ def test_content_decides_not_the_extension(tmp_path):
 
 
 def test_uploads_are_checked_by_size_and_content():
-    from landmark_core.images import check_upload
+    from landmark_core.core.images import check_upload
     assert check_upload(encode(noise_image(), "PNG"), "ok.png").format == "PNG"
     with pytest.raises(ImageError, match="over the 1 MiB limit"):
         check_upload(b"\0" * (2 << 20), "big.jpg", max_bytes=1 << 20)
@@ -122,7 +122,7 @@ def test_large_legal_photo_decodes_at_reduced_size():
 def test_a_phone_jpeg_over_the_pixel_limit_is_decoded_at_reduced_size_and_other_formats_are_still_refused():
     """An 81-megapixel JPEG (a 9000x9000 phone photo) decodes at half size, within the limit; the same pixels as
     a PNG cannot be decoded small and are refused; a JPEG header of 4.3 gigapixels is refused before decoding."""
-    from landmark_core.images import MAX_PIXELS, load_square, open_image
+    from landmark_core.core.images import MAX_PIXELS, load_square, open_image
     big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 90, 3), dtype=np.uint8)).resize((9000, 9000))
     jpeg = encode(big, "JPEG")
     assert open_image(jpeg).size == (9000, 9000)  # the header, read lazily

@@ -4,12 +4,12 @@ import shutil
 import pytest
 import torch
 
-from landmark_core.evaluate import choose_threshold
-from landmark_core.fileio import read_json, write_json_atomic
-from landmark_core.progress import run_progress
-from landmark_core.insights import (cell_images, comparison, confusion_frame, curves_frame, batch_losses, short_label,
-                                    top_losses)
-from landmark_core.engine import autocast_dtype
+from landmark_core.evaluation.evaluate import choose_threshold
+from landmark_core.core.fileio import read_json, write_json_atomic
+from landmark_core.runs.progress import run_progress
+from landmark_core.reports.insights import (cell_images, comparison, confusion_frame, curves_frame, batch_losses,
+                                            short_label, top_losses)
+from landmark_core.training.engine import autocast_dtype
 
 
 def test_short_labels_stay_readable():

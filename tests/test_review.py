@@ -10,14 +10,16 @@ import pytest
 import pyexiv2
 
 from conftest import noise_image, tiny_config
-from landmark_core.demo import DEMO_CLASSES, generate_demo_dataset
-from landmark_core.errors import DataError, LandmarkError
+from landmark_core.core.scenes import DEMO_CLASSES
+from landmark_core.core.demo import generate_demo_dataset
+from landmark_core.core.errors import DataError, LandmarkError
 from landmark_core.pipeline import train_new
-from landmark_core.places import place_for
-from landmark_core.predict import Predictor
-from landmark_core.review import REVIEWED_OUTCOMES, Review, Verdict, find_reports
-from landmark_core.runs import Run
-from landmark_core.tagging import report_rows, tag_files
+from landmark_core.geo.places import place_for
+from landmark_core.tagging.predict import Predictor
+from landmark_core.curation.review import REVIEWED_OUTCOMES, Review, Verdict, find_reports
+from landmark_core.runs.run import Run
+from landmark_core.tagging.report import report_rows
+from landmark_core.tagging.batch import tag_files
 from test_hostile import landmark, one_line_error
 from test_sidecars import USER_SIDECAR, exiftool, reader
 

@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from landmark_core.errors import ImageError, RunError
-from landmark_core.fileio import atomic_path, read_jsonl, write_json_atomic
-from landmark_core.images import load_rgb
-from landmark_core.runs import new_run_dir, read_status
+from landmark_core.core.errors import ImageError, RunError
+from landmark_core.core.fileio import atomic_path, read_jsonl, write_json_atomic
+from landmark_core.core.images import load_rgb
+from landmark_core.runs.run import new_run_dir, read_status
 from landmark_core.pipeline import create_run, train, train_new
 
 from conftest import noise_image, tiny_config
@@ -195,7 +195,7 @@ def test_a_resumed_run_removes_the_half_written_files_of_a_killed_trainer(tiny_d
 def test_a_trainer_killed_before_its_first_checkpoint_logs_each_epoch_once_on_the_next_start(tiny_dataset, artifacts):
     """Killed after writing epoch 1's records but before its checkpoint: the next start trains epoch 1 again and
     keeps none of the old records (the SIGKILL test found epochs [1, 1, 2, 3, 4])."""
-    from landmark_core.fileio import append_jsonl
+    from landmark_core.core.fileio import append_jsonl
     run_dir = create_run(tiny_config(tiny_dataset, epochs=2), artifacts)
     append_jsonl(run_dir / "metrics.jsonl", {"kind": "batch", "epoch": 1, "batch": 1, "loss": 9.0})
     append_jsonl(run_dir / "metrics.jsonl", {"kind": "epoch", "epoch": 1, "train_loss": 9.0, "val_acc": 0.0})
@@ -210,7 +210,7 @@ def test_a_status_write_cut_short_by_a_kill_is_cleaned_up_once_no_live_writer_ca
     import os
     import time
 
-    from landmark_core.fileio import remove_unfinished_writes
+    from landmark_core.core.fileio import remove_unfinished_writes
     fresh, old, other = (tmp_path / ".status.json.fresh.tmp", tmp_path / ".status.json.old.tmp",
                          tmp_path / ".checkpoint_last.pt.x.tmp")
     for path in (fresh, old, other):

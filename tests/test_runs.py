@@ -3,11 +3,11 @@ import os
 
 import pytest
 
-from landmark_core.errors import RunError
-from landmark_core.fileio import read_jsonl
+from landmark_core.core.errors import RunError
+from landmark_core.core.fileio import read_jsonl
 from landmark_core.pipeline import create_run, train
-from landmark_core.progress import Stage, run_progress
-from landmark_core.runs import delete_run, list_runs, read_status, rename_run, write_status
+from landmark_core.runs.progress import Stage, run_progress
+from landmark_core.runs.run import delete_run, list_runs, read_status, rename_run, write_status
 
 from conftest import tiny_config
 
@@ -58,9 +58,9 @@ def test_resume_from_the_app_and_from_the_cli_in_the_background_continues_the_ru
     import sys
     import time
 
-    from landmark_core.engine import Callback
-    from landmark_core.errors import TrainingCancelled
-    from landmark_core.runs import launch_background
+    from landmark_core.training.events import Callback
+    from landmark_core.core.errors import TrainingCancelled
+    from landmark_core.runs.launch import launch_background
 
     class CancelAfterFirstEpoch(Callback):
         def on_epoch_end(self, engine):

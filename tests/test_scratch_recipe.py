@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from landmark_core import data as data_lib
-from landmark_core.config import TrainConfig
-from landmark_core.engine import Engine
-from landmark_core.estimate import estimate, estimate_run, measure_steps
-from landmark_core.models import build_model, get_spec
+from landmark_core.runs.config import TrainConfig
+from landmark_core.training.engine import Engine
+from landmark_core.training.estimate import estimate, estimate_run, measure_steps
+from landmark_core.models.registry import build_model, get_spec
 from landmark_core.pipeline import create_run
-from landmark_core.prepare import prepare_data, resolved_for_dataset
-from landmark_core.runs import Run
+from landmark_core.training.prepare import prepare_data, resolved_for_dataset
+from landmark_core.runs.run import Run
 
 from conftest import tiny_config
 from test_hostile import landmark
@@ -101,7 +101,7 @@ def test_a_run_recorded_before_mixing_existed_trained_without_it():
 
 @pytest.mark.parametrize("value", [-1.0, float("nan"), 1e9])
 def test_mixing_strengths_out_of_range_are_refused(value):
-    from landmark_core.errors import LandmarkError
+    from landmark_core.core.errors import LandmarkError
     with pytest.raises(LandmarkError, match="mixup must be"):
         TrainConfig(data="x", mixup=value).resolved()
 
@@ -178,7 +178,7 @@ def test_landmark_train_estimate_prints_the_time_and_trains_nothing(tiny_dataset
 def test_a_run_with_the_whole_recipe_resumed_mid_epoch_matches_the_uninterrupted_one(tiny_dataset, artifacts):
     """TrivialAugment, mixup, cutmix and the weight average all draw from the run's seed and live in its
     checkpoint: a cancelled run resumed ends with the uninterrupted run's weights and average."""
-    from landmark_core.errors import TrainingCancelled
+    from landmark_core.core.errors import TrainingCancelled
     from landmark_core.pipeline import train, train_new
     from test_train import CancelAt
     config = tiny_config(tiny_dataset, epochs=4, augment=0.5, augmentation="trivial", mixup=0.4, cutmix=1.0,
@@ -197,7 +197,7 @@ def test_a_run_with_the_whole_recipe_resumed_mid_epoch_matches_the_uninterrupted
 
 
 def test_the_weight_average_is_what_the_run_keeps(tiny_dataset, artifacts):
-    from landmark_core.checkpoints import load_run_model
+    from landmark_core.training.checkpoints import load_run_model
     from landmark_core.pipeline import train_new
     run = train_new(tiny_config(tiny_dataset, epochs=3, ema_epochs=2.0), artifacts)
     state = torch.load(run / "checkpoint_last.pt", weights_only=True)
@@ -211,7 +211,7 @@ def test_the_weight_average_is_what_the_run_keeps(tiny_dataset, artifacts):
 def test_a_transfer_run_averages_only_its_fine_tuned_weights(tiny_dataset, artifacts):
     """The frozen epochs fit a head on cached features; the average starts at the first fine-tuning step, so a
     frozen epoch keeps the fitted head itself and the fine-tuned epoch an average of its own steps."""
-    from landmark_core.engine import Callback
+    from landmark_core.training.events import Callback
     from landmark_core.pipeline import create_run, train
 
     class AfterTheProbe(Callback):
@@ -236,7 +236,7 @@ def test_a_transfer_run_averages_only_its_fine_tuned_weights(tiny_dataset, artif
 def test_the_run_keeps_its_best_epoch_or_its_last_as_configured(tiny_dataset, artifacts, keep_best, patience, kept):
     """On a validation split of a few dozen photos the 'best' epoch is often luck (a scratch run kept an epoch
     12 points worse on test than its last): keep_best off keeps the last, unless early stopping ended the run."""
-    from landmark_core.fileio import read_jsonl
+    from landmark_core.core.fileio import read_jsonl
     from landmark_core.pipeline import train_new
     run = train_new(tiny_config(tiny_dataset, epochs=3, keep_best=keep_best, early_stopping_patience=patience), artifacts,
                     evaluate_and_export=False)

@@ -19,10 +19,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from landmark_core.export import export_run
-from landmark_core.fileio import read_json
-from landmark_core.predict import Predictor
-from landmark_core.tagging import decide_for, report_rows, tag_files
+from landmark_core.export.exporter import export_run
+from landmark_core.core.fileio import read_json
+from landmark_core.tagging.predict import Predictor
+from landmark_core.tagging.decision import decide_for
+from landmark_core.tagging.report import report_rows
+from landmark_core.tagging.batch import tag_files
 from test_browser import free_port
 from test_hostile import finished_copy, landmark, one_line_error  # noqa: F401  (a fixture, shared)
 from test_sidecars import exiftool

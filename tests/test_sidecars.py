@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from landmark_core.fileio import read_json
-from landmark_core.predict import Predictor
-from landmark_core.tagging import decide_for
+from landmark_core.core.fileio import read_json
+from landmark_core.tagging.predict import Predictor
+from landmark_core.tagging.decision import decide_for
 from test_hostile import finished_copy, landmark  # noqa: F401  (a fixture, shared)
 
 T = ("--min-confidence", "0", "--tag-unfamiliar")

@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from landmark_core.errors import LandmarkError
-from landmark_core.fileio import read_json
-from landmark_core.places import place_for
-from landmark_core.predict import Prediction, Predictor
-from landmark_core.tagging import TagDecision, decide, read_gps, tag_files, tagged_bytes, write_tagged
+from landmark_core.core.errors import LandmarkError
+from landmark_core.core.fileio import read_json
+from landmark_core.geo.places import place_for
+from landmark_core.tagging.predict import Prediction, Predictor
+from landmark_core.tagging.decision import TagDecision, decide
+from landmark_core.tagging.metadata import read_gps
+from landmark_core.tagging.batch import tag_files
+from landmark_core.tagging.writing import tagged_bytes, write_tagged
 
 
 def digest(path):
@@ -166,7 +169,7 @@ EXIFTOOL = shutil.which("exiftool")
 @pytest.mark.skipif(EXIFTOOL is None, reason="exiftool is not installed (.ci/run installs it)")
 def test_exiftool_reads_gps_keywords_and_non_ascii_names(tmp_path):
     """What photo managers read: GPS, XMP dc:subject, IPTC Keywords, and the description with its accents."""
-    from landmark_core.places import Place
+    from landmark_core.geo.places import Place
     place = Place("zurich", "Zürich Straße", "Zürich", "Schweiz", 47.3769, 8.5417)
     decision = TagDecision("tagged", "zurich", 0.9, place)
     original = (tmp_path / "original.jpg")
@@ -214,7 +217,8 @@ def _report_rows(report):
 def test_batched_parallel_tagging_decides_like_one_photo_at_a_time(trained_run, photos, tmp_path):
     """Threads and batches change the speed, not a single decision: the report equals the one-at-a-time loop's,
     and each row equals what `decide_for` (the Predict page and `landmark predict`) says for that photo."""
-    from landmark_core.tagging import TagProgress, decide_for
+    from landmark_core.tagging.batch import TagProgress
+    from landmark_core.tagging.decision import decide_for
     predictor = Predictor(trained_run)
     seen = []
     tag_files(predictor, [photos], out_dir=tmp_path / "a", report_path=tmp_path / "a.csv", workers=1, batch_size=1)
@@ -251,7 +255,7 @@ def test_shards_tag_disjoint_files_that_cover_the_library(trained_run, photos, t
 
 
 def test_two_taggers_cannot_share_one_report(trained_run, photos, tmp_path):
-    from landmark_core.tagging import _ReportLock
+    from landmark_core.tagging.batch import _ReportLock
     report = tmp_path / "report.csv"
     with _ReportLock(report):  # as a running `landmark tag` holds it
         with pytest.raises(LandmarkError, match="another process is writing report.csv"):

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from landmark_core.errors import DataError
-from landmark_core.places import gazetteer, place_for
-from landmark_core.towns import (country_name, map_points, nearest_towns, place_at, search_towns, set_place,
-                                 towns, towns_around)
+from landmark_core.core.errors import DataError
+from landmark_core.geo.places import gazetteer, place_for
+from landmark_core.geo.towns import (country_name, map_points, nearest_towns, place_at, search_towns, set_place,
+                                     towns, towns_around)
 from test_hostile import landmark, one_line_error
 from test_places import _kilometres
 

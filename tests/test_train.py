@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 
-from landmark_core.errors import LandmarkError, TrainingCancelled
-from landmark_core.fileio import read_json, read_jsonl
-from landmark_core.runs import list_runs, read_status
-from landmark_core.config import TrainConfig
-from landmark_core.engine import Callback
+from landmark_core.core.errors import LandmarkError, TrainingCancelled
+from landmark_core.core.fileio import read_json, read_jsonl
+from landmark_core.runs.run import list_runs, read_status
+from landmark_core.runs.config import TrainConfig
+from landmark_core.training.events import Callback
 from landmark_core.pipeline import create_run, train, train_new
 
 from conftest import tiny_config
@@ -37,7 +37,7 @@ def test_finished_run_folder_holds_everything(trained_run):
 
 
 def test_run_can_be_rebuilt_from_its_folder_alone(trained_run):
-    from landmark_core.checkpoints import load_run_model
+    from landmark_core.training.checkpoints import load_run_model
     model, meta = load_run_model(trained_run)
     assert meta["config"].model == "scratch_cnn" and len(meta["classes"]) == 3 and len(meta["mean"]) == 3
 
@@ -107,8 +107,8 @@ def test_cached_features_train_the_head_exactly_like_recomputed_ones(tiny_datase
 
 def test_feature_views_are_used_in_blocks_and_computed_only_when_needed(tiny_dataset):
     from landmark_core import data as data_lib
-    from landmark_core.models import build_model
-    from landmark_core.engine import FeatureBatches
+    from landmark_core.models.registry import build_model
+    from landmark_core.training.features import FeatureBatches
     split = data_lib.decode_split(data_lib.scan_dataset(tiny_dataset).train, 37)
     loader = data_lib.BatchLoader(split, batch_size=8, image_size=32, mean=[0.5] * 3, std=[0.25] * 3, shuffle=True,
                                   augment=0.5)
@@ -146,7 +146,7 @@ def test_failed_run_records_the_reason(tiny_dataset, artifacts):
 
 @pytest.mark.parametrize("model", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
 def test_transfer_defaults_use_the_native_size_and_stop_after_the_probe_on_a_cpu(model):
-    from landmark_core.models import get_spec
+    from landmark_core.models.registry import get_spec
     config = TrainConfig(data="x", model=model, device="cpu").resolved()
     assert config.image_size == get_spec(model).preprocessing.input_size  # 224 / 240 / 260 from timm's config
     assert config.head_solver == "lbfgs" and config.epochs == config.freeze_epochs == config.feature_views
@@ -186,10 +186,10 @@ def test_probe_epochs_refit_the_head_on_more_views_then_fine_tune(tiny_dataset, 
 def test_probe_head_is_the_optimum_on_the_cached_views(tiny_dataset, artifacts):
     """After a probe-only run, the head is exactly the L-BFGS fit on the views' features."""
     from landmark_core import data as data_lib
-    from landmark_core.checkpoints import load_run_model
-    from landmark_core.engine import FeatureBatches
-    from landmark_core.prepare import prepare_data
-    from landmark_core.probe import fit_linear_head
+    from landmark_core.training.checkpoints import load_run_model
+    from landmark_core.training.features import FeatureBatches
+    from landmark_core.training.prepare import prepare_data
+    from landmark_core.training.probe import fit_linear_head
     run_dir = train_new(_probe_config(tiny_dataset, epochs=2, freeze_epochs=2, feature_views=2), artifacts,
                         evaluate_and_export=False)
     model, meta = load_run_model(run_dir, "last")
@@ -299,8 +299,9 @@ def test_early_stopping_resumes_exactly_and_every_callback_sees_the_last_epoch(t
 
 
 def test_callbacks_run_in_order():
-    from landmark_core.callbacks import Checkpointer, EarlyStopping, MetricsLogger, StatusUpdater
-    from landmark_core.engine import Engine, ordered
+    from landmark_core.training.callbacks import Checkpointer, EarlyStopping, MetricsLogger, StatusUpdater
+    from landmark_core.training.engine import Engine
+    from landmark_core.training.events import ordered
     seen = []
 
     class Named(Callback):
@@ -316,7 +317,7 @@ def test_callbacks_run_in_order():
     assert seen == ["first", "late", "also-late"]
     assert EarlyStopping.order < Checkpointer.order  # the checkpoint saves early stopping's updated counters
     assert MetricsLogger.order < StatusUpdater.order
-    from landmark_core.callbacks import CancelOnRequest, ConsoleProgress
+    from landmark_core.training.callbacks import CancelOnRequest, ConsoleProgress
     built_in = (MetricsLogger, EarlyStopping, Checkpointer, StatusUpdater, ConsoleProgress)
     assert Callback.order > max(c.order for c in built_in)  # a user's callback sees what the built-ins did
     assert CancelOnRequest.order >= MetricsLogger.order
@@ -325,7 +326,7 @@ def test_callbacks_run_in_order():
 def test_best_checkpoint_is_written_without_a_validation_split(tmp_path, artifacts):
     """One training photo per class leaves no validation split; the best epoch is then the lowest training loss,
     and a loss above 1 (three classes, a barely moving model) must still give checkpoint_best.pt."""
-    from landmark_core.demo import generate_demo_dataset
+    from landmark_core.core.demo import generate_demo_dataset
     from conftest import TINY_CLASSES
     data = tmp_path / "one-each"
     generate_demo_dataset(data, classes=TINY_CLASSES, train_per_class=1, test_per_class=1, workers=1)
@@ -336,7 +337,7 @@ def test_best_checkpoint_is_written_without_a_validation_split(tmp_path, artifac
 
 
 def test_learning_rate_finder_sweeps_until_the_loss_explodes_and_suggests_a_rate(tiny_dataset, artifacts, monkeypatch):
-    from landmark_core.lr_finder import find_learning_rate, suggest
+    from landmark_core.training.lr_finder import find_learning_rate, suggest
     applied = []  # the rate the optimizer really steps with (a scheduler built by the engine must not scale it)
     original = torch.optim.Optimizer.zero_grad
     monkeypatch.setattr(torch.optim.Optimizer, "zero_grad",
@@ -359,7 +360,7 @@ def test_the_suggested_rate_lies_where_the_smoothed_loss_falls_not_at_a_noisy_st
     """Issue 24, item 1: the steepest point of a sweep was often its noisy first one (1e-6, which trains nothing)."""
     import numpy as np
 
-    from landmark_core.lr_finder import suggest
+    from landmark_core.training.lr_finder import suggest
     rates = list(np.geomspace(1e-6, 1, 80))
     log = np.log10(rates)
     for seed in range(10):
@@ -396,8 +397,8 @@ def test_a_background_sweep_reports_progress_and_keeps_its_result(tiny_dataset, 
     progress and result from its folder, a second one for the same pair waits, and a failure says why."""
     import time
 
-    from landmark_core.errors import LandmarkError
-    from landmark_core.lr_finder import Sweep, SweepState
+    from landmark_core.core.errors import LandmarkError
+    from landmark_core.training.lr_finder import Sweep, SweepState
     sweep = Sweep.start(str(tiny_dataset), "scratch_cnn", steps=12, artifacts=artifacts)
     assert sweep.state == SweepState.RUNNING and sweep.progress[1] == 12
     with pytest.raises(LandmarkError, match="running already"):
@@ -425,7 +426,7 @@ def test_a_background_sweep_reports_progress_and_keeps_its_result(tiny_dataset, 
 
 def test_missing_weights_of_a_familiarity_backbone_fail_before_training(tiny_dataset, tmp_path, monkeypatch):
     """Evaluation needs them, but a run must not train for an hour to find out: the library's one-line fix, first."""
-    from landmark_core.errors import ModelError
+    from landmark_core.core.errors import ModelError
     from landmark_core.pipeline import train_new
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     with pytest.raises(ModelError, match="resnet18-f37072fd.pth"):

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import AUGMENTATIONS
-from ..distributed import SINGLE_PROCESS, World
-from ..errors import DataError
+from ..core.errors import DataError
+from ..core.world import SINGLE_PROCESS, World
+from ..runs.config import AUGMENTATIONS
 from .decode import DecodedSplit
 
 _LUMA = (0.299, 0.587, 0.114)

@@ -19,9 +19,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import DataError, ImageError
-from ..fileio import atomic_path, read_json, write_json_atomic
-from ..images import load_square
+from ..core.errors import DataError, ImageError
+from ..core.fileio import atomic_path, read_json, write_json_atomic
+from ..core.images import load_square
 from .index import Sample
 
 ProgressFn = Callable[[int, int], None]

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ..core.errors import DataError
 
 
 @dataclass(frozen=True)

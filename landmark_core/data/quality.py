@@ -8,9 +8,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import ImageError
-from ..fileio import read_json, write_json_atomic
-from ..images import load_rgb, open_image
+from ..core.errors import ImageError
+from ..core.fileio import read_json, write_json_atomic
+from ..core.images import load_rgb, open_image
 from .decode import ProgressFn, cache_dir_for, content_key
 from .index import Dataset
 

@@ -1,0 +1,1 @@
+"""Evaluation: test metrics, calibration, open-set thresholds and Grad-CAM heatmaps."""

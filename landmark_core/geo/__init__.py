@@ -1,0 +1,1 @@
+"""Places: the landmarks' positions and the world's towns, offline."""
