@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from landmark_core import data as data_lib
 from landmark_core.models.registry import build_model, get_spec, list_models, model_info
 from landmark_core.training.probe import DEFAULT_WEIGHT_DECAY as DEFAULT_PROBE_DECAY
+from landmark_core.training.prepare import decode_for_run
 from landmark_core.core.transforms import freeze_scripted, resize_side_for
 
 from .common import Table, int8_matmul_gops, jpeg_bytes, matmul_gflops, percentiles, photo_dataset, timed
@@ -262,7 +263,7 @@ def inference(scale: Scale, demo: Path, work: Path) -> Table:
                 table.add(label, photo_name, 1000 * p50, 1000 * p95, p50 / bare_p50)
                 if fn is torchscript_path:
                     overheads.append(f"{photo_name} {p50 / frozen_p50:.2f}x")
-        side = resize_side_for(size)
+        side = wrapper.resize_size
         rates = {}
         for label, module in (("frozen", scripted), ("not frozen", unfrozen)):
             for batch_size in (8, 32):
@@ -315,8 +316,7 @@ def time_to_accuracy(scale: Scale, demo: Path, work: Path) -> Table:
 
         def on_epoch_end(self, engine):
             if self.decoded is None:
-                self.decoded = data_lib.decode_split(test, resize_side_for(engine.config.image_size),
-                                                     cache_dir=data_lib.cache_dir_for(demo))
+                self.decoded = decode_for_run(engine.config, test, data_lib.cache_dir_for(demo))
             probs = predict_split(engine.evaluated_model, self.decoded, image_size=engine.config.image_size, mean=engine.data.mean,
                                   std=engine.data.std, device=engine.device)
             acc = float((probs.argmax(1) == self.decoded.labels).mean())

@@ -1,10 +1,8 @@
 """landmark_core: recognise landmarks in photos and tag them with a place.
 
-Layers, each importing only the ones before it (README "Architecture"):
-foundations (``errors``, ``fileio``, ``locations``, ``transforms``, ``images``,
-``places`` ...), ``models``, ``config`` and ``runs``, ``data`` (a package:
-index, decode, augment, quality), ``prepare``/``checkpoints``/``engine``/
-``callbacks``, ``evaluate``/``export``, ``pipeline``, then ``predict``,
-``tagging``, ``insights`` and ``cli``. Nothing here imports streamlit.
+A package per layer, each importing only the layers before it (README "Architecture", which
+``tests/test_architecture.py`` enforces): ``core``, ``scoring``, ``geo``, ``models``, ``runs``, ``data``,
+``training``, ``evaluation``, ``export``, then ``pipeline``, ``tagging`` and ``reports``, ``curation``, and the
+interfaces ``cli``, ``serve``. Nothing here imports streamlit.
 """
 __version__ = "0.1.0"

@@ -21,15 +21,16 @@ import torch
 from . import data as data_lib
 from .core.allocator import keep_freed_memory, release_freed_memory
 from .core.errors import DataError, LandmarkError, RunError, TrainingCancelled
-from .core.fileio import read_json, read_jsonl, remove_unfinished_writes, write_bytes_atomic, write_json_atomic
+from .core.fileio import read_jsonl, remove_unfinished_writes, write_bytes_atomic
 from .evaluation.evaluate import evaluate_run
 from .export.exporter import export_run
 from .models.builders import familiarity_network
 from .models.registry import build_model
 from .runs.config import TrainConfig, resolve_device, run_preprocessing
 from .runs.progress import Stage
+from .runs.launch import launch_background
 from .runs.run import Run, new_run_dir, non_negative, now_iso, read_status, worked_seconds, write_status
-from .runs.states import STOPPED_BY_REQUEST
+from .runs.states import STOPPED_BY_REQUEST, RunState
 from .training import distributed
 from .training.callbacks import CancelOnRequest, Checkpointer, EarlyStopping, MetricsLogger, StatusUpdater
 from .training.checkpoints import load_checkpoint
@@ -38,7 +39,13 @@ from .training.events import Callback
 from .training.prepare import prepare_data, resolved_for_dataset
 
 
+#: The stop signal this process received, if any: a library may catch the TrainingCancelled the handler raises
+#: and fail with an error of its own (torch's load_state_dict reports it as a RuntimeError about a tensor).
+_signal_received: list[int] = []
+
+
 def _raise_cancel(signum, frame):
+    _signal_received.append(signum)
     raise TrainingCancelled(f"stopped by signal {signum}")
 
 
@@ -55,9 +62,34 @@ def create_run(config: TrainConfig, artifacts: Path | None = None) -> Path:
         raise DataError(f"{config.data} has {dataset.num_classes} class ({', '.join(dataset.classes)}); "
                         "a classifier needs at least 2")
     run_dir = new_run_dir(config.model, artifacts)
-    write_json_atomic(run_dir / Run.CONFIG, config.to_dict())
-    write_status(run_dir, state="queued", created=now_iso(), epochs=config.epochs, epoch=0)
+    run = Run(run_dir)
+    run.write_config(config.to_dict())
+    run.mark(RunState.QUEUED, created=now_iso(), epochs=config.epochs, epoch=0)
     return run_dir
+
+
+def start_run(config: TrainConfig, *, processes: int = 1, artifacts: Path | None = None) -> Path:
+    """Create a run and train it in a background process of its own (the CLI's ``--background`` and the Train
+    page's Start): it outlives the caller, and its folder says how it goes. Returns the run folder."""
+    run_dir = create_run(config, artifacts)
+    launch_background(run_dir, processes=processes)
+    return run_dir
+
+
+def reevaluate(run: Run | Path, *, device: torch.device | str = "cpu", checkpoint: str = "best") -> tuple[dict, bool]:
+    """Evaluate a finished run again and, when its export is of that checkpoint and now carries another
+    calibration or other tag thresholds, export it again in the same format: the exported model (what the
+    Predictor, ``landmark tag``, the service and the bundle read) always decides as evaluation chose. Returns the
+    summary and whether the run was exported again."""
+    run = Run.of(run)
+    summary = evaluate_run(run, device=device, checkpoint=checkpoint)
+    exported = run.export_meta or {}
+    carried = (exported.get("temperature"), exported.get("probability_threshold"), exported.get("familiarity_threshold"))
+    chosen = (summary["calibration"]["temperature"], summary["default_threshold"], summary["default_familiarity_threshold"])
+    if exported.get("checkpoint") != checkpoint or carried == chosen:
+        return summary, False
+    export_run(run.path, checkpoint=checkpoint, format=exported.get("format", "torchscript"))
+    return summary, True
 
 
 def train(run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] = (),
@@ -68,7 +100,7 @@ def train(run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] 
     (a ``CANCEL`` file, SIGTERM or Ctrl-C) is an exception raised inside the loop;
     the last checkpoint stays, so ``resume=True`` continues from it.
 
-    In a process started by torchrun this is one rank of a distributed run (:mod:`.distributed`): rank 0
+    In a process started by torchrun this is one rank of a distributed run (:mod:`.training.distributed`): rank 0
     holds the lock and writes the run folder; the other ranks train their share and write nothing.
     """
     keep_freed_memory()
@@ -92,8 +124,8 @@ def train(run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] 
 
 def _unfinished_status(run_dir: Path) -> dict:
     """The run's status; a RunError when it has finished (a finished run is never trained again)."""
-    status = read_json(run_dir / Run.STATUS, default={}) or {}
-    if status.get("state") == "finished":
+    status = Run.of(run_dir).written_status
+    if status.get("state") == RunState.FINISHED:
         raise RunError(f"{run_dir.name} has finished: there is nothing to resume (train a new run; "
                        f"`landmark export {run_dir.name}` exports it again)")
     return status
@@ -107,7 +139,7 @@ class RunLock:
     """
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / Run.LOCK
+        self.path = Run.of(run_dir).lock_file
         self.handle = None
 
     def __enter__(self) -> "RunLock":
@@ -168,7 +200,8 @@ def _train_rank(run_dir: Path, config: TrainConfig, world: distributed.World, de
 
 def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: distributed.World, device: torch.device,
                   *, resume: bool, callbacks, progress, evaluate_and_export: bool) -> Path:
-    (run_dir / Run.CANCEL).unlink(missing_ok=True)
+    run = Run(run_dir)
+    run.clear_cancel()
     # a killed trainer's half-written checkpoint: the lock keeps other trainers out, but the app that launched this
     # one may be writing the status right now
     remove_unfinished_writes(run_dir, keep=(Run.STATUS,))
@@ -178,13 +211,14 @@ def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: dis
     trained_before = non_negative(previous.get("train_seconds")) or 0.0  # the training of earlier, closed sessions
     # the launcher's pid when there is one: Stop signals it, and torchrun stops every rank
     pid = int(os.environ.get("LANDMARK_LAUNCHER_PID") or os.getpid())
-    write_status(run_dir, state="running", pid=pid, processes=world.size, started=previous.get("started") or now_iso(),
+    run.mark(RunState.RUNNING, pid=pid, processes=world.size, started=previous.get("started") or now_iso(),
                  error=None, session_started=started, seconds=worked_before, stage=Stage.DECODING.value, decoded=None,
                  batch=0, epoch_started=None, freeze_epochs=config.freeze_epochs)
 
-    def ended(state: str, **fields) -> None:
-        write_status(run_dir, state=state, finished=now_iso(), seconds=worked_before + time.time() - started,
+    def ended(state: RunState, **fields) -> None:
+        run.mark(state, finished=now_iso(), seconds=worked_before + time.time() - started,
                      session_started=None, stage=None, **fields)
+    _signal_received.clear()
     old_handler = signal.signal(signal.SIGTERM, _raise_cancel) if _in_main_thread() else None
     try:
         torch.manual_seed(config.seed)
@@ -194,19 +228,18 @@ def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: dis
         if world.is_distributed:
             data_lib.wait_for_cache_writes()
             world.barrier()
-        write_json_atomic(run_dir / Run.SPLIT, prepared.split)
+        run.write_split(prepared.split)
         meta = {"classes": prepared.classes, "mean": prepared.mean, "std": prepared.std}
         preprocessing = run_preprocessing(config)
-        write_json_atomic(run_dir / Run.PREPROCESSING, {**meta, "image_size": config.image_size,
-                                                           "resize_size": preprocessing.resize_size,
-                                                           "interpolation": preprocessing.interpolation})
-        writers = [MetricsLogger(run_dir / Run.METRICS, config.log_every), Checkpointer(run_dir, config, meta),
+        run.write_preprocessing({**meta, "image_size": config.image_size, "resize_size": preprocessing.resize_size,
+                                 "interpolation": preprocessing.interpolation})
+        writers = [MetricsLogger(run.metrics_file, config.log_every), Checkpointer(run_dir, config, meta),
                    StatusUpdater(run_dir)]
         engine = _build_engine(run_dir, config, prepared, world, device, writers, callbacks, resume_state)
-        if (run_dir / Run.METRICS).exists():
+        if run.metrics_file.exists():
             # records past the checkpoint's epoch are of an epoch trained again; with no checkpoint yet (a trainer
             # killed before its first one) all of them are: kept, they would log epoch 1 twice
-            _restrict_metrics(run_dir / Run.METRICS, engine.epoch)
+            _restrict_metrics(run.metrics_file, engine.epoch)
         engine.fit()
         distributed.leave(together=True)  # evaluation and export need no other rank
         train_seconds = trained_before + time.time() - started
@@ -216,30 +249,34 @@ def _train_locked(run_dir: Path, config: TrainConfig, previous: dict, world: dis
             evaluate_run(run_dir, device=device, prepared=prepared)
             write_status(run_dir, stage=Stage.EXPORTING.value)
             export_run(run_dir)
-        ended("finished", train_seconds=train_seconds)
+        ended(RunState.FINISHED, train_seconds=train_seconds)
         # a status write of a rank killed before this start (SIGKILL mid-write) left its temporary: older than the
         # run's own writes, so no live writer's
         remove_unfinished_writes(run_dir, keep=(Run.STATUS,), keep_seconds=max(10.0, time.time() - started))
         return run_dir
     except TrainingCancelled as stop:
-        if world.is_distributed and not (run_dir / Run.CANCEL).exists():
+        if world.is_distributed and not run.cancel_requested:
             stop = TrainingCancelled(f"{stop} (torchrun stops every rank when one fails: its output names the rank)")
         # the Stop button (request_cancel) leaves its flag: a stop the user asked for, not a failure
-        ended("cancelled", error=STOPPED_BY_REQUEST if (run_dir / Run.CANCEL).exists() else str(stop),
+        ended(RunState.CANCELLED, error=STOPPED_BY_REQUEST if run.cancel_requested else str(stop),
               train_seconds=trained_before + time.time() - started)
         raise
     except KeyboardInterrupt:
-        ended("cancelled", error="interrupted (Ctrl-C)", train_seconds=trained_before + time.time() - started)
+        ended(RunState.CANCELLED, error="interrupted (Ctrl-C)", train_seconds=trained_before + time.time() - started)
         raise TrainingCancelled("interrupted (Ctrl-C)") from None
-    except LandmarkError as error:
-        ended("failed", error=str(error))
-        raise
-    except OSError as error:  # disk full, permissions: fail the run with the reason
-        ended("failed", error=f"{error.strerror or error}: {error.filename or ''}".strip(": "))
-        raise RunError(f"run failed: {error}") from None
     except Exception as error:
-        (run_dir / Run.ERROR).write_text(traceback.format_exc())
-        ended("failed", error=f"{type(error).__name__}: {error}")
+        if _signal_received:  # stopped inside a library that reported the stop as its own failure (ModelError too)
+            ended(RunState.CANCELLED, error=STOPPED_BY_REQUEST if run.cancel_requested else
+                  f"stopped by signal {_signal_received[-1]}", train_seconds=trained_before + time.time() - started)
+            raise TrainingCancelled(f"stopped by signal {_signal_received[-1]}") from None
+        if isinstance(error, LandmarkError):
+            ended(RunState.FAILED, error=str(error))
+            raise
+        if isinstance(error, OSError):  # disk full, permissions: fail the run with the reason
+            ended(RunState.FAILED, error=f"{error.strerror or error}: {error.filename or ''}".strip(": "))
+            raise RunError(f"run failed: {error}") from None
+        run.keep_traceback(traceback.format_exc())
+        ended(RunState.FAILED, error=f"{type(error).__name__}: {error}")
         raise
     finally:
         if old_handler is not None:
@@ -278,7 +315,7 @@ def train_distributed(run_dir: Path, processes: int) -> Path:
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
+    from torch.distributed.run import get_args_parser, run as torchrun
 
     if processes > distributed.process_limit():
         raise LandmarkError(f"{processes} processes asked for; this machine has {distributed.process_limit()} "
@@ -293,7 +330,8 @@ def train_distributed(run_dir: Path, processes: int) -> Path:
     # torchrun's agent installs its own handlers (they raise SignalException); this process gets its own back
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)} \
         if _in_main_thread() else {}
-    (run_dir / Run.CANCEL).unlink(missing_ok=True)  # a stop requested before is not this launch's
+    run = Run.of(run_dir)
+    run.clear_cancel()  # a stop requested before is not this launch's
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     os.environ["LANDMARK_LAUNCHER_PID"] = str(os.getpid())  # Stop in the app signals the launcher, which stops all
     write_status(run_dir, processes=processes)
@@ -302,14 +340,14 @@ def train_distributed(run_dir: Path, processes: int) -> Path:
                  "--max-restarts", "0", "--monitor-interval", "0.5", "--module", "landmark_core", "train",
                  "--run-dir", str(run_dir)]
     try:
-        run(get_args_parser().parse_args(arguments))
+        torchrun(get_args_parser().parse_args(arguments))
     except SignalException as stop:  # Stop in the app (SIGTERM) or Ctrl-C: torchrun stopped every rank
         raise TrainingCancelled(f"stopped by signal {stop.sigval}") from None
     except ChildFailedError as error:
-        if (run_dir / Run.CANCEL).exists():  # every rank stopped on request; rank 0 recorded it
+        if run.cancel_requested:  # every rank stopped on request; rank 0 recorded it
             raise TrainingCancelled("cancelled by request") from None
         reason = distributed.root_cause(error.failures)
-        write_status(run_dir, state="failed", error=reason, finished=now_iso())
+        run.mark(RunState.FAILED, error=reason, finished=now_iso())
         raise RunError(f"{run_dir.name} failed: {reason}") from None
     finally:
         for name, value in saved.items():

@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from .core.errors import ImageError, LandmarkError
 from .core.images import MAX_UPLOAD_BYTES, check_upload
 from .runs.run import Run
-from .tagging.decision import TagDecision, decide
+from .tagging.decision import TagDecision, TagStatus, decide
 from .tagging.metadata import read_gps_checked
 from .tagging.predict import Predictor
 from .tagging.writing import tagged_bytes, xmp_sidecar
@@ -172,7 +172,7 @@ class MicroBatcher:
 
 def _place_json(decision: TagDecision) -> dict | None:
     place = decision.place
-    if decision.status != "tagged" or place is None:
+    if decision.status != TagStatus.TAGGED or place is None:
         return None
     return {"name": place.display_name, "region": place.region, "country": place.country,
             "latitude": place.latitude, "longitude": place.longitude}
@@ -370,10 +370,10 @@ def build_app(settings: ServeSettings) -> FastAPI:
                                                                 jpeg_only=not sidecar)
         headers = {"X-Landmark-Decision": decision.status}
         if sidecar:
-            if decision.status != "tagged":
+            if decision.status != TagStatus.TAGGED:
                 return Response(status_code=204, headers=headers)
             return Response(xmp_sidecar(decision), media_type="application/rdf+xml", headers=headers)
-        if decision.status != "tagged":
+        if decision.status != TagStatus.TAGGED:
             return Response(data, media_type="image/jpeg", headers=headers)
         try:
             tagged, _ = await asyncio.get_running_loop().run_in_executor(decode_threads, tagged_bytes, data, decision)

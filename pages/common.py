@@ -16,7 +16,8 @@ from landmark_core.core.errors import LandmarkError
 from landmark_core.core.locations import artifacts_dir, data_dir, demo_dir
 from landmark_core.geo.places import world_land
 from landmark_core.runs.progress import format_seconds  # noqa: F401 (pages format times through common)
-from landmark_core.runs.run import list_runs, Run
+from landmark_core.runs import Run, RunState
+from landmark_core.runs.run import list_runs
 
 DEMO, REAL, FOLDER, ZIP = "Built-in demo", "landmark_images (50 classes)", "A folder on this machine", "Import a zip of photos"
 #: What the browser may upload as a dataset zip; the archive is still checked entry by entry (landmark_core.data.download).
@@ -198,7 +199,7 @@ def load_predictor(run_dir: str, export_mtime: float):
 
 
 def predictor_for(run_dir: Path):
-    return load_predictor(str(run_dir), (run_dir / Run.EXPORT_META).stat().st_mtime)
+    return load_predictor(str(run_dir), Run(run_dir).export_stamp)
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -209,11 +210,11 @@ def _assessment(run_dir: str, export_mtime: float, photo: bytes):
 def assessment_for(run_dir: Path, photo: bytes):
     """A model's top-5 and familiarity for a photo, computed once per model and photo: moving a slider or
     adding a model does not classify the other photos again."""
-    return _assessment(str(run_dir), (run_dir / Run.EXPORT_META).stat().st_mtime, photo)
+    return _assessment(str(run_dir), Run(run_dir).export_stamp, photo)
 
 
 def finished_runs() -> list:
-    return [r for r in list_runs() if r.state == "finished" and r.run.evaluation is not None]
+    return [r for r in list_runs() if r.state == RunState.FINISHED and r.run.evaluation is not None]
 
 
 def trained_on(summary, dataset: Path | None) -> bool:
@@ -288,7 +289,7 @@ def _model_bundle(run_dir: str, export_mtime: float) -> bytes:
 
 def model_bundle_for(run_dir: Path) -> bytes:
     """The zip Evaluate offers, built once per export (not on every rerun of the page)."""
-    return _model_bundle(str(run_dir), (run_dir / Run.EXPORT_META).stat().st_mtime)
+    return _model_bundle(str(run_dir), Run(run_dir).export_stamp)
 
 
 def world_map(points: pd.DataFrame, *, height: int = 220, color: alt.Color | None = None,

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from landmark_core.runs import RunState
 from landmark_core.runs.run import list_runs
 from pages.common import current_dataset, format_percent, format_seconds, trained_on
 
@@ -12,7 +13,7 @@ st.write("Recognise the landmark in a photo, then tag the photo with the landmar
 dataset = current_dataset()
 every_run = list_runs()
 runs = [r for r in every_run if trained_on(r, dataset)]  # the checklist is about the dataset in use
-finished = [r for r in runs if r.state == "finished"]
+finished = [r for r in runs if r.state == RunState.FINISHED]
 
 st.subheader("What to do next")
 if dataset is None:

@@ -5,7 +5,7 @@ import streamlit as st
 from landmark_core.core.errors import ImageError, LandmarkError
 from landmark_core.core.images import MAX_UPLOAD_BYTES, about_file, check_upload
 from landmark_core.geo.places import display_name
-from landmark_core.tagging.decision import STATUS_MEANINGS, decide_for
+from landmark_core.tagging.decision import STATUS_MEANINGS, TagStatus, decide_for
 from landmark_core.tagging.metadata import read_gps
 from landmark_core.tagging.writing import tagged_bytes, tagged_zip, xmp_sidecar
 from pages.common import (assessment_for, current_dataset, current_dataset_runs, dataset_test_photos, explanation_for,
@@ -102,7 +102,7 @@ for index, (name, data) in enumerate(photos):
             column.image(overlay, caption=f"Grad-CAM · {display_name(explained)}", width="stretch")
     decision = decide_for(tagger, data, threshold=threshold, existing_gps=existing, assessment=assessments[chosen[0].run_id])
     with columns[-1]:
-        if decision.status == "tagged":
+        if decision.status == TagStatus.TAGGED:
             st.success(f"Tag: **{decision.description}** ({decision.probability:.0%})")
             if decision.place:
                 st.caption(f"GPS {decision.place.latitude:.4f}, {decision.place.longitude:.4f}")
@@ -123,10 +123,10 @@ for index, (name, data) in enumerate(photos):
             # sidecars keep the photo's own name (photo.jpg.xmp beside photo.jpg) unless two uploads share it
             entry = name if sidecars_only and name not in {item[0] for item in tagged_items} else f"{index:03d}-tagged-{name}"
             tagged_items.append((entry, data, decision))
-        elif decision.status == "unknown":
+        elif decision.status == TagStatus.UNKNOWN:
             st.warning(f"**Unknown**: not a landmark this model knows (familiarity {decision.familiarity:.2f}, needs "
                        f"{tagger.familiarity_threshold:.2f}; top guess {decision.name}, {decision.probability:.0%}). No tag.")
-        elif decision.status == "has_gps":
+        elif decision.status == TagStatus.HAS_GPS:
             st.info(f"Already geotagged ({decision.existing_gps[0]:.4f}, {decision.existing_gps[1]:.4f}); left as it is.")
         else:
             st.warning(f"No tag: the top guess ({decision.name}, {decision.probability:.0%}) "

@@ -7,7 +7,7 @@ from landmark_core.core.errors import LandmarkError
 from landmark_core.core.locations import artifacts_dir
 from landmark_core.geo.places import display_name, gazetteer
 from landmark_core.curation.review import REVIEWED_OUTCOMES, Review, Verdict, find_reports
-from landmark_core.tagging.decision import STATUS_MEANINGS
+from landmark_core.tagging.decision import STATUS_MEANINGS, TagStatus
 from landmark_core.core.images import read_photo
 from pages.common import assessment_for, explanation_for, show_error
 
@@ -93,8 +93,8 @@ if outcome:
                     except (LandmarkError, OSError) as error:
                         show_error(error)
                 continue
-            options = ([RIGHT] if item.status == "tagged" else []) + [NOT_A_LANDMARK] + \
-                [c for c in classes if not (c == item.prediction and item.status == "tagged")] + [NEW_CLASS]
+            options = ([RIGHT] if item.status == TagStatus.TAGGED else []) + [NOT_A_LANDMARK] + \
+                [c for c in classes if not (c == item.prediction and item.status == TagStatus.TAGGED)] + [NEW_CLASS]
             choice = st.selectbox("Verdict", options, key=f"verdict-{item.file}", index=None,
                                   placeholder="What does the photo show?",
                                   format_func=lambda c: c if c in (RIGHT, NOT_A_LANDMARK, NEW_CLASS) else display_name(c))

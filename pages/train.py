@@ -10,14 +10,14 @@ from landmark_core.training.distributed import default_processes, process_limit
 from landmark_core.core.errors import LandmarkError
 from landmark_core.reports.insights import batch_losses, curves_frame
 from landmark_core.runs.progress import run_progress
-from landmark_core.models.builders import DEFAULT_TRANSFER_MODEL
-from landmark_core.models.registry import list_models
-from landmark_core.runs.states import ACTIVE_STATES, RunState
-from landmark_core.runs.run import Run, delete_run, is_training, list_runs, rename_run, request_cancel, resolve_run
+from landmark_core.models import DEFAULT_TRANSFER_MODEL, get_spec, list_models
+from landmark_core.runs.states import ACTIVE_STATES, RESUMABLE_STATES, RunState
+from landmark_core.runs.manage import delete_run, rename_run
+from landmark_core.runs.run import Run, is_training, list_runs, request_cancel, resolve_run
 from landmark_core.runs.launch import launch_background
 from landmark_core.runs.config import HEAD_SOLVERS, OPTIMIZERS, SCHEDULERS, TrainConfig
 from landmark_core.training.lr_finder import Sweep, SweepState
-from landmark_core.pipeline import create_run
+from landmark_core.pipeline import start_run
 from pages.common import (dataset_classes, dataset_training_photos, format_percent, format_seconds, model_summary,
                           require_dataset, run_estimate, show_error)
 
@@ -59,6 +59,7 @@ with st.expander("New training run", expanded=not existing_runs):
     defaults = TrainConfig(data=str(dataset), model=model).resolved(training_photos=dataset_training_photos(dataset))
     classes = len(dataset_classes(dataset)) or 50
     info = model_summary(model, defaults.image_size, classes)
+    spec = get_spec(model)
     st.caption(f"{info['description']} {info['parameters'] / 1e6:.2f} M parameters (with this dataset's {classes}-class "
                f"head), {info['gflops']:.2f} GFLOPs ({info['gflops'] / 2:.2f} G multiply-adds) per image at "
                f"{info['image_size']} px. Pretrained: {info['pretrained_source']}.")
@@ -87,9 +88,7 @@ with st.expander("New training run", expanded=not existing_runs):
                                                              defaults.label_smoothing)
             patience, processes = defaults.early_stopping_patience, min(default_processes(), process_limit())
             mixup, cutmix, ema_epochs = defaults.mixup, defaults.cutmix, defaults.ema_epochs
-            frozen = (f", the first {defaults.freeze_epochs} with the pretrained backbone frozen"
-                      if defaults.freeze_epochs and model != "scratch_cnn" else "")
-            st.markdown(f"Trains **{model}** on `{dataset.name}` with its defaults: {defaults.epochs} epochs{frozen}, "
+            st.markdown(f"Trains **{model}** on `{dataset.name}` with its defaults: {defaults.schedule()}, "
                         f"{defaults.image_size} px photos. When it has finished, try it on **Predict & tag**.")
         else:
             a, b, c, d = st.columns(4)
@@ -105,14 +104,14 @@ with st.expander("New training run", expanded=not existing_runs):
                                     "1 the strongest changes. More helps small datasets generalise; too much hides the "
                                     "landmark.")
             freeze_epochs = h.number_input("Frozen-backbone epochs", 0, 500, defaults.freeze_epochs,
-                                           disabled=model == "scratch_cnn", help="Train only the new head first (fast: features are cached).")
+                                           disabled=not spec.has_frozen_phase, help="Train only the new head first (fast: features are cached).")
             augmentation = st.radio("Augmentation recipe", AUGMENTATIONS, index=AUGMENTATIONS.index(defaults.augmentation),
                                     horizontal=True, help="full: random resized crop, flip and colour jitter, scaled by the "
                                     "strength. crop_flip: random crop and flip only, no resampling (fastest on CPUs). "
                                     "trivial: full, then one random operation per photo (TrivialAugment).")
             i, j, k = st.columns(3)
             head_solver = i.radio("Frozen epochs fit the head by", HEAD_SOLVERS, index=HEAD_SOLVERS.index(defaults.head_solver),
-                                  horizontal=True, disabled=model == "scratch_cnn",
+                                  horizontal=True, disabled=not spec.has_frozen_phase,
                                   help="lbfgs: logistic regression solved to the optimum on cached features, one more "
                                        "augmented view each epoch (the default: best on real photos). sgd: minibatch steps.")
             tta_flip = j.checkbox("Flip test-time augmentation", value=bool(defaults.tta_flip),
@@ -137,7 +136,7 @@ with st.expander("New training run", expanded=not existing_runs):
             ema_epochs = r.number_input("Weight average (epochs)", 0.0, 500.0, float(defaults.ema_epochs), 0.5,
                                         help="Validate, keep and export a moving average of the weights over about the "
                                              "last N epochs (0: the weights as trained).")
-            if model != "scratch_cnn" and defaults.epochs == defaults.freeze_epochs:
+            if defaults.trains_only_the_head:
                 st.caption("On this machine (no GPU) training stops after the frozen epochs: fine-tuning the whole network "
                            "costs minutes per epoch on a CPU and did not pay on real photos. Add epochs to fine-tune.")
             limit = process_limit()
@@ -194,13 +193,10 @@ with st.expander("New training run", expanded=not existing_runs):
         st.session_state.pop("pending_start", None)
         config, processes = launch_now
         try:
-            run_dir = create_run(config)
-            launch_background(run_dir, processes=processes)
+            run_dir = start_run(config, processes=processes)
             st.session_state["live_run_select"] = run_dir.name  # the live view follows the new run
             resolved = Run(run_dir).config()
-            frozen = (f", the first {resolved.freeze_epochs} with the backbone frozen"
-                      if resolved.freeze_epochs and config.model != "scratch_cnn" else "")
-            st.success(f"Started {run_dir.name} ({resolved.epochs} epochs{frozen}): it trains in the background, "
+            st.success(f"Started {run_dir.name} ({resolved.schedule()}): it trains in the background, "
                        "so you can leave this page.")
         except LandmarkError as error:
             show_error(error)
@@ -244,7 +240,7 @@ def live_view(run_id: str, refreshing: bool) -> None:
     if state in ACTIVE_STATES and buttons[0].button("Stop", key=f"stop-{run_id}"):
         request_cancel(run_dir)
         st.toast("Stopping after the current batch…")
-    if state in ("cancelled", "interrupted", "failed") and buttons[0].button("Resume", key=f"resume-{run_id}"):
+    if state in RESUMABLE_STATES and buttons[0].button("Resume", key=f"resume-{run_id}"):
         launch_background(run_dir, resume=True)
         st.rerun(scope="app")  # training again: the live view refreshes
     if not training:

@@ -62,4 +62,5 @@ def test_memory_a_run_kept_for_reuse_goes_back_to_the_os_when_released():
     out = subprocess.run([sys.executable, "-c", RELEASE_PROBE], capture_output=True, text=True, check=True).stdout.split()
     released, kept, after = out[0] == "True", int(out[1]), int(out[2])
     assert kept > 350  # the thresholds keep the 400 MiB freed
-    assert released and after < kept - 350
+    assert released
+    assert after < kept - 350

@@ -11,7 +11,6 @@ from landmark_core.runs.config import TrainConfig
 from landmark_core.training.distributed import process_limit
 from landmark_core.core.fileio import read_json
 from landmark_core.runs.run import list_runs, read_status
-from test_review import new_landmark_photos, teachable  # noqa: F401  (fixtures, shared)
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["home", "explore", "train", "evaluate", "predict", "compare", "review"]
@@ -69,14 +68,17 @@ def test_predict_page_shows_five_predictions_for_an_upload(app_env):
     at.file_uploader[0].set_value(("photo.png", buffer.getvalue(), "image/png"))
     at.run()
     assert not at.exception
-    assert not at.json and not any("Place(" in m.value for m in at.markdown)  # no stray dump of the places
+    assert not at.json
+    assert not any("Place(" in m.value for m in at.markdown)  # no stray dump of the places
     lists = [m.value for m in at.markdown if m.value.startswith("1. ")]
-    assert lists and len(lists[0].splitlines()) == 5
+    assert lists
+    assert len(lists[0].splitlines()) == 5
     expected = decide_for(Predictor(next(r for r in list_runs() if r.state == "finished").path), buffer.getvalue())
     if expected.status == "tagged":
         assert any(expected.name in s.value for s in at.success), [s.value for s in at.success]
     else:  # abstained or unknown: a warning that names the top guess, and no tag
-        assert not at.success and any(expected.name in w.value for w in at.warning)
+        assert not at.success
+        assert any(expected.name in w.value for w in at.warning)
 
 
 def test_predict_page_reports_a_bad_upload_and_still_predicts_the_good_one(app_env):
@@ -155,14 +157,16 @@ def test_evaluate_shows_the_open_set_decision(app_env):
     # the AUROC says what it was measured against (issue 24, item 9)
     auroc = next(m for m in at.metric if m.label.startswith("AUROC"))
     assert auroc.label in ("AUROC known vs unknown photos", "AUROC known vs held-out classes")
-    assert ("unknown/ photos" in auroc.help) and (("holding each class out" in auroc.help) == auroc.label.endswith("classes"))
+    assert "unknown/ photos" in auroc.help
+    assert ("holding each class out" in auroc.help) == auroc.label.endswith("classes")
     assert next(m for m in at.metric if m.label == "Temperature").help
     assert any("Known or unknown" in s.value for s in at.subheader)
     # the operating point in words, with the run's own held-out-classes estimate
     run = next(r for r in list_runs() if r.state == "finished")
     share = read_json(run.path / "evaluation.json")["open_set"]["held_out_classes"]["tagged_share"]
     words = next(i.value for i in at.info if "never learned" in i.value)
-    assert f"roughly **{share:.0%}** would get a wrong name and place" in words and "table 8" in words
+    assert f"roughly **{share:.0%}** would get a wrong name and place" in words
+    assert "table 8" in words
     # and whose features the familiarity compares
     config = TrainConfig.from_dict(read_json(run.path / "config.json"))
     assert any(c.value.startswith(f"Familiarity compares {config.familiarity_features}. ") for c in at.caption)
@@ -233,7 +237,7 @@ def test_explore_reports_a_damaged_places_file_and_still_offers_the_table(app_en
 
 def test_train_page_renames_and_deletes_a_run(app_env):
     from landmark_core.pipeline import create_run
-    from conftest import tiny_config
+    from helpers import tiny_config
     run_dir = create_run(tiny_config(app_env / "data" / "demo", epochs=1), app_env)
     at = page("train")
     at.session_state["live_run_select"] = run_dir.name
@@ -245,7 +249,8 @@ def test_train_page_renames_and_deletes_a_run(app_env):
     at.run()
     assert not at.exception
     assert at.selectbox(key="live_run_select").value == "my-first-run"
-    assert (app_env / "runs" / "my-first-run" / "config.json").is_file() and not run_dir.exists()
+    assert (app_env / "runs" / "my-first-run" / "config.json").is_file()
+    assert not run_dir.exists()
     at.button(key="do-delete-my-first-run").click()
     at.run()
     assert not at.exception
@@ -279,12 +284,14 @@ def test_confusion_matrix_labels_every_one_of_50_classes(fifty_class_artifacts, 
     specs = [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
     confusion = next(s for s in specs if "true_short" in json.dumps(s.get("encoding", s.get("layer", ""))))
     encoding = confusion.get("encoding") or confusion["layer"][0]["encoding"]
-    assert len(set(encoding["y"]["sort"])) == 50 and encoding["y"]["axis"]["labelOverlap"] is False
+    assert len(set(encoding["y"]["sort"])) == 50
+    assert encoding["y"]["axis"]["labelOverlap"] is False
     assert (confusion.get("height") or confusion["layer"][0].get("height", 0)) >= 50 * 18  # a row per class (the
     # browser test measures on the page that no two labels overlap)
     # the per-class chart labels classes as the confusion matrix does (issue 24, item 16)
     per_class = next(s for s in specs if s.get("encoding", {}).get("y", {}).get("field") == "landmark")
-    assert per_class["height"] >= 50 * 20 and per_class["encoding"]["y"]["axis"]["labelOverlap"] is False
+    assert per_class["height"] >= 50 * 20
+    assert per_class["encoding"]["y"]["axis"]["labelOverlap"] is False
     at.slider[0].set_value(10).run()  # only the 10 most-confused classes
     specs = [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
     confusion = next(s for s in specs if "true_short" in json.dumps(s.get("encoding", s.get("layer", ""))))
@@ -321,7 +328,8 @@ def test_evaluate_draws_class_places_on_the_offline_world_map(app_env):
     world = next(json.loads(s) for s in specs if "topojson" in s)
     world.pop("$schema")  # the spec's version name, never fetched
     text = json.dumps(world)
-    assert '"url"' not in text and "http" not in text  # the outline is inline: nothing is fetched
+    assert '"url"' not in text
+    assert "http" not in text  # the outline is inline: nothing is fetched
 
 
 def _zip_of(folder: Path, extra: dict | None = None) -> bytes:
@@ -342,7 +350,8 @@ def test_a_zip_of_class_folders_imports_from_the_browser_and_a_hostile_one_is_re
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.session_state["dataset_choice"] = "Import a zip of photos"
     at.run()
-    assert not at.exception and at.sidebar.file_uploader  # offered in the sidebar's dataset chooser
+    assert not at.exception
+    assert at.sidebar.file_uploader  # offered in the sidebar's dataset chooser
 
     def sidebar_import():  # the chooser's import, alone (AppTest drops sidebar elements on reruns under navigation)
         from pages.common import import_zip_from_browser
@@ -352,7 +361,8 @@ def test_a_zip_of_class_folders_imports_from_the_browser_and_a_hostile_one_is_re
     at.file_uploader[0].set_value(("escape.zip", _zip_of(tiny_dataset / "train", {"../evil.jpg": b"x"}),
                                    "application/zip")).run()
     assert not at.exception
-    assert at.error and not (tmp_path / "artifacts" / "data" / "escape").exists()
+    assert at.error
+    assert not (tmp_path / "artifacts" / "data" / "escape").exists()
     assert not (tmp_path / "artifacts" / "data" / "evil.jpg").exists()
     at.file_uploader[0].set_value(("my_photos.zip", _zip_of(tiny_dataset / "train"), "application/zip")).run()
     assert not at.exception, at.exception
@@ -419,7 +429,8 @@ def test_predict_page_offers_sidecars_instead_of_copies(app_env):
     at.run()
     assert not at.exception
     labels = [b.proto.label for b in at.get("download_button")]
-    assert labels.count("Download XMP sidecar") == 2 and "Download tagged copy" not in labels
+    assert labels.count("Download XMP sidecar") == 2
+    assert "Download tagged copy" not in labels
     zipped = next(b for b in at.get("download_button") if b.proto.label.endswith("XMP sidecars (zip)"))
     assert zipped is not None
     from landmark_core.tagging.writing import tagged_zip
@@ -430,7 +441,7 @@ def test_predict_page_offers_sidecars_instead_of_copies(app_env):
 
 
 def test_review_page_judges_a_photo_of_a_report_and_undoes_it(teachable, tmp_path, monkeypatch):
-    from test_review import tagged_report
+    from helpers import tagged_report
     run, data, library = teachable
     report = tagged_report(run, library, tmp_path)
     monkeypatch.setenv("LANDMARK_ARTIFACTS", str(run.parent.parent))
@@ -438,22 +449,25 @@ def test_review_page_judges_a_photo_of_a_report_and_undoes_it(teachable, tmp_pat
     at = page("review").run()
     assert at.selectbox(key="review_found").value == str(report)  # found below the working folder: offered
     at.text_input(key="review_report").input(str(report)).run()
-    assert not at.exception and not at.error
+    assert not at.exception
+    assert not at.error
     photo = str(library / "noise.jpg")
     at.selectbox(key=f"verdict-{photo}").set_value("✖ not a landmark").run()
     at.button(key=f"save-{photo}").click().run()
     assert (data / "unknown" / "noise.jpg").is_file()
     assert any("not a landmark" in s.value for s in at.success)
     at.button(key=f"undo-{photo}").click().run()
-    assert not (data / "unknown" / "noise.jpg").exists() and not at.exception
+    assert not (data / "unknown" / "noise.jpg").exists()
+    assert not at.exception
 
 
 def test_train_page_asks_before_a_second_run_shares_the_cores(app_env):
     """Issue 24, item 3: a Start while another run trains asks first; nothing starts until the answer."""
     import os
     from landmark_core.pipeline import create_run
-    from landmark_core.runs.run import delete_run, write_status
-    from conftest import tiny_config
+    from landmark_core.runs.manage import delete_run
+    from landmark_core.runs.run import write_status
+    from helpers import tiny_config
     busy = create_run(tiny_config(app_env / "data" / "demo", epochs=1), app_env)
     write_status(busy, state="running", pid=os.getpid(), session_started=time.time(), stage="training")
     try:
@@ -463,11 +477,13 @@ def test_train_page_asks_before_a_second_run_shares_the_cores(app_env):
         at.run()
         assert not at.exception
         assert any(f"{busy.name} is training already" in w.value and "Start anyway?" in w.value for w in at.warning)
-        assert {r.run_id for r in list_runs(app_env)} == before and not at.success
+        assert {r.run_id for r in list_runs(app_env)} == before
+        assert not at.success
         assert at.button(key="start_anyway")
         at.button(key="start_cancelled").click()
         at.run()
-        assert not at.exception and not any("training already" in w.value for w in at.warning)
+        assert not at.exception
+        assert not any("training already" in w.value for w in at.warning)
         assert {r.run_id for r in list_runs(app_env)} == before
     finally:
         write_status(busy, state="cancelled", session_started=None)
@@ -479,20 +495,27 @@ def test_train_page_shows_a_stopped_run_as_stopped_with_its_own_clock(app_env):
     says where the run stopped and how long it worked, with no ETA."""
     from landmark_core.pipeline import create_run
     from landmark_core.runs.states import STOPPED_BY_REQUEST
-    from landmark_core.runs.run import delete_run, write_status
-    from conftest import tiny_config
+    from landmark_core.runs.manage import delete_run
+    from landmark_core.runs.run import write_status
+    from helpers import tiny_config
     run_dir = create_run(tiny_config(app_env / "data" / "demo", epochs=3), app_env)
     write_status(run_dir, state="cancelled", error=STOPPED_BY_REQUEST, seconds=64.0, session_started=None)
     try:
         at = page("train")
         at.session_state["live_run_select"] = run_dir.name
         at.run()
-        assert not at.exception and not at.warning and not at.error
+        assert not at.exception
+        assert not at.warning
+        assert not at.error
         text = at.get("progress")[0].proto.text
-        assert "stopped after epoch 0 of 3 · elapsed 1m 04s" in text and "ETA" not in text and "signal" not in text
+        assert "stopped after epoch 0 of 3 · elapsed 1m 04s" in text
+        assert "ETA" not in text
+        assert "signal" not in text
         table = at.dataframe[-1].value
         row = table.loc[table["run"] == run_dir.name]
-        assert row["state"].item() == "stopped" and row["error"].item() == "" and row["time"].item() == "1m 04s"
+        assert row["state"].item() == "stopped"
+        assert row["error"].item() == ""
+        assert row["time"].item() == "1m 04s"
         assert "None" not in table.to_string()
         assert any(b.label == "Resume" for b in at.button)
     finally:
@@ -504,8 +527,10 @@ def test_train_page_says_how_big_the_model_is_once_and_what_the_run_will_do(app_
     the augmentation strength."""
     at = page("train").run()
     model_caption = next(c.value for c in at.caption if "M parameters" in c.value)
-    assert model_caption.count("parameters") == 1 and "params" not in model_caption
-    assert "5-class head" in model_caption and "multiply-adds" in model_caption
+    assert model_caption.count("parameters") == 1
+    assert "params" not in model_caption
+    assert "5-class head" in model_caption
+    assert "multiply-adds" in model_caption
     strength = next(s for s in at.slider if s.label == "Augmentation strength")
     assert strength.help
 
@@ -544,7 +569,8 @@ def test_pages_follow_the_sidebars_dataset_and_show_other_runs_on_request(app_en
     at.run()
     at.toggle(key="compare-other-datasets").set_value(True)
     at.run()  # the two newest: the other dataset's run (its name sorts last) and the newest demo run
-    assert other in at.multiselect[0].values[0] and other not in at.multiselect[0].values[1]
+    assert other in at.multiselect[0].values[0]
+    assert other not in at.multiselect[0].values[1]
     assert not at.exception
     assert any("were tested on different photos" in i.value and "not photo by photo" in i.value for i in at.info)
     assert not any("exactly the same" in m.value for m in at.markdown)
@@ -580,7 +606,8 @@ def test_predict_says_the_suggested_threshold_and_goes_back_to_it(app_env):
     reset = at.button(key="threshold_reset")
     assert f"Back to the suggested {suggested:.2f}" in reset.label
     reset.click().run()
-    assert not at.exception and at.slider(key="tag_threshold").value == pytest.approx(suggested)
+    assert not at.exception
+    assert at.slider(key="tag_threshold").value == pytest.approx(suggested)
 
 
 def test_a_first_visit_trains_in_three_steps_with_the_settings_under_advanced(app_env, tmp_path, monkeypatch):
@@ -592,7 +619,8 @@ def test_a_first_visit_trains_in_three_steps_with_the_settings_under_advanced(ap
     monkeypatch.setenv("LANDMARK_ARTIFACTS", str(fresh))
     at = page("train").run()
     assert not at.exception
-    assert not [n for n in at.number_input if n.label == "Epochs"] and not at.slider
+    assert not [n for n in at.number_input if n.label == "Epochs"]
+    assert not at.slider
     assert any(m.value.startswith("Trains **efficientnet_lite2** on `demo` with its defaults") for m in at.markdown)
     assert at.button(key="FormSubmitter:train_form-Start")
     at.toggle(key="train_advanced").set_value(True).run()
@@ -615,7 +643,8 @@ def test_train_page_shows_a_finished_background_sweep_and_its_suggestion(app_env
     assert not at.exception
     try:
         said = [m.value for m in at.markdown if "learning rate" in m.value.lower() or "No clear descent" in m.value]
-        assert said and (f"{result.suggestion:.1e}" in said[0] if result.suggestion else "No clear descent" in said[0])
+        assert said
+        assert f"{result.suggestion:.1e}" in said[0] if result.suggestion else "No clear descent" in said[0]
     finally:
         import shutil
         shutil.rmtree(sweep.folder)  # the artifacts folder is shared by the page tests
@@ -632,7 +661,8 @@ def test_compare_writes_shares_and_missing_values_as_every_page_does(app_env, ru
     at.run()
     assert not at.exception
     table = at.dataframe[0].value
-    assert "None" not in table.to_string() and "nan" not in table.to_string().lower()
+    assert "None" not in table.to_string()
+    assert "nan" not in table.to_string().lower()
     assert all(v == "–" or (v.endswith("%") and len(v.split(".")[-1]) == 2) for v in table["test top-1"])
     assert "–" in list(table.loc[table["run"] == run_on_another_dataset.name, "test top-5"])
 
@@ -684,5 +714,7 @@ def test_train_page_says_what_a_run_will_cost_before_it_starts(app_env):
     assert not at.exception
     cost = next(m.value for m in at.markdown if "Time on this machine" in m.value)
     epochs = resolved_for_dataset(TrainConfig(data=str(app_env / "data" / "demo"), model="scratch_cnn"))[0].epochs
-    assert f"{epochs} epochs of about" in cost and "measured on this machine just now" in cost
-    assert "in all" in cost and "decoding the photos" in cost
+    assert f"{epochs} epochs of about" in cost
+    assert "measured on this machine just now" in cost
+    assert "in all" in cost
+    assert "decoding the photos" in cost

@@ -183,3 +183,45 @@ def test_light_commands_do_not_import_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={"LANDMARK_ARTIFACTS": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+ROOT = PACKAGE.parent
+OUTSIDE_THE_RUNS_PACKAGE = [p for p in PACKAGE.rglob("*.py") if "runs" not in p.relative_to(PACKAGE).parts[:1]] + \
+    sorted((ROOT / "pages").glob("*.py")) + [ROOT / "app.py"]
+
+
+def test_only_the_runs_package_names_a_runs_files():
+    """``Run`` is the handle on a run: elsewhere nothing joins a run folder and one of its file names."""
+    spelled = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}" for path in OUTSIDE_THE_RUNS_PACKAGE
+               for number, line in enumerate(path.read_text().splitlines(), 1)
+               if re.search(r"run_dir / |/ Run\.[A-Z_]+\b", line)]
+    assert spelled == []
+
+
+def string_state_comparisons(source: str) -> list[str]:
+    """Comparisons of a ``.state`` or ``.status`` (or a ``state`` / ``status`` variable) with string literals."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        left = node.left
+        named = (isinstance(left, ast.Attribute) and left.attr in ("state", "status")) or (
+            isinstance(left, ast.Name) and left.id in ("state", "status"))
+        literal = any(isinstance(side, ast.Constant) and isinstance(side.value, str) for side in node.comparators) or any(
+            isinstance(side, (ast.Tuple, ast.List, ast.Set)) and any(isinstance(e, ast.Constant) and isinstance(e.value, str)
+                                                                    for e in side.elts) for side in node.comparators)
+        if named and literal:
+            found.append(ast.unparse(node))
+    return found
+
+
+def test_states_are_compared_as_enums_not_strings():
+    compared = {str(path.relative_to(ROOT)): found for path in OUTSIDE_THE_RUNS_PACKAGE
+                if (found := string_state_comparisons(path.read_text()))}
+    assert compared == {}
+
+
+def test_the_state_check_sees_a_string_comparison():
+    assert string_state_comparisons('if run.state == "finished": pass') == ["run.state == 'finished'"]
+    assert string_state_comparisons('ok = status in ("tagged", "failed")') == ["status in ('tagged', 'failed')"]
+    assert string_state_comparisons("if run.state == RunState.FINISHED: pass") == []

@@ -10,7 +10,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,9 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
-from test_review import new_landmark_photos, teachable  # noqa: F401  (fixtures, shared)
-from test_towns import dataset_without_places  # noqa: F401  (a fixture, shared)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-output" / "browser"
@@ -30,12 +28,6 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed (apt-get install chromium)")]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -100,7 +92,8 @@ class Tab:
 
     def assert_stayed_on_this_machine(self) -> None:
         outside = [u for u in self.requested if not u.startswith(("http://127.0.0.1:", "ws://127.0.0.1:", "data:", "blob:"))]
-        assert self.requested and not outside, outside[:10]
+        assert self.requested, outside[:10]
+        assert not outside, outside[:10]
 
 
 @contextlib.contextmanager
@@ -214,7 +207,8 @@ def test_demo_train_evaluate_predict_in_chromium(server):
         # stopped, or interrupted when the SIGTERM came before the trainer had started: both resume
         stopped = page.get_by_text(re.compile(r"(stopped|interrupted) after epoch 0 of 1 · elapsed \d+m \d\ds"))
         expect(stopped).to_be_visible(timeout=120_000)
-        assert "ETA" not in stopped.inner_text() and "signal" not in stopped.inner_text()
+        assert "ETA" not in stopped.inner_text()
+        assert "signal" not in stopped.inner_text()
         main.get_by_role("button", name="Resume", exact=True).click()
         expect(page.get_by_text(re.compile(r"finished · 1 of 1 epochs · trained in \d+m \d\ds"))).to_be_visible(timeout=300_000)
         no_exceptions()
@@ -301,7 +295,8 @@ def _assert_tagged_copies(archive: Path, tagged_photos: list) -> None:
         assert names == [f"000-tagged-{name}", f"001-tagged-{name}"], names
         for entry, (_, decision) in zip(names, tagged_photos):
             latitude, longitude = read_gps(bundle.read(entry))
-            assert abs(latitude - decision.place.latitude) < 1e-4 and abs(longitude - decision.place.longitude) < 1e-4
+            assert abs(latitude - decision.place.latitude) < 1e-4
+            assert abs(longitude - decision.place.longitude) < 1e-4
 
 
 def _assert_readable(axis_labels) -> None:
@@ -416,7 +411,7 @@ def test_ten_sessions_predict_while_two_runs_train(tmp_path):
     from landmark_core.runs.run import read_status
     from landmark_core.pipeline import create_run, train_new
 
-    from conftest import tiny_config
+    from helpers import tiny_config
 
     artifacts = tmp_path / "artifacts"
     data = artifacts / "data" / "demo"
@@ -465,8 +460,8 @@ def test_review_a_tag_report_correct_one_photo_mark_one_not_a_landmark_retrain_a
 
     from landmark_core.geo.places import place_for
     from landmark_core.tagging.report import report_rows
-    from test_review import NEW_CLASS, tagged_report
-    from test_sidecars import exiftool
+    from helpers import NEW_CLASS, tagged_report
+    from helpers import exiftool
 
     run, data, library = teachable
     report = tagged_report(run, library, tmp_path)
@@ -503,7 +498,8 @@ def test_review_a_tag_report_correct_one_photo_mark_one_not_a_landmark_retrain_a
         expect(card(odd).get_by_text("not a landmark", exact=False)).to_be_visible()
         tab.no_exceptions()
         tab.shot("02-two-verdicts")
-        assert (data / "train" / NEW_CLASS / corrected.name).is_file() and (data / "unknown" / odd.name).is_file()
+        assert (data / "train" / NEW_CLASS / corrected.name).is_file()
+        assert (data / "unknown" / odd.name).is_file()
 
         page.get_by_role("button", name="Retrain and re-tag").click()
         expect(page.get_by_text("Retrained as")).to_be_visible(timeout=300_000)
@@ -514,7 +510,8 @@ def test_review_a_tag_report_correct_one_photo_mark_one_not_a_landmark_retrain_a
     assert (rows[str(corrected)]["status"], rows[str(corrected)]["prediction"]) == ("tagged", NEW_CLASS)
     assert place_for(NEW_CLASS).display_name in exiftool(Path(rows[str(corrected)]["output"]))["XMP-dc:Subject"]
     assert rows[str(odd)]["status"] == "unknown"
-    assert rows[str(corrected)]["file"] and Path(rows[str(corrected)]["output"]).parent == tmp_path / "out"
+    assert rows[str(corrected)]["file"]
+    assert Path(rows[str(corrected)]["output"]).parent == tmp_path / "out"
 
 
 def test_explore_place_picker_a_click_on_the_offline_map_offers_the_nearest_towns(dataset_without_places, tmp_path):
@@ -547,7 +544,9 @@ def test_explore_place_picker_a_click_on_the_offline_map_offers_the_nearest_town
     tab.assert_stayed_on_this_machine()
     place = gazetteer(dataset_without_places).place_for("Old_Town_Bridge")
     nearest, distance = nearest_towns(place.latitude, place.longitude, 1)[0]
-    assert distance < 1 and place.country == nearest.country and place.region.startswith(nearest.name)
+    assert distance < 1
+    assert place.country == nearest.country
+    assert place.region.startswith(nearest.name)
 
 
 def test_round_three_compare_across_datasets_a_100_megapixel_photo_and_a_background_lr_sweep(
@@ -620,6 +619,7 @@ def test_round_three_compare_across_datasets_a_100_megapixel_photo_and_a_backgro
     if result.suggestion is not None:
         assert f"{result.suggestion:.1e}" in shown
         at = result.learning_rates.index(result.suggestion)  # on the falling part of its own smoothed loss
-        assert min(result.losses) < result.losses[at] < max(result.losses[:5]) and at > 2
+        assert min(result.losses) < result.losses[at] < max(result.losses[:5])
+        assert at > 2
     else:
         assert "No clear descent" in shown

@@ -45,11 +45,15 @@ def test_coverage_at_precision_takes_the_largest_confident_prefix():
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.5, 0.5]])
     labels = np.array([0, 0, 0, 0, 1])
     full = coverage_at_precision(probs, labels, 1.0)
-    assert full["coverage"] == pytest.approx(0.4) and full["threshold"] == pytest.approx(0.8) and full["accepted"] == 2
+    assert full["coverage"] == pytest.approx(0.4)
+    assert full["threshold"] == pytest.approx(0.8)
+    assert full["accepted"] == 2
     three_quarters = coverage_at_precision(probs, labels, 0.75)
-    assert three_quarters["accepted"] == 4 and three_quarters["threshold"] == pytest.approx(0.6)
+    assert three_quarters["accepted"] == 4
+    assert three_quarters["threshold"] == pytest.approx(0.6)
     wrong_first = coverage_at_precision(np.array([[0.1, 0.9]]), np.array([0]), 0.95)
-    assert wrong_first["coverage"] == 0.0 and wrong_first["threshold"] is None
+    assert wrong_first["coverage"] == 0.0
+    assert wrong_first["threshold"] is None
 
 
 def test_coverage_at_precision_accepts_ties_together():
@@ -73,7 +77,8 @@ def test_linear_probe_fits_raw_features_and_folds_the_standardisation():
     head = fit_linear_head(features, labels, 4, val_features=val_features, val_labels=val_labels)
     assert (head.logits(features).argmax(1) == labels).float().mean() == 1.0
     assert (head.logits(val_features).argmax(1) == val_labels).float().mean() >= 0.95
-    assert head.weight.shape == (4, 16) and head.bias.shape == (4,)
+    assert head.weight.shape == (4, 16)
+    assert head.bias.shape == (4,)
     assert head.val_loss == pytest.approx(float(F.cross_entropy(head.logits(val_features), val_labels)), rel=1e-4)
 
 
@@ -109,9 +114,11 @@ def test_class_weights_make_every_class_count_the_same():
     labels = torch.tensor([0] * 30 + [1] * 10 + [2] * 20)
     weights = class_weights(labels, 3)
     per_class = torch.stack([weights[c] * (labels == c).sum() for c in range(3)])
-    assert torch.allclose(per_class, per_class[0]) and weights[labels].mean() == pytest.approx(1.0)
+    assert torch.allclose(per_class, per_class[0])
+    assert weights[labels].mean() == pytest.approx(1.0)
 
 
 def test_linear_probe_on_a_single_photo_is_finite():
     head = fit_linear_head(torch.randn(1, 8) + 5, torch.tensor([1]), 3)
-    assert torch.isfinite(head.weight).all() and torch.isfinite(head.bias).all()
+    assert torch.isfinite(head.weight).all()
+    assert torch.isfinite(head.bias).all()

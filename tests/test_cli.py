@@ -39,7 +39,9 @@ def test_errors_are_one_line_without_traceback(tmp_path, args, message):
     result = run_cli(*args, env_artifacts=tmp_path, check=False)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    assert len(lines) == 1
+    assert lines[0].startswith("error:")
+    assert message in lines[0]
     assert "Traceback" not in result.stderr
 
 
@@ -48,7 +50,8 @@ def test_train_then_predict_from_the_cli(tiny_dataset, tmp_path):
     result = run_cli("train", "--data", tiny_dataset, "--model", "scratch_cnn", "--epochs", "1", "--image-size", "32",
                      "--batch-size", "8", "--device", "cpu", env_artifacts=tmp_path)
     run_dir = result.stdout.strip().splitlines()[-1]
-    assert os.path.isdir(run_dir) and "epoch 1/1" in result.stderr
+    assert os.path.isdir(run_dir)
+    assert "epoch 1/1" in result.stderr
     # the run's own clock in the progress line, and landmark runs describes the run as the Train page does
     import re
     assert re.search(r"epoch 1/1 .* elapsed \d+m \d\ds", result.stderr), result.stderr
@@ -57,14 +60,18 @@ def test_train_then_predict_from_the_cli(tiny_dataset, tmp_path):
     image = next((tiny_dataset / "test").rglob("*.jpg"))
     text = run_cli("predict", run_dir, image, env_artifacts=tmp_path).stdout.splitlines()
     # first line: the photo and the tag decision; then the top-5 (tiny set: 3 classes, so all 3)
-    assert text[0].split(": ")[0] == str(image) and len(text) == 1 + 3
+    assert text[0].split(": ")[0] == str(image)
+    assert len(text) == 1 + 3
     assert text[0].split(": ")[1].split()[0].strip(",") in ("tagged", "unknown", "abstained")
     as_json = json.loads(run_cli("predict", run_dir, image, "--json", env_artifacts=tmp_path).stdout)
-    assert as_json[0]["image"] == str(image) and len(as_json[0]["predictions"]) == 3
-    assert as_json[0]["outcome"] in ("tagged", "unknown", "abstained") and 0 < as_json[0]["familiarity"] <= 1
+    assert as_json[0]["image"] == str(image)
+    assert len(as_json[0]["predictions"]) == 3
+    assert as_json[0]["outcome"] in ("tagged", "unknown", "abstained")
+    assert 0 < as_json[0]["familiarity"] <= 1
     assert as_json[0]["predictions"][0]["class"] in text[1]
     listing = run_cli("runs", env_artifacts=tmp_path).stdout
-    assert "finished" in listing and "scratch_cnn" in listing
+    assert "finished" in listing
+    assert "scratch_cnn" in listing
 
 
 def test_predict_reports_bad_images_but_predicts_good_ones(trained_run, tmp_path):
@@ -73,16 +80,19 @@ def test_predict_reports_bad_images_but_predicts_good_ones(trained_run, tmp_path
     from landmark_core.core.fileio import read_json
     good = read_json(trained_run / "predictions.json")[0]["path"]
     result = run_cli("predict", trained_run, bad, good, "--json", check=False)
-    assert result.returncode == 1 and "error: bad.jpg" in result.stderr
+    assert result.returncode == 1
+    assert "error: bad.jpg" in result.stderr
     rows = json.loads(result.stdout)
-    assert "error" in rows[0] and len(rows[1]["predictions"]) == 3
+    assert "error" in rows[0]
+    assert len(rows[1]["predictions"]) == 3
 
 
 def test_data_demo_and_stats(tmp_path):
     out = tmp_path / "demo"
     run_cli("data", "demo", "--out", out, "--train-per-class", "2", "--test-per-class", "1")
     stats = json.loads(run_cli("data", "stats", out, "--json").stdout)
-    assert stats["classes"] >= 10 and all(c == {"train": 2, "test": 1} for c in stats["counts"].values())
+    assert stats["classes"] >= 10
+    assert all(c == {"train": 2, "test": 1} for c in stats["counts"].values())
 
 
 def test_evaluate_reexports_when_the_calibration_changed(trained_run, tmp_path, monkeypatch, capsys):
@@ -106,18 +116,34 @@ def test_evaluate_reexports_when_the_calibration_changed(trained_run, tmp_path, 
     assert "re-exported" not in capsys.readouterr().err
 
 
+def test_reevaluating_a_run_exports_it_again_only_when_its_decision_changed(trained_run, tmp_path):
+    """One policy for every caller (the CLI's evaluate, and any library user): the export follows evaluation."""
+    import shutil
+
+    from landmark_core.core.fileio import write_json_atomic
+    from landmark_core.pipeline import reevaluate
+    from landmark_core.runs import Run
+    run = Run(shutil.copytree(trained_run, tmp_path / "runs" / trained_run.name))
+    _, exported_again = reevaluate(run)
+    assert exported_again is False
+    write_json_atomic(run.file(Run.EXPORT_META), {**run.export_meta, "probability_threshold": 0.999})
+    summary, exported_again = reevaluate(run)
+    assert exported_again is True
+    assert run.export_meta["probability_threshold"] == pytest.approx(summary["default_threshold"])
+
+
 @pytest.mark.skipif(not hasattr(os, "getpriority"), reason="POSIX process priorities")
 def test_background_training_yields_the_cpu_to_the_dashboard(tiny_dataset, artifacts):
     """A run launched from the dashboard trains at a lower priority, so the pages stay responsive."""
     import time
 
-    from conftest import tiny_config
-    from landmark_core.runs.launch import BACKGROUND_NICENESS, launch_background
-    from landmark_core.runs.run import request_cancel
-    from landmark_core.pipeline import create_run
+    from helpers import tiny_config
+    from landmark_core.pipeline import start_run
+    from landmark_core.runs.launch import BACKGROUND_NICENESS
+    from landmark_core.runs.run import read_status, request_cancel
 
-    run_dir = create_run(tiny_config(tiny_dataset, epochs=200), artifacts)
-    pid = launch_background(run_dir)
+    run_dir = start_run(tiny_config(tiny_dataset, epochs=200), artifacts=artifacts)  # what the Train page's Start does
+    pid = read_status(run_dir)["pid"]
     lowered = min(19, os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICENESS)
     try:
         deadline, niceness = time.monotonic() + 30, None

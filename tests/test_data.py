@@ -7,13 +7,14 @@ import torch
 from landmark_core import data as data_lib
 from landmark_core.core.errors import DataError
 
-from conftest import TINY_CLASSES
+from helpers import TINY_CLASSES
 
 
 def test_scan_train_test_layout(tiny_dataset):
     dataset = data_lib.scan_dataset(tiny_dataset)
     assert dataset.classes == TINY_CLASSES
-    assert len(dataset.train) == 36 and len(dataset.test) == 12
+    assert len(dataset.train) == 36
+    assert len(dataset.test) == 12
     assert not dataset.test_taken_from_train
 
 
@@ -42,7 +43,8 @@ def test_bad_layouts_give_clear_errors(tmp_path, make, message):
 def test_stratified_split_keeps_every_class():
     samples = [data_lib.Sample(f"{c}-{i}", c) for c in range(4) for i in range(10)]
     keep, held = data_lib.stratified_split(samples, 0.2, seed=0)
-    assert len(held) == 8 and sorted({s.label for s in held}) == [0, 1, 2, 3]
+    assert len(held) == 8
+    assert sorted({s.label for s in held}) == [0, 1, 2, 3]
 
 
 def test_decode_cache_is_reused_and_bad_files_are_skipped(tiny_dataset, tmp_path):
@@ -53,9 +55,11 @@ def test_decode_cache_is_reused_and_bad_files_are_skipped(tiny_dataset, tmp_path
     dataset = data_lib.scan_dataset(root)
     cache = data_lib.cache_dir_for(root)
     first = data_lib.decode_split(dataset.train, 40, cache_dir=cache)
-    assert len(first) == 36 and str(bad) in first.skipped
+    assert len(first) == 36
+    assert str(bad) in first.skipped
     second = data_lib.decode_split(dataset.train, 40, cache_dir=cache)
-    assert isinstance(second.images, np.memmap) and np.array_equal(np.asarray(second.images), first.images)
+    assert isinstance(second.images, np.memmap)
+    assert np.array_equal(np.asarray(second.images), first.images)
     (root / "train" / TINY_CLASSES[1] / "train_0000.jpg").unlink()  # content changed: new key
     third = data_lib.decode_split(data_lib.scan_dataset(root).train, 40, cache_dir=cache)
     assert len(third) == 35
@@ -152,7 +156,8 @@ def test_batches_are_the_normalised_pixels_in_channels_last_layout(tiny_dataset,
     training = data_lib.BatchLoader(split, batch_size=6, image_size=32, mean=mean, std=std, channels_last=True,
                                     augmentation=augmentation, augment=1.0, shuffle=True)
     augmented, _ = next(iter(training))
-    assert augmented.shape == batch.shape and not torch.allclose(augmented, batch)
+    assert augmented.shape == batch.shape
+    assert not torch.allclose(augmented, batch)
 
 
 def test_unknown_augmentation_is_a_clear_error(tiny_dataset):
@@ -168,7 +173,8 @@ def test_explore_preview_shows_each_recipe(tiny_dataset, augmentation):
     from landmark_core.core.transforms import resize_side_for
     path = data_lib.scan_dataset(tiny_dataset).train[0].path
     views = augmentation_preview(path, strength=1.0, count=4, image_size=32, augmentation=augmentation)
-    assert len(views) == 4 and all(v.shape == (32, 32, 3) and v.dtype == np.uint8 for v in views)
+    assert len(views) == 4
+    assert all(v.shape == (32, 32, 3) and v.dtype == np.uint8 for v in views)
     assert any(not np.array_equal(views[0], v) for v in views[1:])  # random per view
     if augmentation == "crop_flip":
         square = load_square(path, resize_side_for(32))
@@ -190,8 +196,10 @@ def test_dataset_report_finds_test_photos_that_are_training_photos(tiny_dataset,
     report = data_lib.dataset_report(data_lib.scan_dataset(root))
     leaks = {leak["test"].rsplit("/", 1)[-1]: leak for leak in report["leaks"]}
     assert set(leaks) == {"identical.jpg", "reencoded.png"}, report["leaks"]
-    assert leaks["identical.jpg"]["kind"] == "identical" and leaks["identical.jpg"]["train"] == str(train_photos[0])
-    assert leaks["reencoded.png"]["kind"] == "near-duplicate" and leaks["reencoded.png"]["train"] == str(train_photos[1])
+    assert leaks["identical.jpg"]["kind"] == "identical"
+    assert leaks["identical.jpg"]["train"] == str(train_photos[0])
+    assert leaks["reencoded.png"]["kind"] == "near-duplicate"
+    assert leaks["reencoded.png"]["train"] == str(train_photos[1])
     assert leaks["reencoded.png"]["distance"] <= data_lib.NEAR_DUPLICATE_BITS
 
 

@@ -14,8 +14,11 @@ def test_demo_classes_are_real_landmark_images_folders():
     real = [p.folder for p in all_places() if re.match(r"\d+\.", p.folder)]
     assert len(real) == len(set(real)) == 50
     assert [folder.split(".", 1)[0] for folder in real] == [f"{i:02d}" for i in range(50)]
-    assert real[0] == "00.Haleakala_National_Park" and real[-1] == "49.Temple_of_Olympian_Zeus"
-    assert len(DEMO_CLASSES) >= 10 and set(DEMO_CLASSES) <= set(real) and set(ARCHETYPES) == set(DEMO_CLASSES)
+    assert real[0] == "00.Haleakala_National_Park"
+    assert real[-1] == "49.Temple_of_Olympian_Zeus"
+    assert len(DEMO_CLASSES) >= 10
+    assert set(DEMO_CLASSES) <= set(real)
+    assert set(ARCHETYPES) == set(DEMO_CLASSES)
 
 
 def test_render_is_deterministic_and_varied():

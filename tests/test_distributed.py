@@ -18,7 +18,7 @@ from landmark_core.models.registry import build_model
 from landmark_core.pipeline import create_run, train, train_distributed
 from landmark_core.runs.run import read_status
 
-from conftest import tiny_config
+from helpers import tiny_config
 
 #: Dropout 0, frozen BatchNorm and no mixing: the settings under which a distributed step is the single-process
 #: step (dropout masks and CPU BatchNorm statistics are per process, and mixup/cutmix pair photos within each
@@ -176,7 +176,8 @@ def test_two_processes_killed_and_resumed_train_the_single_process_weights(tiny_
                              env={**os.environ, "LANDMARK_ARTIFACTS": str(artifacts)}, capture_output=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
     status = read_status(run_dir)
-    assert status["state"] == "finished" and status["processes"] == 2  # resumed with the run's own process count
+    assert status["state"] == "finished"
+    assert status["processes"] == 2  # resumed with the run's own process count
     # 2 processes sum a batch's gradient in another order than 1 (two halves, then the all-reduce): ~1e-7 on
     # weights of size ~1 a step; steps short enough not to amplify it (lr * momentum gain * curvature < 1) add
     # 12 epochs x 5 steps up to at most ~6e-6 (measured: 3e-8 to 1.2e-7 under every kernel setting and 1 thread)
@@ -200,7 +201,9 @@ def test_a_killed_rank_fails_the_run_with_its_error(tiny_dataset, artifacts):
     _, stderr = launcher.communicate(timeout=60)  # no hang: torchrun stops rank 0 and the launcher reports
     assert launcher.returncode != 0
     status = read_status(run_dir)
-    assert status["state"] == "failed" and "rank 1" in status["error"] and "SIGKILL" in status["error"], status
+    assert status["state"] == "failed", status
+    assert "rank 1" in status["error"], status
+    assert "SIGKILL" in status["error"], status
     assert "rank 1" in stderr.decode()
     assert "model" in torch.load(run_dir / "checkpoint_last.pt", weights_only=True)  # the last epoch is kept
 

@@ -11,7 +11,7 @@ import pytest
 from landmark_core.data.download import ArchiveLimits, download_dataset, download_file, safe_extract
 from landmark_core.core.errors import ArchiveError, DataError, DownloadError
 
-from conftest import jpeg_bytes
+from helpers import jpeg_bytes
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):
@@ -75,7 +75,8 @@ def test_download_resumes_after_dropped_connection(server, tmp_path):
     seen = []
     path = download_file(url(server), tmp_path / "f.bin", progress=lambda d, t: seen.append((d, t)), backoff=0.01)
     assert path.read_bytes() == server.payload
-    assert server.requests[0] is None and server.requests[1] == "bytes=100000-"
+    assert server.requests[0] is None
+    assert server.requests[1] == "bytes=100000-"
     assert seen[-1] == (300_000, 300_000)
     assert not (tmp_path / "f.bin.part").exists()
 
@@ -91,7 +92,8 @@ def test_cancelled_download_keeps_part_and_resumes(server, tmp_path):
         download_file(url(server), tmp_path / "f.bin", progress=cancel, chunk_size=16_000)
     assert (tmp_path / "f.bin.part").stat().st_size == 64_000
     download_file(url(server), tmp_path / "f.bin")
-    assert (tmp_path / "f.bin").read_bytes() == server.payload and server.requests[-1] == "bytes=64000-"
+    assert (tmp_path / "f.bin").read_bytes() == server.payload
+    assert server.requests[-1] == "bytes=64000-"
 
 
 def test_missing_file_is_a_clear_error(server, tmp_path):
@@ -153,7 +155,8 @@ def test_hostile_archives_are_refused_before_writing(tmp_path, name):
     target = tmp_path / "out"
     with pytest.raises(ArchiveError):
         safe_extract(archive, target)
-    assert not target.exists() and not (tmp_path / "evil.txt").exists()
+    assert not target.exists()
+    assert not (tmp_path / "evil.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip"]
 
 
@@ -183,10 +186,14 @@ def test_import_of_a_user_zip_from_the_cli(tmp_path):
                                        capture_output=True, text=True, env=env, timeout=120)
     ok = run(good)
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.strip().endswith("mine/landmark_images") and "2 classes, 6 train / 4 test" in ok.stderr
+    assert ok.stdout.strip().endswith("mine/landmark_images")
+    assert "2 classes, 6 train / 4 test" in ok.stderr
     refused = run(bad)
-    assert refused.returncode == 2 and refused.stderr.startswith("error: archive refused")
-    assert not (tmp_path / "artifacts" / "data" / "evil").exists() and not (tmp_path / "escape.txt").exists()
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: archive refused")
+    assert not (tmp_path / "artifacts" / "data" / "evil").exists()
+    assert not (tmp_path / "escape.txt").exists()
     not_photos = tmp_path / "notes.zip"
     not_photos.write_bytes(_zip([("readme.txt", b"hello", None)]))
-    assert run(not_photos).returncode == 2 and not (tmp_path / "artifacts" / "data" / "notes").exists()
+    assert run(not_photos).returncode == 2
+    assert not (tmp_path / "artifacts" / "data" / "notes").exists()

@@ -10,26 +10,30 @@ from landmark_core.core.errors import ImageError, ModelError
 from landmark_core.core.fileio import read_json
 from landmark_core.tagging.predict import Predictor
 
-from conftest import TINY_CLASSES
+from helpers import TINY_CLASSES
 
 
 def test_evaluation_outputs(trained_run):
     evaluation = read_json(trained_run / "evaluation.json")
     n = evaluation["num_images"]
-    assert n == 12 and 0 <= evaluation["top1"] <= evaluation["top5"] <= 1
+    assert n == 12
+    assert 0 <= evaluation["top1"] <= evaluation["top5"] <= 1
     matrix = np.array(evaluation["confusion_matrix"])
-    assert matrix.shape == (3, 3) and matrix.sum() == n
+    assert matrix.shape == (3, 3)
+    assert matrix.sum() == n
     assert np.trace(matrix) / n == pytest.approx(evaluation["top1"])
     assert [row["class"] for row in evaluation["per_class"]] == TINY_CLASSES
     assert all(0 <= row["f1"] <= 1 for row in evaluation["per_class"])
     assert sum(p["count"] for p in evaluation["most_confused"]) == n - np.trace(matrix)
     curve = evaluation["coverage_curve"]["test"]
-    assert curve[0]["coverage"] == 1.0 and curve[0]["accuracy"] == pytest.approx(evaluation["top1"])
+    assert curve[0]["coverage"] == 1.0
+    assert curve[0]["accuracy"] == pytest.approx(evaluation["top1"])
     assert all(a["coverage"] >= b["coverage"] for a, b in zip(curve, curve[1:]))
     predictions = read_json(trained_run / "predictions.json")
     assert len(predictions) == n
     row = predictions[0]
-    assert set(row) == {"path", "true", "predicted", "loss", "top5", "familiarity"} and len(row["top5"]) == 3
+    assert set(row) == {"path", "true", "predicted", "loss", "top5", "familiarity"}
+    assert len(row["top5"]) == 3
     assert row["predicted"] == row["top5"][0][0]
     cell = [p for p in predictions if p["true"] == 0 and p["predicted"] == 1]
     assert len(cell) == matrix[0, 1]
@@ -96,7 +100,8 @@ def test_export_is_frozen_with_batchnorm_folded_and_matches_the_eager_model(trai
     from landmark_core.export.module import build_exportable
     from landmark_core.export.exporter import load_exported
     module, meta = load_exported(trained_run)
-    assert module.class_names == TINY_CLASSES and module.image_size == meta["image_size"]
+    assert module.class_names == TINY_CLASSES
+    assert module.image_size == meta["image_size"]
     graph = str(module.graph) + "".join(str(m.graph) for m in module.modules() if hasattr(m, "graph"))
     assert "batch_norm" not in graph  # folded into the convolutions
     eager = build_exportable(trained_run)
@@ -115,12 +120,13 @@ def test_each_pretrained_backbone_trains_evaluates_exports_and_predicts(tiny_dat
     temperature as evaluation, so its probabilities are evaluation's.
     """
     from landmark_core.pipeline import train_new
-    from conftest import tiny_config
+    from helpers import tiny_config
     run_dir = train_new(tiny_config(tiny_dataset, model=model, image_size=32, model_options={}, tta_flip=True,
                                     epochs=None, freeze_epochs=2, feature_views=2, device="cpu"), tmp_path)
     evaluation = read_json(run_dir / "evaluation.json")
     export = read_json(run_dir / "export.json")
-    assert export["flip_tta"] and export["interpolation"] == "bicubic"
+    assert export["flip_tta"]
+    assert export["interpolation"] == "bicubic"
     assert export["temperature"] == pytest.approx(evaluation["calibration"]["temperature"])
     assert evaluation["calibration"]["test"]["ece_after"] is not None
     assert [p["precision"] for p in evaluation["coverage_at_precision"]["test"]] == [0.95, 0.98]
@@ -162,7 +168,9 @@ def test_onnx_export_round_trips_through_onnxruntime(trained_run, tmp_path):
     copy = Path(shutil.copytree(trained_run, tmp_path / trained_run.name))
     path = export_run(copy, format="onnx")
     meta = read_json(copy / "export.json")
-    assert path.name == "model.onnx" and meta["format"] == "onnx" and meta["file"] == "model.onnx"
+    assert path.name == "model.onnx"
+    assert meta["format"] == "onnx"
+    assert meta["file"] == "model.onnx"
     # ONNX Runtime's antialiased resize rounds differently from torch's (its check runs on probe photos of many
     # sizes): measured 1.2e-4 for this run, so 2e-3 is a resize's rounding, not another model
     assert meta["round_trip_max_abs_diff"] <= 2e-3
@@ -229,15 +237,19 @@ def test_the_int8_bound_counts_top1_and_tag_decisions():
     labels = probabilities.argmax(1)
     outcomes = tag_outcomes(probabilities, familiarity, 0.5, 0.6)
     assert set(outcomes) == {0, 1, 2}  # tagged, unknown, abstained all occur
-    assert (outcomes[familiarity < 0.6] == 1).all() and (outcomes[(familiarity >= 0.6) & (probabilities.max(1) < 0.5)] == 2).all()
+    assert (outcomes[familiarity < 0.6] == 1).all()
+    assert (outcomes[(familiarity >= 0.6) & (probabilities.max(1) < 0.5)] == 2).all()
     same = int8_verdict((probabilities, familiarity), (probabilities.copy(), familiarity.copy()), labels, 0.5, 0.6)
-    assert same["accepted"] and same["decision_agreement"] == 1.0 and same["top1_change_points"] == 0.0
+    assert same["accepted"]
+    assert same["decision_agreement"] == 1.0
+    assert same["top1_change_points"] == 0.0
     # familiarity pushed across the threshold on 3 photos of 200: 98.5% agreement, refused though top-1 is untouched
     moved = familiarity.copy()
     near = np.argsort(np.abs(familiarity - 0.6))[:3]
     moved[near] = np.where(familiarity[near] >= 0.6, 0.59, 0.61)
     drifted = int8_verdict((probabilities, familiarity), (probabilities, moved), labels, 0.5, 0.6)
-    assert drifted["decision_agreement"] == pytest.approx(197 / 200) and not drifted["accepted"]
+    assert drifted["decision_agreement"] == pytest.approx(197 / 200)
+    assert not drifted["accepted"]
     assert drifted["top1_change_points"] == 0.0
     # one wrong top-1 in 200 is half a point: still within the bound; two are not
     flipped = probabilities.copy()
@@ -246,7 +258,8 @@ def test_the_int8_bound_counts_top1_and_tag_decisions():
         for row in range(count):
             flipped[row] = np.roll(flipped[row], 1)
         verdict = int8_verdict((probabilities, familiarity), (flipped, familiarity), labels, 0.0, None)
-        assert verdict["top1_change_points"] == pytest.approx(0.5 * count) and verdict["accepted"] == accepted
+        assert verdict["top1_change_points"] == pytest.approx(0.5 * count)
+        assert verdict["accepted"] == accepted
 
 
 def test_an_int8_export_keeps_the_bound_or_leaves_the_current_export(trained_run, tmp_path):
@@ -264,16 +277,21 @@ def test_an_int8_export_keeps_the_bound_or_leaves_the_current_export(trained_run
         export_run(copy, format="onnx-int8")
     except ModelError as refused:
         message = str(refused)
-        assert message.startswith("int8 export refused: on ") and message.endswith("the current export stays")
+        assert message.startswith("int8 export refused: on ")
+        assert message.endswith("the current export stays")
         assert "\n" not in message
         assert ((copy / "export.json").read_bytes(), (copy / "model.ts").read_bytes()) == before
-        assert not (copy / "model-int8.onnx").exists() and not list(copy.glob(".*candidate*"))
+        assert not (copy / "model-int8.onnx").exists()
+        assert not list(copy.glob(".*candidate*"))
         assert isinstance(Predictor(copy).module, torch_module_type())
         return
     meta = read_json(copy / "export.json")
     check = meta["int8_check"]
-    assert meta["format"] == "onnx-int8" and Run(copy).exported and check["accepted"]
-    assert check["decision_agreement"] >= 0.99 and check["top1_change_points"] <= 0.5
+    assert meta["format"] == "onnx-int8"
+    assert Run(copy).exported
+    assert check["accepted"]
+    assert check["decision_agreement"] >= 0.99
+    assert check["top1_change_points"] <= 0.5
     assert check["photos"] == len(read_json(copy / "predictions.json"))
     assert isinstance(Predictor(copy).module, OnnxClassifier)
 
@@ -339,11 +357,14 @@ def test_export_fastest_times_every_format_and_keeps_the_fastest_that_passes(tra
     path, speed = export_fastest(copy)
     assert set(speed) == set(FORMATS)
     timed = {f: s for f, s in speed.items() if isinstance(s, float)}
-    assert "torchscript" in timed and all(s > 0 for s in timed.values())
+    assert "torchscript" in timed
+    assert all(s > 0 for s in timed.values())
     assert all(isinstance(s, str) and s for f, s in speed.items() if f not in timed)  # the reason, in words
     meta = read_json(copy / "export.json")
-    assert meta["format"] == max(timed, key=timed.get) and path.name == FORMATS[meta["format"]]
-    assert meta["speed"] == speed and Run(copy).exported
+    assert meta["format"] == max(timed, key=timed.get)
+    assert path.name == FORMATS[meta["format"]]
+    assert meta["speed"] == speed
+    assert Run(copy).exported
     predictor = Predictor(copy)  # signed: it loads
     row = read_json(copy / "predictions.json")[0]
     if meta["format"] == "onnx-int8":  # int8 answers within its bound, not photo for photo

@@ -36,15 +36,20 @@ def test_explainer_heatmap_lines_up_with_the_crop_and_targets_any_class(trained_
     photo = Run(trained_run).split["test"][0]
     top = explainer.explain(photo)
     size = explainer.config.image_size
-    assert top.photo.size == (size, size) and top.heatmap.shape == (size, size)
-    assert 0.0 <= top.heatmap.min() and top.heatmap.max() <= 1.0
-    assert top.class_name == explainer.classes[top.class_index] and 0 < top.probability <= 1
+    assert top.photo.size == (size, size)
+    assert top.heatmap.shape == (size, size)
+    assert 0.0 <= top.heatmap.min()
+    assert top.heatmap.max() <= 1.0
+    assert top.class_name == explainer.classes[top.class_index]
+    assert 0 < top.probability <= 1
     other = explainer.explain(photo, target=(top.class_index + 1) % len(explainer.classes))
-    assert other.class_index != top.class_index and other.probability <= top.probability
+    assert other.class_index != top.class_index
+    assert other.probability <= top.probability
     by_name = explainer.explain(photo, target=explainer.classes[0])
     assert by_name.class_index == 0
     overlay = top.overlay()
-    assert overlay.size == (size, size) and overlay.mode == "RGB"
+    assert overlay.size == (size, size)
+    assert overlay.mode == "RGB"
     assert np.asarray(overlay).std() > 0
 
 
@@ -59,4 +64,6 @@ def test_explain_cli_writes_the_heatmap(trained_run, tmp_path):
         assert image.size[0] == image.size[1] > 0
     bad = subprocess.run([sys.executable, "-m", "landmark_core", "explain", str(trained_run), str(tmp_path / "none.jpg")],
                          capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+    assert bad.returncode != 0
+    assert "Traceback" not in bad.stderr
+    assert bad.stderr.count("\n") == 1

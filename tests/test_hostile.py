@@ -2,7 +2,6 @@
 
 Every case failed (crash, data loss or a misleading answer) before the fixes these tests came with.
 """
-import contextlib
 import csv
 import io
 import json
@@ -13,18 +12,16 @@ import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import tiny_config
-from landmark_core.cli import main
+from helpers import landmark, one_line_error, tiny_config
 from landmark_core.data import cache_dir_for, scan_dataset
 from landmark_core.data.download import import_dataset
-from landmark_core.core.errors import ArchiveError, DataError, ImageError, LandmarkError, ModelError, RunError
+from landmark_core.core.errors import ArchiveError, DataError, ImageError, ModelError, RunError
 from landmark_core.export.exporter import export_run
 from landmark_core.core.fileio import read_json
 from landmark_core.core.images import load_rgb
@@ -35,43 +32,8 @@ from landmark_core.tagging.batch import tag_files
 from landmark_core.pipeline import create_run, train, train_new
 
 
-def landmark(*args, cwd=None, artifacts=None):
-    """`landmark ARGS` as the console script runs it (``cli.main``), in this process to spare a torch import per
-    call: (exit code, stdout, stderr) as a CompletedProcess."""
-    out, err = io.StringIO(), io.StringIO()
-    saved_env, saved_cwd = os.environ.get("LANDMARK_ARTIFACTS"), os.getcwd()
-    try:
-        if artifacts is not None:
-            os.environ["LANDMARK_ARTIFACTS"] = str(artifacts)
-        if cwd is not None:
-            os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main([str(a) for a in args])
-    finally:
-        os.chdir(saved_cwd)
-        if saved_env is None:
-            os.environ.pop("LANDMARK_ARTIFACTS", None)
-        else:
-            os.environ["LANDMARK_ARTIFACTS"] = saved_env
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
-
-
-def one_line_error(result) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    return lines[0]
-
-
 def run_folders(artifacts: Path) -> list[Path]:
     return sorted((artifacts / "runs").glob("*")) if (artifacts / "runs").exists() else []
-
-
-@pytest.fixture()
-def finished_copy(trained_run, tmp_path):
-    """A private copy of the shared finished run, in an artifacts folder of its own (exported there)."""
-    run = tmp_path / "artifacts" / "runs" / trained_run.name
-    shutil.copytree(trained_run, run)  # a copy stays trusted: the signing key is the user's, not the folder's
-    return run
 
 
 # --- 1. NaN models -------------------------------------------------------------------------------
@@ -87,8 +49,10 @@ def test_a_diverging_run_fails_with_the_reason_and_exports_nothing(tiny_dataset,
     with pytest.raises(RunError, match="training diverged"):
         train_new(config, tmp_path)
     run = run_folders(tmp_path)[0]
-    assert read_status(run)["state"] == "failed" and "diverged" in read_status(run)["error"]
-    assert not (run / "model.ts").exists() and not (run / "evaluation.json").exists()
+    assert read_status(run)["state"] == "failed"
+    assert "diverged" in read_status(run)["error"]
+    assert not (run / "model.ts").exists()
+    assert not (run / "evaluation.json").exists()
 
 
 # --- 2. OneCycle with very few steps -------------------------------------------------------------
@@ -120,7 +84,8 @@ def test_thin_images_are_refused_before_any_allocation(finished_copy, tmp_path):
     shutil.copy(read_json(finished_copy / "predictions.json")[0]["path"], photos / "b_photo.jpg")
     counts = tag_files(Predictor(finished_copy), [photos], out_dir=tmp_path / "out", threshold=0.0, open_set=False,
                        report_path=tmp_path / "r.csv")
-    assert counts["unreadable"] == 1 and counts["tagged"] == 1  # the library goes on after the strip
+    assert counts["unreadable"] == 1
+    assert counts["tagged"] == 1  # the library goes on after the strip
 
 
 # --- 4. A torn tag report ------------------------------------------------------------------------
@@ -134,7 +99,8 @@ def test_a_report_torn_mid_line_is_repaired(finished_copy, tmp_path):
     report.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 20])  # a kill while writing the last row
     counts = tag_files(predictor, photos, out_dir=tmp_path / "out", threshold=0.0, report_path=report)
     rows = list(csv.DictReader(open(report)))
-    assert counts["skipped"] == 1 and len(rows) == 3
+    assert counts["skipped"] == 1
+    assert len(rows) == 3
     assert sorted(row["file"] for row in rows) == sorted(str(p.resolve()) for p in photos)
 
 
@@ -149,10 +115,12 @@ def test_tag_does_not_walk_its_own_output(finished_copy, tmp_path):
     for _ in range(2):
         counts = tag_files(Predictor(finished_copy), [photos], out_dir=out, threshold=0.0, open_set=False,
                            report_path=out / "tag-report.csv")
-    assert counts["unreadable"] == 0 and counts["skipped"] == 2
+    assert counts["unreadable"] == 0
+    assert counts["skipped"] == 2
     assert not (out / "tagged").exists()
     rows = list(csv.DictReader(open(out / "tag-report.csv")))
-    assert len(rows) == 2 and all(Path(row["output"]).is_absolute() for row in rows)
+    assert len(rows) == 2
+    assert all(Path(row["output"]).is_absolute() for row in rows)
 
 
 # --- 6. Import -----------------------------------------------------------------------------------
@@ -188,7 +156,8 @@ def test_a_killed_import_leaves_nothing_behind_for_long(tiny_dataset, tmp_path):
     archive = tmp_path / "photos.zip"
     shutil.make_archive(str(archive.with_suffix("")), "zip", tiny_dataset)
     import_dataset(archive, data)
-    assert not stale.exists() and (data / "photos" / "train").is_dir()
+    assert not stale.exists()
+    assert (data / "photos" / "train").is_dir()
 
 
 @pytest.mark.parametrize("name", ["../../x", "/tmp/elsewhere", "a/b", "..", ".hidden"])
@@ -197,7 +166,8 @@ def test_import_names_cannot_leave_the_data_folder(tiny_dataset, tmp_path, name)
     shutil.make_archive(str(archive.with_suffix("")), "zip", tiny_dataset)
     result = landmark("data", "import", archive, "--name", name, artifacts=tmp_path / "artifacts")
     assert "plain folder name" in one_line_error(result)
-    assert not (tmp_path / "x").exists() and not Path("/tmp/elsewhere").exists()
+    assert not (tmp_path / "x").exists()
+    assert not Path("/tmp/elsewhere").exists()
 
 
 # --- 7. Two trainers on one run ------------------------------------------------------------------
@@ -253,7 +223,8 @@ def test_renamed_and_moved_runs_stay_trusted_and_foreign_keys_bring_nothing(fini
         Predictor(elsewhere)  # another user's key: it says what to do ...
     assert not other_user.exists()  # ... and loading never creates a key
     export_run(elsewhere)
-    assert Predictor(elsewhere).classes and other_user.exists()
+    assert Predictor(elsewhere).classes
+    assert other_user.exists()
 
 
 def test_a_failed_export_keeps_the_last_good_model(finished_copy):
@@ -313,10 +284,13 @@ def test_runs_lists_everything_despite_a_damaged_status_and_survives_a_closed_pi
     damaged = create_run(tiny_config(tiny_dataset, epochs=1), artifacts)
     (damaged / "status.json").write_text("{not json")
     result = landmark("runs", artifacts=artifacts)
-    assert result.returncode == 0 and damaged.name in result.stdout and finished_copy.name in result.stdout
+    assert result.returncode == 0
+    assert damaged.name in result.stdout
+    assert finished_copy.name in result.stdout
     piped = subprocess.run(f"{sys.executable} -m landmark_core runs | head -1", shell=True, capture_output=True,
                            text=True, env={**os.environ, "LANDMARK_ARTIFACTS": str(artifacts)}, timeout=120)
-    assert piped.stdout.count("\n") == 1 and "Error" not in piped.stderr, piped.stderr
+    assert piped.stdout.count("\n") == 1, piped.stderr
+    assert "Error" not in piped.stderr, piped.stderr
 
 
 def test_an_unwritable_tag_output_is_one_line(finished_copy, tmp_path):
@@ -408,7 +382,8 @@ def test_fuzzed_photos_through_the_whole_tag_path(fuzz_predictor, tmp_path_facto
                        report_path=folder / "out" / "report.csv")
     assert sum(counts[s] for s in STATUSES) == 1
     row = next(csv.DictReader(open(folder / "out" / "report.csv")))
-    assert row["status"] in STATUSES and (row["status"] != "unreadable" or row["error"])
+    assert row["status"] in STATUSES
+    assert row["status"] != "unreadable" or row["error"]
 
 
 def test_out_cannot_be_the_folder_being_tagged(finished_copy, tmp_path):

@@ -19,10 +19,13 @@ def test_short_labels_stay_readable():
 
 def test_curves_and_progress_of_a_finished_run(trained_run):
     curves = curves_frame([trained_run])
-    assert set(curves["metric"]) == {"loss", "accuracy"} and set(curves["split"]) == {"train", "val"}
+    assert set(curves["metric"]) == {"loss", "accuracy"}
+    assert set(curves["split"]) == {"train", "val"}
     assert sorted(curves["epoch"].unique()) == [1, 2]
     progress = run_progress(trained_run)
-    assert progress.state == "finished" and progress.fraction == 1.0 and progress.eta is None
+    assert progress.state == "finished"
+    assert progress.fraction == 1.0
+    assert progress.eta is None
     assert progress.describe().startswith("finished · 2 of 2 epochs · trained in ")
     assert progress.elapsed >= progress.train_seconds > 0
     assert list(batch_losses(trained_run)["batch"]) == sorted(batch_losses(trained_run)["batch"])
@@ -31,7 +34,8 @@ def test_curves_and_progress_of_a_finished_run(trained_run):
 def test_confusion_frame_and_cells_match_predictions(trained_run):
     evaluation = read_json(trained_run / "evaluation.json")
     cells = confusion_frame(evaluation, normalize=True)
-    assert len(cells) == 9 and cells.groupby("true")["share"].sum().round(6).isin([0.0, 1.0]).all()
+    assert len(cells) == 9
+    assert cells.groupby("true")["share"].sum().round(6).isin([0.0, 1.0]).all()
     for row in cells.itertuples():
         assert len(cell_images(trained_run, row.true, row.predicted)) == row.count
     losses = top_losses(trained_run, 5)
@@ -77,7 +81,8 @@ def test_runs_on_different_datasets_share_no_photo_and_no_class(trained_run, tmp
     evaluation["per_class"] = [{**row, "class": "99.Somewhere_" + row["class"]} for row in evaluation["per_class"]]
     write_json_atomic(other / "evaluation.json", evaluation)
     result = comparison([trained_run, other])
-    assert result["shared_photos"] == 0 and result["disagreements"].empty
+    assert result["shared_photos"] == 0
+    assert result["disagreements"].empty
     assert result["test_photos"] == {trained_run.name: len(rows), "elsewhere": len(rows)}
     assert result["per_class"].empty or result["per_class"]["difference"].notna().all()
     assert len(result["per_class"]) == 0

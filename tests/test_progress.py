@@ -13,7 +13,7 @@ from landmark_core.runs.states import STOPPED_BY_REQUEST, RunState
 from landmark_core.runs.launch import launch_background
 from landmark_core.runs.run import read_status, write_status, Run
 
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 def _run_with(tmp_path, status: dict, epochs: list[dict], config: dict) -> "Path":
@@ -35,7 +35,8 @@ def test_elapsed_is_the_runs_own_clock_and_the_eta_comes_from_measured_epochs(tm
         "session_started": now - 10, "stage": "training", "epoch_started": now - 15, "batch": 5, "batches": 10,
         "freeze_epochs": 0}, [{"epoch_seconds": 30.0, "backbone_frozen": False}] * 2, {"epochs": 6})
     progress = run_progress(run_dir, now=now)
-    assert progress.state == RunState.RUNNING and progress.stage == Stage.TRAINING
+    assert progress.state == RunState.RUNNING
+    assert progress.stage == Stage.TRAINING
     assert progress.elapsed == pytest.approx(74.0)
     # the epoch in progress is half done at the measured pace (30 s an epoch): 15 s, then 3 more epochs of 30 s
     assert progress.eta == pytest.approx(15 + 3 * 30)
@@ -54,11 +55,16 @@ def test_no_eta_while_a_remaining_epochs_length_is_unknown_or_the_stage_has_no_m
                          ("exporting", "exporting the model")):
         write_status(run_dir, stage=stage)
         progress = run_progress(run_dir, now=now)
-        assert progress.stage == Stage(stage) and progress.eta is None and words in progress.describe()
+        assert progress.stage == Stage(stage)
+        assert progress.eta is None
+        assert words in progress.describe()
         assert "ETA" not in progress.describe()
     write_status(run_dir, state="cancelled", error=STOPPED_BY_REQUEST, session_started=None, seconds=5.0)
     stopped = run_progress(run_dir, now=now + 100)  # a stopped run's clock stands still, and it has no ETA
-    assert stopped.eta is None and stopped.elapsed == 5.0 and stopped.stage is None and stopped.label == "stopped"
+    assert stopped.eta is None
+    assert stopped.elapsed == 5.0
+    assert stopped.stage is None
+    assert stopped.label == "stopped"
 
 
 class _StopAfterFirstEpoch(Callback):
@@ -96,22 +102,28 @@ def test_stop_then_resume_keeps_the_clock_and_says_stopped_not_failed(tiny_datas
     with pytest.raises(TrainingCancelled):
         pipeline.train(run_dir, callbacks=[_StopAfterFirstEpoch(run_dir), Watch()])
     stopped = run_progress(run_dir)
-    assert stopped.state == RunState.CANCELLED and stopped.stopped_by_request and stopped.eta is None
+    assert stopped.state == RunState.CANCELLED
+    assert stopped.stopped_by_request
+    assert stopped.eta is None
     assert stopped.describe().startswith("stopped after epoch 1 of 3 · elapsed ")
-    assert "signal" not in stopped.describe() and "cancel" not in stopped.describe()
+    assert "signal" not in stopped.describe()
+    assert "cancel" not in stopped.describe()
     training = [p for p in stages if p.stage == Stage.TRAINING]
-    assert training and all(p.describe().startswith("running · training epoch 1 of 3") for p in training[:1])
+    assert training
+    assert all(p.describe().startswith("running · training epoch 1 of 3") for p in training[:1])
     first_session = stopped.elapsed
     time.sleep(1.1)  # a pause between Stop and Resume is no working time
 
     pipeline.train(run_dir, resume=True, callbacks=[Watch()])
     finished = run_progress(run_dir)
     resumed = [p for p in stages if p.stage == Stage.TRAINING][len(training):]
-    assert resumed and all(p.elapsed >= first_session for p in resumed)  # never back to this session's own start
+    assert resumed
+    assert all(p.elapsed >= first_session for p in resumed)  # never back to this session's own start
     assert all(any(f"training epoch {n} of 3" in p.describe() for n in (2, 3)) for p in resumed)
     assert [p.stage for p in stages[-2:]] == [Stage.EVALUATING, Stage.EXPORTING]
     assert all(p.fraction == 1.0 and p.eta is None for p in stages[-2:])
-    assert finished.state == RunState.FINISHED and finished.epoch == 3
+    assert finished.state == RunState.FINISHED
+    assert finished.epoch == 3
     assert finished.elapsed >= finished.train_seconds >= first_session
 
 
@@ -125,8 +137,10 @@ def test_a_killed_session_counts_up_to_its_last_write_and_resume_does_not_count_
               "session_started": ago, "stage": "training", "updated": last_write}
     (run_dir / Run.STATUS).write_text(json.dumps(status))  # as a SIGKILLed trainer left it an hour ago
     interrupted = run_progress(run_dir)
-    assert interrupted.state == RunState.INTERRUPTED and interrupted.elapsed == pytest.approx(60.0, abs=1.0)
-    assert "interrupted after epoch 0 of 1" in interrupted.describe() and interrupted.eta is None
+    assert interrupted.state == RunState.INTERRUPTED
+    assert interrupted.elapsed == pytest.approx(60.0, abs=1.0)
+    assert "interrupted after epoch 0 of 1" in interrupted.describe()
+    assert interrupted.eta is None
     pid = launch_background(run_dir, resume=True)  # the app's Resume: the hour since the kill is not working time
     deadline = time.time() + 300  # a fresh interpreter trains, evaluates and exports: minutes on 2 busy cores
     try:
@@ -149,13 +163,18 @@ def test_odd_values_in_a_runs_files_never_break_its_progress(tmp_path):
         "freeze_epochs": "2", "epoch_started": -5, "error": 42}, [{"epoch_seconds": "slow"}, "not a record"],
         {"epochs": "abc"})
     progress = run_progress(run_dir, now=now)
-    assert progress.epochs is None and progress.processes == 1 and progress.batch == 0
-    assert progress.elapsed == 0.0 and progress.eta is None and progress.error == "42"
+    assert progress.epochs is None
+    assert progress.processes == 1
+    assert progress.batch == 0
+    assert progress.elapsed == 0.0
+    assert progress.eta is None
+    assert progress.error == "42"
     assert "decoding photos" in progress.describe()
     (run_dir / Run.CONFIG).write_text(json.dumps({"epochs": 1e9}))
     write_status(run_dir, stage="training", batch=1, batches=10, epoch_started=now - 1, seconds=1.0)
     absurd = run_progress(run_dir, now=now)
-    assert absurd.epochs is None and absurd.eta is None  # an absurd epoch count is no count (and no endless ETA)
+    assert absurd.epochs is None
+    assert absurd.eta is None  # an absurd epoch count is no count (and no endless ETA)
     assert "training epoch 2 of ? · batch 1/10" in absurd.describe()  # one epoch record is readable
     (run_dir / Run.STATUS).write_text("[1, 2]")
     assert run_progress(run_dir).state == RunState.DAMAGED

@@ -2,59 +2,23 @@
 retrained model re-tags the photos the model decided, the earlier tags taken back out of copies, sidecars and
 photos tagged in place (read back with exiftool)."""
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import pyexiv2
 
-from conftest import noise_image, tiny_config
+from helpers import NEW_CLASS, tagged_report
 from landmark_core.core.scenes import DEMO_CLASSES
-from landmark_core.core.demo import generate_demo_dataset
 from landmark_core.core.errors import DataError, LandmarkError
-from landmark_core.pipeline import train_new
 from landmark_core.geo.places import place_for
 from landmark_core.tagging.predict import Predictor
 from landmark_core.curation.review import REVIEWED_OUTCOMES, Review, Verdict, find_reports
 from landmark_core.runs.run import Run
 from landmark_core.tagging.report import report_rows
 from landmark_core.tagging.batch import tag_files
-from test_hostile import landmark, one_line_error
-from test_sidecars import USER_SIDECAR, exiftool, reader
-
-NEW_CLASS = DEMO_CLASSES[3]  # 18.Delicate_Arch: a landmark the tiny run never saw
-EVERYTHING = dict(threshold=0.0, open_set=False)  # the tiny model tags every photo: a review has tags to judge
-
-
-@pytest.fixture(scope="session")
-def new_landmark_photos(tmp_path_factory) -> list[Path]:
-    root = tmp_path_factory.mktemp("new-landmark")
-    generate_demo_dataset(root, classes=[NEW_CLASS], train_per_class=3, test_per_class=1, workers=1)
-    return sorted((root / "train" / NEW_CLASS).glob("*.jpg"))
-
-
-@pytest.fixture()
-def teachable(tiny_dataset, new_landmark_photos, tmp_path):
-    """A run on a private copy of the tiny dataset, and a library: test photos of its classes, three photos of
-    a landmark it does not know and a photo of no landmark."""
-    data = shutil.copytree(tiny_dataset, tmp_path / "data")
-    run = train_new(tiny_config(data, epochs=1), tmp_path / "artifacts")
-    library = tmp_path / "library"
-    library.mkdir()
-    for photo in sorted((data / "test").rglob("*.jpg"))[::3]:
-        shutil.copy(photo, library / f"{photo.parent.name}-{photo.name}")
-    for photo in new_landmark_photos:
-        shutil.copy(photo, library / f"new-{photo.name}")
-    noise_image((80, 60), seed=3).save(library / "noise.jpg")
-    return run, data, library
-
-
-def tagged_report(run: Path, library: Path, tmp_path: Path, **where) -> Path:
-    where = {"out_dir": None, **where} if where else {"out_dir": tmp_path / "out"}
-    report = tmp_path / "report" / "tag-report.csv"
-    tag_files(Predictor(run), [library], report_path=report, **EVERYTHING, **where)
-    return report
+from helpers import landmark, one_line_error
+from helpers import USER_SIDECAR, exiftool, reader
 
 
 def originals(root: Path) -> dict:
@@ -67,7 +31,8 @@ def test_verdicts_become_training_photos_and_the_retrained_run_retags_the_librar
     before = originals(library)
     review = Review(report)
     items = review.items()
-    assert {item.status for item in items} == {"tagged"} and len(items) == len(before)
+    assert {item.status for item in items} == {"tagged"}
+    assert len(items) == len(before)
     assert [item.doubt for item in items] == sorted(item.doubt for item in items)  # the least certain first
 
     new = sorted(library.glob("new-*.jpg"))
@@ -83,7 +48,8 @@ def test_verdicts_become_training_photos_and_the_retrained_run_retags_the_librar
 
     result = review.retrain()
     new_run = Run(result.run)
-    assert new_run.path != run and Run(run).exported  # a new run beside the old one, which stays
+    assert new_run.path != run
+    assert Run(run).exported  # a new run beside the old one, which stays
     assert new_run.path.parent == run.parent
     assert NEW_CLASS in new_run.export_meta["classes"]
     learned = set(new_run.split["train"]) | set(new_run.split.get("val", []))
@@ -104,7 +70,8 @@ def test_verdicts_become_training_photos_and_the_retrained_run_retags_the_librar
         assert abs(read["Composite:GPSLongitude"] - place.longitude) < 1e-4
         assert place.display_name in read["XMP-dc:Subject"]
     noise = rows[str(library / "noise.jpg")]
-    assert noise["status"] == "unknown" and noise["note"].startswith("not a landmark (reviewed)")
+    assert noise["status"] == "unknown"
+    assert noise["note"].startswith("not a landmark (reviewed)")
     assert not stale_copy.exists()  # our copy with the wrong place is gone; nothing else in --out was touched
     assert rows[known.file]["note"].startswith("confirmed by review")
     assert originals(library) == before  # the user's photos: byte for byte as they were
@@ -119,12 +86,14 @@ def test_undo_takes_a_verdict_back_with_its_copy_and_the_class_folder_it_made(te
     review.judge(photo, Verdict.CORRECTED, NEW_CLASS, new_class=True)
     assert (data / "train" / NEW_CLASS).is_dir()
     taken_back = review.undo()
-    assert taken_back["file"] == str(photo) and review.verdicts() == {}
+    assert taken_back["file"] == str(photo)
+    assert review.verdicts() == {}
     assert not (data / "train" / NEW_CLASS).exists()  # a class folder without photos would be a class without photos
 
     first = review.judge(photo, Verdict.NOT_A_LANDMARK)
     second = review.judge(photo, Verdict.CORRECTED, DEMO_CLASSES[0])  # a second verdict replaces the first
-    assert not (data / first["copy"]).exists() and (data / second["copy"]).is_file()
+    assert not (data / first["copy"]).exists()
+    assert (data / second["copy"]).is_file()
     assert list(review.verdicts()) == [str(photo)]
 
     (data / second["copy"]).write_bytes(b"the user's own file now")
@@ -140,7 +109,8 @@ def test_a_correction_to_a_name_that_is_no_class_folder_is_refused_and_copies_no
     files_before = sorted(data.rglob("*"))
     with pytest.raises(DataError, match="cannot be a class folder name"):
         review.judge(library / "noise.jpg", Verdict.CORRECTED, bad, new_class=True)
-    assert sorted(data.rglob("*")) == files_before and review.verdicts() == {}
+    assert sorted(data.rglob("*")) == files_before
+    assert review.verdicts() == {}
 
 
 def test_confirming_a_photo_that_was_not_tagged_is_refused(teachable, tmp_path):
@@ -179,10 +149,13 @@ def test_a_retag_takes_our_earlier_tag_back_out_and_keeps_the_users_fields(teach
     review.judge(photo, Verdict.NOT_A_LANDMARK)
     review.retag(run)
     read = exiftool(written)
-    assert "Composite:GPSLatitude" not in read and "XMP-exif:GPSLatitude" not in read
+    assert "Composite:GPSLatitude" not in read
+    assert "XMP-exif:GPSLatitude" not in read
     subjects = read["XMP-dc:Subject"] if isinstance(read["XMP-dc:Subject"], list) else [read["XMP-dc:Subject"]]
-    assert first_place.display_name not in subjects and "landmark" not in subjects
-    assert "Holiday" in subjects and read["XMP-xmp:Rating"] == 3
+    assert first_place.display_name not in subjects
+    assert "landmark" not in subjects
+    assert "Holiday" in subjects
+    assert read["XMP-xmp:Rating"] == 3
     assert "XMP-photoshop:City" not in read
 
     other = next(c for c in Predictor(run).classes if c != first["prediction"])
@@ -192,8 +165,10 @@ def test_a_retag_takes_our_earlier_tag_back_out_and_keeps_the_users_fields(teach
     place = place_for(other)
     latitude = read["XMP-exif:GPSLatitude"] if where == "sidecars" else read["Composite:GPSLatitude"]
     assert abs(latitude - place.latitude) < 1e-4
-    assert read["XMP-dc:Subject"].count("Holiday") == 1 and place.display_name in read["XMP-dc:Subject"]
-    assert first_place.display_name not in read["XMP-dc:Subject"] and read["XMP-xmp:Rating"] == 3
+    assert read["XMP-dc:Subject"].count("Holiday") == 1
+    assert place.display_name in read["XMP-dc:Subject"]
+    assert first_place.display_name not in read["XMP-dc:Subject"]
+    assert read["XMP-xmp:Rating"] == 3
     assert read["XMP-photoshop:City"] == place.region
 
 
@@ -203,18 +178,21 @@ def test_landmark_review_lists_judges_undoes_and_refuses_bad_input_in_one_line(t
     listed = landmark("review", report)
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
-    assert len(lines) == len(originals(library)) and all(line.startswith("tagged") for line in lines)
+    assert len(lines) == len(originals(library))
+    assert all(line.startswith("tagged") for line in lines)
 
     photo = sorted(library.glob("new-*.jpg"))[0]
     assert "is not a class of" in one_line_error(landmark("review", report, "--correct", f"{photo}={NEW_CLASS}"))
     judged = landmark("review", report, "--new-class", f"{photo}={NEW_CLASS}", "--not-landmark", library / "noise.jpg")
     assert judged.returncode == 0, judged.stderr
-    assert (data / "train" / NEW_CLASS / photo.name).is_file() and (data / "unknown" / "noise.jpg").is_file()
+    assert (data / "train" / NEW_CLASS / photo.name).is_file()
+    assert (data / "unknown" / "noise.jpg").is_file()
     as_json = json.loads(landmark("review", report, "--json").stdout)
     assert {item["file"]: (item["verdict"] or {}).get("verdict") for item in as_json}[str(photo)] == "corrected"
 
     assert landmark("review", report, "--undo").returncode == 0  # the latest verdict: the noise photo's
-    assert not (data / "unknown" / "noise.jpg").exists() and (data / "train" / NEW_CLASS / photo.name).is_file()
+    assert not (data / "unknown" / "noise.jpg").exists()
+    assert (data / "train" / NEW_CLASS / photo.name).is_file()
 
     assert "--correct takes FILE=CLASS" in one_line_error(landmark("review", report, "--correct", photo))
     assert "is not a photo of the report" in one_line_error(landmark("review", report, "--not-landmark", tmp_path / "x.jpg"))
@@ -279,7 +257,8 @@ def test_a_retag_leaves_the_users_own_keywords_and_a_position_the_user_set_after
         sidecar.write_bytes(image.get_bytes())
     report = tagged_report(run, library, tmp_path, sidecars=True)
     first = report_rows(report)[str(photo)]
-    assert first["status"] == "tagged" and json.loads(first["added"])["keywords"] == [first["landmark"], first["region"]]
+    assert first["status"] == "tagged"
+    assert json.loads(first["added"])["keywords"] == [first["landmark"], first["region"]]
     review = Review(report)
     review.judge(photo, Verdict.NOT_A_LANDMARK)
     review.retag(run)
@@ -313,7 +292,8 @@ def test_a_retag_never_deletes_the_copy_of_a_photo_whose_original_is_gone_nor_a_
     review.retag(run)
     assert gone_copy.is_file()  # now the only copy of that photo
     assert report_rows(report)[str(gone)]["status"] == "tagged"
-    assert not odd_copy.exists() and users_sidecar.read_bytes() == USER_SIDECAR
+    assert not odd_copy.exists()
+    assert users_sidecar.read_bytes() == USER_SIDECAR
 
 
 def test_a_correction_finds_the_class_by_its_name_a_hidden_file_name_still_trains_and_a_moved_copy_undoes(
@@ -323,10 +303,12 @@ def test_a_correction_finds_the_class_by_its_name_a_hidden_file_name_still_train
     hidden.write_bytes((library / "noise.jpg").read_bytes())
     review = Review(tagged_report(run, library, tmp_path))
     entry = review.judge(hidden, Verdict.CORRECTED, "golden gate bridge")
-    assert entry["class"] == "09.Golden_Gate_Bridge" and Path(entry["copy"]).name == "review-_DSC0001.jpg"
+    assert entry["class"] == "09.Golden_Gate_Bridge"
+    assert Path(entry["copy"]).name == "review-_DSC0001.jpg"
     from landmark_core.data import scan_dataset
     assert str(data / entry["copy"]) in {s.path for s in scan_dataset(data).train}  # a photo training reads
     (data / entry["copy"]).rename(data / "moved-away.jpg")
     taken_back = review.undo(hidden)
-    assert taken_back["copy_was_gone"] and review.verdicts() == {}
+    assert taken_back["copy_was_gone"]
+    assert review.verdicts() == {}
     assert (data / "moved-away.jpg").is_file()

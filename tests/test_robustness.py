@@ -22,7 +22,7 @@ from landmark_core.core.images import load_rgb
 from landmark_core.runs.run import new_run_dir, read_status
 from landmark_core.pipeline import create_run, train, train_new
 
-from conftest import noise_image, tiny_config
+from helpers import noise_image, tiny_config
 
 
 def _encoded(fmt: str, **kwargs) -> bytes:
@@ -59,7 +59,8 @@ def test_fuzzed_image_bytes_only_ever_raise_image_error(fmt, flips, cut, insert)
     except ImageError as error:
         assert str(error)
     else:
-        assert image.mode == "RGB" and image.size[0] > 0
+        assert image.mode == "RGB"
+        assert image.size[0] > 0
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -69,7 +70,8 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         with atomic_path(target) as tmp:
             tmp.write_text('{"state": "runn')
             raise RuntimeError("killed mid-write")
-    assert target.read_text().strip().endswith("}") and "finished" in target.read_text()
+    assert target.read_text().strip().endswith("}")
+    assert "finished" in target.read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
 
 
@@ -106,7 +108,8 @@ def test_disk_full_fails_the_run_cleanly(tiny_dataset, artifacts, monkeypatch, k
     with pytest.raises(RunError, match="No space left"):
         train(run_dir, evaluate_and_export=False)
     status = read_status(run_dir)
-    assert status["state"] == "failed" and "No space left" in status["error"]
+    assert status["state"] == "failed"
+    assert "No space left" in status["error"]
     monkeypatch.setattr(torch, "save", real_save)
     assert torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["epoch"] == 1  # the last good one survives
     assert torch.load(run_dir / "checkpoint_best.pt", weights_only=True)["epoch"] == 1
@@ -188,7 +191,8 @@ def test_a_resumed_run_removes_the_half_written_files_of_a_killed_trainer(tiny_d
     in_flight = run_dir / ".status.json.k2j3h4.tmp"  # the launching app's status write, which may still be going on
     in_flight.write_bytes(b'{"state": "que')
     train(run_dir, evaluate_and_export=False)
-    assert not stale.exists() and read_status(run_dir)["state"] == "finished"
+    assert not stale.exists()
+    assert read_status(run_dir)["state"] == "finished"
     assert in_flight.exists()  # not the trainer's to remove
 
 
@@ -217,4 +221,5 @@ def test_a_status_write_cut_short_by_a_kill_is_cleaned_up_once_no_live_writer_ca
         path.write_bytes(b"half")
     os.utime(old, (time.time() - 60, time.time() - 60))
     removed = remove_unfinished_writes(tmp_path, keep=("status.json",), keep_seconds=30)
-    assert sorted(removed) == sorted([old.name, other.name]) and fresh.exists()  # the app may be writing that one
+    assert sorted(removed) == sorted([old.name, other.name])
+    assert fresh.exists()  # the app may be writing that one

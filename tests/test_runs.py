@@ -7,16 +7,18 @@ from landmark_core.core.errors import RunError
 from landmark_core.core.fileio import read_jsonl
 from landmark_core.pipeline import create_run, train
 from landmark_core.runs.progress import Stage, run_progress
-from landmark_core.runs.run import delete_run, list_runs, read_status, rename_run, write_status
+from landmark_core.runs.manage import delete_run, rename_run
+from landmark_core.runs.run import list_runs, read_status, write_status
 
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 def test_rename_keeps_the_run_whole_and_refuses_bad_or_taken_names(tiny_dataset, artifacts):
     first = create_run(tiny_config(tiny_dataset, epochs=1), artifacts)
     second = create_run(tiny_config(tiny_dataset, epochs=1), artifacts)
     renamed = rename_run(first, "baseline-v1")
-    assert renamed.name == "baseline-v1" and not first.exists()
+    assert renamed.name == "baseline-v1"
+    assert not first.exists()
     assert {r.run_id for r in list_runs(artifacts)} == {"baseline-v1", second.name}
     for bad in ("", "../escape", "a/b", ".hidden", "x" * 101):
         with pytest.raises(RunError, match="run name"):
@@ -36,7 +38,8 @@ def test_a_training_run_cannot_be_renamed_or_deleted(tiny_dataset, artifacts):
         delete_run(run_dir)
     write_status(run_dir, state="cancelled")
     delete_run(run_dir)
-    assert not run_dir.exists() and list_runs(artifacts) == []
+    assert not run_dir.exists()
+    assert list_runs(artifacts) == []
     assert not any(p.name.startswith(".deleting") for p in (artifacts / "runs").iterdir())
     with pytest.raises(RunError, match="not a run folder"):
         delete_run(artifacts / "runs")
@@ -47,9 +50,11 @@ def test_status_says_photos_are_being_decoded_before_the_first_epoch(tiny_datase
     run_dir = create_run(tiny_config(tiny_dataset, epochs=1), artifacts)
     seen = []
     train(run_dir, evaluate_and_export=False, progress=lambda stage, done, total: seen.append(run_progress(run_dir)))
-    assert seen and all(p.stage == Stage.DECODING for p in seen)
+    assert seen
+    assert all(p.stage == Stage.DECODING for p in seen)
     assert any(p.decoded and p.decoded[1] > 0 and "decoding photos" in p.describe() for p in seen)
-    assert read_status(run_dir).get("stage") is None and run_progress(run_dir).stage is None  # gone once it ends
+    assert read_status(run_dir).get("stage") is None
+    assert run_progress(run_dir).stage is None  # gone once it ends
 
 
 def test_resume_from_the_app_and_from_the_cli_in_the_background_continues_the_run(tiny_dataset, artifacts):

@@ -17,8 +17,8 @@ from landmark_core.pipeline import create_run
 from landmark_core.training.prepare import prepare_data, resolved_for_dataset
 from landmark_core.runs.run import Run
 
-from conftest import tiny_config
-from test_hostile import landmark
+from helpers import tiny_config
+from helpers import landmark
 
 
 def _loader(split, **options):
@@ -42,7 +42,8 @@ def test_trivial_augment_is_reproducible_per_epoch_and_adds_to_the_full_recipe(t
     changed = [(a - b).abs().max().item() > 0.1 for a, b in zip(first, plain)]
     assert sum(changed) >= len(changed) // 2
     low, high = (0 - 0.5) / 0.25, (1 - 0.5) / 0.25
-    assert first.min() >= low - 1e-6 and first.max() <= high + 1e-6
+    assert first.min() >= low - 1e-6
+    assert first.max() <= high + 1e-6
 
 
 def test_trivial_augment_of_a_share_of_the_batch_is_that_share_of_the_whole(tiny_dataset):
@@ -50,7 +51,8 @@ def test_trivial_augment_of_a_share_of_the_batch_is_that_share_of_the_whole(tiny
     images = torch.rand(6, 3, 32, 32)
     whole = data_lib.trivial_augment_batch(images, torch.Generator().manual_seed(5))
     share = data_lib.trivial_augment_batch(images[2:4], torch.Generator().manual_seed(5), rows=slice(2, 4), drawn=6)
-    assert whole.dtype == torch.uint8 and torch.equal(whole[2:4], share)
+    assert whole.dtype == torch.uint8
+    assert torch.equal(whole[2:4], share)
 
 
 def _engine(tiny_dataset, **overrides) -> Engine:
@@ -68,8 +70,11 @@ def test_mixing_blends_each_photo_with_a_partner_and_says_by_how_much(tiny_datas
     engine.epoch, engine.batch = 3, 2
     mixed, partners, share = engine._mix(inputs, labels)
     again = engine._mix(inputs, labels)
-    assert torch.equal(mixed, again[0]) and torch.equal(partners, again[1]) and share == again[2]  # resumable
-    assert 0 <= share <= 1 and sorted(partners.tolist()) == list(range(8))  # a permutation of the batch
+    assert torch.equal(mixed, again[0])
+    assert torch.equal(partners, again[1])
+    assert share == again[2]  # resumable
+    assert 0 <= share <= 1
+    assert sorted(partners.tolist()) == list(range(8))  # a permutation of the batch
     partner_pixels = inputs[partners]
     if kind == "mixup":
         assert torch.allclose(mixed, share * inputs + (1 - share) * partner_pixels, atol=1e-6)
@@ -89,14 +94,16 @@ def test_a_run_that_mixes_photos_trains_with_finite_losses_and_accuracies(tiny_d
     run = train_new(tiny_config(tiny_dataset, epochs=2, mixup=0.4, cutmix=1.0, augmentation="trivial"), artifacts,
                     evaluate_and_export=False)
     epochs = [r for r in Run(run).metrics if r["kind"] == "epoch"]
-    assert len(epochs) == 2 and all(0 <= r["train_acc"] <= 1 and np.isfinite(r["train_loss"]) for r in epochs)
+    assert len(epochs) == 2
+    assert all(0 <= r["train_acc"] <= 1 and np.isfinite(r["train_loss"]) for r in epochs)
 
 
 def test_a_run_recorded_before_mixing_existed_trained_without_it():
     recorded = TrainConfig(data="x").resolved().to_dict()
     del recorded["mixup"], recorded["cutmix"]
     config = TrainConfig.from_dict(recorded).resolved()
-    assert config.mixup == 0 and config.cutmix == 0
+    assert config.mixup == 0
+    assert config.cutmix == 0
 
 
 @pytest.mark.parametrize("value", [-1.0, float("nan"), 1e9])
@@ -130,24 +137,32 @@ def test_the_estimate_times_real_steps_and_adds_up_the_run(tiny_dataset):
     config = tiny_config(tiny_dataset, epochs=5)
     cost = estimate(config)
     resolved, dataset = resolved_for_dataset(config)
-    assert cost.epochs == 5 and cost.full_epochs == 5
+    assert cost.epochs == 5
+    assert cost.full_epochs == 5
     trained, _ = data_lib.stratified_split(dataset.train, resolved.val_fraction, resolved.seed)
     assert cost.train_batches == math.ceil(len(trained) / 8)
-    assert cost.steps.train_batch > 0 and cost.steps.eval_batch > 0 and cost.decode_seconds > 0
+    assert cost.steps.train_batch > 0
+    assert cost.steps.eval_batch > 0
+    assert cost.decode_seconds > 0
     assert cost.training_seconds == pytest.approx(5 * cost.seconds_per_epoch)
     assert cost.seconds == pytest.approx(cost.decode_seconds + cost.training_seconds + cost.frozen_seconds
                                          + cost.evaluation_seconds)
-    assert "5 epochs of about" in cost.describe() and "measured on this machine" in cost.describe()
+    assert "5 epochs of about" in cost.describe()
+    assert "measured on this machine" in cost.describe()
 
 
 def test_a_run_that_only_fits_a_head_on_frozen_features_is_timed_without_training_steps(tiny_dataset):
     config = TrainConfig(data=str(tiny_dataset), model="efficientnet_lite0", image_size=64, batch_size=8,
                          pretrained=False, epochs=2, freeze_epochs=2, device="cpu")
     steps = measure_steps(config, 3, training=False)
-    assert steps.train_batch == 0 and steps.eval_batch > 0
+    assert steps.train_batch == 0
+    assert steps.eval_batch > 0
     cost = estimate(config)
-    assert cost.full_epochs == 0 and cost.training_seconds == 0 and cost.frozen_seconds > 0
-    assert "frozen-backbone epochs" in cost.describe() and "epochs of about" not in cost.describe()
+    assert cost.full_epochs == 0
+    assert cost.training_seconds == 0
+    assert cost.frozen_seconds > 0
+    assert "frozen-backbone epochs" in cost.describe()
+    assert "epochs of about" not in cost.describe()
 
 
 def test_a_separate_familiarity_backbone_is_timed_into_the_evaluation(tiny_dataset):
@@ -170,7 +185,8 @@ def test_landmark_train_estimate_prints_the_time_and_trains_nothing(tiny_dataset
     result = landmark("train", "--data", str(tiny_dataset), "--image-size", "32", "--batch-size", "8", "--epochs", "3",
                       "--estimate", artifacts=artifacts)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("scratch_cnn on tiny: about ") and "3 epochs of about" in result.stdout
+    assert result.stdout.startswith("scratch_cnn on tiny: about ")
+    assert "3 epochs of about" in result.stdout
     assert not (artifacts / "runs").exists() or not any((artifacts / "runs").iterdir())
 
 
@@ -180,7 +196,7 @@ def test_a_run_with_the_whole_recipe_resumed_mid_epoch_matches_the_uninterrupted
     checkpoint: a cancelled run resumed ends with the uninterrupted run's weights and average."""
     from landmark_core.core.errors import TrainingCancelled
     from landmark_core.pipeline import train, train_new
-    from test_train import CancelAt
+    from helpers import CancelAt
     config = tiny_config(tiny_dataset, epochs=4, augment=0.5, augmentation="trivial", mixup=0.4, cutmix=1.0,
                          ema_epochs=1.0)
     reference = train_new(config, artifacts, evaluate_and_export=False)
@@ -248,4 +264,5 @@ def test_the_run_keeps_its_best_epoch_or_its_last_as_configured(tiny_dataset, ar
 
 def test_landmark_train_estimate_is_refused_for_a_run_that_exists(trained_run, artifacts):
     result = landmark("train", "--resume", str(trained_run), "--estimate", artifacts=artifacts)
-    assert result.returncode != 0 and "--estimate is for a new run" in result.stderr
+    assert result.returncode != 0
+    assert "--estimate is for a new run" in result.stderr

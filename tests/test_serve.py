@@ -25,9 +25,9 @@ from landmark_core.tagging.predict import Predictor
 from landmark_core.tagging.decision import decide_for
 from landmark_core.tagging.report import report_rows
 from landmark_core.tagging.batch import tag_files
-from test_browser import free_port
-from test_hostile import finished_copy, landmark, one_line_error  # noqa: F401  (a fixture, shared)
-from test_sidecars import exiftool
+from helpers import free_port
+from helpers import landmark, one_line_error
+from helpers import exiftool
 
 EVERYTHING = "threshold=0&tag_unfamiliar=true"  # the tiny model is sure of nothing: tag anyway, to check the tags
 
@@ -128,14 +128,18 @@ def test_predict_tag_and_serve_agree_on_the_decision_for_real_photos(served, pho
                 assert served_answer["place"]["latitude"] == direct.place.latitude
     status, _, answer = call(url, "/v1/model")
     model = json.loads(answer)
-    assert status == 200 and model["classes"] == predictor.classes and model["export_sha256"] == predictor.meta["sha256"]
+    assert status == 200
+    assert model["classes"] == predictor.classes
+    assert model["export_sha256"] == predictor.meta["sha256"]
 
 
 def test_tag_answers_the_tagged_jpeg_or_its_sidecar_as_exiftool_reads_them(served, photos, tmp_path):
     url, run = served
     data = photos[0].read_bytes()
     status, headers, tagged = call(url, f"/v1/tag?{EVERYTHING}", data)
-    assert status == 200 and headers["X-Landmark-Decision"] == "tagged" and headers["Content-Type"] == "image/jpeg"
+    assert status == 200
+    assert headers["X-Landmark-Decision"] == "tagged"
+    assert headers["Content-Type"] == "image/jpeg"
     decision = decide_for(Predictor(run), data, threshold=0.0, open_set=False)
     (tmp_path / "tagged.jpg").write_bytes(tagged)
     read = exiftool(tmp_path / "tagged.jpg")
@@ -144,7 +148,8 @@ def test_tag_answers_the_tagged_jpeg_or_its_sidecar_as_exiftool_reads_them(serve
     assert Image.open(io.BytesIO(tagged)).tobytes() == Image.open(io.BytesIO(data)).tobytes()  # pixels untouched
 
     status, headers, sidecar = call(url, f"/v1/tag?{EVERYTHING}&sidecar=true", data)
-    assert status == 200 and headers["Content-Type"].startswith("application/rdf+xml")
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/rdf+xml")
     (tmp_path / "photo.jpg.xmp").write_bytes(sidecar)
     assert decision.place.display_name in exiftool(tmp_path / "photo.jpg.xmp")["XMP-dc:Subject"]
 
@@ -156,9 +161,11 @@ def test_tag_answers_the_tagged_jpeg_or_its_sidecar_as_exiftool_reads_them(serve
     png = io.BytesIO()
     Image.open(photos[0]).save(png, format="PNG")
     status, _, answer = call(url, f"/v1/tag?{EVERYTHING}", png.getvalue(), "image/png")
-    assert status == 415 and "sidecar" in json.loads(answer)["error"]
+    assert status == 415
+    assert "sidecar" in json.loads(answer)["error"]
     status, _, answer = call(url, f"/v1/tag?{EVERYTHING}&sidecar=1", png.getvalue(), "image/png")
-    assert status == 200 and b"dc:subject" in answer
+    assert status == 200
+    assert b"dc:subject" in answer
 
 
 def _png(size) -> bytes:
@@ -186,8 +193,11 @@ def test_bad_requests_are_a_4xx_with_one_line_of_json(served, photos, body, cont
         body, content_type = multipart(photos[0].read_bytes(), field="photo")
     got, headers, answer = call(url, "/v1/predict", body, content_type)
     error = json.loads(answer)["error"]
-    assert got == status and headers["Content-Type"] == "application/json"
-    assert words in error and "\n" not in error and "Traceback" not in error
+    assert got == status
+    assert headers["Content-Type"] == "application/json"
+    assert words in error
+    assert "\n" not in error
+    assert "Traceback" not in error
 
 
 def test_an_upload_over_the_limit_is_refused_by_its_declared_size_before_it_is_read(served):
@@ -200,11 +210,14 @@ def test_an_upload_over_the_limit_is_refused_by_its_declared_size_before_it_is_r
     connection.endheaders()
     connection.send(b"\xff\xd8" + b"\0" * 1022)
     response = connection.getresponse()
-    assert response.status == 413 and "limit" in json.loads(response.read())["error"]
+    assert response.status == 413
+    assert "limit" in json.loads(response.read())["error"]
     status, _, answer = call(url, "/v1/predict?top_k=0", b"x")
-    assert status == 422 and "top_k" in json.loads(answer)["error"]
+    assert status == 422
+    assert "top_k" in json.loads(answer)["error"]
     status, _, answer = call(url, "/v1/predict?threshold=2", b"x")
-    assert status == 422 and "threshold" in json.loads(answer)["error"]
+    assert status == 422
+    assert "threshold" in json.loads(answer)["error"]
 
 
 def test_ten_clients_fifty_requests_each_get_no_errors(served, photos):
@@ -216,7 +229,8 @@ def test_ten_clients_fifty_requests_each_get_no_errors(served, photos):
 
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
         statuses = [status for result in pool.map(client, range(10)) for status in result]
-    assert len(statuses) == 500 and set(statuses) == {200}
+    assert len(statuses) == 500
+    assert set(statuses) == {200}
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_never_hangs(finished_copy, photos):
@@ -225,7 +239,9 @@ def test_a_full_queue_answers_503_with_retry_after_and_never_hangs(finished_copy
         with concurrent.futures.ThreadPoolExecutor(24) as pool:
             answers = list(pool.map(lambda _: call(url, "/v1/predict", data, timeout=60), range(96)))
     statuses = [status for status, _, _ in answers]
-    assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses
+    assert set(statuses) <= {200, 503}
+    assert 200 in statuses
+    assert 503 in statuses
     busy = [(headers, body) for status, headers, body in answers if status == 503]
     assert all(headers["Retry-After"] == "1" and "busy" in json.loads(body)["error"] for headers, body in busy)
 
@@ -235,9 +251,11 @@ def test_another_address_needs_an_api_key_and_the_key_is_checked_on_every_reques
     assert "--api-key" in one_line_error(refused)
     with service(finished_copy, env={"LANDMARK_API_KEY": "s3cret"}) as url:
         status, headers, _ = call(url, "/v1/health")
-        assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
+        assert status == 401
+        assert headers["WWW-Authenticate"] == "Bearer"
         status, _, answer = call(url, "/v1/predict", photos[0].read_bytes(), headers={"X-API-Key": "wrong"})
-        assert status == 401 and "API key" in json.loads(answer)["error"]
+        assert status == 401
+        assert "API key" in json.loads(answer)["error"]
         assert call(url, "/v1/health", headers={"X-API-Key": "s3cret"})[0] == 200
         assert call(url, "/v1/predict", photos[0].read_bytes(), headers={"Authorization": "Bearer s3cret"})[0] == 200
         assert call(url, "/v1/health", headers={"Authorization": "bearer s3cret"})[0] == 200  # schemes ignore case
@@ -250,13 +268,15 @@ def test_a_re_export_is_picked_up_without_a_restart_and_a_tampered_one_is_refuse
     before = json.loads(call(url, "/v1/model")[2])
     export_run(run, format="onnx")  # the user exports again: the next request answers with it
     after = json.loads(call(url, "/v1/model")[2])
-    assert (before["format"], after["format"]) == ("torchscript", "onnx") and after["reload_error"] is None
+    assert (before["format"], after["format"]) == ("torchscript", "onnx")
+    assert after["reload_error"] is None
     assert call(url, "/v1/predict", photos[0].read_bytes())[0] == 200
 
     meta = json.loads((run / "export.json").read_text())
     (run / "export.json").write_text(json.dumps({**meta, "probability_threshold": 0.0}))  # not what was signed
     tampered = json.loads(call(url, "/v1/model")[2])
-    assert tampered["format"] == "onnx" and "kept the model loaded before" in tampered["reload_error"]
+    assert tampered["format"] == "onnx"
+    assert "kept the model loaded before" in tampered["reload_error"]
     assert tampered["probability_threshold"] == after["probability_threshold"]
     assert call(url, "/v1/predict", photos[0].read_bytes())[0] == 200  # the signed model still answers
 

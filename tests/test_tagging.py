@@ -45,7 +45,8 @@ def photos(trained_run, tmp_path):
 
 def test_decide():
     top = [Prediction("16.Eiffel_Tower", 0.9, 0)]
-    assert decide(top, 0.5).status == "tagged" and decide(top, 0.5).place == place_for("16.Eiffel_Tower")
+    assert decide(top, 0.5).status == "tagged"
+    assert decide(top, 0.5).place == place_for("16.Eiffel_Tower")
     assert decide(top, 0.95).status == "abstained"
     assert decide(top, 0.5, existing_gps=(1.0, 2.0)).status == "has_gps"
     assert decide(top, 0.5, existing_gps=(1.0, 2.0), overwrite_gps=True).status == "tagged"
@@ -64,7 +65,8 @@ def test_jpeg_tag_is_read_back_and_pixels_are_not_reencoded(trained_run):
     assert sidecar is None
     latitude, longitude = read_gps(tagged)
     place = place_for("33.Sydney_Opera_House")
-    assert abs(latitude - place.latitude) < 1e-6 and abs(longitude - place.longitude) < 1e-6
+    assert abs(latitude - place.latitude) < 1e-6
+    assert abs(longitude - place.longitude) < 1e-6
     assert latitude < 0  # southern hemisphere survives the ref tag
     exif = Image.open(io.BytesIO(tagged)).getexif()
     assert exif[ExifTags.Base.ImageDescription] == "Sydney Opera House, Sydney, New South Wales, Australia"
@@ -86,7 +88,8 @@ def test_existing_exif_is_kept_and_old_gps_replaced():
     image.save(buffer, "JPEG", exif=exif.tobytes())
     once, _ = tagged_bytes(buffer.getvalue(), decision)
     twice, _ = tagged_bytes(once, decision)
-    assert twice.count(b"Exif\x00\x00") == 1 and twice.count(b"http://ns.adobe.com/xap/1.0/") == 1
+    assert twice.count(b"Exif\x00\x00") == 1
+    assert twice.count(b"http://ns.adobe.com/xap/1.0/") == 1
     tagged_exif = Image.open(io.BytesIO(twice)).getexif()
     assert tagged_exif[ExifTags.Base.Make] == "TestCam"
     assert 6 not in tagged_exif.get_ifd(ExifTags.IFD.GPSInfo)  # the old position's altitude went with it
@@ -99,7 +102,8 @@ def test_xmp_sidecar_for_formats_without_exif():
     Image.new("RGB", (8, 8)).save(png, "PNG")
     data, sidecar = tagged_bytes(png.getvalue(), decision)
     assert data == png.getvalue()
-    assert 'exif:GPSLatitude="50,53.694000N"' in sidecar and "Atomium" in sidecar
+    assert 'exif:GPSLatitude="50,53.694000N"' in sidecar
+    assert "Atomium" in sidecar
     assert "<rdf:li>Atomium</rdf:li><rdf:li>Brussels</rdf:li><rdf:li>Belgium</rdf:li><rdf:li>landmark</rdf:li>" in sidecar
     from xml.dom.minidom import parseString
     parseString(sidecar.split("?>", 1)[1].rsplit("<?xpacket", 1)[0])  # well-formed XML
@@ -115,7 +119,8 @@ def test_tag_folder_report_and_rerun(trained_run, photos, tmp_path):
                       "tagged_without_place": 0}
     assert {p: digest(p) for p in photos.rglob("*") if p.is_file()} == before  # originals untouched
     rows = list(csv.DictReader(open(report)))
-    assert len(rows) == 6 and {r["status"] for r in rows} == {"tagged", "has_gps", "unreadable"}
+    assert len(rows) == 6
+    assert {r["status"] for r in rows} == {"tagged", "has_gps", "unreadable"}
     tagged = [r for r in rows if r["status"] == "tagged"]
     for row in tagged:
         output = out / row["output"].split("/out/", 1)[1]
@@ -125,17 +130,20 @@ def test_tag_folder_report_and_rerun(trained_run, photos, tmp_path):
         else:
             assert output.with_name(output.name + ".xmp").exists()
     assert (out / "sub" / "p2.jpg").exists()  # folder structure kept
-    assert not (out / "has_gps.jpg").exists() and not (out / "broken.jpg").exists()
+    assert not (out / "has_gps.jpg").exists()
+    assert not (out / "broken.jpg").exists()
     assert json.loads(report.with_suffix(".json").read_text())["counts"]["tagged"] == 4
     again = tag_files(predictor, [photos], out_dir=out, threshold=0.0, report_path=report, open_set=False)
-    assert again["skipped"] == 6 and again["tagged"] == 0
+    assert again["skipped"] == 6
+    assert again["tagged"] == 0
     assert len(list(csv.DictReader(open(report)))) == 6
 
 
 def test_abstention_writes_nothing(trained_run, photos, tmp_path):
     counts = tag_files(Predictor(trained_run), [photos / "p0.jpg"], out_dir=tmp_path / "out", threshold=1.01,
                        report_path=tmp_path / "r.csv", open_set=False)  # the probability threshold alone
-    assert counts["abstained"] == 1 and not (tmp_path / "out").exists()
+    assert counts["abstained"] == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_overwrite_tags_originals_in_place(trained_run, photos, tmp_path):
@@ -150,7 +158,8 @@ def test_tag_cli(trained_run, photos, tmp_path):
                              str(tmp_path / "t"), "--min-confidence", "0", "--tag-unfamiliar"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith("tag-report.csv") and "4 tagged" in result.stderr
+    assert result.stdout.strip().endswith("tag-report.csv")
+    assert "4 tagged" in result.stderr
 
 
 def test_report_from_an_older_version_keeps_its_columns(trained_run, photos, tmp_path):
@@ -160,7 +169,9 @@ def test_report_from_an_older_version_keeps_its_columns(trained_run, photos, tmp
     report.write_text(",".join(old_fields) + "\n")
     tag_files(Predictor(trained_run), [photos / "p0.jpg"], out_dir=tmp_path / "out", report_path=report)
     rows = list(csv.DictReader(open(report)))
-    assert len(rows) == 1 and None not in rows[0] and rows[0]["status"] in ("tagged", "unknown", "abstained")
+    assert len(rows) == 1
+    assert None not in rows[0]
+    assert rows[0]["status"] in ("tagged", "unknown", "abstained")
 
 
 EXIFTOOL = shutil.which("exiftool")
@@ -184,7 +195,8 @@ def test_exiftool_reads_gps_keywords_and_non_ascii_names(tmp_path):
     assert tags["IFD0:ImageDescription"] == "Zürich Straße, Zürich, Schweiz"
     assert tags["XMP-dc:Subject"] == ["Zürich Straße", "Zürich", "Schweiz", "landmark"]
     assert tags["IPTC:Keywords"] == ["Zürich Straße", "Zürich", "Schweiz", "landmark"]
-    assert tags["XMP-photoshop:City"] == "Zürich" and tags["XMP-photoshop:Country"] == "Schweiz"
+    assert tags["XMP-photoshop:City"] == "Zürich"
+    assert tags["XMP-photoshop:Country"] == "Schweiz"
     scan = original.read_bytes().index(b"\xff\xda")
     assert tagged.endswith(original.read_bytes()[scan:])  # pixels byte-identical
 
@@ -237,8 +249,10 @@ def test_batched_parallel_tagging_decides_like_one_photo_at_a_time(trained_run, 
             assert (single.status, single.prediction) == (status, prediction)
             # the report's 4 decimals (5e-5) plus the batching's rounding
             assert single.probability == pytest.approx(float(probability), abs=1e-4)
-    assert all(isinstance(p, TagProgress) for p in seen) and seen[-1].done == seen[-1].total == 6
-    assert seen[-1].files_per_second > 0 and seen[-1].eta_seconds == 0
+    assert all(isinstance(p, TagProgress) for p in seen)
+    assert seen[-1].done == seen[-1].total == 6
+    assert seen[-1].files_per_second > 0
+    assert seen[-1].eta_seconds == 0
 
 
 def test_shards_tag_disjoint_files_that_cover_the_library(trained_run, photos, tmp_path):

@@ -10,12 +10,15 @@ from landmark_core.runs.config import TrainConfig
 from landmark_core.training.events import Callback
 from landmark_core.pipeline import create_run, train, train_new
 
-from conftest import tiny_config
+from helpers import tiny_config, CancelAt
 
 
 def test_config_resolves_model_defaults_and_validates():
     config = TrainConfig(data="x", model="efficientnet_lite0").resolved()
-    assert config.freeze_epochs > 0 and config.image_size == 224 and config.backbone_lr_scale < 1 and config.freeze_batchnorm
+    assert config.freeze_epochs > 0
+    assert config.image_size == 224
+    assert config.backbone_lr_scale < 1
+    assert config.freeze_batchnorm
     assert TrainConfig(data="x").resolved().image_size == 128
     with pytest.raises(LandmarkError, match="optimizer"):
         TrainConfig(data="x", optimizer="lbfgs").resolved()
@@ -26,37 +29,29 @@ def test_finished_run_folder_holds_everything(trained_run):
     assert {"config.json", "status.json", "metrics.jsonl", "split.json", "checkpoint_best.pt", "checkpoint_last.pt",
             "evaluation.json", "predictions.json", "model.ts", "export.json", "preprocessing.json"} <= names
     status = read_json(trained_run / "status.json")
-    assert status["state"] == "finished" and status["pid"] and status["train_seconds"] > 0
+    assert status["state"] == "finished"
+    assert status["pid"]
+    assert status["train_seconds"] > 0
     records = read_jsonl(trained_run / "metrics.jsonl")
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2]
     assert any(r["kind"] == "batch" for r in records)
     assert all(0 <= r["val_acc"] <= 1 for r in epochs)
     split = read_json(trained_run / "split.json")
-    assert not set(split["val"]) & set(split["train"]) and not set(split["test"]) & set(split["train"])
+    assert not set(split["val"]) & set(split["train"])
+    assert not set(split["test"]) & set(split["train"])
 
 
 def test_run_can_be_rebuilt_from_its_folder_alone(trained_run):
     from landmark_core.training.checkpoints import load_run_model
     model, meta = load_run_model(trained_run)
-    assert meta["config"].model == "scratch_cnn" and len(meta["classes"]) == 3 and len(meta["mean"]) == 3
+    assert meta["config"].model == "scratch_cnn"
+    assert len(meta["classes"]) == 3
+    assert len(meta["mean"]) == 3
 
 
 def _final_weights(run_dir):
     return torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["model"]
-
-
-class CancelAt(Callback):
-    def __init__(self, epoch, batch=None):
-        self.epoch, self.batch = epoch, batch
-
-    def on_batch_end(self, engine):
-        if self.batch is not None and engine.epoch + 1 == self.epoch and engine.batch == self.batch:
-            raise TrainingCancelled("test cancel mid-epoch")
-
-    def on_epoch_end(self, engine):
-        if self.batch is None and engine.epoch == self.epoch:
-            raise TrainingCancelled("test cancel at epoch end")
 
 
 @pytest.mark.numeric
@@ -140,7 +135,8 @@ def test_failed_run_records_the_reason(tiny_dataset, artifacts):
     with pytest.raises(LandmarkError):
         train(run_dir)
     status = read_status(run_dir)
-    assert status["state"] == "failed" and "depth" in status["error"]
+    assert status["state"] == "failed"
+    assert "depth" in status["error"]
     assert [r.state for r in list_runs(artifacts)] == ["failed"]
 
 
@@ -149,7 +145,8 @@ def test_transfer_defaults_use_the_native_size_and_stop_after_the_probe_on_a_cpu
     from landmark_core.models.registry import get_spec
     config = TrainConfig(data="x", model=model, device="cpu").resolved()
     assert config.image_size == get_spec(model).preprocessing.input_size  # 224 / 240 / 260 from timm's config
-    assert config.head_solver == "lbfgs" and config.epochs == config.freeze_epochs == config.feature_views
+    assert config.head_solver == "lbfgs"
+    assert config.epochs == config.freeze_epochs == config.feature_views
     assert TrainConfig(data="x", model=model, device="cpu", epochs=7).resolved().epochs == 7  # asked for: fine-tune
     # scratch_cnn has no frozen phase: without a dataset size its own default, with one its photos-seen budget
     assert TrainConfig(data="x", model="scratch_cnn", device="cpu").resolved().epochs == \
@@ -175,7 +172,8 @@ def test_probe_epochs_refit_the_head_on_more_views_then_fine_tune(tiny_dataset, 
     run_dir = train_new(_probe_config(tiny_dataset), artifacts, evaluate_and_export=False)
     records = read_jsonl(run_dir / "metrics.jsonl")
     probe_batches = [r for r in records if r["kind"] == "batch" and r["epoch"] <= 3]
-    assert [r["views"] for r in probe_batches] == [1, 2, 3] and all("weight_decay" in r for r in probe_batches)
+    assert [r["views"] for r in probe_batches] == [1, 2, 3]
+    assert all("weight_decay" in r for r in probe_batches)
     fine_tune = [r for r in records if r["kind"] == "batch" and r["epoch"] == 4]
     assert len(fine_tune) > 1  # the last epoch takes optimizer steps through the whole network
     epochs = [r for r in records if r["kind"] == "epoch"]
@@ -281,7 +279,8 @@ def test_early_stopping_resumes_exactly_and_every_callback_sees_the_last_epoch(t
     reference = train_new(config, artifacts, callbacks=[recorder], evaluate_and_export=False)
     stopped_at = len([r for r in read_jsonl(reference / "metrics.jsonl") if r["kind"] == "epoch"])
     assert 3 <= stopped_at < 12, "the tiny run should stop early (patience 2)"
-    assert recorder.epochs == list(range(1, stopped_at + 1)) and recorder.errors == []
+    assert recorder.epochs == list(range(1, stopped_at + 1))
+    assert recorder.errors == []
 
     run_dir = create_run(config, artifacts)
     cancelled = Recorder()
@@ -327,13 +326,15 @@ def test_best_checkpoint_is_written_without_a_validation_split(tmp_path, artifac
     """One training photo per class leaves no validation split; the best epoch is then the lowest training loss,
     and a loss above 1 (three classes, a barely moving model) must still give checkpoint_best.pt."""
     from landmark_core.core.demo import generate_demo_dataset
-    from conftest import TINY_CLASSES
+    from helpers import TINY_CLASSES
     data = tmp_path / "one-each"
     generate_demo_dataset(data, classes=TINY_CLASSES, train_per_class=1, test_per_class=1, workers=1)
     run_dir = train_new(tiny_config(data, epochs=1, lr=1e-7, batch_size=3), artifacts)
     record = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "epoch"][0]
-    assert record["val_acc"] is None and record["train_loss"] > 1
-    assert (run_dir / "checkpoint_best.pt").exists() and read_status(run_dir)["state"] == "finished"
+    assert record["val_acc"] is None
+    assert record["train_loss"] > 1
+    assert (run_dir / "checkpoint_best.pt").exists()
+    assert read_status(run_dir)["state"] == "finished"
 
 
 def test_learning_rate_finder_sweeps_until_the_loss_explodes_and_suggests_a_rate(tiny_dataset, artifacts, monkeypatch):
@@ -346,8 +347,11 @@ def test_learning_rate_finder_sweeps_until_the_loss_explodes_and_suggests_a_rate
                                 steps=40, end_lr=10.0)
     rates = result.learning_rates
     assert applied == pytest.approx(rates)
-    assert rates == sorted(rates) and rates[0] == pytest.approx(1e-6) and len(rates) <= 40
-    assert result.trained == "whole network" and len(result.losses) == len(rates)
+    assert rates == sorted(rates)
+    assert rates[0] == pytest.approx(1e-6)
+    assert len(rates) <= 40
+    assert result.trained == "whole network"
+    assert len(result.losses) == len(rates)
     assert result.suggestion is None or rates[0] <= result.suggestion <= rates[-1]
     assert not list(artifacts.glob("runs/*"))  # nothing saved
     # the rule itself: on a curve that falls, bottoms out and explodes, the steepest fall is picked
@@ -375,7 +379,7 @@ def test_the_suggested_rate_lies_where_the_smoothed_loss_falls_not_at_a_noisy_st
 def test_landmark_lr_find_prints_a_rate_on_the_falling_part_of_its_sweep(tiny_dataset, artifacts):
     import json
 
-    from test_hostile import landmark
+    from helpers import landmark
     result = landmark("lr-find", "--data", tiny_dataset, "--model", "scratch_cnn", "--image-size", "32",
                       "--batch-size", "8", "--steps", "60", "--json")
     sweep = json.loads(result.stdout)
@@ -383,7 +387,8 @@ def test_landmark_lr_find_prints_a_rate_on_the_falling_part_of_its_sweep(tiny_da
     assert result.returncode == (0 if suggestion else 1)
     if suggestion is not None:  # on the falling part: below where the loss started, above its lowest point
         at = rates.index(suggestion)
-        assert min(losses) < losses[at] < max(losses[:5]) and at > 2
+        assert min(losses) < losses[at] < max(losses[:5])
+        assert at > 2
     assert not list(artifacts.glob("runs/*"))
     plain = landmark("lr-find", "--data", tiny_dataset, "--model", "scratch_cnn", "--image-size", "32", "--batch-size", "8",
                      "--steps", "60")
@@ -400,7 +405,8 @@ def test_a_background_sweep_reports_progress_and_keeps_its_result(tiny_dataset, 
     from landmark_core.core.errors import LandmarkError
     from landmark_core.training.lr_finder import Sweep, SweepState
     sweep = Sweep.start(str(tiny_dataset), "scratch_cnn", steps=12, artifacts=artifacts)
-    assert sweep.state == SweepState.RUNNING and sweep.progress[1] == 12
+    assert sweep.state == SweepState.RUNNING
+    assert sweep.progress[1] == 12
     with pytest.raises(LandmarkError, match="running already"):
         Sweep.start(str(tiny_dataset), "scratch_cnn", steps=12, artifacts=artifacts)
     seen = []
@@ -413,7 +419,8 @@ def test_a_background_sweep_reports_progress_and_keeps_its_result(tiny_dataset, 
     assert 1 <= len(result.learning_rates) == len(result.losses) <= 12
     assert sweep.progress == (len(result.learning_rates), len(result.learning_rates))
     done = [d for d, _ in seen]  # what a page polling it saw: batches done, never going back, within the total
-    assert done == sorted(done) and all(0 <= d <= total == 12 for d, total in seen)
+    assert done == sorted(done)
+    assert all(0 <= d <= total == 12 for d, total in seen)
     assert Sweep.of(str(tiny_dataset), "scratch_cnn", artifacts).result == result  # the same folder for the pair
     assert not list(artifacts.glob("runs/*"))
 
@@ -421,7 +428,9 @@ def test_a_background_sweep_reports_progress_and_keeps_its_result(tiny_dataset, 
     deadline = time.time() + 300
     while missing.state == SweepState.RUNNING and time.time() < deadline:
         time.sleep(0.2)
-    assert missing.state == SweepState.FAILED and "no-such-folder" in missing.error and missing.result is None
+    assert missing.state == SweepState.FAILED
+    assert "no-such-folder" in missing.error
+    assert missing.result is None
 
 
 def test_missing_weights_of_a_familiarity_backbone_fail_before_training(tiny_dataset, tmp_path, monkeypatch):
@@ -432,3 +441,31 @@ def test_missing_weights_of_a_familiarity_backbone_fail_before_training(tiny_dat
     with pytest.raises(ModelError, match="resnet18-f37072fd.pth"):
         train_new(tiny_config(tiny_dataset, familiarity_backbone="resnet18"), tmp_path / "artifacts")
     assert not list((tmp_path / "artifacts").rglob("*.pt"))  # no epoch was trained
+
+
+def test_a_stop_that_a_library_reports_as_its_own_error_still_stops_the_run(tiny_dataset, tmp_path, monkeypatch):
+    """torch's load_state_dict reports an exception raised while it copies a tensor (the Stop button's SIGTERM
+    landing there while pretrained weights load) as a RuntimeError about that tensor: the run is stopped, not
+    failed, and resumes."""
+    import os
+    import signal
+
+    from landmark_core import pipeline
+    from landmark_core.runs import RunState
+    build = pipeline.build_model
+
+    def build_while_stopped(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # the run's handler raises here, inside the "library"
+        except Exception as error:
+            raise RuntimeError(f"Error(s) in loading state_dict: an exception occurred : {error.args}.") from None
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "build_model", build_while_stopped)
+    run_dir = create_run(tiny_config(tiny_dataset, epochs=1), tmp_path)
+    with pytest.raises(TrainingCancelled):
+        train(run_dir)
+    assert read_status(run_dir)["state"] == RunState.CANCELLED
+    monkeypatch.setattr(pipeline, "build_model", build)
+    train(run_dir, resume=True)
+    assert read_status(run_dir)["state"] == RunState.FINISHED

@@ -42,16 +42,22 @@ def cmd_train(args) -> int:
             config = _config_from_args(args)
             print(f"{config.model} on {Path(config.data).name}: {estimate(config).describe()}")
             return 0
-        from ..pipeline import create_run
-        run_dir, resume = create_run(_config_from_args(args)), False
-        processes = args.nproc_per_node or 1
+        run_dir, resume, processes = None, False, args.nproc_per_node or 1
     if processes < 1:
         raise LandmarkError("--nproc-per-node must be at least 1")
     if args.background:
-        pid = launch_background(run_dir, resume=resume, processes=processes)
+        if run_dir is None:
+            from ..pipeline import start_run
+            run_dir = start_run(_config_from_args(args), processes=processes)
+        else:
+            launch_background(run_dir, resume=resume, processes=processes)
         print(run_dir)
-        print(f"training in the background (pid {pid}); follow it with: landmark runs", file=sys.stderr)
+        print(f"training in the background (pid {read_status(run_dir).get('pid')}); follow it with: landmark runs",
+              file=sys.stderr)
         return 0
+    if run_dir is None:
+        from ..pipeline import create_run
+        run_dir = create_run(_config_from_args(args))
     print(run_dir, flush=True)
     if processes > 1:
         from ..pipeline import train_distributed
@@ -96,18 +102,11 @@ def _train_as_rank(args) -> int:
 
 def cmd_evaluate(args) -> int:
     run = open_finished_run(args.run, "evaluate")
-    from ..evaluation.evaluate import evaluate_run
-    from ..export.exporter import export_run
+    from ..pipeline import reevaluate
     from ..runs.config import resolve_device
-    run_dir = run.path
-    summary = evaluate_run(run_dir, device=resolve_device(args.device), checkpoint=args.checkpoint)
-    exported = run.export_meta or {}
-    carried = (exported.get("temperature"), exported.get("probability_threshold"), exported.get("familiarity_threshold"))
-    chosen = (summary["calibration"]["temperature"], summary["default_threshold"], summary["default_familiarity_threshold"])
-    if exported.get("checkpoint") == args.checkpoint and carried != chosen:
-        # the exported model carries the calibration and both tag thresholds: it must give what evaluation chose
-        export_run(run_dir, checkpoint=args.checkpoint, format=exported.get("format", "torchscript"))
-        print(f"re-exported {run_dir.name} with the new calibration and thresholds", file=sys.stderr)
+    summary, exported_again = reevaluate(run, device=resolve_device(args.device), checkpoint=args.checkpoint)
+    if exported_again:
+        print(f"re-exported {run.id} with the new calibration and thresholds", file=sys.stderr)
     if args.json:
         calibration = {k: v for k, v in summary["calibration"].items() if k in ("temperature", "fitted_on")}
         calibration.update({f"{split}_ece_{when}": summary["calibration"][split][f"ece_{when}"]

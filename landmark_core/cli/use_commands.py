@@ -16,7 +16,7 @@ from .train_commands import duration
 def cmd_predict(args) -> int:
     run = open_finished_run(args.run, "predict with")
     from ..core.errors import ImageError
-    from ..tagging.decision import decide_for
+    from ..tagging.decision import TagStatus, decide_for
     from ..tagging.metadata import read_gps
     from ..tagging.predict import Predictor
     predictor = Predictor(run)
@@ -33,14 +33,14 @@ def cmd_predict(args) -> int:
         decision = decide_for(predictor, image, assessment=assessment, existing_gps=existing_gps)
         place = decision.place
         results.append({"image": image, "outcome": decision.status, "familiarity": assessment.familiarity,
-                        "landmark": decision.name if decision.status == "tagged" else None,
-                        "latitude": place.latitude if place and decision.status == "tagged" else None,
-                        "longitude": place.longitude if place and decision.status == "tagged" else None,
+                        "landmark": decision.name if decision.status == TagStatus.TAGGED else None,
+                        "latitude": place.latitude if place and decision.status == TagStatus.TAGGED else None,
+                        "longitude": place.longitude if place and decision.status == TagStatus.TAGGED else None,
                         "predictions": [{"class": p.label, "probability": p.probability} for p in assessment.predictions]})
         if not args.json:
             familiarity = f", familiarity {assessment.familiarity:.3f}" if assessment.familiarity is not None else ""
-            where = f" at {place.latitude:.4f}, {place.longitude:.4f}" if place and decision.status == "tagged" else ""
-            print(f"{image}: {decision.status}{' as ' + decision.description + where if decision.status == 'tagged' else ''}"
+            where = f" at {place.latitude:.4f}, {place.longitude:.4f}" if place and decision.status == TagStatus.TAGGED else ""
+            print(f"{image}: {decision.status}{' as ' + decision.description + where if decision.status == TagStatus.TAGGED else ''}"
                   f"{familiarity}")
             for p in assessment.predictions:
                 print(f"  {p.probability:7.2%}  {p.label}")

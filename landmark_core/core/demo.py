@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .fileio import write_bytes_atomic, write_json_atomic
-from .scenes import (ARCHETYPE_ASPECT, GROUNDS, SCENE_SIZES, TIMES_OF_DAY, ARCHETYPES, DEMO_CLASSES, UNKNOWN_ARCHETYPES, Painter,
-                     draw_building, draw_person, draw_tree, jittered, vertical_gradient)
+from .scenes import (ARCHETYPE_ASPECT, ARCHETYPES, DEMO_CLASSES, GROUNDS, SCENE_SIZES, TIMES_OF_DAY, UNKNOWN_ARCHETYPES,
+                     Painter, draw_building, draw_person, draw_tree, jittered, vertical_gradient)
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def generate_demo_dataset(root: str | os.PathLike, *, seed: int = 0, train_per_c
     ``root/unknown/`` gets ``unknown_per_archetype`` photos (default: a fifth of
     a class's photos) of each of :data:`UNKNOWN_ARCHETYPES`: landmarks that are
     no class, and scenes with no landmark, to calibrate and evaluate the
-    open-set decision with (half each, see :func:`.data.scan_dataset`).
+    open-set decision with (half each, see :func:`landmark_core.data.scan_dataset`).
 
     ``progress(done_classes, total_classes)`` is called as classes finish. A
     marker file is written last, so a half-generated folder is never mistaken

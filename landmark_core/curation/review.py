@@ -32,6 +32,7 @@ from ..geo.places import normalise
 from ..pipeline import create_run, train
 from ..runs.run import Run, artifacts_of
 from ..tagging.batch import destination_arguments, tag_files
+from ..tagging.decision import TagStatus
 from ..tagging.predict import Predictor
 from ..tagging.report import check_report_path, previous_decision, read_summary, report_counts, report_rows
 from .cleaning import free_name, training_folder
@@ -49,14 +50,14 @@ class Verdict(str, enum.Enum):
 
 #: The outcomes a review shows, in this order: those the model decided (a photo with a position of its own was
 #: never decided, an unreadable one cannot be looked at).
-REVIEWED_OUTCOMES = ("tagged", "abstained", "unknown", "failed")
+REVIEWED_OUTCOMES = (TagStatus.TAGGED, TagStatus.ABSTAINED, TagStatus.UNKNOWN, TagStatus.FAILED)
 
 
 @dataclass(frozen=True)
 class ReviewItem:
     """One photo of a report as a review shows it."""
     file: str
-    status: str
+    status: TagStatus
     prediction: str
     probability: float | None
     familiarity: float | None
@@ -72,7 +73,7 @@ class RetagResult:
     changes: list[dict]  # file, before and after status and landmark, for each photo whose tag changed
 
 
-def bounded_number(text: str) -> float | None:
+def _finite_number(text: str) -> float | None:
     try:
         value = float(text)
     except (TypeError, ValueError):
@@ -133,14 +134,14 @@ class Review:
     def items(self, outcomes: tuple[str, ...] = REVIEWED_OUTCOMES) -> list[ReviewItem]:
         """The photos to review, grouped by outcome (in ``outcomes``' order), the least certain first in each."""
         summary, verdicts = self.summary, self.verdicts()
-        probability_threshold = bounded_number(summary.get("probability_threshold")) or 0.0
-        familiarity_threshold = bounded_number(summary.get("familiarity_threshold"))
+        probability_threshold = _finite_number(summary.get("probability_threshold")) or 0.0
+        familiarity_threshold = _finite_number(summary.get("familiarity_threshold"))
         items = []
         for file, row in self.rows().items():
             if row["status"] not in outcomes:
                 continue
-            probability, familiarity = bounded_number(row.get("probability")), bounded_number(row.get("familiarity"))
-            items.append(ReviewItem(file, row["status"], row.get("prediction", ""), probability, familiarity,
+            probability, familiarity = _finite_number(row.get("probability")), _finite_number(row.get("familiarity"))
+            items.append(ReviewItem(file, TagStatus(row["status"]), row.get("prediction", ""), probability, familiarity,
                                     _doubt(row["status"], probability, familiarity, probability_threshold,
                                            familiarity_threshold), verdicts.get(file)))
         # within an outcome: the photos still to judge first, the least certain of them first
@@ -290,7 +291,7 @@ class Review:
 
 def _tag_of(row: dict) -> tuple[str, str]:
     """A report row's outcome and, when it was tagged, the landmark it was tagged with."""
-    return row["status"], row["landmark"] if row["status"] == "tagged" else ""
+    return row["status"], row["landmark"] if row["status"] == TagStatus.TAGGED else ""
 
 
 def _doubt(status: str, probability: float | None, familiarity: float | None, probability_threshold: float,
@@ -300,9 +301,9 @@ def _doubt(status: str, probability: float | None, familiarity: float | None, pr
     familiarity's. A missing number sorts last."""
     probability_margin = (probability - probability_threshold) if probability is not None else math.inf
     familiarity_margin = (familiarity - familiarity_threshold) if familiarity is not None and familiarity_threshold is not None else math.inf
-    if status in ("tagged", "failed"):
+    if status in (TagStatus.TAGGED, TagStatus.FAILED):
         return min(probability_margin, familiarity_margin)
-    if status == "abstained":
+    if status == TagStatus.ABSTAINED:
         return -probability_margin if probability is not None else math.inf
     return -familiarity_margin if familiarity_margin != math.inf else math.inf
 

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from .. import data as data_lib
-from ..core.fileio import read_json, save_atomic, write_json_atomic
+from ..core.fileio import save_atomic
 from ..models.builders import familiarity_network
-from ..models.registry import LandmarkNet, get_spec, inference_batch_size
+from ..models.registry import FlipAveraged, LandmarkNet, get_spec, inference_batch_size
 from ..runs.run import Run
 from ..scoring import openset
 from ..scoring.calibration import (coverage_at_precision, expected_calibration_error, fit_temperature, reliability,
@@ -43,9 +43,7 @@ def split_outputs(model: LandmarkNet, split: data_lib.DecodedSplit, *, image_siz
     model.eval()
     features, logits = [torch.zeros(0, model.feature_dim)], [torch.zeros(0, len(model.head[-1].bias))]
     for inputs, _ in loader:
-        batch = model.backbone(inputs).float()
-        if tta_flip:
-            batch = (batch + model.backbone(inputs.flip(-1)).float()) / 2
+        batch = FlipAveraged(model.backbone, tta_flip)(inputs)
         features.append(batch.cpu())
         logits.append(model.head(batch.to(model.head[-1].weight.dtype)).float().cpu())
     return torch.cat(features), torch.cat(logits).numpy()
@@ -196,10 +194,11 @@ def open_set_report(scorer: openset.Scorer, choice: dict, probability_threshold:
     }
 
 
-def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=None, checkpoint: str = "best") -> dict:
+def evaluate_run(run: Run | Path, *, device: torch.device | str = "cpu", prepared=None, checkpoint: str = "best") -> dict:
     """Evaluate a run on its test split; calibrate probabilities, the tagging threshold and the open-set
     decision on validation (plus unknown photos when the dataset has them)."""
-
+    run = Run.of(run)
+    run_dir = run.path
     model, meta = load_run_model(run_dir, checkpoint, device)
     config = meta["config"]
     if prepared is None:
@@ -265,16 +264,12 @@ def evaluate_run(run_dir: Path, *, device: torch.device | str = "cpu", prepared=
         "default_threshold": default_threshold,
         "default_familiarity_threshold": open_set["familiarity_threshold"],
         "open_set": open_set,
-        "skipped_images": (read_json(run_dir / Run.SPLIT, default={}) or {}).get("skipped", {}),
+        "skipped_images": run.split.get("skipped", {}),
     })
-    save_atomic(Run(run_dir).feature_bank(checkpoint),
+    save_atomic(run.feature_bank(checkpoint),
                 lambda tmp: torch.save({"features": bank, "labels": bank_labels}, tmp))
-    calibrations = read_json(run_dir / Run.CALIBRATION, default={}) or {}
-    calibrations[checkpoint] = {"temperature": temperature, "tta_flip": bool(config.tta_flip),
-                                "probability_threshold": default_threshold,
-                                "familiarity_threshold": open_set["familiarity_threshold"],
-                                "familiarity_offset": offset}
-    write_json_atomic(run_dir / Run.CALIBRATION, calibrations)
-    write_json_atomic(run_dir / Run.PREDICTIONS, rows)
-    write_json_atomic(run_dir / Run.EVALUATION, summary)
+    run.write_evaluation(summary, rows, {"temperature": temperature, "tta_flip": bool(config.tta_flip),
+                                         "probability_threshold": default_threshold,
+                                         "familiarity_threshold": open_set["familiarity_threshold"],
+                                         "familiarity_offset": offset}, checkpoint)
     return summary

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ModelError, RunError
-from ..core.fileio import read_json, sha256_file, write_json_atomic
+from ..core.fileio import read_json, sha256_file
 from ..core.transforms import freeze_scripted
 from ..runs.run import Run
 from .check import check_round_trip
@@ -26,7 +26,7 @@ from .onnx import OnnxClassifier, decoded_photos, write_int8, write_onnx
 from .signing import signature, signing_key, signing_key_path
 
 #: Export formats and the file each writes in the run folder.
-FORMATS = {"torchscript": Run.MODEL, "onnx": Run.ONNX_MODEL, "onnx-int8": Run.ONNX_INT8_MODEL}
+FORMATS = Run.EXPORT_FILES
 #: The round trip's tolerance on probe photos already at the model's resize size (what the Predictor, tagging and
 #: the service feed, decoded by torch's uint8 kernel: the graph's own resize does nothing), and on photos of other
 #: sizes, which the graph resizes itself. ONNX has no uint8 cubic kernel: its float resize, rounded, differs from
@@ -46,10 +46,11 @@ def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float | None 
     """
     if format not in FORMATS:
         raise ModelError(f"unknown export format {format!r} (use {' or '.join(FORMATS)})")
-    wrapper = build_exportable(run_dir, checkpoint)
-    path = run_dir / FORMATS[format]
+    run = Run.of(run_dir)
+    wrapper = build_exportable(run, checkpoint)
+    path = run.model_file(format)
     # Saved and checked under a temporary name: a refused export leaves the last good model in place.
-    candidate = run_dir / f".{path.name}.{os.getpid()}.candidate"
+    candidate = path.with_name(f".{path.name}.{os.getpid()}.candidate")
     int8_check = None
     try:
         if format == "onnx-int8":
@@ -74,7 +75,7 @@ def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float | None 
         "round_trip_max_abs_diff": max_diff, "torch": torch.__version__,
         **({"int8_check": int8_check} if int8_check else {})}
     meta["signature"] = signature(signing_key(create=True), meta)
-    write_json_atomic(run_dir / Run.EXPORT_META, meta)
+    run.write_export_meta(meta)
     return path
 
 
@@ -97,7 +98,7 @@ def export_fastest(run_dir: Path, checkpoint: str = "best", photos: int = 64) ->
         except ModelError as refused:
             speed[format] = str(refused)
             continue
-        metas[format] = read_json(run_dir / Run.EXPORT_META)
+        metas[format] = run.export_meta
         model, _ = load_exported(run_dir)
         with torch.inference_mode():
             for batch in batches:  # warm: TorchScript's profiling executor optimises over the first calls
@@ -112,8 +113,8 @@ def export_fastest(run_dir: Path, checkpoint: str = "best", photos: int = 64) ->
     fastest = max((f for f in metas), key=lambda f: speed[f])
     meta = {**{k: v for k, v in metas[fastest].items() if k != "signature"}, "speed": speed}
     meta["signature"] = signature(signing_key(create=True), meta)
-    write_json_atomic(run_dir / Run.EXPORT_META, meta)
-    return run_dir / FORMATS[fastest], speed
+    run.write_export_meta(meta)
+    return run.model_file(fastest), speed
 
 
 def _write_torchscript(wrapper: ExportedClassifier, path: Path) -> list:
@@ -128,12 +129,13 @@ def _write_torchscript(wrapper: ExportedClassifier, path: Path) -> list:
 def load_exported(run_dir: Path, device="cpu") -> Tuple[object, dict]:
     """Load a run's exported model (TorchScript module or :class:`OnnxClassifier`) after checking it is the file
     this user exported."""
+    run = Run.of(run_dir)
     try:
-        meta = read_json(run_dir / Run.EXPORT_META)
+        meta = read_json(run.file(Run.EXPORT_META))
     except ValueError:
         raise ModelError(f"{run_dir.name}/{Run.EXPORT_META} is damaged; export the run again: landmark export {run_dir}") from None
     format = meta.get("format", "torchscript") if isinstance(meta, dict) else "torchscript"
-    path = run_dir / FORMATS.get(format, Run.MODEL)
+    path = run.model_file(format if format in FORMATS else "torchscript")
     if meta is None or not path.exists():
         raise RunError(f"{run_dir.name} has no exported model yet (run: landmark export {run_dir.name})")
     if not path.is_file():  # a FIFO would hang the hash below, /dev/zero never end it

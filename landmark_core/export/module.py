@@ -7,10 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.fileio import read_json
 from ..core.transforms import resize_and_centre_crop
 from ..models.builders import familiarity_network
-from ..models.registry import get_spec
+from ..models.registry import FlipAveraged, get_spec
 from ..runs.config import run_preprocessing
 from ..runs.run import Run
 from ..scoring.openset import familiarity
@@ -28,7 +27,7 @@ class ExportedClassifier(nn.Module):
     bicubic for EfficientNet-Lite), exactly as training decoded its photos;
     ``flip_tta`` averages the features of the photo and its mirror image, and
     ``temperature`` is the softmax temperature fit on the validation split.
-    ``classify`` also returns each photo's familiarity (see :mod:`.openset`),
+    ``classify`` also returns each photo's familiarity (see :mod:`landmark_core.scoring.openset`),
     computed against the ``feature_bank`` of normalised training features that
     evaluation saved, from the model's own backbone, from a separate
     ``familiarity_network`` on the same crop, or from both (a joint check);
@@ -43,11 +42,13 @@ class ExportedClassifier(nn.Module):
                  familiarity_mean=None, familiarity_std=None, familiarity_own_dim: int = 0,
                  familiarity_offset: float = 0.0):
         super().__init__()
-        self.model = model
+        self.features = FlipAveraged(model.backbone, flip_tta)
+        self.head = model.head
         # familiarity from another pretrained network's features (TrainConfig.familiarity_backbone), on the same
         # crop, renormalised from this model's statistics to that network's own
         self.separate_familiarity_backbone = familiarity_network is not None
-        self.familiarity_backbone = familiarity_network.backbone if familiarity_network is not None else nn.Identity()
+        self.familiarity_features = FlipAveraged(familiarity_network.backbone if familiarity_network is not None
+                                                 else nn.Identity(), flip_tta)
         scale, shift = torch.ones(3), torch.zeros(3)
         if familiarity_network is not None:
             mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
@@ -89,10 +90,8 @@ class ExportedClassifier(nn.Module):
         return (pixels - self.mean) / self.std
 
     def _features_and_probabilities(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.backbone(inputs).float()
-        if self.flip_tta:
-            features = (features + self.model.backbone(inputs.flip(-1)).float()) / 2
-        logits = self.model.head(features).float()
+        features = self.features(inputs)
+        logits = self.head(features).float()
         return features, F.softmax(logits / self.temperature, dim=1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -108,9 +107,7 @@ class ExportedClassifier(nn.Module):
         if self.has_feature_bank:
             if self.separate_familiarity_backbone:
                 inputs = inputs * self.familiarity_scale + self.familiarity_shift
-                others = self.familiarity_backbone(inputs).float()
-                if self.flip_tta:
-                    others = (others + self.familiarity_backbone(inputs.flip(-1)).float()) / 2
+                others = self.familiarity_features(inputs)
                 features = torch.cat([features, others], dim=1) if self.familiarity_own_dim > 0 else others
             scores = familiarity(features, self.bank, self.bank_labels, probs, self.familiarity_own_dim,
                                  self.familiarity_offset)
@@ -121,21 +118,22 @@ class ExportedClassifier(nn.Module):
         return probs, scores
 
 
-def build_exportable(run_dir: Path, checkpoint: str = "best") -> ExportedClassifier:
+def build_exportable(run: Run | Path, checkpoint: str = "best") -> ExportedClassifier:
     """The run's model wrapped with its preprocessing and, once evaluated, its calibration."""
+    run = Run.of(run)
+    run_dir = run.path
     model, meta = load_run_model(run_dir, checkpoint, "cpu")
     model = model.to(memory_format=torch.channels_last)  # oneDNN's fast convolution layout: ~1.4x batch throughput on CPU
     config = meta["config"]
     preprocessing = run_preprocessing(config)
-    calibration = (read_json(run_dir / Run.CALIBRATION, default={}) or {}).get(checkpoint) or {}
+    calibration = run.calibration(checkpoint)
     bank = load_feature_bank(run_dir, checkpoint) if "familiarity_threshold" in calibration else None
     return ExportedClassifier(model, meta["classes"], meta["mean"], meta["std"], config.image_size,
                               preprocessing.resize_size, preprocessing.interpolation,
                               float(calibration.get("temperature", 1.0)), bool(config.tta_flip), bank,
                               # evaluated before thresholds were kept per checkpoint: evaluation's own choice
                               float(calibration.get("probability_threshold",
-                                                    (read_json(run_dir / Run.EVALUATION, default={}) or {})
-                                                    .get("default_threshold", 0.5))),
+                                                    (run.evaluation or {}).get("default_threshold", 0.5))),
                               float(calibration.get("familiarity_threshold", -1.0)),
                               *_familiarity_network(config, len(meta["classes"]), bank is not None),
                               familiarity_own_dim=model.feature_dim if config.joint_familiarity else 0,

@@ -95,11 +95,11 @@ def _neighbours(town: Town, radius_km: float = 30.0) -> int:
     """How many towns lie within ``radius_km``: a stand-in for a town's size."""
     chord = 2 * math.sin(radius_km / 6371.0 / 2)
     point = _unit_vectors(np.radians([town.latitude]), np.radians([town.longitude]))[0]
-    return len(draw_tree().query_ball_point(point, chord))
+    return len(_town_tree().query_ball_point(point, chord))
 
 
 @lru_cache(maxsize=1)
-def draw_tree():
+def _town_tree():
     from scipy.spatial import cKDTree
     latitudes = np.radians([town.latitude for town in towns()])
     longitudes = np.radians([town.longitude for town in towns()])
@@ -117,7 +117,7 @@ def nearest_towns(latitude: float, longitude: float, count: int = 8) -> list[tup
     as a map across the date line gives it, is the same meridian)."""
     if not (-90 <= latitude <= 90 and math.isfinite(longitude) and -540 <= longitude <= 540):
         raise DataError(f"({latitude}, {longitude}) is not a position: latitude -90..90, longitude -180..180")
-    chord, index = draw_tree().query(_unit_vectors(np.radians([latitude]), np.radians([longitude]))[0], k=count)
+    chord, index = _town_tree().query(_unit_vectors(np.radians([latitude]), np.radians([longitude]))[0], k=count)
     earth_radius_km = 6371.0
     return [(towns()[i], 2 * earth_radius_km * math.asin(min(1.0, c / 2))) for c, i in zip(np.atleast_1d(chord),
                                                                                           np.atleast_1d(index))]

@@ -79,6 +79,7 @@ register(ModelSpec(
     builder=scratch_cnn,
     resolve_preprocessing=lambda: Preprocessing(input_size=128),
     pretrained_source="none (random initialisation)",
+    pretrained=False,
     description="Our residual CNN trained from scratch (4 stages, 32-256 channels).",
     train_defaults={"image_size": 128, "epochs": 60, "photo_passes": 45_000, "epoch_range": (15, 100),
                     "mixup": 0.2, "cutmix": 1.0, "ema_epochs": 6.0, "keep_best": False, "optimizer": "adamw",

@@ -53,6 +53,14 @@ class ModelSpec:
     description: str
     #: Training defaults that suit this model (merged into TrainConfig when a field is left unset).
     train_defaults: dict = field(default_factory=dict)
+    #: Starts from weights learned elsewhere (ImageNet); False: from random weights.
+    pretrained: bool = True
+
+    @property
+    def has_frozen_phase(self) -> bool:
+        """Whether its first epochs may train the head alone on a frozen backbone: only a pretrained backbone's
+        features are worth keeping as they are (a random one's are not)."""
+        return self.pretrained
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -90,6 +98,23 @@ def folded_for_inference(module: nn.Module) -> nn.Module:
         return freeze_scripted(module)
     except Exception:  # not scriptable: the eager module gives the same numbers, only slower
         return module
+
+
+class FlipAveraged(nn.Module):
+    """A network's output (in float) averaged over each image and its mirror image: flip test-time augmentation,
+    the one rule for training's validation, evaluation and the exported model. Inputs that are no image batch
+    (cached features: already flip-averaged when asked) pass through once."""
+
+    def __init__(self, network: nn.Module, enabled: bool = True):
+        super().__init__()
+        self.network = network
+        self.enabled = bool(enabled)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        outputs = self.network(inputs).float()
+        if self.enabled and inputs.dim() == 4:
+            outputs = (outputs + self.network(inputs.flip(-1)).float()) / 2
+        return outputs
 
 
 class LandmarkNet(nn.Module):

@@ -9,6 +9,7 @@ from .. import data as data_lib
 from ..core.images import ImageSource, load_square
 from ..core.transforms import resize_side_for
 from ..runs.config import TrainConfig
+from ..training.prepare import decode_for_run
 
 
 def image_table(report: dict) -> pd.DataFrame:
@@ -37,9 +38,10 @@ def augmentation_preview(source: ImageSource, *, strength: float, count: int = 6
 def training_stats(root: str, *, image_size: int | None = None, val_fraction: float = 0.1,
                    seed: int = 0) -> tuple[list[float], list[float]]:
     """Mean and std of the training split exactly as a scratch_cnn run with these settings computes them."""
-    image_size = image_size or TrainConfig(data=root, model="scratch_cnn").resolved().image_size
+    config = TrainConfig(data=root, model="scratch_cnn", image_size=image_size, val_fraction=val_fraction,
+                         seed=seed).resolved()
     dataset = data_lib.scan_dataset(root, seed=seed)
     train, _ = data_lib.stratified_split(dataset.train, val_fraction, seed)
     cache = data_lib.cache_dir_for(dataset.root)
-    split = data_lib.decode_split(train, resize_side_for(image_size), cache_dir=cache)
+    split = decode_for_run(config, train, cache)
     return data_lib.channel_stats(split, cache)

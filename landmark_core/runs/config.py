@@ -227,6 +227,24 @@ class TrainConfig:
             raise LandmarkError("invalid training config: " + "; ".join(problems))
 
     @property
+    def frozen_epochs(self) -> int:
+        """The first epochs that train only the head on the frozen backbone: a pretrained model's ``freeze_epochs``,
+        none for a model from random weights (a resolved config)."""
+        from ..models import get_spec
+        return int(self.freeze_epochs or 0) if get_spec(self.model).has_frozen_phase else 0
+
+    @property
+    def trains_only_the_head(self) -> bool:
+        """Every epoch is frozen: the pretrained backbone is never fine-tuned (the default on a CPU)."""
+        return 0 < self.frozen_epochs == self.epochs
+
+    def schedule(self) -> str:
+        """The epochs in words, as the Train page says them: "12 epochs, the first 12 with the pretrained backbone
+        frozen"."""
+        frozen = f", the first {self.frozen_epochs} with the pretrained backbone frozen" if self.frozen_epochs else ""
+        return f"{self.epochs} epochs{frozen}"
+
+    @property
     def separate_familiarity_backbone(self) -> str | None:
         """The other model whose features the familiarity check compares (instead of the classifier's own, or
         beside them in a joint check), or None when it compares the classifier's own only."""

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .run import Run, read_status, worked_seconds, write_status
+from .states import RunState
 
 BACKGROUND_NICENESS = 10
 
@@ -35,6 +36,6 @@ def launch_background(run_dir: Path, *, resume: bool = False, processes: int | N
         log.close()
     # queued until the trainer says running: a resumed run must not go on showing "cancelled" meanwhile. A killed
     # session's time is closed first, up to its last write: this write would otherwise move that moment to now
-    write_status(run_dir, state="queued", error=None, pid=process.pid, launched=True, processes=processes,
+    write_status(run_dir, state=RunState.QUEUED, error=None, pid=process.pid, launched=True, processes=processes,
                  seconds=worked_seconds(read_status(run_dir)), session_started=None)
     return process.pid

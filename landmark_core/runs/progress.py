@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.enums import TextEnum
 from .config import MAX_EPOCHS
 from .run import Run, count_in, non_negative, worked_seconds
-from .states import ACTIVE_STATES, STOPPED_BY_REQUEST, RunState, TextEnum
+from .states import ACTIVE_STATES, STOPPED_BY_REQUEST, RunState
 
 
 class Stage(TextEnum):

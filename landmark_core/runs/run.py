@@ -1,4 +1,4 @@
-"""Run folders: creation, status, listing and launching in the background.
+"""Run folders: the Run handle on one, its status, and the listing of all of them.
 
 A run lives in ``<artifacts>/runs/<run_id>/`` and holds everything needed to
 rebuild it: ``config.json``, ``status.json``, ``metrics.jsonl``, ``split.json``,
@@ -10,7 +10,6 @@ import datetime as dt
 import math
 import os
 import secrets
-import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -53,6 +52,14 @@ class Run:
     def open(cls, run: "str | os.PathLike | Run", artifacts: Path | None = None) -> "Run":
         """A run from its folder or its id; RunError when it is not a run folder."""
         return run if isinstance(run, Run) else cls(resolve_run(run, artifacts))
+
+    @classmethod
+    def of(cls, run: "str | os.PathLike | Run") -> "Run":
+        """The handle on a run folder given as a ``Run`` or its path (not checked: it may be being created)."""
+        return run if isinstance(run, Run) else cls(Path(run))
+
+    def __fspath__(self) -> str:
+        return str(self.path)
 
     @property
     def id(self) -> str:
@@ -97,7 +104,7 @@ class Run:
     @property
     def state(self) -> RunState:
         try:
-            return RunState(self.status.get("state", "queued"))
+            return state_of(self.status)
         except (ValueError, OSError):
             return RunState.DAMAGED
 
@@ -135,9 +142,7 @@ class Run:
     @property
     def exported(self) -> bool:
         """Whether the run has an exported model (the file its ``export.json`` names)."""
-        meta = self.export_meta
-        files = {"onnx": self.ONNX_MODEL, "onnx-int8": self.ONNX_INT8_MODEL}
-        return meta is not None and self.file(files.get(meta.get("format"), self.MODEL)).exists()
+        return self.export_meta is not None and self.exported_model_file.exists()
 
     @property
     def default_threshold(self) -> float:
@@ -155,6 +160,94 @@ class Run:
 
     def write_status(self, **fields) -> dict:
         return write_status(self.path, **fields)
+
+    @property
+    def written_status(self) -> dict:
+        """``status.json`` as its last writer left it (no correction for a process that is gone)."""
+        return read_json(self.file(self.STATUS), default={}) or {}
+
+    def mark(self, state: RunState, **fields) -> dict:
+        """Record a new state (and what goes with it: an error, times) in ``status.json``."""
+        return write_status(self.path, state=RunState(state), **fields)
+
+    # -- files the training process writes
+    def write_config(self, values: dict) -> None:
+        write_json_atomic(self.file(self.CONFIG), values)
+
+    def write_split(self, split: dict) -> None:
+        write_json_atomic(self.file(self.SPLIT), split)
+
+    def write_preprocessing(self, values: dict) -> None:
+        write_json_atomic(self.file(self.PREPROCESSING), values)
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.file(self.METRICS)
+
+    @property
+    def lock_file(self) -> Path:
+        return self.file(self.LOCK)
+
+    def keep_traceback(self, text: str) -> None:
+        """An unexpected failure's traceback, for a bug report (the status keeps its one-line reason)."""
+        self.file(self.ERROR).write_text(text)
+
+    # -- a request to stop (the Stop button): a flag file, seen by every rank
+    @property
+    def cancel_requested(self) -> bool:
+        return self.file(self.CANCEL).exists()
+
+    def request_cancel(self) -> None:
+        request_cancel(self.path)
+
+    def clear_cancel(self) -> None:
+        """Forget an earlier request to stop: it was not this session's."""
+        self.file(self.CANCEL).unlink(missing_ok=True)
+
+    # -- evaluation's files
+    @property
+    def calibrations(self) -> dict:
+        """``calibration.json``: temperature and both tag thresholds per checkpoint ({} before evaluation); a
+        RunError when it is damaged (an export without them would tag at other thresholds than evaluation chose)."""
+        try:
+            value = read_json(self.file(self.CALIBRATION), default={})
+        except (ValueError, OSError):
+            value = None
+        if not isinstance(value, dict):
+            raise RunError(f"{self.id}/{self.CALIBRATION} is damaged; evaluate the run again: landmark evaluate {self.id}")
+        return value
+
+    def calibration(self, checkpoint: str = "best") -> dict:
+        return self.calibrations.get(checkpoint) or {}
+
+    def write_evaluation(self, summary: dict, predictions: list, calibration: dict, checkpoint: str = "best") -> None:
+        """Evaluation's results: the checkpoint's calibration (beside the others'), every prediction, the summary
+        last (its presence says the evaluation is whole)."""
+        others = _readable(self.file(self.CALIBRATION), {})  # a damaged file is what evaluating again repairs
+        write_json_atomic(self.file(self.CALIBRATION), {**others, checkpoint: calibration})
+        write_json_atomic(self.file(self.PREDICTIONS), predictions)
+        write_json_atomic(self.file(self.EVALUATION), summary)
+
+    # -- the exported model
+    EXPORT_FILES = {"torchscript": MODEL, "onnx": ONNX_MODEL, "onnx-int8": ONNX_INT8_MODEL}
+
+    def model_file(self, format: str = "torchscript") -> Path:
+        """The file an export of ``format`` writes."""
+        return self.file(self.EXPORT_FILES[format])
+
+    @property
+    def exported_model_file(self) -> Path:
+        """The file ``export.json`` names (TorchScript when it names none)."""
+        return self.file(self.EXPORT_FILES.get((self.export_meta or {}).get("format"), self.MODEL))
+
+    def write_export_meta(self, meta: dict) -> None:
+        write_json_atomic(self.file(self.EXPORT_META), meta)
+
+    @property
+    def export_stamp(self) -> float:
+        """When the model was last exported (``export.json``'s modification time): caches of a loaded model key on
+        it, so a re-export is loaded again."""
+        return self.file(self.EXPORT_META).stat().st_mtime
 
 
 def now_iso() -> str:
@@ -195,14 +288,22 @@ def resolve_run(run: str | os.PathLike, artifacts: Path | None = None) -> Path:
 
 def read_status(run_dir: Path) -> dict:
     """``status.json`` with ``state`` corrected to "interrupted" when its process is gone."""
-    status = read_json(run_dir / Run.STATUS, default={"state": "queued"}) or {"state": "queued"}
+    status = read_json(run_dir / Run.STATUS, default={"state": RunState.QUEUED}) or {"state": RunState.QUEUED}
     if not isinstance(status, dict):  # valid JSON, but not what this app writes
         return {"state": RunState.DAMAGED.value, "error": f"{Run.STATUS} is damaged"}
     pid = status.get("pid")
     if status.get("state") in ACTIVE_STATES and not (isinstance(pid, int) and process_alive(pid)):
-        if status.get("state") == "running" or status.get("launched"):
-            status = {**status, "state": "interrupted"}
+        if status.get("state") == RunState.RUNNING or status.get("launched"):
+            status = {**status, "state": RunState.INTERRUPTED}
     return status
+
+
+def state_of(status: dict) -> RunState:
+    """The state a status record holds (a value no version of this app writes reads as damaged)."""
+    try:
+        return RunState(status.get("state", RunState.QUEUED))
+    except ValueError:
+        return RunState.DAMAGED
 
 
 def write_status(run_dir: Path, **fields) -> dict:
@@ -246,7 +347,7 @@ def worked_seconds(status: dict, now: float | None = None) -> float:
 class RunSummary:
     run_id: str
     path: Path
-    state: str
+    state: RunState
     model: str
     data: str
     epochs: int
@@ -290,7 +391,7 @@ def summarize(run_dir: Path) -> RunSummary:
     epochs = run.epochs
     best = max((r["val_acc"] for r in epochs if r.get("val_acc") is not None), default=None)
     return RunSummary(
-        run_id=run_dir.name, path=run_dir, state=status.get("state", "queued"), model=config.get("model", "?"),
+        run_id=run_dir.name, path=run_dir, state=state_of(status), model=config.get("model", "?"),
         data=config.get("data", ""), epochs=count_in(config.get("epochs"), MAX_EPOCHS), epoch=len(epochs), best_val_acc=best,
         test_acc=(evaluation or {}).get("top1"), duration_s=status.get("train_seconds"),
         created=status.get("created"), error=status.get("error"), processes=count_in(status.get("processes"), 1024) or 1)
@@ -328,33 +429,3 @@ def refuse_while_training(run_dir: Path, action: str) -> None:
         pid = read_status(run_dir).get("pid")
         by = f" by process {pid}" if pid else ""
         raise RunError(f"{run_dir.name} is being trained{by}; wait for it to finish or stop it before you {action} it")
-
-
-def delete_run(run_dir: Path) -> None:
-    """Remove a run folder for good (refused while it trains). It is renamed away first, so a listing never sees
-    half a run, and a trainer that starts meanwhile finds no run rather than a damaged one."""
-    run_dir = Path(run_dir)
-    if not (run_dir / Run.CONFIG).is_file():
-        raise RunError(f"{run_dir} is not a run folder")
-    refuse_while_training(run_dir, "delete")
-    doomed = run_dir.with_name(f".deleting-{run_dir.name}-{secrets.token_hex(3)}")
-    os.rename(run_dir, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
-
-
-def rename_run(run_dir: Path, new_name: str) -> Path:
-    """Give a run a new id (its folder name); everything inside stays as it is. Returns the new folder."""
-    import re
-    run_dir = Path(run_dir)
-    new_name = new_name.strip()
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", new_name):
-        raise RunError(f"a run name takes letters, digits, '.', '_' and '-' (up to 100, starting with a letter or "
-                       f"digit): {new_name!r}")
-    if new_name == run_dir.name:
-        return run_dir
-    refuse_while_training(run_dir, "rename")
-    target = run_dir.with_name(new_name)
-    if target.exists():
-        raise RunError(f"a run named {new_name} exists already")
-    os.rename(run_dir, target)
-    return target

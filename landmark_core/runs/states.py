@@ -1,14 +1,7 @@
 """A run's states, as an enum whose members are the strings status files hold."""
 from __future__ import annotations
 
-import enum
-
-
-class TextEnum(str, enum.Enum):
-    """An enum whose members compare equal to, and print as, their string values (what the JSON files store)."""
-
-    def __str__(self) -> str:
-        return self.value
+from ..core.enums import TextEnum
 
 
 class RunState(TextEnum):
@@ -23,6 +16,8 @@ class RunState(TextEnum):
 
 
 ACTIVE_STATES = (RunState.QUEUED, RunState.RUNNING)
+#: A run in one of these states ended before its last epoch and can be resumed from its last checkpoint.
+RESUMABLE_STATES = (RunState.CANCELLED, RunState.INTERRUPTED, RunState.FAILED)
 
 #: The error a run stopped by :func:`request_cancel` (the Stop button) records: a stop, not a failure.
 STOPPED_BY_REQUEST = "stopped by request"

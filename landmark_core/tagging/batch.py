@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 from ..core.errors import ImageError, LandmarkError
 from ..core.fileio import write_json_atomic
 from ..core.images import open_image, read_photo
-from .decision import STATUS_MEANINGS, STATUSES, TagDecision, decide_for, reviewed_decision
+from .decision import STATUS_MEANINGS, STATUSES, TagDecision, TagStatus, decide_for, reviewed_decision
 from .metadata import EarlierTag, same_position, xmp_gps
 from .report import (check_report_path, done_before, earlier_tag, read_summary, repair_torn_tail, report_counts,
                      report_fields, report_row, report_rows)
@@ -262,7 +262,7 @@ def _tag_locked(predictor, files, report_path: Path, counts: dict, stop: threadi
                 writer.writerow(report_row(item, decision))
                 handle.flush()  # row by row: a kill loses at most the photo being written
                 counts[decision.status] += 1
-                counts["tagged_without_place"] += decision.status == "tagged" and decision.place is None
+                counts["tagged_without_place"] += decision.status == TagStatus.TAGGED and decision.place is None
                 handled += 1
                 if stop.is_set():  # SIGTERM: stop here, between two photos, never inside a write
                     raise KeyboardInterrupt
@@ -330,7 +330,7 @@ def _decide_and_write(predictor, item: DecodedPhoto, *, threshold, overwrite_gps
     its sidecar. A photo tagged before by this report (a re-tag, ``earlier_rows``) loses that tag in the same write
     that gives it the new one (or in a write of its own when it gets none): never both, never neither."""
     if item.error is not None:
-        return TagDecision("unreadable", error=item.error)
+        return TagDecision(TagStatus.UNREADABLE, error=item.error)
     source = file_key(item.path)
     earlier_row = earlier_rows.get(source)
     earlier = earlier_tag(earlier_row)
@@ -341,17 +341,17 @@ def _decide_and_write(predictor, item: DecodedPhoto, *, threshold, overwrite_gps
                           open_set=open_set, assessment=item.assessment)
     if item.gps_problem:
         decision = replace(decision, gps_note=item.gps_problem)
-    if source in verdicts and decision.status != "has_gps":
+    if source in verdicts and decision.status != TagStatus.HAS_GPS:
         decision = reviewed_decision(decision, *verdicts[source], predictor)
     if where.sidecars:
         return _write_sidecar_of(item, decision, source, where, outputs, overwrite_gps=overwrite_gps, earlier=earlier)
-    if decision.status != "tagged" and earlier is None:
+    if decision.status != TagStatus.TAGGED and earlier is None:
         return decision
     in_place, out_dir = where.in_place, where.out_dir
     if in_place:
         destination = item.path
     else:
-        if decision.status != "tagged":
+        if decision.status != TagStatus.TAGGED:
             failure = _failure_of(decision, out_dir, lambda: _remove_stale_copy(earlier_row, where))
             return failure or decision
         wanted = out_dir / item.path.relative_to(item.base)
@@ -368,7 +368,7 @@ def _decide_and_write(predictor, item: DecodedPhoto, *, threshold, overwrite_gps
     if in_place:  # the file changed: record its new identity so a re-run skips it
         info = item.path.stat()
         item.size, item.mtime_ns = info.st_size, info.st_mtime_ns
-    if decision.status == "tagged":
+    if decision.status == TagStatus.TAGGED:
         item.output, item.added = os.path.realpath(destination), written.get("added") or {}
     return decision
 
@@ -378,23 +378,23 @@ def _write_sidecar_of(item: DecodedPhoto, decision: TagDecision, source: str, wh
     destination = sidecar_path_of(item.path, where.sidecar_naming, item.base, where.sidecar_dir)
     owner = outputs.setdefault(os.path.realpath(destination), source)
     if owner != source:  # photo.jpg and photo.png in one folder share photo.xmp
-        return replace(decision, status="failed", error=f"{destination.name} is the sidecar of {Path(owner).name} "
+        return replace(decision, status=TagStatus.FAILED, error=f"{destination.name} is the sidecar of {Path(owner).name} "
                        "already (--sidecar-name ext names each photo's own)")
-    if decision.status == "tagged" and not overwrite_gps and os.path.lexists(destination):
+    if decision.status == TagStatus.TAGGED and not overwrite_gps and os.path.lexists(destination):
         try:  # a position the user set in the sidecar stays (the one our earlier tag wrote does not count)
             existing = xmp_gps(read_photo(destination))
         except (OSError, ImageError):
             existing = None
         if existing is not None and not (earlier is not None and same_position(existing, earlier.decision.place)):
-            decision = replace(decision, status="has_gps", existing_gps=existing)
-    if decision.status != "tagged" and earlier is None:
+            decision = replace(decision, status=TagStatus.HAS_GPS, existing_gps=existing)
+    if decision.status != TagStatus.TAGGED and earlier is None:
         return decision
     written: dict = {}
     failure = _failure_of(decision, destination,
                           lambda: written.update(added=write_sidecar(destination, decision, earlier)))
     if failure is not None:
         return failure
-    if decision.status == "tagged":
+    if decision.status == TagStatus.TAGGED:
         item.output, item.added = os.path.realpath(destination), written.get("added") or {}
     return decision
 
@@ -405,9 +405,9 @@ def _failure_of(decision: TagDecision, destination: Path, write: Callable[[], ob
     try:
         write()
     except ImageError as error:
-        return replace(decision, status="failed", error=str(error))
+        return replace(decision, status=TagStatus.FAILED, error=str(error))
     except OSError as error:
         if error.errno in _FATAL_WRITE_ERRORS:
             raise LandmarkError(f"cannot write {destination}: {error.strerror or error}") from None
-        return replace(decision, status="failed", error=f"cannot write {destination}: {error.strerror or error}")
+        return replace(decision, status=TagStatus.FAILED, error=f"cannot write {destination}: {error.strerror or error}")
     return None

@@ -2,43 +2,46 @@
 
 For each photo: predict, then decide — *tagged* (a landmark the model knows,
 recognised with enough probability), *unknown* (the photo does not look like
-any landmark the model learned: see :mod:`.openset`), *abstained* (a known
+any landmark the model learned: see :mod:`landmark_core.scoring.openset`), *abstained* (a known
 landmark but too unsure which: no tag beats a wrong place), *has_gps* (the
 photo already has GPS EXIF and ``overwrite_gps`` is off) or *unreadable*. A
 tagged photo whose class has no place (no ``places.csv`` entry) gets the name
-only, and the report says so.
-
-Writing: JPEGs get the tags in their metadata segments through exiv2
-(``pyexiv2``), so the compressed pixels are never re-encoded: EXIF GPS,
-ImageDescription and XPKeywords; IPTC Keywords, City and Country; XMP
-``dc:subject`` / ``dc:description`` / ``photoshop:City``/``Country`` and GPS,
-which photo managers (digiKam, Lightroom, darktable, Apple Photos) read. Other
-formats are copied byte for byte with an XMP sidecar (``photo.png.xmp``)
-carrying the same fields. Originals are only changed with ``in_place=True``;
-every write is atomic.
+only, and the report says so. The outcome is a :class:`TagStatus`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Mapping
 
+from ..core.enums import TextEnum
 from ..geo.places import Place, display_name, gazetteer, place_for
 
-STATUSES = ("tagged", "unknown", "abstained", "has_gps", "unreadable", "failed")
+
+class TagStatus(TextEnum):
+    """What became of a photo; compares equal to its string (tag reports and the API's JSON hold the string)."""
+    TAGGED = "tagged"
+    UNKNOWN = "unknown"
+    ABSTAINED = "abstained"
+    HAS_GPS = "has_gps"
+    UNREADABLE = "unreadable"
+    FAILED = "failed"
+
+
+STATUSES = tuple(TagStatus)
 #: What each outcome means, for reports and the app.
 STATUS_MEANINGS = {
-    "tagged": "a landmark the model knows, tagged with its name and place",
-    "unknown": "not a landmark this model knows: left untagged",
-    "abstained": "looks like a known landmark, but too unsure which: left untagged",
-    "has_gps": "already has a GPS position: left untagged",
-    "unreadable": "not a readable image",
-    "failed": "recognised, but the tags could not be written into it (the photo is left as it was)",
+    TagStatus.TAGGED: "a landmark the model knows, tagged with its name and place",
+    TagStatus.UNKNOWN: "not a landmark this model knows: left untagged",
+    TagStatus.ABSTAINED: "looks like a known landmark, but too unsure which: left untagged",
+    TagStatus.HAS_GPS: "already has a GPS position: left untagged",
+    TagStatus.UNREADABLE: "not a readable image",
+    TagStatus.FAILED: "recognised, but the tags could not be written into it (the photo is left as it was)",
 }
 NO_PLACE_NOTE = "no place for this class: tagged by name only (add it to the dataset's places.csv)"
 
 @dataclass(frozen=True)
 class TagDecision:
-    status: str
+    status: TagStatus
     prediction: str | None = None
     probability: float | None = None
     place: Place | None = None
@@ -64,7 +67,7 @@ class TagDecision:
 
     @property
     def note(self) -> str:
-        notes = [self.review_note, NO_PLACE_NOTE if self.status == "tagged" and self.place is None else "",
+        notes = [self.review_note, NO_PLACE_NOTE if self.status == TagStatus.TAGGED and self.place is None else "",
                  self.gps_note]
         return "; ".join(note for note in notes if note)
 
@@ -82,12 +85,12 @@ def decide(predictions, threshold: float, existing_gps: tuple[float, float] | No
     decision = dict(prediction=top.label, probability=top.probability, place=place, existing_gps=existing_gps,
                     familiarity=familiarity)
     if existing_gps and not overwrite_gps:
-        return TagDecision("has_gps", **decision)
+        return TagDecision(TagStatus.HAS_GPS, **decision)
     if familiarity_threshold is not None and familiarity is not None and familiarity < familiarity_threshold:
-        return TagDecision("unknown", **decision)
+        return TagDecision(TagStatus.UNKNOWN, **decision)
     if top.probability < threshold:
-        return TagDecision("abstained", **decision)
-    return TagDecision("tagged", **decision)
+        return TagDecision(TagStatus.ABSTAINED, **decision)
+    return TagDecision(TagStatus.TAGGED, **decision)
 
 
 def decide_for(predictor, source, *, threshold: float | None = None, existing_gps=None,
@@ -107,10 +110,10 @@ def reviewed_decision(decision: TagDecision, verdict: str, class_name: str | Non
     over the model's ``decision``, which goes into the note so the report still shows what the model thinks."""
     model_view = f"the model says {decision.name} ({decision.probability:.2f})" if decision.prediction else ""
     if class_name is None:
-        return replace(decision, status="unknown", review_note="; ".join(filter(None, ["not a landmark (reviewed)",
+        return replace(decision, status=TagStatus.UNKNOWN, review_note="; ".join(filter(None, ["not a landmark (reviewed)",
                                                                                       model_view])))
     place = (predictor.places.get(class_name) if class_name in predictor.classes
              else gazetteer(predictor.run.dataset).place_for(class_name))
-    return replace(decision, status="tagged", prediction=class_name, place=place,
+    return replace(decision, status=TagStatus.TAGGED, prediction=class_name, place=place,
                    probability=decision.probability if class_name == decision.prediction else None,
                    review_note="; ".join(filter(None, [f"{verdict} by review", model_view])))

@@ -10,7 +10,7 @@ from typing import Mapping
 
 from ..core.errors import LandmarkError
 from ..geo.places import Place, display_name, strip_control_characters
-from .decision import STATUSES, TagDecision
+from .decision import STATUSES, TagDecision, TagStatus
 from .metadata import EarlierTag
 from .walk import DecodedPhoto, file_key
 
@@ -39,7 +39,7 @@ def done_before(report_path: Path) -> tuple[dict[str, tuple[int, int]], dict[str
                 try:
                     # a photo whose tags could not be written, or that could not be read, is tried again (a
                     # folder may be writable now, a permission fixed: chmod leaves size and mtime as they were)
-                    retried = row.get("status") == "failed" or row.get("error", "").startswith("cannot read")
+                    retried = row.get("status") == TagStatus.FAILED or row.get("error", "").startswith("cannot read")
                     if row.get("status") in STATUSES and not retried and row.get("file"):
                         done[row["file"]] = (int(row["size"]), int(row["mtime_ns"]))
                         if row.get("output"):
@@ -86,7 +86,7 @@ def _unquoted(text: str) -> str:
 
 def previous_decision(row: Mapping[str, str]) -> TagDecision | None:
     """The tag a report row says was written, rebuilt from the row (None when the photo got none)."""
-    if row.get("status") != "tagged" or not row.get("prediction"):
+    if row.get("status") != TagStatus.TAGGED or not row.get("prediction"):
         return None
     prediction = _unquoted(row["prediction"])
     place = None
@@ -97,7 +97,7 @@ def previous_decision(row: Mapping[str, str]) -> TagDecision | None:
                           float(row["latitude"]), float(row["longitude"]))
     except ValueError:
         place = None
-    return TagDecision("tagged", prediction=prediction, place=place)
+    return TagDecision(TagStatus.TAGGED, prediction=prediction, place=place)
 
 
 def earlier_tag(row: Mapping[str, str] | None) -> EarlierTag | None:

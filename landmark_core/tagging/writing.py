@@ -1,5 +1,11 @@
-"""Writing tags: into a JPEG's metadata segments through exiv2 (the compressed pixels are never
-re-encoded), or as an XMP sidecar beside any other photo; every write atomic."""
+"""Writing tags into photos.
+
+JPEGs get the tags in their metadata segments through exiv2 (``pyexiv2``), so the compressed pixels are never
+re-encoded: EXIF GPS, ImageDescription and XPKeywords; IPTC Keywords, City and Country; XMP ``dc:subject`` /
+``dc:description`` / ``photoshop:City``/``Country`` and GPS, which photo managers (digiKam, Lightroom,
+darktable, Apple Photos) read. Other formats are copied byte for byte with an XMP sidecar (``photo.png.xmp``)
+carrying the same fields. Originals are only changed with ``in_place=True``; every write is atomic.
+"""
 from __future__ import annotations
 
 import io
@@ -13,7 +19,7 @@ import pyexiv2
 from ..core.errors import ImageError
 from ..core.fileio import write_user_file
 from ..core.images import open_image, read_photo
-from .decision import TagDecision
+from .decision import TagDecision, TagStatus
 from .metadata import (CAPTION_FIELDS, CAPTION_JOIN, EXIV2_ERRORS, KEYWORD_FIELDS, PLACE_FIELDS, EarlierTag, as_list,
                        as_text, exif_position, merged_fields, metadata_fields, retracted_fields, same_position,
                        xmp_position)
@@ -44,7 +50,7 @@ def _merge_into(image, decision: TagDecision, *, sidecar: bool = False, earlier:
     {} when ``decision`` is no tag (then only the earlier one is taken out)."""
     if earlier is not None:
         _retract_from(image, earlier)
-    if decision.status != "tagged":
+    if decision.status != TagStatus.TAGGED:
         return {}
     there = {view: read() for view, (read, _) in zip(("exif", "iptc", "xmp"), _views(image))}
     fields = there["exif"] | there["iptc"] | there["xmp"]
@@ -165,7 +171,7 @@ def write_sidecar(path: Path, decision: TagDecision, earlier: EarlierTag | None 
         data, added = _sidecar_with(existing, decision, earlier)
         if data == existing:
             return added
-    elif decision.status == "tagged":
+    elif decision.status == TagStatus.TAGGED:
         data, added = xmp_sidecar(decision).encode("utf-8"), _everything_added(decision)
     else:
         return {}

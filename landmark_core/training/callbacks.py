@@ -1,4 +1,4 @@
-"""The training side effects, each a callback on the engine's events (see :mod:`.engine` for the contract)."""
+"""The training side effects, each a callback on the engine's events (see :mod:`.events` for the contract)."""
 from __future__ import annotations
 
 import math
@@ -24,11 +24,11 @@ class MetricsLogger(Callback):
         self.path, self.every = path, max(1, every)
 
     def on_batch_end(self, engine):
-        if engine.batch % self.every == 0 or engine.batch == engine.last["batches"]:
-            append_jsonl(self.path, engine.last)
+        if engine.batch % self.every == 0 or engine.batch == engine.last.batches:
+            append_jsonl(self.path, engine.last.to_dict())
 
     def on_epoch_end(self, engine):
-        append_jsonl(self.path, engine.last)
+        append_jsonl(self.path, engine.last.to_dict())
 
 
 class Checkpointer(Callback):
@@ -41,8 +41,8 @@ class Checkpointer(Callback):
         self.run_dir, self.config, self.meta = run_dir, config, meta
 
     def on_epoch_end(self, engine):
-        val_acc = engine.last["val_acc"] if engine.last["val_acc"] is not None else -engine.last["train_loss"]
-        val_loss = engine.last["val_loss"] if engine.last["val_loss"] is not None else engine.last["train_loss"]
+        val_acc = engine.last.score
+        val_loss = engine.last.val_loss if engine.last.val_loss is not None else engine.last.train_loss
         # ties in accuracy are common on small validation splits: the lower loss breaks them
         is_best = val_acc > engine.best_val_acc or (val_acc == engine.best_val_acc and val_loss < engine.best_val_loss)
         if is_best:
@@ -68,8 +68,7 @@ class EarlyStopping(Callback):
         self.patience, self.best, self.bad_epochs = patience, -math.inf, 0
 
     def on_epoch_end(self, engine):
-        last = engine.last
-        score = last["val_acc"] if last["val_acc"] is not None else -last["train_loss"]
+        score = engine.last.score
         if score > self.best:
             self.best, self.bad_epochs = score, 0
         else:
@@ -85,7 +84,7 @@ class EarlyStopping(Callback):
 
 
 class StatusUpdater(Callback):
-    """Keeps the status's epoch and batch current for the progress line (:mod:`.progress`): the epoch's start
+    """Keeps the status's epoch and batch current for the progress line (:mod:`landmark_core.runs.progress`): the epoch's start
     and, at most once every ``every_seconds``, the batch reached (the metrics log has a batch only every
     ``log_every``)."""
     order = 30
@@ -98,9 +97,9 @@ class StatusUpdater(Callback):
         write_status(self.run_dir, epoch_started=self.written, batch=0)
 
     def on_batch_end(self, engine):
-        if time.time() - self.written >= self.every_seconds or engine.batch == engine.last.get("batches"):
+        if time.time() - self.written >= self.every_seconds or engine.batch == engine.last.batches:
             self.written = time.time()
-            write_status(self.run_dir, batch=engine.batch, batches=engine.last.get("batches"))
+            write_status(self.run_dir, batch=engine.batch, batches=engine.last.batches)
 
     def on_epoch_end(self, engine):
         # the next epoch has not started (its loaders may take a while): its length is not yet being measured
@@ -115,15 +114,15 @@ class CancelOnRequest(Callback):
     """
 
     def __init__(self, run_dir: Path, world: World = SINGLE_PROCESS):
-        self.flag, self.world = run_dir / Run.CANCEL, world
+        self.run, self.world = Run.of(run_dir), world
 
     def on_batch_end(self, engine):
-        if self.world.any(self.flag.exists()):
+        if self.world.any(self.run.cancel_requested):
             raise TrainingCancelled(STOPPED_BY_REQUEST)
 
 
 class ConsoleProgress(Callback):
-    """A line per epoch; with the run's folder, also the run's elapsed time and ETA from :mod:`.progress` (the
+    """A line per epoch; with the run's folder, also the run's elapsed time and ETA from :mod:`landmark_core.runs.progress` (the
     same figures as the Train page and ``landmark runs``)."""
     order = 40  # after StatusUpdater: the status already has this epoch
 
@@ -132,12 +131,12 @@ class ConsoleProgress(Callback):
 
     def on_epoch_end(self, engine):
         r = engine.last
-        val = f"val loss {r['val_loss']:.3f} acc {r['val_acc']:.3f}" if r["val_acc"] is not None else "no validation"
+        val = f"val loss {r.val_loss:.3f} acc {r.val_acc:.3f}" if r.val_acc is not None else "no validation"
         times = ""
         if self.run_dir is not None:
             from ..runs.progress import format_seconds, run_progress
             progress = run_progress(self.run_dir)
             times = f"  elapsed {format_seconds(progress.elapsed)}" + (
                 f"  ETA {format_seconds(progress.eta)}" if progress.eta is not None else "")
-        self.print(f"epoch {r['epoch']}/{r['epochs']}  train loss {r['train_loss']:.3f} acc {r['train_acc']:.3f}  "
-                   f"{val}  {r['epoch_seconds']:.1f}s{times}")
+        self.print(f"epoch {r.epoch}/{r.epochs}  train loss {r.train_loss:.3f} acc {r.train_acc:.3f}  "
+                   f"{val}  {r.epoch_seconds:.1f}s{times}")

@@ -1,4 +1,4 @@
-"""The training loop: an engine that fires named events, and the callback contract.
+"""The training loop: an engine that fires named events to its callbacks (the contract: :mod:`.events`).
 
 Side effects (metrics, checkpoints, status, early stopping, cancellation, console output) are callbacks
 (:mod:`.callbacks`). The contract, as in Lightning: callbacks run in ``order``; each event reaches every
@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from .. import data as data_lib
 from ..core.errors import RunError
 from ..core.world import SINGLE_PROCESS, World
-from ..models.registry import LandmarkNet, folded_for_inference
+from ..models.registry import FlipAveraged, LandmarkNet, folded_for_inference
 from ..runs.config import TrainConfig
 from ..scoring.calibration import top_k_hits
-from .events import Callback, ordered
+from .events import BatchRecord, Callback, EpochRecord, ordered
 from .features import FeatureBatches
 from .prepare import PreparedData
 from .probe import class_weights, fit_linear_head
@@ -76,7 +76,7 @@ class Engine:
         self.averaged = self._make_average()
         self.epoch = 0  # epochs completed
         self.batch = 0
-        self.last: dict = {}
+        self.last: EpochRecord | BatchRecord | None = None  # what the event being fired is about
         self.best_val_acc = -math.inf
         self.best_val_loss = math.inf
         self._feature_batches: dict[str, FeatureBatches] = {}
@@ -201,11 +201,11 @@ class Engine:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(val["acc"])
         self.epoch += 1
-        self.last = {"kind": "epoch", "epoch": self.epoch, "epochs": c.epochs, "train_loss": train_loss,
-                     "train_acc": train_acc, "val_loss": val["loss"], "val_acc": val["acc"],
-                     "val_top5": val["top5"], "lr": self.optimizer.param_groups[0]["lr"],
-                     "backbone_frozen": network is not self.model or self.epoch <= c.freeze_epochs,
-                     "epoch_seconds": time.time() - epoch_start, "elapsed": time.time() - self.started}
+        self.last = EpochRecord(epoch=self.epoch, epochs=c.epochs, train_loss=train_loss, train_acc=train_acc,
+                                val_loss=val["loss"], val_acc=val["acc"], val_top5=val["top5"],
+                                lr=self.optimizer.param_groups[0]["lr"],
+                                backbone_frozen=network is not self.model or self.epoch <= c.freeze_epochs,
+                                epoch_seconds=time.time() - epoch_start, elapsed=time.time() - self.started)
         self.fire("on_epoch_end")
 
     def _fit_head(self, train_batches: FeatureBatches, val_batches: FeatureBatches) -> tuple[float, float]:
@@ -232,9 +232,9 @@ class Engine:
                                                          dtype=torch.float64))
             loss, accuracy = summary.tolist()
         self.batch = 1
-        self.last = {"kind": "batch", "epoch": self.epoch + 1, "batch": 1, "batches": 1, "loss": loss,
-                     "weight_decay": head.weight_decay, "views": len(labels) // max(1, len(train_batches.labels)),
-                     "lr": self.optimizer.param_groups[0]["lr"], "elapsed": time.time() - self.started}
+        self.last = BatchRecord(epoch=self.epoch + 1, batch=1, batches=1, loss=loss, weight_decay=head.weight_decay,
+                                views=len(labels) // max(1, len(train_batches.labels)),
+                                lr=self.optimizer.param_groups[0]["lr"], elapsed=time.time() - self.started)
         self.fire("on_batch_end")
         return loss, accuracy
 
@@ -297,8 +297,8 @@ class Engine:
             total_loss += batch_loss * count
             correct += int(hits)
             seen += int(count)
-            self.last = {"kind": "batch", "epoch": self.epoch + 1, "batch": self.batch, "batches": len(train_batches),
-                         "loss": batch_loss, "lr": self.optimizer.param_groups[0]["lr"], "elapsed": time.time() - self.started}
+            self.last = BatchRecord(epoch=self.epoch + 1, batch=self.batch, batches=len(train_batches), loss=batch_loss,
+                                    lr=self.optimizer.param_groups[0]["lr"], elapsed=time.time() - self.started)
             self.fire("on_batch_end")
         return total_loss / max(1, seen), correct / max(1, seen)
 
@@ -380,10 +380,7 @@ def predict_logits(network: nn.Module, inputs: torch.Tensor, tta_flip: bool = Fa
     Feature batches (2-D inputs) already hold flip-averaged features when asked
     (:class:`FeatureBatches`), and a linear head maps the mean to the mean.
     """
-    logits = network(inputs).float()
-    if tta_flip and inputs.dim() == 4:
-        logits = (logits + network(inputs.flip(-1)).float()) / 2
-    return logits
+    return FlipAveraged(network, tta_flip)(inputs)
 
 
 @torch.no_grad()

@@ -21,12 +21,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..core.enums import TextEnum
 from ..core.errors import LandmarkError
 from ..core.fileio import process_alive, read_json, write_json_atomic
 from ..core.locations import artifacts_dir
 from ..models.registry import build_model
 from ..runs.config import TrainConfig, resolve_device
-from ..runs.states import TextEnum
 from .engine import Engine
 from .prepare import prepare_data
 

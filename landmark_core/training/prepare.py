@@ -44,12 +44,10 @@ def prepare_data(config: TrainConfig, progress: Callable[[str, int, int], None] 
     dataset = data_lib.scan_dataset(config.data, test_fraction=config.test_fraction, seed=config.seed)
     train_samples, val_samples = data_lib.stratified_split(dataset.train, config.val_fraction, config.seed)
     cache = data_lib.cache_dir_for(dataset.root)
-    preprocessing = run_preprocessing(config)
 
     def decode(name, samples):
         report = (lambda done, total: progress(f"decoding {name}", done, total)) if progress else None
-        return data_lib.decode_split(samples, preprocessing.resize_size, cache_dir=cache, progress=report,
-                                     interpolation=preprocessing.interpolation)
+        return decode_for_run(config, samples, cache, report)
 
     train, val, test = decode("train", train_samples), decode("val", val_samples), decode("test", dataset.test)
     if len(train) == 0:
@@ -66,8 +64,16 @@ def prepare_data(config: TrainConfig, progress: Callable[[str, int, int], None] 
                         dataset.unknown_evaluation, cache)
 
 
+def decode_for_run(config: TrainConfig, samples: Sequence[data_lib.Sample], cache_dir: Path | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> data_lib.DecodedSplit:
+    """Photos decoded as a run with ``config`` decodes them: the short side at the model's resize size (its
+    crop share of the input size) with its filter. The one rule for training, evaluation and anything that must
+    see the photos as a run does (the dataset statistics, the benchmarks)."""
+    preprocessing = run_preprocessing(config)
+    return data_lib.decode_split(samples, preprocessing.resize_size, cache_dir=cache_dir, progress=progress,
+                                 interpolation=preprocessing.interpolation)
+
+
 def decode_photos(config: TrainConfig, paths: Sequence[str], cache_dir: Path | None = None) -> data_lib.DecodedSplit:
     """Photos outside the classes (label -1), decoded with the run's preprocessing."""
-    preprocessing = run_preprocessing(config)
-    return data_lib.decode_split([data_lib.Sample(path, -1) for path in paths], preprocessing.resize_size,
-                                 cache_dir=cache_dir, interpolation=preprocessing.interpolation)
+    return decode_for_run(config, [data_lib.Sample(path, -1) for path in paths], cache_dir)
