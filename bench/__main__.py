@@ -10,8 +10,9 @@
     python -m bench --only serve                               # landmark serve: 1, 4, 16 clients, batching on/off
     python -m bench --only backends --data DIR [DIR ...]       # TorchScript vs ONNX Runtime fp32 and int8
     python -m bench --only scratch --data DIR [DIR ...]        # the scratch CNN's recipe: each set and all merged
-    python -m bench --only crosssource --data KNOWN --other DIR --lookalike DIR --nolandmark DIR
-                                      # the known set's landmarks from other sources, look-alikes, no landmark
+    python -m bench --only crosssource --data KNOWN --other DIR --lookalike DIR --nolandmark DIR [--notphoto DIR]
+                                      # the known set's landmarks from other sources, look-alikes, no landmark,
+                                      # images that are no photograph (drawings, documents, posters, screenshots)
 """
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="real-photo datasets for the 'real' benchmark (default with --smoke: a tiny generated set)")
     for flag, what in (("--other", "the known set's classes photographed elsewhere (class folders)"),
                        ("--lookalike", "photos of other landmarks, look-alikes of the known ones"),
-                       ("--nolandmark", "photos of no landmark at all")):
+                       ("--nolandmark", "photos of no landmark at all"),
+                       ("--notphoto", "images that are no photograph of a place (kind folders: drawings, documents, "
+                                      "posters, screenshots, portraits)")):
         parser.add_argument(flag, default=None, metavar="DIR", help=f"crosssource: {what}")
     args = parser.parse_args(argv)
     keep_freed_memory()  # as every training process does (landmark_core.pipeline.train)
@@ -87,16 +90,18 @@ def main(argv: list[str] | None = None) -> int:
             from .common import photo_dataset
             runners["crosssource"] = lambda: suites.cross_source(
                 scale, photos_for_smoke(), photo_dataset(work / "cross-other", 6, classes=3, seed=1) / "train",
-                photo_dataset_for_smoke("cross-lookalike", first_class=3), demo / "test", work)
+                photo_dataset_for_smoke("cross-lookalike", first_class=3), demo / "test", work, not_photo=demo / "test")
         elif "crosssource" in chosen:
             if not (args.data and args.other and args.lookalike and args.nolandmark):
                 parser.error("crosssource needs --data KNOWN --other DIR --lookalike DIR --nolandmark DIR")
             runners["crosssource"] = lambda: suites.cross_source(
-                scale, *(Path(d).resolve() for d in (args.data[0], args.other, args.lookalike, args.nolandmark)), work)
+                scale, *(Path(d).resolve() for d in (args.data[0], args.other, args.lookalike, args.nolandmark)), work,
+                not_photo=Path(args.notphoto).resolve() if args.notphoto else None)
         command = ("python -m bench" + (" --smoke" if args.smoke else "") + (f" --only {' '.join(args.only)}" if args.only else "")
                    + (f" --data {' '.join(args.data)}" if args.data else "")
                    + "".join(f" --{flag} {value}" for flag, value in (("other", args.other), ("lookalike", args.lookalike),
-                                                                     ("nolandmark", args.nolandmark)) if value))
+                                                                     ("nolandmark", args.nolandmark),
+                                                                     ("notphoto", args.notphoto)) if value))
         stamp = f"_Measured by `{command}` on {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}._\n\n"
         sections = {}
         for name in chosen:

@@ -1220,55 +1220,114 @@ def _photo_files(folder: Path) -> list[Path]:
 
 
 def cross_source(scale: Scale, known: Path, other_source: Path, look_alike: Path, no_landmark: Path,
-                 work: Path) -> Table:
+                 work: Path, not_photo: Path | None = None) -> Table:
     """The tag decision on photos the development sets cannot show: the known landmarks from another source
-    (``other_source/<class>/``), other landmarks that look like them, and photos of no landmark at all."""
+    (``other_source/<class>/``), other landmarks that look like them (``look_alike/<landmark>/``), photos of no
+    landmark at all and, with ``not_photo`` (``<kind>/`` folders), images that are no photograph of a place.
+    Last, the default recipe again with photos of some look-alike landmarks in the dataset's unknown/ folder (as
+    the review's "not a landmark" verdicts put them there), judged on the other look-alike landmarks."""
     from landmark_core.runs.config import TrainConfig
     from landmark_core.models.builders import DEFAULT_TRANSFER_MODEL
     from landmark_core.pipeline import train_new
-    from landmark_core.tagging.predict import Predictor
-    from landmark_core.tagging.decision import decide_for
-    from landmark_core.scoring.openset import auroc
 
     table = Table("15. Other sources and look-alikes: the tag decision at a run's own thresholds (default transfer "
                   "recipe)", ["known set", "model", "familiarity features", "photos", "count", "top-1", "tagged", "precision of those tags",
-                              "tagged wrong (share of all)", "AUROC familiarity: other-source known vs look-alike",
-                              "train s"])
+                              "tagged wrong (share of all)", "most tagged landmark or kind",
+                              "AUROC familiarity: other-source known vs look-alike", "train s"])
     classes = data_lib.scan_dataset(known).classes
     sets = [("same-source test", [(path, path.parent.name) for path in _photo_files(known / "test")]),
             ("other source", [(path, path.parent.name) for path in _photo_files(other_source)
                               if path.parent.name in classes]),
             ("look-alike landmarks", [(path, None) for path in _photo_files(look_alike)]),
             ("no landmark", [(path, None) for path in _photo_files(no_landmark)])]
+    if not_photo is not None:
+        sets.append(("not a photograph", [(path, None) for path in _photo_files(not_photo)]))
     smoke = scale.name != "full"
+    overrides = dict(image_size=scale.image_size, epochs=1, freeze_epochs=1) if smoke else {}
     recipes = [(DEFAULT_TRANSFER_MODEL, features, settings) for features, settings in FAMILIARITY_FEATURES]
     for index, (model, features, settings) in enumerate(recipes + [("efficientnet_lite0", "its own", {})]):
-        overrides = dict(image_size=scale.image_size, epochs=1, freeze_epochs=1) if smoke else {}
         started = time.perf_counter()
         run = train_new(TrainConfig(data=str(known), model=model, **overrides, **settings),
                         work / "crosssource" / f"{index}-{model}")
-        seconds = time.perf_counter() - started
-        predictor = Predictor(run)
-        familiarity = {}
-        for name, photos in sets:
-            decisions = [decide_for(predictor, path.read_bytes()) for path, _ in photos]
-            tagged = np.array([decision.status == "tagged" for decision in decisions], bool)
-            right = np.array([decision.prediction == truth for decision, (_, truth) in zip(decisions, photos)], bool)
-            familiarity[name] = np.array([decision.familiarity for decision in decisions], float)
-            knows = photos and photos[0][1] is not None
-            separation = (auroc(familiarity["other source"], familiarity[name])
-                          if name == "look-alike landmarks" and len(familiarity["other source"]) else None)
-            table.add(known.name, model, features, name, len(photos), f"{right.mean():.1%}" if knows and len(photos) else "-",
-                      f"{tagged.mean():.1%}" if len(photos) else "-",
-                      f"{right[tagged].mean():.1%}" if knows and tagged.any() else "-",
-                      f"{(tagged & ~right).mean():.1%}" if len(photos) else "-",
-                      "-" if separation is None else separation, seconds)
+        _add_decisions(table, known.name, model, features, sets, _decide(run, sets), time.perf_counter() - started)
+
+    # Photos of other places teach: each third of the look-alike landmarks judged by a run whose unknown/ holds
+    # the other two thirds' photos (halved by file name between its distractors and its evaluation, as always)
+    look_alikes = dict(sets)["look-alike landmarks"]
+    landmarks = sorted({path.parent.name for path, _ in look_alikes})
+    folds = [landmarks[start::3] for start in range(min(3, len(landmarks)))]
+    merged: dict[str, list] = {name: [] for name, _ in sets}
+    seconds = 0.0
+    for index, held in enumerate(folds):
+        teaching = [path for path, _ in look_alikes if path.parent.name not in held]
+        data = _with_unknowns(known, teaching, work / "crosssource" / f"taught-{index}", calibrate=True)
+        started = time.perf_counter()
+        run = train_new(TrainConfig(data=str(data), model=DEFAULT_TRANSFER_MODEL, **overrides),
+                        work / "crosssource" / f"taught-{index}-runs")
+        seconds += (time.perf_counter() - started) / len(folds)
+        judged = [(name, [photo for photo in photos if name != "look-alike landmarks" or photo[0].parent.name in held])
+                  for name, photos in sets]
+        for name, outcome in _decide(run, judged).items():
+            merged[name].append((dict(judged)[name], outcome))
+    pooled = [(name, [photo for photos, _ in merged[name] for photo in photos]) for name, _ in sets]
+    outcomes = {name: tuple(np.concatenate([outcome[part] for _, outcome in merged[name]]) for part in range(3))
+                for name, _ in sets}
+    _add_decisions(table, known.name, DEFAULT_TRANSFER_MODEL,
+                   f"both (default), other look-alike landmarks' photos in unknown/ ({len(folds)} folds)", pooled,
+                   outcomes, seconds)
     table.notes += [
         "Each run is trained on the known set's train/ (its thresholds from leave-one-class-out photos, as a run "
         "without an unknown/ folder sets them); every photo is then decided one by one by `landmark tag`'s rule "
         "(decide_for), read from its file. Photos of a landmark the run does not know are right only as untagged.",
+        "Last rows: the look-alike landmarks in three folds (every third by name); each fold's photos are judged by "
+        "a run whose dataset has the other folds' photos in unknown/ (its calibration half is the bank's "
+        "distractors: a photo nearer to one of them than to its landmark's own photos loses familiarity), and "
+        "the other sets' figures are means over the three runs. The look-alikes judged are never in the bank.",
         "The other-source, look-alike and no-landmark photos come from other public repositories than the known "
         "set (none byte-identical or a near duplicate, perceptual hash distance > 4, of a development photo); they "
-        "are kept outside the repository (unknown licences).",
+        "are kept outside the repository (unknown licences); the README's 'Photos from elsewhere' names each "
+        "repository, folder and commit. 'Most tagged': the landmark (or kind of image) whose photos were tagged "
+        "most often, with its share.",
     ]
     return table
+
+
+def _decide(run: Path, sets: list[tuple[str, list[tuple[Path, str | None]]]]) -> dict[str, tuple]:
+    """Per set: (tagged, right, familiarity) arrays of the run's tag decision on each photo, read from its file."""
+    from landmark_core.tagging.predict import Predictor
+    from landmark_core.tagging.decision import decide_for
+    predictor, outcomes = Predictor(run), {}
+    for name, photos in sets:
+        decisions = [decide_for(predictor, path.read_bytes()) for path, _ in photos]
+        outcomes[name] = (np.array([decision.status == "tagged" for decision in decisions], bool),
+                          np.array([decision.prediction == truth for decision, (_, truth) in zip(decisions, photos)], bool),
+                          np.array([decision.familiarity for decision in decisions], float))
+    return outcomes
+
+
+def _add_decisions(table: Table, known: str, model: str, features: str, sets, outcomes: dict, seconds: float) -> None:
+    from landmark_core.scoring.openset import auroc
+    for name, photos in sets:
+        tagged, right, familiarity = outcomes[name]
+        knows = photos and photos[0][1] is not None
+        other = outcomes["other source"][2]
+        separation = auroc(other, familiarity) if name == "look-alike landmarks" and len(other) else None
+        table.add(known, model, features, name, len({path for path, _ in photos}),  # pooled folds repeat photos
+                  f"{right.mean():.1%}" if knows and len(photos) else "-",
+                  f"{tagged.mean():.1%}" if len(photos) else "-",
+                  f"{right[tagged].mean():.1%}" if knows and tagged.any() else "-",
+                  f"{(tagged & ~right).mean():.1%}" if len(photos) else "-",
+                  "-" if knows else _most_tagged_group(photos, tagged),
+                  "-" if separation is None else separation, seconds)
+
+
+def _most_tagged_group(photos: list[tuple[Path, str | None]], tagged: np.ndarray) -> str:
+    """The first-level folder (a look-alike landmark, a kind of image) whose photos were tagged most often."""
+    groups: dict[str, list[bool]] = {}
+    for (path, _), was_tagged in zip(photos, tagged):
+        groups.setdefault(path.parent.name, []).append(bool(was_tagged))
+    if not groups:
+        return "-"
+    name, outcomes = max(groups.items(), key=lambda item: (np.mean(item[1]), len(item[1])))
+    photos_in = {path for path, _ in photos if path.parent.name == name}  # pooled folds repeat photos
+    return f"{name} {np.mean(outcomes):.0%} of {len(photos_in)}"

@@ -79,13 +79,16 @@ def start_run(config: TrainConfig, *, processes: int = 1, artifacts: Path | None
 def reevaluate(run: Run | Path, *, device: torch.device | str = "cpu", checkpoint: str = "best") -> tuple[dict, bool]:
     """Evaluate a finished run again and, when its export is of that checkpoint and now carries another
     calibration or other tag thresholds, export it again in the same format: the exported model (what the
-    Predictor, ``landmark tag``, the service and the bundle read) always decides as evaluation chose. Returns the
-    summary and whether the run was exported again."""
+    Predictor, ``landmark tag``, the service and the bundle read) always decides as evaluation chose, with the
+    feature bank it saved (photos added to the dataset's unknown/ folder change it). Returns the summary and whether
+    the run was exported again."""
     run = Run.of(run)
     summary = evaluate_run(run, device=device, checkpoint=checkpoint)
     exported = run.export_meta or {}
-    carried = (exported.get("temperature"), exported.get("probability_threshold"), exported.get("familiarity_threshold"))
-    chosen = (summary["calibration"]["temperature"], summary["default_threshold"], summary["default_familiarity_threshold"])
+    carried = (exported.get("temperature"), exported.get("probability_threshold"), exported.get("familiarity_threshold"),
+               exported.get("feature_bank_digest"))
+    chosen = (summary["calibration"]["temperature"], summary["default_threshold"], summary["default_familiarity_threshold"],
+              summary["open_set"]["bank_digest"])
     if exported.get("checkpoint") != checkpoint or carried == chosen:
         return summary, False
     export_run(run.path, checkpoint=checkpoint, format=exported.get("format", "torchscript"))

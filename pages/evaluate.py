@@ -71,7 +71,9 @@ if open_set:
                 else "") + f"Familiarity threshold **{open_set['familiarity_threshold']:.3f}** (set from "
                f"{' and '.join(open_set['threshold_basis'])}), probability threshold "
                f"**{open_set['probability_threshold']:.2f}**. Unknown photos: {open_set['unknown_photos']['calibration']} "
-               f"to calibrate, {open_set['unknown_photos']['evaluation']} to evaluate"
+               f"to calibrate" + (f" (each also counts against a photo that looks more like it than like the "
+                                  f"landmark's own training photos)" if open_set.get("distractors") else "")
+               + f", {open_set['unknown_photos']['evaluation']} to evaluate"
                + ("" if open_set["unknown_photos"]["evaluation"] else
                   " — add an `unknown/` folder of photos of other places to the dataset to measure and tighten this")
                + ".")

@@ -314,3 +314,88 @@ def test_a_separate_familiarity_backbone_travels_with_the_export(tiny_dataset, t
             assessment = predictor.assess(path, top_k=1)
             assert assessment.familiarity == pytest.approx(row["familiarity"], abs=at_size), (export_format, path)
             assert assessment.predictions[0].index == row["predicted"]
+
+
+def test_a_photo_nearer_to_a_photo_of_another_place_than_to_its_landmark_loses_familiarity():
+    """Distractor rows (the dataset's unknown/ photos, label DISTRACTOR) cost a photo DISTRACTOR_WEIGHT times the
+    amount by which the nearest of them is nearer than its nearest training photo of the predicted class; a bank
+    without them scores as before, and a distractor farther away costs nothing."""
+    bank = openset.normalise_features(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    labels = torch.tensor([0, 1])
+    photo, sure_of_class_0 = torch.tensor([[1.0, 0.5]]), torch.tensor([[1.0, 0.0]])
+    before = openset.familiarity(photo, bank, labels, sure_of_class_0).item()
+    near, far = torch.tensor([[1.0, 0.45]]), torch.tensor([[0.2, 1.0]])
+    with_near = openset.with_distractors(bank.half(), labels, near)
+    after = openset.familiarity(photo, *with_near, sure_of_class_0).item()
+    unit = photo / photo.norm()
+    nearest_landmark = float(unit @ bank[0])
+    nearest_other_place = float(unit @ (near / near.norm())[0])
+    assert nearest_other_place > nearest_landmark
+    assert after == pytest.approx(before - openset.DISTRACTOR_WEIGHT * (nearest_other_place - nearest_landmark),
+                                  abs=2e-3)  # the float16 bank
+    assert with_near[1].tolist() == [0, 1, openset.DISTRACTOR]
+    assert openset.familiarity(photo, *openset.with_distractors(bank.half(), labels, far),
+                               sure_of_class_0).item() == pytest.approx(before, abs=2e-3)
+    # a joint check: each network's part meets the distractor's part of its own
+    joint_bank, joint_labels = openset.with_distractors(openset.normalise_features(torch.cat([bank, bank], 1), 2),
+                                                        labels, torch.cat([near, far], 1), own_dim=2)
+    both = openset.familiarity(torch.cat([photo, photo], 1), joint_bank, joint_labels, sure_of_class_0, 2, 0.0)
+    assert both.item() == pytest.approx(after, abs=2e-3)  # the first network meets the near one: the lower wins
+
+
+def test_photos_of_other_places_in_the_bank_are_judged_without_their_own_half():
+    """The calibration photos that sit in the bank as distractors would each find itself there (similarity 1); for
+    the threshold each is judged with its half of them taken out, as a new photo of another place would be."""
+    rng = np.random.default_rng(1)
+    known = torch.from_numpy(rng.normal(size=(30, 8))).float()
+    labels = torch.arange(3).repeat_interleave(10)
+    others = torch.from_numpy(rng.normal(size=(6, 8))).float()
+    logits = rng.normal(size=(6, 3)).astype(np.float32)
+    bank, bank_labels = openset.with_distractors(openset.normalise_features(known).half(), labels, others)
+    scorer = openset.Scorer(bank, bank_labels)
+    held_out = scorer.distractors_held_out(others, logits)
+    in_bank = scorer(others, logits)
+    assert (held_out.familiarity > in_bank.familiarity).all()  # none meets itself
+    for index in range(6):
+        keep = torch.ones(len(bank_labels), dtype=torch.bool)
+        keep[30 + index % 2::2] = False  # its own half
+        alone = openset.Scorer(bank[keep], bank_labels[keep])(others[index:index + 1], logits[index:index + 1])
+        assert held_out.familiarity[index] == pytest.approx(alone.familiarity[0], abs=1e-6)
+    np.testing.assert_array_equal(held_out.predicted, in_bank.predicted)
+
+
+def test_photos_added_to_unknown_teach_the_run_what_is_not_its_landmark(teachable):
+    """A test photo the run knows, then a copy of it put among the dataset's photos of other places (train/unknown/):
+    evaluated again, the run keeps the copy in its bank as a distractor and the export it re-made carries it, so
+    the photo now looks less familiar, to the Predictor as to evaluation (the model's weights are unchanged)."""
+    from landmark_core.pipeline import reevaluate
+    from landmark_core.runs.run import Run
+    run, data, _ = teachable
+    calibration_photos = len(scan_dataset(data).unknown_calibration)
+    assert read_json(run / "evaluation.json")["open_set"]["distractors"] == calibration_photos > 0
+    assert read_json(run / "export.json")["feature_bank_distractors"] == calibration_photos
+    _, exported_again = reevaluate(run)  # nothing changed: the same bank, the same export
+    assert not exported_again
+    predictor = Predictor(run)
+    photo = max(sorted((data / "test").rglob("*.jpg")), key=lambda p: predictor.assess(p, top_k=1).familiarity)
+    before = predictor.assess(photo, top_k=1).familiarity
+    (data / "train" / "unknown").mkdir()
+    Image.open(photo).save(data / "train" / "unknown" / "not-this-landmark.jpg", quality=90)
+    summary, exported_again = reevaluate(run)
+    assert exported_again  # the thresholds may not move, the bank did
+    assert summary["open_set"]["distractors"] == calibration_photos + 1
+    after = Predictor(run).assess(photo, top_k=1).familiarity
+    # by exactly the penalty: twice the amount by which the copy is nearer than the landmark's nearest photo
+    from landmark_core.export.module import build_exportable
+    module = build_exportable(run)
+    with torch.no_grad():
+        features = module.features(module.preprocess(torch.from_numpy(predictor.decode(photo)).permute(2, 0, 1)))
+    bank = torch.load(run / "feature_bank_best.pt")
+    similarity = (torch.nn.functional.normalize(features, dim=1) @ bank["features"].float().t())[0]
+    predicted = predictor.assess(photo, top_k=1).predictions[0].index
+    landmark = similarity[bank["labels"] == predicted].max()
+    copy = similarity[bank["labels"] == openset.DISTRACTOR].max()
+    assert copy > landmark
+    assert before - after == pytest.approx(openset.DISTRACTOR_WEIGHT * float(copy - landmark), abs=2e-3)
+    evaluated = {row["path"]: row["familiarity"] for row in Run(run).predictions}
+    assert evaluated[str(photo)] == pytest.approx(after, abs=FORMAT_TOLERANCE["torchscript"][0])

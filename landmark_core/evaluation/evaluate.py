@@ -216,25 +216,30 @@ def evaluate_run(run: Run | Path, *, device: torch.device | str = "cpu", prepare
     summary, rows = summarize_predictions(test_probs, prepared.test.labels, meta["classes"], prepared.test.paths)
     val_curve = coverage_curve(val_probs, prepared.val.labels)
 
-    own_dim = model.feature_dim if config.joint_familiarity else 0
-    bank = openset.normalise_features(train_features, own_dim).half()
-    bank_labels = torch.from_numpy(np.asarray(prepared.train.labels, dtype=np.int64))
-    val_labels = np.asarray(prepared.val.labels, dtype=np.int64)
-    known = (torch.cat([train_features, val_features]), torch.cat([bank_labels, torch.from_numpy(val_labels)]),
-             np.concatenate([train_logits, val_logits]))
-    # a joint check's pseudo-unknown threshold is the classifier's own: the other network's score is moved onto it
-    offset, own_pseudo = (openset.joint_offset(*known, temperature, bank, bank_labels, own_dim) if own_dim
-                          else (0.0, None))
-    scorer = openset.Scorer(bank, bank_labels, temperature, own_dim, offset)
     unknowns, unknown_paths = {}, {}
     for name, paths in (("calibration", prepared.unknown_calibration), ("evaluation", prepared.unknown_evaluation)):
         if paths:
             decoded = decode_photos(config, paths, prepared.cache_dir)
             unknowns[name], unknown_paths[name] = outputs(decoded), decoded.paths
+    own_dim = model.feature_dim if config.joint_familiarity else 0
+    train_labels = torch.from_numpy(np.asarray(prepared.train.labels, dtype=np.int64))
+    # the calibration photos of other places also count against any photo nearer to them than to its landmark
+    bank, bank_labels = openset.with_distractors(
+        openset.normalise_features(train_features, own_dim).half(), train_labels,
+        unknowns["calibration"][0] if "calibration" in unknowns else torch.zeros(0, train_features.shape[1]), own_dim)
+    val_labels = np.asarray(prepared.val.labels, dtype=np.int64)
+    known = (torch.cat([train_features, val_features]), torch.cat([train_labels, torch.from_numpy(val_labels)]),
+             np.concatenate([train_logits, val_logits]))
+    # a joint check's pseudo-unknown threshold is the classifier's own: the other network's score is moved onto it
+    offset, own_pseudo = (openset.joint_offset(*known, temperature, bank, bank_labels, own_dim) if own_dim
+                          else (0.0, None))
+    scorer = openset.Scorer(bank, bank_labels, temperature, own_dim, offset)
     # The familiarity threshold first (from pseudo-unknowns and any unknown photos), then the probability
     # threshold on the validation photos that pass it: those are the photos the tag decision has to sort out.
     pseudo = own_pseudo if own_dim else scorer.leave_one_class_out(*known).familiarity
-    calibration_scores = scorer(*unknowns["calibration"]) if "calibration" in unknowns else None
+    # the calibration photos are in the bank themselves: each is judged with its half of them taken out
+    calibration_scores = (scorer.distractors_held_out(*unknowns["calibration"]) if "calibration" in unknowns
+                          else None)
     choice = openset.choose_familiarity_threshold(
         pseudo, *((calibration_scores.familiarity, calibration_scores.probability >= MIN_DEFAULT_THRESHOLD)
                   if calibration_scores else ()))
@@ -244,9 +249,11 @@ def evaluate_run(run: Run | Path, *, device: torch.device | str = "cpu", prepare
     open_set = open_set_report(scorer, choice, default_threshold, test=(test_features, test_logits),
                                test_labels=np.asarray(prepared.test.labels), unknown=unknowns.get("evaluation"))
     open_set["familiarity_features"] = config.familiarity_features
+    open_set["distractors"] = int((bank_labels == openset.DISTRACTOR).sum())
+    open_set["bank_digest"] = openset.bank_digest(bank, bank_labels)
     open_set["unknown_predictions"] = []  # what each unknown photo got, for the Evaluate gallery
     for name, unknown_outputs in unknowns.items():
-        scores = scorer(*unknown_outputs)
+        scores = calibration_scores if name == "calibration" else scorer(*unknown_outputs)
         open_set["unknown_predictions"] += [
             {"path": path, "split": name, "predicted": int(p), "probability": float(q), "familiarity": float(f)}
             for path, p, q, f in zip(unknown_paths[name], scores.predicted, scores.probability, scores.familiarity)]

@@ -20,6 +20,7 @@ from ..core.errors import ModelError, RunError
 from ..core.fileio import read_json, sha256_file
 from ..core.transforms import freeze_scripted
 from ..runs.run import Run
+from ..scoring.openset import DISTRACTOR, bank_digest
 from .check import check_round_trip
 from .module import PRESERVED_ATTRIBUTES, ExportedClassifier, build_exportable
 from .onnx import OnnxClassifier, decoded_photos, write_int8, write_onnx
@@ -72,6 +73,8 @@ def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float | None 
         "probability_threshold": wrapper.probability_threshold,
         "familiarity_threshold": wrapper.familiarity_threshold if wrapper.has_feature_bank else None,
         "feature_bank_size": int(len(wrapper.bank_labels)),
+        "feature_bank_distractors": int((wrapper.bank_labels == DISTRACTOR).sum()),
+        "feature_bank_digest": bank_digest(wrapper.bank, wrapper.bank_labels),
         "round_trip_max_abs_diff": max_diff, "torch": torch.__version__,
         **({"int8_check": int8_check} if int8_check else {})}
     meta["signature"] = signature(signing_key(create=True), meta)
