@@ -627,12 +627,13 @@ def scratch_recipe(scale: Scale, datasets: list[Path], work: Path) -> Table:
 
 
 def _with_unknowns(known: Path, unknown_photos: list[Path], folder: Path, *, calibrate: bool,
-                   classes: list[str] | None = None) -> Path:
+                   classes: list[str] | None = None, calibrate_only: bool = False) -> Path:
     """A dataset of ``known``'s classes (or only ``classes`` of them) whose unknown photos are ``unknown_photos``
     (linked, not copied).
 
     ``calibrate``: a root ``unknown/`` (halved between calibration and evaluation); otherwise ``test/unknown/``,
     so every unknown photo only evaluates and the thresholds come from leave-one-class-out photos alone.
+    ``calibrate_only``: ``train/unknown/``, every photo calibrates (and is a distractor of the feature bank).
     """
     shutil.rmtree(folder, ignore_errors=True)
     source = data_lib.scan_dataset(known)
@@ -643,7 +644,7 @@ def _with_unknowns(known: Path, unknown_photos: list[Path], folder: Path, *, cal
                 target = folder / split / name / Path(sample.path).name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.symlink_to(Path(sample.path).resolve())
-    destination = folder / ("unknown" if calibrate else "test/unknown")
+    destination = folder / ("train/unknown" if calibrate_only else "unknown" if calibrate else "test/unknown")
     destination.mkdir(parents=True, exist_ok=True)
     for index, path in enumerate(unknown_photos):
         (destination / f"{index:05d}{Path(path).suffix}").symlink_to(Path(path).resolve())
@@ -1275,6 +1276,23 @@ def cross_source(scale: Scale, known: Path, other_source: Path, look_alike: Path
     _add_decisions(table, known.name, DEFAULT_TRANSFER_MODEL,
                    f"both (default), other look-alike landmarks' photos in unknown/ ({len(folds)} folds)", pooled,
                    outcomes, seconds)
+    # ... and taught the same landmarks: every other photo of each look-alike landmark in train/unknown/ (all of
+    # them distractors, as after a review that marked them "not a landmark"), the rest judged
+    by_landmark: dict[str, list[Path]] = {}
+    for path, _ in look_alikes:
+        by_landmark.setdefault(path.parent.name, []).append(path)
+    teaching = [path for paths in by_landmark.values() for path in paths[0::2]]
+    data = _with_unknowns(known, teaching, work / "crosssource" / "taught-same", calibrate=True, calibrate_only=True)
+    started = time.perf_counter()
+    run = train_new(TrainConfig(data=str(data), model=DEFAULT_TRANSFER_MODEL, **overrides),
+                    work / "crosssource" / "taught-same-runs")
+    seconds = time.perf_counter() - started
+    taught = set(teaching)
+    judged = [(name, [photo for photo in photos if name != "look-alike landmarks" or photo[0] not in taught])
+              for name, photos in sets]
+    _add_decisions(table, known.name, DEFAULT_TRANSFER_MODEL,
+                   "both (default), the other half of each look-alike landmark's photos in train/unknown/", judged,
+                   _decide(run, judged), seconds)
     table.notes += [
         "Each run is trained on the known set's train/ (its thresholds from leave-one-class-out photos, as a run "
         "without an unknown/ folder sets them); every photo is then decided one by one by `landmark tag`'s rule "
@@ -1282,7 +1300,10 @@ def cross_source(scale: Scale, known: Path, other_source: Path, look_alike: Path
         "Last rows: the look-alike landmarks in three folds (every third by name); each fold's photos are judged by "
         "a run whose dataset has the other folds' photos in unknown/ (its calibration half is the bank's "
         "distractors: a photo nearer to one of them than to its landmark's own photos loses familiarity), and "
-        "the other sets' figures are means over the three runs. The look-alikes judged are never in the bank.",
+        "the other sets' figures are means over the three runs. The look-alikes judged are never in the bank. "
+        "The very last rows teach the same landmarks instead: every other photo (by name) of each look-alike "
+        "landmark in train/unknown/, all of them distractors, as a review's 'not a landmark' verdicts would; the "
+        "other photos of those landmarks are judged.",
         "The other-source, look-alike and no-landmark photos come from other public repositories than the known "
         "set (none byte-identical or a near duplicate, perceptual hash distance > 4, of a development photo); they "
         "are kept outside the repository (unknown licences); the README's 'Photos from elsewhere' names each "
