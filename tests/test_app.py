@@ -170,6 +170,12 @@ def test_evaluate_shows_the_open_set_decision(app_env):
     # and whose features the familiarity compares
     config = TrainConfig.from_dict(read_json(run.path / "config.json"))
     assert any(c.value.startswith(f"Familiarity compares {config.familiarity_features}. ") for c in at.caption)
+    # and that the unknown/ photos it calibrated with also count against photos that look like them
+    open_set = read_json(run.path / "evaluation.json")["open_set"]
+    assert open_set["distractors"] == open_set["unknown_photos"]["calibration"] > 0
+    caption = next(c.value for c in at.caption if c.value.startswith("Familiarity compares"))
+    assert (f"{open_set['unknown_photos']['calibration']} to calibrate (each also counts against a photo that looks "
+            "more like it than like the landmark's own training photos)") in caption
 
 
 def test_predict_page_agrees_with_the_library_on_unknown_photos(app_env):

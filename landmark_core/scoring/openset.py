@@ -33,6 +33,7 @@ photos of other domed buildings than to the Taj's own photos.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import NamedTuple
 
 import numpy as np
@@ -65,10 +66,10 @@ PROBABILITY_WEIGHT = 0.1
 #: Bank label of a distractor: a photo of another place (the dataset's unknown/ photos), never a class.
 DISTRACTOR = -1
 #: How much familiarity a photo loses per unit of similarity by which a distractor is nearer to it than its nearest
-#: training photo of the predicted class. Measured on 583 photos of 13 look-alike landmarks with a 7-wonders run
-#: (README, "Photos of other places teach it"), each landmark's photos judged with the others as distractors:
-#: 0.5 / 1 / 2 / 4 raised the other-source wonders tagged right at 5% look-alikes tagged from 45.1% (none) to
-#: 45.6 / 48.1 / 51.2 / 50.7%.
+#: training photo of the predicted class. Chosen on 583 photos of 13 look-alike landmarks with a default 7-wonders
+#: run, each third of the landmarks judged with the other two thirds' photos as distractors: 0 / 0.5 / 1 / 2 / 4
+#: tagged 45.1 / 45.6 / 48.1 / 51.2 / 50.7% of 319 other-source wonders right at the threshold that tags 5% of the
+#: look-alikes (README, "Photos of other places teach it", has the runs at their own thresholds).
 DISTRACTOR_WEIGHT = 2.0
 
 
@@ -160,7 +161,6 @@ def with_distractors(bank: torch.Tensor, bank_labels: torch.Tensor, distractors:
 
 def bank_digest(bank: torch.Tensor, bank_labels: torch.Tensor) -> str:
     """A short digest of a feature bank's rows and labels: an export whose bank has another digest is out of date."""
-    import hashlib
     digest = hashlib.sha256(bank.detach().cpu().contiguous().numpy().tobytes())
     digest.update(bank_labels.detach().cpu().to(torch.int64).numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -188,8 +188,8 @@ class Scorer:
 
     def distractors_held_out(self, features: torch.Tensor, logits: np.ndarray) -> Scores:
         """Scores of the bank's own distractor photos (their features and logits, in bank order), each judged as a
-        new photo of another place would be: every other one of them is taken out of the bank with it, so a photo
-        never meets itself (or a copy of itself among its neighbours in the folder)."""
+        new photo of another place would be: its half of them (every other one, by position) leaves the bank for
+        it, so a photo never meets itself, nor a copy of itself beside it in the folder."""
         distractor_rows = torch.nonzero(self.bank_labels == DISTRACTOR).flatten()
         if len(distractor_rows) != len(features):
             raise ValueError(f"{len(features)} photos for {len(distractor_rows)} distractor rows")
