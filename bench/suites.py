@@ -750,7 +750,8 @@ def open_set(scale: Scale, datasets: list[Path], work: Path) -> Table:
         "every photo of those (train and test) is an unknown landmark: the closest the development sets come to a "
         "library's look-alikes. Draws are seeded; the figures are means over the runs, the worst run in brackets. "
         "Far: another set's photos are the unknowns; with 'unknown photos' a root unknown/ folder calibrates too, "
-        "halved by file name between calibration and evaluation. Otherwise thresholds come from leave-one-class-out "
+        "halved by file name between calibration and evaluation (the calibration half also joins the feature bank "
+        "as distractors). Otherwise thresholds come from leave-one-class-out "
         "photos alone, as with a library of places nobody collected examples of.",
         "Familiarity: cosine similarity of a photo's backbone feature (the classifier's own, or Lite0's frozen "
         "ImageNet features on the same crop: --familiarity-backbone efficientnet_lite0) to its nearest training photo of the predicted class, plus a tenth of the log of "

@@ -88,9 +88,9 @@ class TrainConfig:
     feature_views: int | None = setting(None, 'augmented copies of the training set cached for frozen epochs')
     tta_flip: bool | None = setting(None, "average each photo's prediction with its mirror image's (evaluation and export)")
     # Measured on real photos (BENCHMARKS.md tables 8 and 15, README): Lite0's frozen features instead of Lite2's
-    # own tag fewer look-alike landmarks (4.9% of 384 instead of 13.5%) but more of another set's (8.7-9.9% instead
-    # of 4.3-4.9%); asking both (own+efficientnet_lite0, Lite2's default) tags fewer unknowns than either in every
-    # protocol (look-alikes 3.6%) for 2-9 points of known photos and a second, smaller forward pass.
+    # own tag fewer look-alike landmarks (13.6% of 582 instead of 25.1%) but more of another set's (8.2-9.4% instead
+    # of 4.2-5.2%); asking both (own+efficientnet_lite0, Lite2's default) tags fewer unknowns than either in every
+    # protocol (look-alikes 12.5%) for 4-13 points of known photos and a second, smaller forward pass.
     familiarity_backbone: str | None = setting(None, "whose features the familiarity check compares: 'own' (the "
                                                      "classifier's), a pretrained model's instead, or "
                                                      "own+MODEL: both must find the photo familiar (the default "

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 
 #: At most this share of leave-one-class-out pseudo-unknowns may pass the familiarity threshold. Measured on
-#: real photos (BENCHMARKS.md, table 8), 10% of pseudo-unknowns let through 4-5% of another set's landmarks but
-#: 16-31% of a set's own landmarks held out of training (look-alikes fare worst: table 15).
+#: real photos (BENCHMARKS.md, table 8), 10% of pseudo-unknowns let through 3-5% of another set's landmarks but
+#: 13-26% of a set's own landmarks held out of training (look-alikes fare worst: table 15).
 PSEUDO_UNKNOWN_PASS = 0.10
 #: With real unknown photos to calibrate on, at most this share of them may be tagged.
 MAX_UNKNOWN_TAGGED = 0.05
