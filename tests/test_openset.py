@@ -360,7 +360,7 @@ def test_photos_of_other_places_in_the_bank_are_judged_without_their_own_half():
         keep = torch.ones(len(bank_labels), dtype=torch.bool)
         keep[30 + index % 2::2] = False  # its own half
         alone = openset.Scorer(bank[keep], bank_labels[keep])(others[index:index + 1], logits[index:index + 1])
-        assert held_out.familiarity[index] == pytest.approx(alone.familiarity[0], abs=1e-6)
+        assert held_out.familiarity[index] == pytest.approx(alone.familiarity[0], abs=1e-5)  # float32 rounding
     np.testing.assert_array_equal(held_out.predicted, in_bank.predicted)
 
 
