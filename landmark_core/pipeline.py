@@ -85,8 +85,10 @@ def reevaluate(run: Run | Path, *, device: torch.device | str = "cpu", checkpoin
     run = Run.of(run)
     summary = evaluate_run(run, device=device, checkpoint=checkpoint)
     exported = run.export_meta or {}
+    # an export from before distractors has no digest: its bank is out of date only if the new one has distractors
+    bank = summary["open_set"]["bank_digest"] if not summary["open_set"]["distractors"] else None
     carried = (exported.get("temperature"), exported.get("probability_threshold"), exported.get("familiarity_threshold"),
-               exported.get("feature_bank_digest"))
+               exported.get("feature_bank_digest", bank))
     chosen = (summary["calibration"]["temperature"], summary["default_threshold"], summary["default_familiarity_threshold"],
               summary["open_set"]["bank_digest"])
     if exported.get("checkpoint") != checkpoint or carried == chosen:

@@ -345,11 +345,13 @@ def test_a_photo_nearer_to_a_photo_of_another_place_than_to_its_landmark_loses_f
 
 def test_photos_of_other_places_in_the_bank_are_judged_without_their_own_half():
     """The calibration photos that sit in the bank as distractors would each find itself there (similarity 1); for
-    the threshold each is judged with its half of them taken out, as a new photo of another place would be."""
+    the threshold each is judged with its half of them (first or second, in folder order) taken out, as a new photo
+    of another place would be: a copy filed beside it (a burst shot) does not count against it either."""
     rng = np.random.default_rng(1)
     known = torch.from_numpy(rng.normal(size=(30, 8))).float()
     labels = torch.arange(3).repeat_interleave(10)
     others = torch.from_numpy(rng.normal(size=(6, 8))).float()
+    others[1] = others[0] * 1.01  # the next file in the folder: a copy
     logits = rng.normal(size=(6, 3)).astype(np.float32)
     bank, bank_labels = openset.with_distractors(openset.normalise_features(known).half(), labels, others)
     scorer = openset.Scorer(bank, bank_labels)
@@ -358,10 +360,14 @@ def test_photos_of_other_places_in_the_bank_are_judged_without_their_own_half():
     assert (held_out.familiarity > in_bank.familiarity).all()  # none meets itself
     for index in range(6):
         keep = torch.ones(len(bank_labels), dtype=torch.bool)
-        keep[30 + index % 2::2] = False  # its own half
+        keep[30:33] = index >= 3  # its own half leaves the bank
+        keep[33:] = index < 3
         alone = openset.Scorer(bank[keep], bank_labels[keep])(others[index:index + 1], logits[index:index + 1])
         assert held_out.familiarity[index] == pytest.approx(alone.familiarity[0], abs=1e-5)  # float32 rounding
     np.testing.assert_array_equal(held_out.predicted, in_bank.predicted)
+    # the copy filed beside the first photo would cost it dearly; held out with it, it costs nothing
+    with_copy = openset.Scorer(*openset.with_distractors(bank[:30], labels, others[1:2]))(others[:1], logits[:1])
+    assert held_out.familiarity[0] > with_copy.familiarity[0] + 0.1  # 0.45 here: twice (1 - its nearest class row)
 
 
 def test_photos_added_to_unknown_teach_the_run_what_is_not_its_landmark(teachable):

@@ -154,9 +154,10 @@ def with_distractors(bank: torch.Tensor, bank_labels: torch.Tensor, distractors:
     (label ``DISTRACTOR``), normalised as the bank is."""
     if len(distractors) == 0:
         return bank, bank_labels
-    rows = normalise_features(distractors, own_dim).to(bank.dtype)
-    return (torch.cat([bank, rows]),
-            torch.cat([bank_labels, torch.full((len(rows),), DISTRACTOR, dtype=bank_labels.dtype)]))
+    rows = normalise_features(distractors, own_dim).to(bank.device, bank.dtype)
+    return (torch.cat([bank, rows]), torch.cat([bank_labels, torch.full((len(rows),), DISTRACTOR,
+                                                                        dtype=bank_labels.dtype,
+                                                                        device=bank_labels.device)]))
 
 
 def bank_digest(bank: torch.Tensor, bank_labels: torch.Tensor) -> str:
@@ -188,20 +189,21 @@ class Scorer:
 
     def distractors_held_out(self, features: torch.Tensor, logits: np.ndarray) -> Scores:
         """Scores of the bank's own distractor photos (their features and logits, in bank order), each judged as a
-        new photo of another place would be: its half of them (every other one, by position) leaves the bank for
-        it, so a photo never meets itself, nor a copy of itself beside it in the folder."""
-        distractor_rows = torch.nonzero(self.bank_labels == DISTRACTOR).flatten()
+        new photo of another place would be: its half of them (the first or the second half, in folder order)
+        leaves the bank for it, so a photo meets neither itself nor the burst shots and copies filed beside it."""
+        distractor_rows = torch.nonzero(self.bank_labels.cpu() == DISTRACTOR).flatten()
         if len(distractor_rows) != len(features):
             raise ValueError(f"{len(features)} photos for {len(distractor_rows)} distractor rows")
-        parity = torch.arange(len(features)) % 2
+        second_half = torch.arange(len(features)) >= (len(features) + 1) // 2
         merged = Scores(np.zeros(len(features), np.float32), np.zeros(len(features), np.int64),
                         np.zeros(len(features), np.float32))
-        for half in (0, 1):
-            judged = parity == half
+        for half in (False, True):
+            judged = second_half == half
             keep = torch.ones(len(self.bank_labels), dtype=torch.bool)
             keep[distractor_rows[judged]] = False
+            keep = keep.to(self.bank_labels.device)
             scores = Scorer(self.bank[keep], self.bank_labels[keep], self.temperature, self.own_dim,
-                            self.offset)(features[judged], np.asarray(logits)[judged.numpy()])
+                            self.offset)(features[judged.to(features.device)], np.asarray(logits)[judged.numpy()])
             for column, values in zip(merged, scores):
                 column[judged.numpy()] = values
         return merged
