@@ -27,9 +27,12 @@ Photos of other places also count against a photo (*distractors*): the
 calibration half of the ``unknown/`` folder (which is where the review's "not
 a landmark" verdicts go) joins the bank with the label ``DISTRACTOR``, and a
 photo nearer to one of them than to its nearest training photo of the
-predicted class loses ``DISTRACTOR_WEIGHT`` times the difference. A domed
-tomb that looks like the Taj Mahal to ImageNet features is still nearer to
-photos of other domed buildings than to the Taj's own photos.
+predicted class loses ``DISTRACTOR_WEIGHT`` times the difference. Measured
+(BENCHMARKS.md, table 15): photos of the look-alike place itself stop its
+other photos being tagged (Humayun's Tomb as "Taj Mahal"); photos of other
+places of the same kind help little. The calibration photos also set the
+threshold, which then costs known photos: README, "Photos of other places
+teach it".
 """
 from __future__ import annotations
 
