@@ -676,11 +676,13 @@ def _coverage_at(curve: list[dict], unknown_share: float) -> float | None:
     return max(fits) if fits else None
 
 
-#: The familiarity check's features: both the classifier's own and Lite0's frozen ones (the default: both must
-#: pass), the classifier's own alone, and Lite0's alone.
-FAMILIARITY_FEATURES = (("both: Lite2's own and Lite0's (default)", {}),
+#: The familiarity check's features: both the classifier's own and Lite0's frozen ones on the whole photo (the
+#: default: both must pass), the same with Lite0 on the classifier's crop (the default before), the classifier's
+#: own alone, and Lite0's alone (on the whole photo).
+FAMILIARITY_FEATURES = (("both: Lite2's own and Lite0's on the whole photo (default)", {}),
+                        ("both, Lite0 on the crop (the default before)", {"familiarity_view": "crop"}),
                         ("Lite2's own", {"familiarity_backbone": "own"}),
-                        ("Lite0", {"familiarity_backbone": "efficientnet_lite0"}))
+                        ("Lite0 (whole photo)", {"familiarity_backbone": "efficientnet_lite0"}))
 
 
 def open_set(scale: Scale, datasets: list[Path], work: Path) -> Table:
@@ -1122,14 +1124,13 @@ def inference_backends(scale: Scale, datasets: list[Path], work: Path) -> Table:
     """The same trained run served by TorchScript fp32, ONNX Runtime fp32 and ONNX Runtime int8: speed of the model
     alone and of tagging (decoding included), and what int8 changes (top-1, tag decisions) on each set's test
     photos."""
-    import numpy as np
     import torch
 
     from landmark_core.runs.config import TrainConfig
     from landmark_core.core.errors import ModelError
     from landmark_core.export.exporter import export_run
     from landmark_core.core.fileio import read_json
-    from landmark_core.core.images import load_square
+    from landmark_core.core.images import same_shape_batches
     from landmark_core.models.builders import DEFAULT_TRANSFER_MODEL
     from landmark_core.pipeline import train_new
     from landmark_core.tagging.predict import Predictor
@@ -1166,16 +1167,18 @@ def inference_backends(scale: Scale, datasets: list[Path], work: Path) -> Table:
                 replace(config, familiarity_backbone="own"), work / f"backends-{root.name}-own")
         rows = Run(trained).predictions
         meta = Run(trained).export_meta
-        squares = [torch.from_numpy(np.ascontiguousarray(load_square(row["path"], meta["resize_size"],
-                                                                      meta["interpolation"]).transpose(2, 0, 1)))
-                   for row in rows]
-        batches = [torch.stack(squares[i:i + 8]) for i in range(0, len(squares), 8)]
+        decoded: dict[bool, list] = {}  # per kind of input (whole photos or squares): the test photos as fed
         base_model = base_tagging = None
         for backend, copy in copies.items():
             gflops = _inference_gflops(TrainConfig.from_dict(read_json(copy / Run.CONFIG)).resolved(), len(meta["classes"]),
                                        bool(meta.get("flip_tta")))
             predictor = Predictor(copy)
             module = predictor.module
+            if predictor.whole_photo not in decoded:
+                decoded[predictor.whole_photo] = [torch.from_numpy(predictor.decode(row["path"]).transpose(2, 0, 1))
+                                                  for row in rows]
+            squares = decoded[predictor.whole_photo]
+            batches = [torch.stack([squares[i] for i in batch]) for batch in same_shape_batches(squares, 8)]
             with torch.inference_mode():
                 for batch in batches:  # warm: TorchScript's profiling executor optimises over the first calls
                     module.classify(batch)

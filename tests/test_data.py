@@ -60,6 +60,9 @@ def test_decode_cache_is_reused_and_bad_files_are_skipped(tiny_dataset, tmp_path
     second = data_lib.decode_split(dataset.train, 40, cache_dir=cache)
     assert isinstance(second.images, np.memmap)
     assert np.array_equal(np.asarray(second.images), first.images)
+    whole = data_lib.decode_split(dataset.train, 40, cache_dir=cache, squashed_size=32)  # another view: its own key
+    assert whole.images.shape == (36, 32, 32, 3) and whole.paths == first.paths
+    assert not np.array_equal(np.asarray(whole.images), np.asarray(first.images)[:, 4:36, 4:36])
     (root / "train" / TINY_CLASSES[1] / "train_0000.jpg").unlink()  # content changed: new key
     third = data_lib.decode_split(data_lib.scan_dataset(root).train, 40, cache_dir=cache)
     assert len(third) == 35

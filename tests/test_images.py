@@ -147,3 +147,25 @@ def test_a_phone_jpeg_over_the_pixel_limit_is_decoded_at_reduced_size_and_other_
     header[sof + 5:sof + 9] = (65500).to_bytes(2, "big") * 2  # height and width of the frame: 65500 x 65500
     with pytest.raises(ImageError, match="too many pixels"):
         load_rgb(bytes(header))
+
+
+def test_the_whole_photo_view_is_all_of_the_photo_squashed_as_pillow_would_and_as_the_exported_model_does():
+    """load_resized keeps the aspect ratio at the short side asked for; load_squashed is all of it at a square
+    size, close to Pillow's bilinear (triangle) filter, and pixel for pixel what the exported model's
+    ``squash`` makes of load_resized's array, so evaluation's bank and the model's queries see the same pixels."""
+    import torch
+    from landmark_core.core.images import load_resized, load_squashed
+    from landmark_core.core.transforms import squash
+    photo = noise_image((400, 300), seed=5).resize((40, 30)).resize((400, 300), Image.BICUBIC)
+    photo.paste((250, 20, 20), (0, 0, 40, 300))  # a red band at the left edge: outside any centre crop
+    data = encode(photo, "PNG")
+    resized = load_resized(data, 96)
+    assert resized.shape == (96, 128, 3)
+    whole = load_squashed(data, 96, 64)
+    assert whole.shape == (64, 64, 3)
+    reference = np.asarray(photo.resize((64, 64), Image.BILINEAR)).astype(np.int16)
+    assert np.abs(whole.astype(np.int16) - reference).mean() < 2.0
+    assert whole[:, :4, 0].mean() > 200 and whole[:, :4, 1].mean() < 60  # the edge is in the view
+    assert load_square(data, 96)[:, :5, 0].mean() < 200  # and not in the crop
+    again = squash(torch.from_numpy(resized).permute(2, 0, 1)[None], 64)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(again, whole)

@@ -246,6 +246,11 @@ def test_a_run_made_before_the_familiarity_backbone_setting_keeps_its_own_featur
     new = TrainConfig(data="x", model="efficientnet_lite2", familiarity_backbone="efficientnet_lite0",
                       device="cpu").resolved().to_dict()
     assert TrainConfig.from_dict(new).resolved().separate_familiarity_backbone == "efficientnet_lite0"
+    # and one recorded before the whole-photo view kept Lite0 on the crop: its bank was made from crops
+    before_view = TrainConfig(data="x", model="efficientnet_lite2", device="cpu").resolved().to_dict()
+    assert before_view["familiarity_view"] == "whole"
+    before_view.pop("familiarity_view")
+    assert TrainConfig.from_dict(before_view).resolved().familiarity_view == "crop"
 
 
 def test_transfer_choices_that_do_not_fit_together():

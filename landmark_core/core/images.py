@@ -181,14 +181,49 @@ def load_square(source: ImageSource, size: int, interpolation: str = "bilinear")
     uint8, the same kernel the exported model applies to uploads (and ~2x faster
     than Pillow's here).
     """
-    import torch  # lazily: reading and checking images needs no torch
-
     from .transforms import resize_and_centre_crop
+    return _resized(source, size, lambda pixels: resize_and_centre_crop(pixels, size, size, interpolation))
+
+
+def load_resized(source: ImageSource, size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """Decode and resize the short side to ``size``, the aspect ratio kept: the whole photo, H x W x 3 uint8
+    (what a model that also looks at the whole photo is fed; its centre square is :func:`load_square`'s)."""
+    from .transforms import resize_short_side
+    return _resized(source, size, lambda pixels: resize_short_side(pixels, size, interpolation))
+
+
+def load_squashed(source: ImageSource, size: int, squashed_size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """:func:`load_resized` at ``size``, then the whole photo resized to ``squashed_size`` square, aspect not
+    kept: the exported model's whole-photo view of the same input, pixel for pixel."""
+    from .transforms import resize_short_side, squash
+    return _resized(source, size, lambda pixels: squash(resize_short_side(pixels, size, interpolation),
+                                                         squashed_size))
+
+
+def load_model_input(source: ImageSource, size: int, interpolation: str = "bilinear",
+                     whole_photo: bool = False) -> np.ndarray:
+    """What an exported model is fed: the centre square (:func:`load_square`), or the whole photo
+    (:func:`load_resized`) for a model that also looks at all of it (``familiarity_view`` "whole")."""
+    return (load_resized if whole_photo else load_square)(source, size, interpolation)
+
+
+def same_shape_batches(photos: list, batch_size: int) -> list[list[int]]:
+    """Indices of ``photos`` (arrays or tensors) in batches of at most ``batch_size`` photos of one shape, in
+    order of first appearance: whole photos of one camera's aspect ratio batch together, others go alone."""
+    groups: dict[tuple, list[int]] = {}
+    for index, photo in enumerate(photos):
+        groups.setdefault(tuple(photo.shape), []).append(index)
+    return [indices[start:start + batch_size] for indices in groups.values()
+            for start in range(0, len(indices), batch_size)]
+
+
+def _resized(source: ImageSource, size: int, resize) -> np.ndarray:
+    import torch  # lazily: reading and checking images needs no torch
 
     pixels = torch.from_numpy(np.array(load_rgb(source, min_side=size), dtype=np.uint8))
     # a (1, 3, H, W) channels-last view of the HWC array: torch's fast uint8 kernel, and HWC memory comes back
-    square = resize_and_centre_crop(pixels[None].permute(0, 3, 1, 2), size, size, interpolation)
-    return np.ascontiguousarray(square[0].permute(1, 2, 0).numpy())
+    resized = resize(pixels[None].permute(0, 3, 1, 2))
+    return np.ascontiguousarray(resized[0].permute(1, 2, 0).numpy())
 
 
 #: Largest upload the app accepts per file.

@@ -23,14 +23,58 @@ def resize_and_centre_crop(batch: torch.Tensor, resize_size: int, crop_size: int
     which is what training decoded with); a channels-last input gives channels-last memory back."""
     if not torch.jit.is_scripting() and torch.jit.is_tracing():
         return _traced_resize_and_centre_crop(batch, resize_size, crop_size, interpolation)
+    resized = resize_short_side(batch, resize_size, interpolation)
+    top = (resized.shape[-2] - crop_size) // 2
+    left = (resized.shape[-1] - crop_size) // 2
+    return resized[:, :, top:top + crop_size, left:left + crop_size]
+
+
+def resize_short_side(batch: torch.Tensor, resize_size: int, interpolation: str) -> torch.Tensor:
+    """``(N, C, H, W)`` with its short side resized to ``resize_size``, the aspect ratio kept (the whole photo,
+    before :func:`resize_and_centre_crop`'s crop; as the crop's resize, on floats rounded to uint8 when traced)."""
+    if not torch.jit.is_scripting() and torch.jit.is_tracing():
+        return _traced_resize_short_side(batch, resize_size, interpolation)[0]
     height, width = batch.shape[-2], batch.shape[-1]
     scale = float(resize_size) / float(min(height, width))
     new_h = max(resize_size, int(round(height * scale)))
     new_w = max(resize_size, int(round(width * scale)))
-    resized = F.interpolate(batch, size=[new_h, new_w], mode=interpolation, align_corners=False, antialias=True)
-    top = (new_h - crop_size) // 2
-    left = (new_w - crop_size) // 2
-    return resized[:, :, top:top + crop_size, left:left + crop_size]
+    return F.interpolate(batch, size=[new_h, new_w], mode=interpolation, align_corners=False, antialias=True)
+
+
+def squash(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """``(N, C, H, W)`` → ``(N, C, size, size)``: the whole photo, its aspect ratio not kept (the familiarity
+    check's whole-photo view, TrainConfig.familiarity_view), with an antialiased triangle filter (Pillow's
+    bilinear). uint8 comes back as uint8.
+
+    Unlike the crop's resize, this one is never the identity, and ONNX Runtime's antialiased Resize is up to a few
+    levels off torch's on 1-5% of a photo's pixels. So it is written as two matrix products with the filter's
+    weights computed here: eager, TorchScript and the traced ONNX graph do the same arithmetic.
+    """
+    if not torch.jit.is_scripting() and torch.jit.is_tracing():
+        shape = torch._shape_as_tensor(batch)
+        height, width = shape[-2].to(torch.float32), shape[-1].to(torch.float32)
+    else:
+        height, width = torch.tensor(float(batch.shape[-2])), torch.tensor(float(batch.shape[-1]))
+    pixels = batch.float()
+    rows = _triangle_weights(height, size, pixels.device)     # (size, H)
+    columns = _triangle_weights(width, size, pixels.device)   # (size, W)
+    resized = torch.matmul(torch.matmul(rows, pixels), columns.t())
+    if batch.dtype != torch.uint8:
+        return resized
+    # Rounded up from x.484 (1/64 below x.5): flat areas resample to exact halves, which the float noise of two
+    # machines' matrix products would round either way; no value lands near this boundary more than anywhere.
+    return torch.floor(resized + (0.5 + 1 / 64)).clamp(0, 255).to(torch.uint8)
+
+
+def _triangle_weights(length: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
+    """``(size, length)``: each output pixel's weights over the input pixels, a triangle as wide as the scale
+    (at least one pixel) around the output pixel's centre, normalised to sum to 1."""
+    scale = length / size
+    support = torch.clamp(scale, min=1.0)
+    centres = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) * scale
+    positions = torch.arange(length, device=device, dtype=torch.float32) + 0.5
+    weights = torch.clamp(1.0 - (positions[None, :] - centres[:, None]).abs() / support, min=0.0)
+    return weights / weights.sum(dim=1, keepdim=True)
 
 
 def freeze_scripted(module: nn.Module, preserved_attrs: List[str] = ()) -> torch.jit.ScriptModule:
@@ -44,7 +88,15 @@ def freeze_scripted(module: nn.Module, preserved_attrs: List[str] = ()) -> torch
 @torch.jit.unused
 def _traced_resize_and_centre_crop(batch: torch.Tensor, resize_size: int, crop_size: int,
                                    interpolation: str) -> torch.Tensor:
-    """The same resize and crop with the sizes kept as tensors, so a traced graph (ONNX) serves any photo size.
+    """The same resize and crop with the sizes kept as tensors, so a traced graph (ONNX) serves any photo size."""
+    resized, new_h, new_w = _traced_resize_short_side(batch, resize_size, interpolation)
+    top, left = (new_h - crop_size) // 2, (new_w - crop_size) // 2
+    return resized[:, :, top:top + crop_size, left:left + crop_size]
+
+
+@torch.jit.unused
+def _traced_resize_short_side(batch: torch.Tensor, resize_size: int, interpolation: str):
+    """(the resized batch, its height, its width), the sizes as tensors.
 
     The resize runs on floats (ONNX Resize has no uint8 cubic kernel) and is rounded back to uint8 levels, as
     torch's uint8 kernel rounds: the two agree to within one level on a few pixels.
@@ -58,5 +110,4 @@ def _traced_resize_and_centre_crop(batch: torch.Tensor, resize_size: int, crop_s
     resized = F.interpolate(pixels, size=[new_h, new_w], mode=interpolation, align_corners=False, antialias=True)
     if batch.dtype == torch.uint8:
         resized = resized.round().clamp(0, 255).to(torch.uint8)
-    top, left = (new_h - crop_size) // 2, (new_w - crop_size) // 2
-    return resized[:, :, top:top + crop_size, left:left + crop_size]
+    return resized, new_h, new_w

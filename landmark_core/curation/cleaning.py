@@ -32,13 +32,15 @@ def suspect_photos(run_dir: Path, limit: int = 24, batch_size: int = 64) -> list
     label, loss, the probability of the label, and what the model sees instead."""
     run = Run(run_dir)
     predictor = Predictor(run)
-    prepared = prepare_data(run.config())  # the decoded cache: the squares the exported model expects
+    # the decoded cache's centre squares: the crop the classifier sees (a whole-photo model's familiarity would see
+    # only the square, but this reads the probabilities alone)
+    prepared = prepare_data(run.config())
     train, dataset_classes = prepared.train, prepared.classes
     trained_on = set(run.split.get("train", []))  # photos the model learned from (not validation, not new ones)
     rows = []
     for start in range(0, len(train), batch_size):
         squares = list(np.asarray(train.images[start:start + batch_size]))
-        for offset, result in enumerate(predictor.classify_squares(squares)):
+        for offset, result in enumerate(predictor.classify_decoded(squares)):
             if result is None:
                 continue
             probabilities = result[0]

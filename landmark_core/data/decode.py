@@ -21,7 +21,7 @@ import numpy as np
 
 from ..core.errors import DataError, ImageError
 from ..core.fileio import atomic_path, read_json, write_json_atomic
-from ..core.images import load_square
+from ..core.images import load_square, load_squashed
 from .index import Sample
 
 ProgressFn = Callable[[int, int], None]
@@ -108,9 +108,13 @@ def wait_for_cache_writes(array_path: Path | None = None) -> None:
 
 def decode_split(samples: Sequence[Sample], side: int, *, cache_dir: Path | None = None,
                  workers: int | None = None, progress: ProgressFn | None = None,
-                 interpolation: str = "bilinear") -> DecodedSplit:
-    """Decode ``samples`` to ``side``x``side`` squares, reusing (or writing) a memory-mapped cache."""
-    key = content_key(samples, "decoded-v2", side, *([interpolation] if interpolation != "bilinear" else []))
+                 interpolation: str = "bilinear", squashed_size: int | None = None) -> DecodedSplit:
+    """Decode ``samples`` to ``side``x``side`` squares, reusing (or writing) a memory-mapped cache.
+
+    With ``squashed_size``, each photo is instead resized to a short side of ``side`` and then, whole, to
+    ``squashed_size`` square (the familiarity check's whole-photo view, :func:`load_squashed`)."""
+    key = content_key(samples, "decoded-v2", side, *([interpolation] if interpolation != "bilinear" else []),
+                      *(["whole", squashed_size] if squashed_size else []))
     if cache_dir is not None:
         array_path, meta_path = cache_dir / f"decoded-{key}.npy", cache_dir / f"decoded-{key}.json"
         wait_for_cache_writes(array_path)
@@ -121,12 +125,13 @@ def decode_split(samples: Sequence[Sample], side: int, *, cache_dir: Path | None
                 progress(len(samples), len(samples))
             return DecodedSplit(images, np.asarray(meta["labels"], dtype=np.int64), meta["paths"], meta["skipped"])
 
-    images = np.empty((len(samples), side, side, 3), dtype=np.uint8)
+    images = np.empty((len(samples), squashed_size or side, squashed_size or side, 3), dtype=np.uint8)
     errors: list[str | None] = [None] * len(samples)
 
     def decode(i: int) -> None:  # each worker writes its own row: no copies through the main thread
         try:
-            images[i] = load_square(samples[i].path, side, interpolation)
+            images[i] = (load_squashed(samples[i].path, side, squashed_size, interpolation) if squashed_size
+                         else load_square(samples[i].path, side, interpolation))
         except ImageError as error:
             errors[i] = str(error)
 

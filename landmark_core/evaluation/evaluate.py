@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .. import data as data_lib
+from ..core.errors import DataError
 from ..core.fileio import save_atomic
 from ..models.builders import familiarity_network
 from ..models.registry import FlipAveraged, LandmarkNet, get_spec, inference_batch_size
@@ -21,7 +22,7 @@ from ..scoring import openset
 from ..scoring.calibration import (coverage_at_precision, expected_calibration_error, fit_temperature, reliability,
                                    softmax, top_k_hits, top_k_indices)
 from ..training.checkpoints import load_run_model
-from ..training.prepare import decode_photos, prepare_data
+from ..training.prepare import decode_photos, decode_whole_photos, prepare_data
 
 #: Thresholds of the coverage curve: fine steps, because calibrated probabilities spread over the whole range.
 THRESHOLDS = [round(t, 2) for t in np.arange(0.0, 1.0, 0.01)]
@@ -49,9 +50,10 @@ def split_outputs(model: LandmarkNet, split: data_lib.DecodedSplit, *, image_siz
     return torch.cat(features), torch.cat(logits).numpy()
 
 
-def familiarity_outputs(model: LandmarkNet, config, num_classes: int, *, mean, std, **options):
+def familiarity_outputs(model: LandmarkNet, config, num_classes: int, *, mean, std, cache_dir=None, **options):
     """A function of a decoded split giving (the features the familiarity check compares, the classifier's logits):
-    the classifier's own features, those of the run's separate familiarity backbone on the same crop, or both side
+    the classifier's own features, those of the run's separate familiarity backbone on the same crop or on the
+    whole photo (``TrainConfig.familiarity_view``, decoded from the split's files into ``cache_dir``), or both side
     by side for a joint check, each normalised as its network expects (see ``TrainConfig.familiarity_backbone``)."""
     name = config.separate_familiarity_backbone
     if name is None:
@@ -61,7 +63,10 @@ def familiarity_outputs(model: LandmarkNet, config, num_classes: int, *, mean, s
 
     def outputs(split):
         own, logits = split_outputs(model, split, mean=mean, std=std, **options)
-        features = split_outputs(network, split, mean=preprocessing.mean, std=preprocessing.std, **options)[0]
+        seen = decode_whole_photos(config, split, cache_dir) if config.familiarity_view == "whole" else split
+        if len(seen) != len(split):  # read once, unreadable now: the two views would no longer be the same photos
+            raise DataError(f"{len(split) - len(seen)} photo(s) changed while they were evaluated; evaluate again")
+        features = split_outputs(network, seen, mean=preprocessing.mean, std=preprocessing.std, **options)[0]
         return (torch.cat([own, features], dim=1) if config.joint_familiarity else features), logits
     return outputs
 
@@ -205,7 +210,7 @@ def evaluate_run(run: Run | Path, *, device: torch.device | str = "cpu", prepare
         prepared = prepare_data(config)
     common = dict(image_size=config.image_size, mean=meta["mean"], std=meta["std"], device=device,
                   tta_flip=bool(config.tta_flip))
-    outputs = familiarity_outputs(model, config, len(meta["classes"]), **common)
+    outputs = familiarity_outputs(model, config, len(meta["classes"]), cache_dir=prepared.cache_dir, **common)
     test_features, test_logits = outputs(prepared.test)
     val_features, val_logits = outputs(prepared.val)
     train_features, train_logits = outputs(prepared.train)

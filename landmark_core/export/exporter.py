@@ -18,6 +18,7 @@ import torch
 
 from ..core.errors import ModelError, RunError
 from ..core.fileio import read_json, sha256_file
+from ..core.images import same_shape_batches
 from ..core.transforms import freeze_scripted
 from ..runs.run import Run
 from ..scoring.openset import DISTRACTOR, bank_digest
@@ -70,6 +71,8 @@ def export_run(run_dir: Path, checkpoint: str = "best", tolerance: float | None 
         "format": format, "file": path.name, "sha256": digest, "checkpoint": checkpoint,
         "classes": wrapper.class_names, "image_size": wrapper.image_size, "resize_size": wrapper.resize_size,
         "interpolation": wrapper.interpolation, "temperature": wrapper.temperature, "flip_tta": wrapper.flip_tta,
+        # what readers feed it: centre squares, or whole photos ("whole") when its familiarity looks at all of them
+        "familiarity_view": "whole" if wrapper.familiarity_whole_photo else "crop",
         "probability_threshold": wrapper.probability_threshold,
         "familiarity_threshold": wrapper.familiarity_threshold if wrapper.has_feature_bank else None,
         "feature_bank_size": int(len(wrapper.bank_labels)),
@@ -93,7 +96,7 @@ def export_fastest(run_dir: Path, checkpoint: str = "best", photos: int = 64) ->
                decoded_photos([row["path"] for row in run.predictions[:photos]], build_exportable(run_dir, checkpoint))]
     if not squares:
         raise ModelError(f"{run_dir.name}: timing the formats needs the run's test photos on this machine")
-    batches = [torch.stack(squares[i:i + 8]) for i in range(0, len(squares), 8)]
+    batches = [torch.stack([squares[i] for i in batch]) for batch in same_shape_batches(squares, 8)]
     speed, metas = {}, {}
     for format in FORMATS:
         try:

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.transforms import resize_and_centre_crop
+from ..core.transforms import resize_and_centre_crop, resize_short_side, squash
 from ..models.builders import familiarity_network
 from ..models.registry import FlipAveraged, get_spec
 from ..runs.config import run_preprocessing
@@ -17,7 +17,8 @@ from ..training.checkpoints import load_feature_bank, load_run_model
 
 #: What a frozen export keeps besides ``forward``: readers of the file use them.
 PRESERVED_ATTRIBUTES = ["class_names", "image_size", "resize_size", "interpolation", "temperature", "flip_tta", "preprocess",
-                        "classify", "has_feature_bank", "probability_threshold", "familiarity_threshold"]
+                        "classify", "has_feature_bank", "probability_threshold", "familiarity_threshold",
+                        "familiarity_whole_photo"]
 
 
 class ExportedClassifier(nn.Module):
@@ -30,8 +31,9 @@ class ExportedClassifier(nn.Module):
     ``classify`` also returns each photo's familiarity (see :mod:`landmark_core.scoring.openset`),
     computed against the ``feature_bank`` of normalised training features that
     evaluation saved, from the model's own backbone, from a separate
-    ``familiarity_network`` on the same crop, or from both (a joint check);
-    the two default thresholds travel with the model.
+    ``familiarity_network`` on the same crop or, with ``familiarity_whole_photo``, on the whole input photo
+    squashed to the input size, or from both (a joint check); the two default thresholds travel with the model.
+    A whole-photo model is fed whole photos (any size; ``load_resized`` gives the size it batches at), not squares.
     """
     class_names: List[str]
 
@@ -40,7 +42,7 @@ class ExportedClassifier(nn.Module):
                  feature_bank: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, probability_threshold: float = 0.5,
                  familiarity_threshold: float = -1.0, familiarity_network: Optional[nn.Module] = None,
                  familiarity_mean=None, familiarity_std=None, familiarity_own_dim: int = 0,
-                 familiarity_offset: float = 0.0):
+                 familiarity_offset: float = 0.0, familiarity_whole_photo: bool = False):
         super().__init__()
         self.features = FlipAveraged(model.backbone, flip_tta)
         self.head = model.head
@@ -57,6 +59,7 @@ class ExportedClassifier(nn.Module):
             scale, shift = std_t / own_std, (mean_t - own_mean) / own_std
         self.register_buffer("familiarity_scale", scale.view(1, 3, 1, 1))
         self.register_buffer("familiarity_shift", shift.view(1, 3, 1, 1))
+        self.familiarity_whole_photo = bool(familiarity_whole_photo) and familiarity_network is not None
         self.class_names = list(class_names)
         self.image_size = image_size
         self.resize_size = resize_size
@@ -89,6 +92,20 @@ class ExportedClassifier(nn.Module):
                                             self.interpolation)
         return (pixels - self.mean) / self.std
 
+    def preprocess_whole(self, image: torch.Tensor) -> torch.Tensor:
+        """The whole photo at the resize size (short side), then squashed to the input size, normalised for the
+        familiarity network: as evaluation decoded it (``load_squashed``). The Predictor's photos are at the
+        resize size already (``load_resized``), so its first step leaves them as they are."""
+        batch = image.unsqueeze(0) if image.dim() == 3 else image
+        if batch.dtype == torch.uint8:
+            resized = resize_short_side(batch.contiguous(memory_format=torch.channels_last), self.resize_size,
+                                        self.interpolation)
+            pixels = squash(resized, self.image_size).float() / 255.0
+        else:
+            pixels = squash(resize_short_side(batch.float() / 255.0, self.resize_size, self.interpolation),
+                            self.image_size)
+        return ((pixels - self.mean) / self.std) * self.familiarity_scale + self.familiarity_shift
+
     def _features_and_probabilities(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         features = self.features(inputs)
         logits = self.head(features).float()
@@ -106,8 +123,8 @@ class ExportedClassifier(nn.Module):
         features, probs = self._features_and_probabilities(inputs)
         if self.has_feature_bank:
             if self.separate_familiarity_backbone:
-                inputs = inputs * self.familiarity_scale + self.familiarity_shift
-                others = self.familiarity_features(inputs)
+                others = self.familiarity_features(self.preprocess_whole(image) if self.familiarity_whole_photo
+                                                   else inputs * self.familiarity_scale + self.familiarity_shift)
                 features = torch.cat([features, others], dim=1) if self.familiarity_own_dim > 0 else others
             scores = familiarity(features, self.bank, self.bank_labels, probs, self.familiarity_own_dim,
                                  self.familiarity_offset)
@@ -137,7 +154,8 @@ def build_exportable(run: Run | Path, checkpoint: str = "best") -> ExportedClass
                               float(calibration.get("familiarity_threshold", -1.0)),
                               *_familiarity_network(config, len(meta["classes"]), bank is not None),
                               familiarity_own_dim=model.feature_dim if config.joint_familiarity else 0,
-                              familiarity_offset=float(calibration.get("familiarity_offset", 0.0))).eval()
+                              familiarity_offset=float(calibration.get("familiarity_offset", 0.0)),
+                              familiarity_whole_photo=config.familiarity_view == "whole").eval()
 
 
 def _familiarity_network(config, num_classes: int, has_bank: bool) -> tuple:

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..core.errors import ModelError
+from ..core.errors import ImageError, ModelError
+from ..core.images import load_model_input, same_shape_batches
 from ..runs.run import Run
 from ..scoring.openset import tag_outcomes
 from .module import ExportedClassifier
@@ -91,16 +92,16 @@ class OnnxClassifier:
 
 
 def decoded_photos(paths: list[str], wrapper: ExportedClassifier) -> list[np.ndarray]:
-    """Photos as the exported model's input: uint8 (3, H, W) at its resize size (unreadable ones left out)."""
-    from ..core.errors import ImageError
-    from ..core.images import load_square
-    squares = []
+    """Photos as the exported model's input: uint8 (3, H, W) at its resize size, centre squares or whole photos
+    as the model is fed (unreadable ones left out)."""
+    photos = []
     for path in paths:
         try:
-            squares.append(load_square(path, wrapper.resize_size, wrapper.interpolation).transpose(2, 0, 1))
+            photos.append(load_model_input(path, wrapper.resize_size, wrapper.interpolation,
+                                           wrapper.familiarity_whole_photo).transpose(2, 0, 1))
         except (ImageError, OSError):
             continue
-    return squares
+    return photos
 
 
 def int8_verdict(reference: tuple[np.ndarray, np.ndarray], quantized: tuple[np.ndarray, np.ndarray],
@@ -137,7 +138,8 @@ def write_int8(run_dir: Path, wrapper: ExportedClassifier, path: Path, refuse: b
 
         class Photos(CalibrationDataReader):
             def __init__(self):
-                self.batches = iter(np.stack(calibration[i:i + 8]) for i in range(0, len(calibration), 8))
+                self.batches = iter(np.stack([calibration[i] for i in batch])
+                                    for batch in same_shape_batches(calibration, 8))
 
             def get_next(self):
                 batch = next(self.batches, None)

@@ -40,9 +40,12 @@ MIXED_PRECISION = ("auto", "off", "bf16")
 #: ``familiarity_backbone`` value for the classifier's own features; ``own+MODEL`` asks both networks.
 OWN_FEATURES = "own"
 JOINT_PREFIX = OWN_FEATURES + "+"
+#: What the separate familiarity network sees: the classifier's centre crop, or the whole photo squashed to the
+#: input size (its full width: the rest of a building, its surroundings).
+FAMILIARITY_VIEWS = ("crop", "whole")
 #: The fields that take one of a few values, and those values (validation and the CLI's choices).
 CHOICES = {"optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "head_solver": HEAD_SOLVERS, "augmentation": AUGMENTATIONS,
-           "interpolation": INTERPOLATIONS, "mixed_precision": MIXED_PRECISION}
+           "interpolation": INTERPOLATIONS, "mixed_precision": MIXED_PRECISION, "familiarity_view": FAMILIARITY_VIEWS}
 
 
 #: Upper bounds that keep a typo from asking for terabytes (an image_size of 1,000,000 is a 53 TiB batch).
@@ -95,6 +98,13 @@ class TrainConfig:
                                                      "classifier's), a pretrained model's instead, or "
                                                      "own+MODEL: both must find the photo familiar (the default "
                                                      "of efficientnet_lite2: own+efficientnet_lite0)")
+    # Measured on real photos (exploration on the default run's frozen features, README "Look-alike landmarks"):
+    # Lite0 on the whole photo, squashed, instead of the centre crop: look-alikes tagged at the run's own
+    # thresholds 16.6% -> 9.9% for 1.6 points of other-source photos; a square of the same photo gained nothing,
+    # and the classifier's own features on the whole photo gained nothing either (so only the other network's view).
+    familiarity_view: str | None = setting(None, "what the separate familiarity network sees: crop (the "
+                                                 "classifier's centre crop) or whole (all of the photo, squashed "
+                                                 "to the input size; efficientnet_lite2's default)")
     class_balanced: bool = setting(False, 'weight the loss by inverse class frequency')
     resize_size: int | None = setting(None, "short side before the centre crop (default: from the model's crop_pct)")
     interpolation: str | None = setting(None, "resize filter, bilinear or bicubic (default: the model's)")
@@ -115,7 +125,8 @@ class TrainConfig:
                   "weight_decay": 1e-4, "scheduler": "cosine", "label_smoothing": 0.0, "augment": 0.5,
                   "augmentation": "full", "freeze_epochs": 0, "backbone_lr_scale": 1.0, "freeze_batchnorm": False, "warmup_epochs": 1.0,
                   "head_solver": "sgd", "feature_views": 4, "tta_flip": False, "mixup": 0.0, "cutmix": 0.0,
-                  "ema_epochs": 0.0, "keep_best": True, "familiarity_backbone": OWN_FEATURES}
+                  "ema_epochs": 0.0, "keep_best": True, "familiarity_backbone": OWN_FEATURES,
+                  "familiarity_view": "crop"}
 
     def resolved(self, training_photos: int | None = None) -> "TrainConfig":
         """A copy with every ``None`` replaced by the model's default, validated.
@@ -145,6 +156,8 @@ class TrainConfig:
             accelerated = device_or_error(self.device).type != "cpu"
             fine_tune = accelerated or values["freeze_epochs"] == 0
             values["epochs"] = values["freeze_epochs"] + (model_defaults["fine_tune_epochs"] if fine_tune else 0)
+        if self.familiarity_view is None and values["familiarity_backbone"] in (None, OWN_FEATURES):
+            values["familiarity_view"] = "crop"  # the model's whole-photo default is its other network's view
         if self.freeze_epochs is None and isinstance(values["epochs"], int):
             # the model's default frozen epochs shrink to fit a shorter run; only explicit values can conflict
             values["freeze_epochs"] = min(values["freeze_epochs"], values["epochs"])
@@ -209,6 +222,9 @@ class TrainConfig:
             pretrained = [name for name in list_models() if get_spec(name).preprocessing.mean]
             problems.append(f"familiarity_backbone must be {OWN_FEATURES!r}, a pretrained model or "
                             f"{JOINT_PREFIX}MODEL ({', '.join(pretrained)}; got {self.familiarity_backbone!r})")
+        if self.familiarity_view == "whole" and other is None:
+            problems.append("familiarity_view whole is what a separate familiarity network sees: it needs "
+                            f"familiarity_backbone MODEL or {JOINT_PREFIX}MODEL")
         if self.weights_path is not None and not isinstance(self.weights_path, str):
             problems.append(f"weights_path must be a file path (got {self.weights_path!r})")
         if not isinstance(self.model_options, dict):
@@ -263,9 +279,10 @@ class TrainConfig:
         other = self.separate_familiarity_backbone
         if other is None:
             return f"{self.model}'s own features"
+        view = "the whole photo" if self.familiarity_view == "whole" else f"{self.model}'s crop"
         if self.joint_familiarity:
-            return f"{self.model}'s own features and {other}'s, and both must find a photo familiar"
-        return f"{other}'s features (on {self.model}'s crop)"
+            return f"{self.model}'s own features and {other}'s on {view}, and both must find a photo familiar"
+        return f"{other}'s features (on {view})"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -282,6 +299,7 @@ class TrainConfig:
             values.setdefault(added_later, 0.0)
         values.setdefault("keep_best", True)
         values.setdefault("familiarity_backbone", OWN_FEATURES)  # before the setting, familiarity used these
+        values.setdefault("familiarity_view", "crop")  # and before this one, the centre crop
         return cls(**values)
 
 

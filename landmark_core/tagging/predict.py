@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ImageError
-from ..core.images import ImageSource, load_square
+from ..core.images import ImageSource, load_model_input, same_shape_batches
 from ..export.exporter import load_exported
 from ..geo.places import Place, dataset_places_file, gazetteer
 from ..runs.run import Run
@@ -48,6 +48,7 @@ class Predictor:
         self.classes: list[str] = list(self.meta["classes"])
         self.resize_size: int = int(self.meta["resize_size"])
         self.interpolation: str = str(self.meta.get("interpolation", "bilinear"))
+        self.whole_photo: bool = self.meta.get("familiarity_view") == "whole"
         self.open_set = hasattr(self.module, "classify") and self.meta.get("familiarity_threshold") is not None
         carried = self.meta.get("probability_threshold")  # the verified export's; older exports: evaluation's
         self.probability_threshold: float = float(carried) if carried is not None else self.run.default_threshold
@@ -66,17 +67,26 @@ class Predictor:
         return self._places[1]
 
     def decode(self, source: ImageSource) -> np.ndarray:
-        """The photo as the model sees it before its centre crop: the short side resized to ``resize_size`` and
-        centre-cropped square (uint8, S x S x 3), exactly as training decoded its photos. Any thread may call it;
-        squares of one size batch together (:meth:`assess_batch`)."""
-        return load_square(source, self.resize_size, self.interpolation)
+        """The photo as the model is fed it: the short side resized to ``resize_size`` and centre-cropped square
+        (uint8, S x S x 3), exactly as training decoded its photos; or, for a model whose familiarity also looks
+        at the whole photo (export ``familiarity_view`` "whole"), all of it at that short side. Any thread may
+        call it; photos of one shape batch together (:meth:`assess_batch`)."""
+        return load_model_input(source, self.resize_size, self.interpolation, self.whole_photo)
 
     @torch.inference_mode()
-    def classify_squares(self, squares: list[np.ndarray]) -> list[tuple[np.ndarray, float | None] | None]:
-        """(probabilities, familiarity) per decoded square; None where the model gives non-finite numbers."""
-        batch = torch.from_numpy(np.stack(squares)).permute(0, 3, 1, 2).to(self.device)
-        if self.device.type != "cpu":  # torch's antialiased resize has no uint8 kernel on GPUs; on these squares
-            batch = batch.float()      # it is the identity either way (S x S to S), so the numbers are the same
+    def classify_decoded(self, photos: list[np.ndarray]) -> list[tuple[np.ndarray, float | None] | None]:
+        """(probabilities, familiarity) per decoded photo (:meth:`decode`), a forward pass per shape; None where
+        the model gives non-finite numbers."""
+        results: list[tuple[np.ndarray, float | None] | None] = [None] * len(photos)
+        for batch in same_shape_batches(photos, max(1, len(photos))):
+            for index, result in zip(batch, self._classify_batch(np.stack([photos[i] for i in batch]))):
+                results[index] = result
+        return results
+
+    def _classify_batch(self, photos: np.ndarray) -> list[tuple[np.ndarray, float | None] | None]:
+        batch = torch.from_numpy(photos).permute(0, 3, 1, 2).to(self.device)
+        if self.device.type != "cpu":  # torch's antialiased resize has no uint8 kernel on GPUs; on decoded photos
+            batch = batch.float()      # the crop's resize is the identity either way, so the numbers are the same
         if self.open_set:
             probs, familiarity = self.module.classify(batch)
             rows = zip(probs.cpu().numpy(), familiarity.cpu().numpy().tolist())
@@ -86,7 +96,7 @@ class Predictor:
 
     def classify(self, source: ImageSource) -> tuple[np.ndarray, float | None]:
         """(class probabilities, familiarity or None)."""
-        result = self.classify_squares([self.decode(source)])[0]
+        result = self.classify_decoded([self.decode(source)])[0]
         if result is None:
             raise ImageError("the model gave no finite probabilities for this image")
         return result
@@ -105,10 +115,10 @@ class Predictor:
         probs, familiarity = self.classify(source)
         return Assessment(self._ranked(probs, top_k), familiarity)
 
-    def assess_batch(self, squares: list[np.ndarray], top_k: int = 5) -> list[Assessment | None]:
-        """:meth:`assess` for many photos already decoded (:meth:`decode`), in one forward pass; None for a photo the
-        model gives non-finite numbers for."""
-        if not squares:
+    def assess_batch(self, photos: list[np.ndarray], top_k: int = 5) -> list[Assessment | None]:
+        """:meth:`assess` for many photos already decoded (:meth:`decode`), a forward pass per shape; None for a
+        photo the model gives non-finite numbers for."""
+        if not photos:
             return []
         return [None if result is None else Assessment(self._ranked(result[0], top_k), result[1])
-                for result in self.classify_squares(squares)]
+                for result in self.classify_decoded(photos)]

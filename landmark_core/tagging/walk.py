@@ -100,7 +100,7 @@ class DecodedPhoto:
     base: Path
     size: int = 0
     mtime_ns: int = 0
-    square: object = None  # uint8 S x S x 3, as Predictor.decode gives it; dropped once classified
+    square: object = None  # uint8 H x W x 3, as Predictor.decode gives it; dropped once classified
     gps: tuple[float, float] | None = None
     gps_problem: str = ""
     error: str | None = None

@@ -181,7 +181,9 @@ def estimate_run(config: TrainConfig, steps: StepTimes, *, trained_photos: int, 
     return RunEstimate(epochs=config.epochs, full_epochs=full_epochs, train_batches=train_batches,
                        seconds_per_epoch=seconds_per_epoch, training_seconds=full_epochs * seconds_per_epoch,
                        frozen_seconds=frozen_seconds, evaluation_seconds=evaluation,
-                       decode_seconds=decode_seconds_per_photo * (trained_photos + val_photos + test_photos),
+                       # a whole-photo familiarity view decodes every photo a second time, for evaluation
+                       decode_seconds=decode_seconds_per_photo * (trained_photos + val_photos + test_photos)
+                       * (2 if config.familiarity_view == "whole" else 1),
                        steps=steps)
 
 

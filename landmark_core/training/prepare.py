@@ -74,6 +74,16 @@ def decode_for_run(config: TrainConfig, samples: Sequence[data_lib.Sample], cach
                                  interpolation=preprocessing.interpolation)
 
 
+def decode_whole_photos(config: TrainConfig, split: data_lib.DecodedSplit,
+                        cache_dir: Path | None = None) -> data_lib.DecodedSplit:
+    """The photos of a decoded split as the familiarity check's whole-photo view sees them
+    (``familiarity_view`` "whole"): each photo at the run's resize size, then all of it squashed to the input size."""
+    preprocessing = run_preprocessing(config)
+    return data_lib.decode_split([data_lib.Sample(path, int(label)) for path, label in zip(split.paths, split.labels)],
+                                 preprocessing.resize_size, cache_dir=cache_dir,
+                                 interpolation=preprocessing.interpolation, squashed_size=config.image_size)
+
+
 def decode_photos(config: TrainConfig, paths: Sequence[str], cache_dir: Path | None = None) -> data_lib.DecodedSplit:
     """Photos outside the classes (label -1), decoded with the run's preprocessing."""
     return decode_for_run(config, [data_lib.Sample(path, -1) for path in paths], cache_dir)
