@@ -756,8 +756,9 @@ def open_set(scale: Scale, datasets: list[Path], work: Path) -> Table:
         "as distractors). Otherwise thresholds come from leave-one-class-out "
         "photos alone, as with a library of places nobody collected examples of.",
         "Familiarity: cosine similarity of a photo's backbone feature (the classifier's own, or Lite0's frozen "
-        "ImageNet features on the same crop: --familiarity-backbone efficientnet_lite0) to its nearest training photo of the predicted class, plus a tenth of the log of "
-        "its calibrated top probability. 'Both' (the default, own+efficientnet_lite0) takes the lower of the two, "
+        "ImageNet features: --familiarity-backbone efficientnet_lite0, on the whole photo squashed to the input size "
+        "unless --familiarity-view crop) to its nearest training photo of the predicted class, plus a tenth of the "
+        "log of its calibrated top probability. 'Both' (the default, own+efficientnet_lite0) takes the lower of the two, "
         "each against its own leave-one-class-out threshold: a photo must look familiar to both networks. AUROC: known test photos vs the unknown photos (1 = perfectly told apart).",
         "The run's own estimate: its known test photos, each judged as if its landmark had never been learned "
         "(its class left out of the softmax and the feature bank), what Evaluate reports for any run.",
