@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +67,30 @@ def test_decode_cache_is_reused_and_bad_files_are_skipped(tiny_dataset, tmp_path
     (root / "train" / TINY_CLASSES[1] / "train_0000.jpg").unlink()  # content changed: new key
     third = data_lib.decode_split(data_lib.scan_dataset(root).train, 40, cache_dir=cache)
     assert len(third) == 35
+
+
+def test_whole_photo_views_stay_row_for_row_when_a_photo_is_gone_since_the_split_was_decoded(tiny_dataset, tmp_path):
+    """Evaluation reads the whole-photo view of a split decoded earlier (maybe hours, before training): a photo
+    deleted since then keeps its row, its view squashed from the decoded square, and nothing fails."""
+    from landmark_core.core.transforms import squash
+    from landmark_core.runs.config import TrainConfig
+    from landmark_core.training.prepare import decode_for_run, decode_whole_photos
+    from helpers import tiny_config
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, root)
+    config = tiny_config(root, familiarity_backbone="efficientnet_lite0", familiarity_view="whole").resolved()
+    assert isinstance(config, TrainConfig) and config.resize_size > config.image_size
+    split = decode_for_run(config, data_lib.scan_dataset(root).test)
+    whole = decode_whole_photos(config, split)
+    assert whole.paths == split.paths and whole.images.shape == (len(split), 32, 32, 3)
+    gone = 3
+    Path(split.paths[gone]).unlink()
+    after = decode_whole_photos(config, split)
+    assert after.paths == split.paths and np.array_equal(after.labels, split.labels)
+    kept = [row for row in range(len(split)) if row != gone]
+    np.testing.assert_array_equal(after.images[kept], whole.images[kept])
+    from_square = squash(torch.from_numpy(np.asarray(split.images[gone])).permute(2, 0, 1)[None], 32)[0]
+    np.testing.assert_array_equal(after.images[gone], from_square.permute(1, 2, 0).numpy())
 
 
 @pytest.mark.numeric

@@ -315,12 +315,8 @@ def test_a_separate_familiarity_backbone_travels_with_the_export(tiny_dataset, t
     and ONNX exports compute each test photo's familiarity as evaluation did."""
     from landmark_core.pipeline import train_new
     from helpers import tiny_config
-    # the whole photo is squashed to the input size, rounded to uint8 levels as decoding rounds it: at 32 pixels
-    # ONNX Runtime's one-level rounding differences on a pixel or two move Lite0's familiarity by ~4e-3; at 96 by
-    # less than the bound, as at the real input size (1e-4 at 260 on real photos)
-    size = {"whole": {"image_size": 32}}.get(view, {})
     run = train_new(tiny_config(tiny_dataset, familiarity_backbone=familiarity_backbone, tta_flip=tta_flip,
-                                familiarity_view=view, **size), tmp_path / "artifacts")
+                                familiarity_view=view), tmp_path / "artifacts")
     bank = torch.load(run / "feature_bank_best.pt")
     joint = familiarity_backbone.startswith("own+")
     # Lite0's 1280 features, after the tiny classifier's 16 in a joint check
@@ -341,6 +337,29 @@ def test_a_separate_familiarity_backbone_travels_with_the_export(tiny_dataset, t
             assessment = predictor.assess(path, top_k=1)
             assert assessment.familiarity == pytest.approx(row["familiarity"], abs=at_size), (export_format, path)
             assert assessment.predictions[0].index == row["predicted"]
+
+
+def test_a_whole_photo_model_answers_floats_as_it_answers_uint8_and_squeezes_thin_strips_alike(whole_photo_run,
+                                                                                                tiny_dataset, tmp_path):
+    """A GPU's Predictor feeds floats (there is no uint8 resize kernel there): the whole view is rounded to the
+    levels the bank was made of either way. A strip thinner than 1:8 keeps a long side of 8 resize sizes, in the
+    Predictor's decoding as in the exported model fed the full strip (the README's snippet)."""
+    from landmark_core.core.images import load_resized
+    from landmark_core.core.transforms import MAX_WHOLE_PHOTO_ASPECT
+    from landmark_core.export.module import build_exportable
+    module = build_exportable(whole_photo_run)
+    with torch.no_grad():
+        for photo in sorted((tiny_dataset / "test").rglob("*.jpg"))[:6]:
+            decoded = torch.from_numpy(load_resized(photo, module.resize_size, module.interpolation)).permute(2, 0, 1)
+            levels, floats = module.classify(decoded), module.classify(decoded.float())
+            assert torch.allclose(levels[0], floats[0], atol=1e-4) and abs(float(levels[1] - floats[1])) < 1e-4
+        strip = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 1500, 3), dtype=np.uint8))
+        strip.save(tmp_path / "strip.png")
+        decoded = load_resized(tmp_path / "strip.png", module.resize_size, module.interpolation)
+        assert decoded.shape == (module.resize_size, MAX_WHOLE_PHOTO_ASPECT * module.resize_size, 3)
+        full = module.classify(torch.from_numpy(np.array(strip)).permute(2, 0, 1))
+        fed = module.classify(torch.from_numpy(decoded).permute(2, 0, 1))
+        assert torch.allclose(full[0], fed[0], atol=1e-5) and abs(float(full[1] - fed[1])) < 1e-5
 
 
 def test_a_photo_nearer_to_a_photo_of_another_place_than_to_its_landmark_loses_familiarity():

@@ -187,17 +187,20 @@ def load_square(source: ImageSource, size: int, interpolation: str = "bilinear")
 
 def load_resized(source: ImageSource, size: int, interpolation: str = "bilinear") -> np.ndarray:
     """Decode and resize the short side to ``size``, the aspect ratio kept: the whole photo, H x W x 3 uint8
-    (what a model that also looks at the whole photo is fed; its centre square is :func:`load_square`'s)."""
-    from .transforms import resize_short_side
-    return _resized(source, size, lambda pixels: resize_short_side(pixels, size, interpolation))
+    (what a model that also looks at the whole photo is fed; its centre square is :func:`load_square`'s). The long
+    side is kept within ``MAX_WHOLE_PHOTO_ASPECT`` times ``size``: a thinner strip is squeezed along it."""
+    from .transforms import MAX_WHOLE_PHOTO_ASPECT, resize_short_side
+    return _resized(source, size,
+                    lambda pixels: resize_short_side(pixels, size, interpolation, MAX_WHOLE_PHOTO_ASPECT))
 
 
 def load_squashed(source: ImageSource, size: int, squashed_size: int, interpolation: str = "bilinear") -> np.ndarray:
     """:func:`load_resized` at ``size``, then the whole photo resized to ``squashed_size`` square, aspect not
-    kept: the exported model's whole-photo view of the same input, pixel for pixel."""
-    from .transforms import resize_short_side, squash
-    return _resized(source, size, lambda pixels: squash(resize_short_side(pixels, size, interpolation),
-                                                         squashed_size))
+    kept: the exported model's whole-photo view of :func:`load_resized`'s array, pixel for pixel."""
+    import torch
+    from .transforms import squash
+    resized = torch.from_numpy(load_resized(source, size, interpolation)).permute(2, 0, 1)[None]
+    return np.ascontiguousarray(squash(resized, squashed_size)[0].permute(1, 2, 0).numpy())
 
 
 def load_model_input(source: ImageSource, size: int, interpolation: str = "bilinear",

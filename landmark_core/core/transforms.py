@@ -21,34 +21,49 @@ def resize_and_centre_crop(batch: torch.Tensor, resize_size: int, crop_size: int
     """``(N, C, H, W)`` → ``(N, C, crop_size, crop_size)``: the short side resized to ``resize_size`` with the
     antialiased ``interpolation`` filter, then the centre crop. uint8 stays uint8 (torch's fast uint8 kernel,
     which is what training decoded with); a channels-last input gives channels-last memory back."""
+    return centre_crop(resize_short_side(batch, resize_size, interpolation), crop_size)
+
+
+def centre_crop(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre ``size`` x ``size`` of ``(N, C, H, W)`` (H and W at least ``size``)."""
     if not torch.jit.is_scripting() and torch.jit.is_tracing():
-        return _traced_resize_and_centre_crop(batch, resize_size, crop_size, interpolation)
-    resized = resize_short_side(batch, resize_size, interpolation)
-    top = (resized.shape[-2] - crop_size) // 2
-    left = (resized.shape[-1] - crop_size) // 2
-    return resized[:, :, top:top + crop_size, left:left + crop_size]
+        return _traced_centre_crop(batch, size)
+    top = (batch.shape[-2] - size) // 2
+    left = (batch.shape[-1] - size) // 2
+    return batch[:, :, top:top + size, left:left + size]
 
 
-def resize_short_side(batch: torch.Tensor, resize_size: int, interpolation: str) -> torch.Tensor:
+#: The whole-photo view keeps a photo's long side within this many times its short side (a 1:8 strip, a phone's
+#: widest panorama): a 100 x 71,000 pixel strip would otherwise be kept, and resampled, at 298 x 212,000.
+MAX_WHOLE_PHOTO_ASPECT = 8
+
+
+def resize_short_side(batch: torch.Tensor, resize_size: int, interpolation: str,
+                      max_aspect: float = 0.0) -> torch.Tensor:
     """``(N, C, H, W)`` with its short side resized to ``resize_size``, the aspect ratio kept (the whole photo,
-    before :func:`resize_and_centre_crop`'s crop; as the crop's resize, on floats rounded to uint8 when traced)."""
+    before :func:`resize_and_centre_crop`'s crop; on floats rounded to uint8 levels when traced, see
+    :func:`_traced_resize_short_side`). With ``max_aspect``, the long side is at most that many times
+    ``resize_size`` (a thinner photo is squeezed along it)."""
     if not torch.jit.is_scripting() and torch.jit.is_tracing():
-        return _traced_resize_short_side(batch, resize_size, interpolation)[0]
+        return _traced_resize_short_side(batch, resize_size, interpolation, max_aspect)
     height, width = batch.shape[-2], batch.shape[-1]
     scale = float(resize_size) / float(min(height, width))
     new_h = max(resize_size, int(round(height * scale)))
     new_w = max(resize_size, int(round(width * scale)))
+    if max_aspect > 0:
+        longest = int(max_aspect * resize_size)
+        new_h, new_w = min(new_h, longest), min(new_w, longest)
     return F.interpolate(batch, size=[new_h, new_w], mode=interpolation, align_corners=False, antialias=True)
 
 
-def squash(batch: torch.Tensor, size: int) -> torch.Tensor:
-    """``(N, C, H, W)`` → ``(N, C, size, size)``: the whole photo, its aspect ratio not kept (the familiarity
-    check's whole-photo view, TrainConfig.familiarity_view), with an antialiased triangle filter (Pillow's
-    bilinear). uint8 comes back as uint8.
+def squash_levels(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """``(N, C, H, W)`` pixel levels (uint8, or floats on the 0-255 scale) → ``(N, C, size, size)`` float levels,
+    rounded: the whole photo, its aspect ratio not kept (the familiarity check's whole-photo view,
+    TrainConfig.familiarity_view), with an antialiased triangle filter (Pillow's bilinear).
 
     Unlike the crop's resize, this one is never the identity, and ONNX Runtime's antialiased Resize is up to a few
     levels off torch's on 1-5% of a photo's pixels. So it is written as two matrix products with the filter's
-    weights computed here: eager, TorchScript and the traced ONNX graph do the same arithmetic.
+    weights computed here: eager, TorchScript and the traced ONNX graph do the same arithmetic, on any device.
     """
     if not torch.jit.is_scripting() and torch.jit.is_tracing():
         shape = torch._shape_as_tensor(batch)
@@ -59,11 +74,14 @@ def squash(batch: torch.Tensor, size: int) -> torch.Tensor:
     rows = _triangle_weights(height, size, pixels.device)     # (size, H)
     columns = _triangle_weights(width, size, pixels.device)   # (size, W)
     resized = torch.matmul(torch.matmul(rows, pixels), columns.t())
-    if batch.dtype != torch.uint8:
-        return resized
     # Rounded up from x.484 (1/64 below x.5): flat areas resample to exact halves, which the float noise of two
-    # machines' matrix products would round either way; no value lands near this boundary more than anywhere.
-    return torch.floor(resized + (0.5 + 1 / 64)).clamp(0, 255).to(torch.uint8)
+    # kernels' matrix products would round either way; no value lands near this boundary more than anywhere.
+    return torch.floor(resized + (0.5 + 1 / 64)).clamp(0, 255)
+
+
+def squash(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """:func:`squash_levels` as uint8 (what the decoded-photo cache keeps)."""
+    return squash_levels(batch, size).to(torch.uint8)
 
 
 def _triangle_weights(length: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
@@ -86,17 +104,17 @@ def freeze_scripted(module: nn.Module, preserved_attrs: List[str] = ()) -> torch
 
 
 @torch.jit.unused
-def _traced_resize_and_centre_crop(batch: torch.Tensor, resize_size: int, crop_size: int,
-                                   interpolation: str) -> torch.Tensor:
-    """The same resize and crop with the sizes kept as tensors, so a traced graph (ONNX) serves any photo size."""
-    resized, new_h, new_w = _traced_resize_short_side(batch, resize_size, interpolation)
-    top, left = (new_h - crop_size) // 2, (new_w - crop_size) // 2
-    return resized[:, :, top:top + crop_size, left:left + crop_size]
+def _traced_centre_crop(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """:func:`centre_crop` with the sizes kept as tensors, so a traced graph (ONNX) serves any photo size."""
+    shape = torch._shape_as_tensor(batch)
+    top, left = (shape[-2] - size) // 2, (shape[-1] - size) // 2
+    return batch[:, :, top:top + size, left:left + size]
 
 
 @torch.jit.unused
-def _traced_resize_short_side(batch: torch.Tensor, resize_size: int, interpolation: str):
-    """(the resized batch, its height, its width), the sizes as tensors.
+def _traced_resize_short_side(batch: torch.Tensor, resize_size: int, interpolation: str,
+                              max_aspect: float = 0.0) -> torch.Tensor:
+    """:func:`resize_short_side` with the sizes kept as tensors, so a traced graph (ONNX) serves any photo size.
 
     The resize runs on floats (ONNX Resize has no uint8 cubic kernel) and is rounded back to uint8 levels, as
     torch's uint8 kernel rounds: the two agree to within one level on a few pixels.
@@ -104,10 +122,14 @@ def _traced_resize_short_side(batch: torch.Tensor, resize_size: int, interpolati
     shape = torch._shape_as_tensor(batch)
     height, width = shape[-2].float(), shape[-1].float()
     scale = resize_size / torch.minimum(height, width)
-    new_h = torch.clamp(torch.round(height * scale), min=resize_size).long()
-    new_w = torch.clamp(torch.round(width * scale), min=resize_size).long()
+    new_h = torch.clamp(torch.round(height * scale), min=resize_size)
+    new_w = torch.clamp(torch.round(width * scale), min=resize_size)
+    if max_aspect > 0:
+        longest = float(int(max_aspect * resize_size))
+        new_h, new_w = torch.clamp(new_h, max=longest), torch.clamp(new_w, max=longest)
     pixels = batch.float() if batch.dtype == torch.uint8 else batch
-    resized = F.interpolate(pixels, size=[new_h, new_w], mode=interpolation, align_corners=False, antialias=True)
+    resized = F.interpolate(pixels, size=[new_h.long(), new_w.long()], mode=interpolation, align_corners=False,
+                            antialias=True)
     if batch.dtype == torch.uint8:
         resized = resized.round().clamp(0, 255).to(torch.uint8)
-    return resized, new_h, new_w
+    return resized

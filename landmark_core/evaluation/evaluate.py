@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from .. import data as data_lib
-from ..core.errors import DataError
 from ..core.fileio import save_atomic
 from ..models.builders import familiarity_network
 from ..models.registry import FlipAveraged, LandmarkNet, get_spec, inference_batch_size
@@ -64,8 +63,6 @@ def familiarity_outputs(model: LandmarkNet, config, num_classes: int, *, mean, s
     def outputs(split):
         own, logits = split_outputs(model, split, mean=mean, std=std, **options)
         seen = decode_whole_photos(config, split, cache_dir) if config.familiarity_view == "whole" else split
-        if len(seen) != len(split):  # read once, unreadable now: the two views would no longer be the same photos
-            raise DataError(f"{len(split) - len(seen)} photo(s) changed while they were evaluated; evaluate again")
         features = split_outputs(network, seen, mean=preprocessing.mean, std=preprocessing.std, **options)[0]
         return (torch.cat([own, features], dim=1) if config.joint_familiarity else features), logits
     return outputs

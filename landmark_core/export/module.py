@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.transforms import resize_and_centre_crop, resize_short_side, squash
+from ..core.transforms import MAX_WHOLE_PHOTO_ASPECT, centre_crop, resize_short_side, squash_levels
 from ..models.builders import familiarity_network
 from ..models.registry import FlipAveraged, get_spec
 from ..runs.config import run_preprocessing
@@ -60,6 +60,7 @@ class ExportedClassifier(nn.Module):
         self.register_buffer("familiarity_scale", scale.view(1, 3, 1, 1))
         self.register_buffer("familiarity_shift", shift.view(1, 3, 1, 1))
         self.familiarity_whole_photo = bool(familiarity_whole_photo) and familiarity_network is not None
+        self.whole_photo_max_aspect = float(MAX_WHOLE_PHOTO_ASPECT) if self.familiarity_whole_photo else 0.0
         self.class_names = list(class_names)
         self.image_size = image_size
         self.resize_size = resize_size
@@ -82,29 +83,20 @@ class ExportedClassifier(nn.Module):
         self.probability_threshold = float(probability_threshold)
         self.familiarity_threshold = float(familiarity_threshold) if self.has_feature_bank else -1.0
 
-    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+    def _resized(self, image: torch.Tensor) -> torch.Tensor:
+        """The photo(s) with the short side at the resize size: uint8 through torch's uint8 antialiased kernel
+        (what decoding for training used), floats on the 0-255 scale; the long side capped as ``load_resized``
+        caps it when the familiarity looks at the whole photo."""
         batch = image.unsqueeze(0) if image.dim() == 3 else image
-        if batch.dtype == torch.uint8:  # torch's uint8 antialiased kernel: what decoding for training used
-            pixels = resize_and_centre_crop(batch.contiguous(memory_format=torch.channels_last), self.resize_size,
-                                            self.image_size, self.interpolation).float() / 255.0
-        else:
-            pixels = resize_and_centre_crop(batch.float() / 255.0, self.resize_size, self.image_size,
-                                            self.interpolation)
-        return (pixels - self.mean) / self.std
+        batch = batch.contiguous(memory_format=torch.channels_last) if batch.dtype == torch.uint8 else batch.float()
+        return resize_short_side(batch, self.resize_size, self.interpolation, self.whole_photo_max_aspect)
 
-    def preprocess_whole(self, image: torch.Tensor) -> torch.Tensor:
-        """The whole photo at the resize size (short side), then squashed to the input size, normalised for the
-        familiarity network: as evaluation decoded it (``load_squashed``). The Predictor's photos are at the
-        resize size already (``load_resized``), so its first step leaves them as they are."""
-        batch = image.unsqueeze(0) if image.dim() == 3 else image
-        if batch.dtype == torch.uint8:
-            resized = resize_short_side(batch.contiguous(memory_format=torch.channels_last), self.resize_size,
-                                        self.interpolation)
-            pixels = squash(resized, self.image_size).float() / 255.0
-        else:
-            pixels = squash(resize_short_side(batch.float() / 255.0, self.resize_size, self.interpolation),
-                            self.image_size)
-        return ((pixels - self.mean) / self.std) * self.familiarity_scale + self.familiarity_shift
+    def _normalised(self, levels: torch.Tensor) -> torch.Tensor:
+        return (levels.float() / 255.0 - self.mean) / self.std
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """The classifier's input: the centre crop, normalised."""
+        return self._normalised(centre_crop(self._resized(image), self.image_size))
 
     def _features_and_probabilities(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         features = self.features(inputs)
@@ -119,12 +111,16 @@ class ExportedClassifier(nn.Module):
     @torch.jit.export
     def classify(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(class probabilities, familiarity): familiarity is 1 for every photo when there is no feature bank."""
-        inputs = self.preprocess(image)
+        resized = self._resized(image)  # once: a full-size photo is resized for the crop and the whole view alike
+        inputs = self._normalised(centre_crop(resized, self.image_size))
         features, probs = self._features_and_probabilities(inputs)
         if self.has_feature_bank:
             if self.separate_familiarity_backbone:
-                others = self.familiarity_features(self.preprocess_whole(image) if self.familiarity_whole_photo
-                                                   else inputs * self.familiarity_scale + self.familiarity_shift)
+                # the whole photo squashed to the input size, as evaluation decoded it (load_squashed), or the crop;
+                # renormalised from this model's statistics to the other network's own
+                seen = (self._normalised(squash_levels(resized, self.image_size)) if self.familiarity_whole_photo
+                        else inputs)
+                others = self.familiarity_features(seen * self.familiarity_scale + self.familiarity_shift)
                 features = torch.cat([features, others], dim=1) if self.familiarity_own_dim > 0 else others
             scores = familiarity(features, self.bank, self.bank_labels, probs, self.familiarity_own_dim,
                                  self.familiarity_offset)

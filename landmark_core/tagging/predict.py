@@ -86,7 +86,7 @@ class Predictor:
     def _classify_batch(self, photos: np.ndarray) -> list[tuple[np.ndarray, float | None] | None]:
         batch = torch.from_numpy(photos).permute(0, 3, 1, 2).to(self.device)
         if self.device.type != "cpu":  # torch's antialiased resize has no uint8 kernel on GPUs; on decoded photos
-            batch = batch.float()      # the crop's resize is the identity either way, so the numbers are the same
+            batch = batch.float()      # it is the identity, and the whole view is rounded to levels either way
         if self.open_set:
             probs, familiarity = self.module.classify(batch)
             rows = zip(probs.cpu().numpy(), familiarity.cpu().numpy().tolist())

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
 from .. import data as data_lib
 from ..core.errors import LandmarkError
 from ..models.registry import get_spec
@@ -77,11 +79,23 @@ def decode_for_run(config: TrainConfig, samples: Sequence[data_lib.Sample], cach
 def decode_whole_photos(config: TrainConfig, split: data_lib.DecodedSplit,
                         cache_dir: Path | None = None) -> data_lib.DecodedSplit:
     """The photos of a decoded split as the familiarity check's whole-photo view sees them
-    (``familiarity_view`` "whole"): each photo at the run's resize size, then all of it squashed to the input size."""
+    (``familiarity_view`` "whole"): each photo at the run's resize size, then all of it squashed to the input size;
+    row for row the split's photos. One unreadable since the split was decoded gets its decoded square's view."""
     preprocessing = run_preprocessing(config)
-    return data_lib.decode_split([data_lib.Sample(path, int(label)) for path, label in zip(split.paths, split.labels)],
-                                 preprocessing.resize_size, cache_dir=cache_dir,
-                                 interpolation=preprocessing.interpolation, squashed_size=config.image_size)
+    whole = data_lib.decode_split([data_lib.Sample(path, int(label)) for path, label in zip(split.paths, split.labels)],
+                                  preprocessing.resize_size, cache_dir=cache_dir,
+                                  interpolation=preprocessing.interpolation, squashed_size=config.image_size)
+    if whole.paths == split.paths:
+        return whole
+    import torch
+    from ..core.transforms import squash
+    rows = {path: row for row, path in enumerate(whole.paths)}
+    images = np.empty((len(split), config.image_size, config.image_size, 3), dtype=np.uint8)
+    for row, path in enumerate(split.paths):
+        images[row] = (whole.images[rows[path]] if path in rows else
+                       squash(torch.from_numpy(np.asarray(split.images[row])).permute(2, 0, 1)[None],
+                              config.image_size)[0].permute(1, 2, 0).numpy())
+    return data_lib.DecodedSplit(images, split.labels, split.paths, whole.skipped)
 
 
 def decode_photos(config: TrainConfig, paths: Sequence[str], cache_dir: Path | None = None) -> data_lib.DecodedSplit:
