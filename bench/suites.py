@@ -1161,6 +1161,10 @@ def inference_backends(scale: Scale, datasets: list[Path], work: Path) -> Table:
                                    "row is measured with the check's tolerance at 0.1.")
                 export_run(copy, format=format, tolerance=0.1)
             copies[backend] = copy
+        if config.resolved().familiarity_view == "whole":
+            # the same recipe and seed with the second network on the classifier's crop: what the whole view costs
+            copies["TorchScript fp32, Lite0 on the crop (the default before)"] = train_new(
+                replace(config, familiarity_view="crop"), work / f"backends-{root.name}-crop")
         if config.resolved().separate_familiarity_backbone:
             # the same recipe and seed with familiarity on the classifier's own features alone: what the second
             # network costs
@@ -1207,9 +1211,10 @@ def inference_backends(scale: Scale, datasets: list[Path], work: Path) -> Table:
         f"Peaks measured in this run: fp32 {peaks['fp32']:.0f} GFLOP/s (torch matmul), int8 {peaks['int8']:.0f} GOP/s "
         "(torch._int_mm), 2048x2048, every core. Model photos/s: the test photos pre-decoded, batches of 8, best of "
         "3; tagging photos/s: `landmark tag`'s tag_files on the test photos (decoding and writing included). "
-        "GFLOPs count every network a photo goes through (the default Lite2 asks Lite0 too, for familiarity); the "
-        "last row per set is a run of the same recipe and seed with its familiarity on its own features alone "
-        "(--familiarity-backbone own).",
+        "GFLOPs count every network a photo goes through (the default Lite2 asks Lite0 too, for familiarity, on the "
+        "whole photo squashed to the input size: photos of one shape batch together); the last two rows per set "
+        "are runs of the same recipe and seed with Lite0 on the classifier's crop (--familiarity-view crop) and "
+        "with familiarity on its own features alone (--familiarity-backbone own).",
         "int8: static post-training quantisation of the convolutions (QDQ, per-channel int8 weights, uint8 "
         "activations calibrated on 128 training photos; the familiarity's similarities stay fp32), compared with the "
         "fp32 ONNX model on the test photos. `landmark export --format onnx-int8` refuses it outside the bound; "

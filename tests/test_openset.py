@@ -341,18 +341,28 @@ def test_a_separate_familiarity_backbone_travels_with_the_export(tiny_dataset, t
 
 def test_a_whole_photo_model_answers_floats_as_it_answers_uint8_and_squeezes_thin_strips_alike(whole_photo_run,
                                                                                                 tiny_dataset, tmp_path):
-    """A GPU's Predictor feeds floats (there is no uint8 resize kernel there): the whole view is rounded to the
-    levels the bank was made of either way. A strip thinner than 1:8 keeps a long side of 8 resize sizes, in the
-    Predictor's decoding as in the exported model fed the full strip (the README's snippet)."""
-    from landmark_core.core.images import load_resized
+    """Fed whole photos, the classifier still sees exactly the crop it was trained on (the photo's centre square,
+    then its centre: the tiny model's 37 to 32 pixels leave odd margins). A GPU's Predictor feeds floats (there is
+    no uint8 resize kernel there): the whole view is rounded to the levels the bank was made of either way. A strip
+    thinner than 1:8 keeps a long side of 8 resize sizes, in the Predictor's decoding as in the exported model fed
+    the full strip (the README's snippet)."""
+    from landmark_core.core.images import load_resized, load_square
     from landmark_core.core.transforms import MAX_WHOLE_PHOTO_ASPECT
     from landmark_core.export.module import build_exportable
     module = build_exportable(whole_photo_run)
+    assert (module.resize_size - module.image_size) % 2 == 1
+    shapes = set()
     with torch.no_grad():
-        for photo in sorted((tiny_dataset / "test").rglob("*.jpg"))[:6]:
+        for index, photo in enumerate(sorted(tiny_dataset.rglob("*.jpg"))):  # 4:3, 3:4, 3:2 and square photos
+            square = torch.from_numpy(load_square(photo, module.resize_size, module.interpolation)).permute(2, 0, 1)
             decoded = torch.from_numpy(load_resized(photo, module.resize_size, module.interpolation)).permute(2, 0, 1)
+            shapes.add(tuple(decoded.shape))
+            assert torch.equal(module.preprocess(decoded), module.preprocess(square)), photo
+            if index % 16:
+                continue
             levels, floats = module.classify(decoded), module.classify(decoded.float())
             assert torch.allclose(levels[0], floats[0], atol=1e-4) and abs(float(levels[1] - floats[1])) < 1e-4
+        assert any((shape[2] - module.resize_size) % 2 for shape in shapes)  # odd margins around the square
         strip = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 1500, 3), dtype=np.uint8))
         strip.save(tmp_path / "strip.png")
         decoded = load_resized(tmp_path / "strip.png", module.resize_size, module.interpolation)

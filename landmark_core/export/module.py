@@ -94,9 +94,15 @@ class ExportedClassifier(nn.Module):
     def _normalised(self, levels: torch.Tensor) -> torch.Tensor:
         return (levels.float() / 255.0 - self.mean) / self.std
 
+    def _crop(self, resized: torch.Tensor) -> torch.Tensor:
+        """The centre square at the resize size, then its centre crop: as training decoded a photo to a square
+        (``load_square``) and cropped that. One crop from a wider photo would be a pixel off whenever the two
+        margins are odd."""
+        return centre_crop(centre_crop(resized, self.resize_size), self.image_size)
+
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """The classifier's input: the centre crop, normalised."""
-        return self._normalised(centre_crop(self._resized(image), self.image_size))
+        return self._normalised(self._crop(self._resized(image)))
 
     def _features_and_probabilities(self, inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         features = self.features(inputs)
@@ -112,7 +118,7 @@ class ExportedClassifier(nn.Module):
     def classify(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(class probabilities, familiarity): familiarity is 1 for every photo when there is no feature bank."""
         resized = self._resized(image)  # once: a full-size photo is resized for the crop and the whole view alike
-        inputs = self._normalised(centre_crop(resized, self.image_size))
+        inputs = self._normalised(self._crop(resized))
         features, probs = self._features_and_probabilities(inputs)
         if self.has_feature_bank:
             if self.separate_familiarity_backbone:
