@@ -685,6 +685,11 @@ FAMILIARITY_FEATURES = (("both: Lite2's own and Lite0's on the whole photo (defa
                         ("Lite0 (whole photo)", {"familiarity_backbone": "efficientnet_lite0"}))
 
 
+def familiarity_features(smoke: bool) -> tuple:
+    """The familiarity features a suite compares: all of them, or in a smoke run the default and the one before."""
+    return FAMILIARITY_FEATURES[:2] if smoke else FAMILIARITY_FEATURES
+
+
 def open_set(scale: Scale, datasets: list[Path], work: Path) -> Table:
     """The default transfer recipe facing landmarks it never learned: near ones (classes of the same set held out
     of training, several draws) and far ones (another set's photos)."""
@@ -731,7 +736,7 @@ def open_set(scale: Scale, datasets: list[Path], work: Path) -> Table:
         classes = data_lib.scan_dataset(root).classes
         held = max(1, round(len(classes) / 4))
         draws = held_out_draws(classes, held, scale.openset_draws)
-        for features, settings in FAMILIARITY_FEATURES:
+        for features, settings in familiarity_features(smoke):
             reports = [measure(f"{root.name}-held-{index}", root, [c for c in classes if c not in draw],
                                _all_photos(root, draw), calibrate=False, features=settings)
                        for index, draw in enumerate(draws)]
@@ -741,7 +746,7 @@ def open_set(scale: Scale, datasets: list[Path], work: Path) -> Table:
     pairs = [(a, b) for a in datasets for b in datasets if a != b]
     for known, unknown in pairs[:1] if smoke else pairs:  # far: another set's landmarks
         for calibrate in (False,) if smoke else (False, True):
-            for features, settings in FAMILIARITY_FEATURES[:1] if calibrate else FAMILIARITY_FEATURES:
+            for features, settings in FAMILIARITY_FEATURES[:1] if calibrate else familiarity_features(smoke):
                 report = measure(f"{known.name}-{unknown.name}-{int(calibrate)}", known, None, _all_photos(unknown),
                                  calibrate, features=settings)
                 photos = report[0]["unknown_photos"]
@@ -1255,7 +1260,7 @@ def cross_source(scale: Scale, known: Path, other_source: Path, look_alike: Path
         sets.append(("not a photograph", [(path, None) for path in _photo_files(not_photo)]))
     smoke = scale.name != "full"
     overrides = dict(image_size=scale.image_size, epochs=1, freeze_epochs=1) if smoke else {}
-    recipes = [(DEFAULT_TRANSFER_MODEL, features, settings) for features, settings in FAMILIARITY_FEATURES]
+    recipes = [(DEFAULT_TRANSFER_MODEL, features, settings) for features, settings in familiarity_features(smoke)]
     for index, (model, features, settings) in enumerate(recipes + [("efficientnet_lite0", "its own", {})]):
         started = time.perf_counter()
         run = train_new(TrainConfig(data=str(known), model=model, **overrides, **settings),
