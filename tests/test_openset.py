@@ -339,6 +339,7 @@ def test_a_separate_familiarity_backbone_travels_with_the_export(tiny_dataset, t
             assert assessment.predictions[0].index == row["predicted"]
 
 
+@pytest.mark.numeric
 def test_a_whole_photo_model_answers_floats_as_it_answers_uint8_and_squeezes_thin_strips_alike(whole_photo_run,
                                                                                                 tiny_dataset, tmp_path):
     """Fed whole photos, the classifier still sees exactly the crop it was trained on (the photo's centre square,
