@@ -102,6 +102,10 @@ class TrainConfig:
     # Lite0 on the whole photo, squashed, instead of the centre crop: look-alikes tagged at the run's own
     # thresholds 16.6% -> 9.9% for 1.6 points of other-source photos; a square of the same photo gained nothing,
     # and the classifier's own features on the whole photo gained nothing either (so only the other network's view).
+    # Tried on the same photos and not kept (README "Tried on the same photos, not kept"): Lite0 fine-tuned with a
+    # sub-center ArcFace head, class-conditional thresholds, GeM / R-MAC / regional pooling, matching the CNN's
+    # local features, Lite1, 224-448 px, mirrored views. Other-source photos tagged at the threshold that tags 5%
+    # of the look-alikes stayed at 36-63% (57% for this view), so the features, not the score, are the limit.
     familiarity_view: str | None = setting(None, "what the separate familiarity network sees: crop (the "
                                                  "classifier's centre crop) or whole (all of the photo, squashed "
                                                  "to the input size; efficientnet_lite2's default)")
