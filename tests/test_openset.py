@@ -45,18 +45,29 @@ def test_familiarity_is_the_similarity_to_the_nearest_training_photo_of_the_pred
 
 def test_threshold_from_pseudo_unknowns_and_the_stricter_of_real_unknowns():
     pseudo = np.linspace(0, 1, 101)
-    alone = openset.choose_familiarity_threshold(pseudo)
+    alone = openset.choose_familiarity_threshold(pseudo, passing=0.1)
     assert alone["threshold"] == pytest.approx(0.9)
     assert alone["basis"] == ["leave-one-class-out"]
     unknown = np.linspace(0.5, 0.99, 50)  # real unknowns that look more familiar than the pseudo ones
-    both = openset.choose_familiarity_threshold(pseudo, unknown, np.ones(50, bool))
+    both = openset.choose_familiarity_threshold(pseudo, unknown, np.ones(50, bool), passing=0.1)
     assert both["basis"] == ["leave-one-class-out", "unknown photos"]
     assert (unknown >= both["threshold"]).mean() <= openset.MAX_UNKNOWN_TAGGED
     assert both["threshold"] > alone["threshold"]
-    unsure = openset.choose_familiarity_threshold(pseudo, unknown, np.zeros(50, bool))  # none would be tagged anyway
+    unsure = openset.choose_familiarity_threshold(pseudo, unknown, np.zeros(50, bool), passing=0.1)  # none would be tagged anyway
     assert unsure["threshold"] == alone["threshold"]
-    too_few = openset.choose_familiarity_threshold(pseudo, unknown[:5], np.ones(5, bool))
+    too_few = openset.choose_familiarity_threshold(pseudo, unknown[:5], np.ones(5, bool), passing=0.1)
     assert too_few["basis"] == ["leave-one-class-out"]
+    stricter = openset.choose_familiarity_threshold(pseudo, passing=0.05)  # a run's pseudo_unknown_pass
+    assert stricter["threshold"] == pytest.approx(0.95)
+
+
+def test_pseudo_unknown_pass_is_a_share_recorded_with_the_run():
+    from landmark_core.runs.config import TrainConfig
+    from landmark_core.core.errors import LandmarkError
+    assert TrainConfig.from_dict({"data": "x", "model": "efficientnet_lite2"}).pseudo_unknown_pass == 0.10
+    for wrong in (0, 1, -0.1, 1.5, float("nan"), "0.1", True):
+        with pytest.raises(LandmarkError, match="pseudo_unknown_pass must be a number in"):
+            TrainConfig(data="x", model="efficientnet_lite2", pseudo_unknown_pass=wrong, device="cpu").resolved()
 
 
 def test_unknown_folders_are_never_a_class(tiny_dataset, tmp_path):
@@ -239,7 +250,7 @@ def test_unknown_demo_archetypes_are_mostly_refused(tmp_path):
 def test_threshold_when_unknown_photos_tie_above_one():
     """float16 feature banks can score a photo a little over 1.0; duplicates tie there."""
     unknown = np.r_[np.linspace(0.1, 0.5, 18), [1.00003, 1.00003]]
-    choice = openset.choose_familiarity_threshold(np.linspace(0, 0.5, 50), unknown, np.ones(20, bool))
+    choice = openset.choose_familiarity_threshold(np.linspace(0, 0.5, 50), unknown, np.ones(20, bool), passing=0.1)
     assert choice["threshold"] > 1.00003
 
 
@@ -286,10 +297,10 @@ def test_a_joint_check_passes_a_photo_only_when_both_networks_find_it_familiar()
     bank = openset.normalise_features(features, own_dim)
     assert torch.allclose(bank[:, :own_dim].norm(dim=1), torch.ones(len(bank)))
     assert torch.allclose(bank[:, own_dim:].norm(dim=1), torch.ones(len(bank)))
-    offset, own_pseudo = openset.joint_offset(features, labels, logits, 1.0, bank, labels, own_dim)
+    offset, own_pseudo = openset.joint_offset(features, labels, logits, 1.0, bank, labels, own_dim, 0.1)
     separately = [openset.leave_one_class_out(features[:, part], labels, logits, 1.0, bank[:, part], labels)
                   for part in (slice(0, own_dim), slice(own_dim, None))]
-    thresholds = [openset.pseudo_unknown_threshold(scores.familiarity) for scores in separately]
+    thresholds = [openset.pseudo_unknown_threshold(scores.familiarity, 0.1) for scores in separately]
     assert offset == pytest.approx(thresholds[0] - thresholds[1])
     np.testing.assert_allclose(own_pseudo, separately[0].familiarity)
     queries = torch.from_numpy(rng.normal(size=(200, own_dim + other_dim))).float() * 2

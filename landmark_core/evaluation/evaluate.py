@@ -233,7 +233,8 @@ def evaluate_run(run: Run | Path, *, device: torch.device | str = "cpu", prepare
     known = (torch.cat([train_features, val_features]), torch.cat([train_labels, torch.from_numpy(val_labels)]),
              np.concatenate([train_logits, val_logits]))
     # a joint check's pseudo-unknown threshold is the classifier's own: the other network's score is moved onto it
-    offset, own_pseudo = (openset.joint_offset(*known, temperature, bank, bank_labels, own_dim) if own_dim
+    passing = config.pseudo_unknown_pass
+    offset, own_pseudo = (openset.joint_offset(*known, temperature, bank, bank_labels, own_dim, passing) if own_dim
                           else (0.0, None))
     scorer = openset.Scorer(bank, bank_labels, temperature, own_dim, offset)
     # The familiarity threshold first (from pseudo-unknowns and any unknown photos), then the probability
@@ -244,7 +245,7 @@ def evaluate_run(run: Run | Path, *, device: torch.device | str = "cpu", prepare
                           else None)
     choice = openset.choose_familiarity_threshold(
         pseudo, *((calibration_scores.familiarity, calibration_scores.probability >= MIN_DEFAULT_THRESHOLD)
-                  if calibration_scores else ()))
+                  if calibration_scores else ()), passing=passing)
     familiar = scorer(val_features, val_logits).familiarity >= choice["threshold"]
     familiar_curve = coverage_curve(val_probs[familiar], val_labels[familiar])
     default_threshold = choose_threshold(familiar_curve)

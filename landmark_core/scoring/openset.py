@@ -43,10 +43,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: At most this share of leave-one-class-out pseudo-unknowns may pass the familiarity threshold. Measured on
-#: real photos (BENCHMARKS.md, table 8), 10% of pseudo-unknowns let through 3-5% of another set's landmarks but
-#: 13-26% of a set's own landmarks held out of training (look-alikes fare worst: table 15).
-PSEUDO_UNKNOWN_PASS = 0.10
 #: With real unknown photos to calibrate on, at most this share of them may be tagged.
 MAX_UNKNOWN_TAGGED = 0.05
 #: Fewer calibration unknowns than this are too few to set a threshold at a 5% rate.
@@ -135,19 +131,20 @@ def leave_one_class_out(features: torch.Tensor, labels: torch.Tensor, logits: np
     return Scores(*(torch.cat(column).numpy() for column in zip(*parts)))
 
 
-def pseudo_unknown_threshold(pseudo_unknown: np.ndarray) -> float:
-    """The level that at most ``PSEUDO_UNKNOWN_PASS`` of the pseudo-unknowns reach."""
-    return float(np.quantile(pseudo_unknown, 1 - PSEUDO_UNKNOWN_PASS)) if len(pseudo_unknown) else 0.0
+def pseudo_unknown_threshold(pseudo_unknown: np.ndarray, passing: float) -> float:
+    """The level that at most ``passing`` (a share) of the pseudo-unknowns reach."""
+    return float(np.quantile(pseudo_unknown, 1 - passing)) if len(pseudo_unknown) else 0.0
 
 
 def joint_offset(features: torch.Tensor, labels: torch.Tensor, logits: np.ndarray, temperature: float,
-                 bank: torch.Tensor, bank_labels: torch.Tensor, own_dim: int) -> tuple[float, np.ndarray]:
+                 bank: torch.Tensor, bank_labels: torch.Tensor, own_dim: int, passing: float) -> tuple[float, np.ndarray]:
     """For a joint check: (the offset that puts the second network's familiarity on the first's scale, the first's
-    pseudo-unknown familiarity). Each network's pseudo-unknown threshold is set on its own; moved by the offset,
-    the second's lands on the first's, so one threshold on the joint score is both thresholds at once."""
+    pseudo-unknown familiarity). Each network's pseudo-unknown threshold (``passing`` of its pseudo-unknowns
+    through) is set on its own; moved by the offset, the second's lands on the first's, so one threshold on the
+    joint score is both thresholds at once."""
     own = leave_one_class_out(features[:, :own_dim], labels, logits, temperature, bank[:, :own_dim], bank_labels)
     other = leave_one_class_out(features[:, own_dim:], labels, logits, temperature, bank[:, own_dim:], bank_labels)
-    return (pseudo_unknown_threshold(own.familiarity) - pseudo_unknown_threshold(other.familiarity),
+    return (pseudo_unknown_threshold(own.familiarity, passing) - pseudo_unknown_threshold(other.familiarity, passing),
             own.familiarity)
 
 
@@ -228,16 +225,16 @@ def auroc(known: np.ndarray, unknown: np.ndarray) -> float | None:
 
 
 def choose_familiarity_threshold(pseudo_unknown: np.ndarray, unknown: np.ndarray | None = None,
-                                 unknown_confident: np.ndarray | None = None) -> dict:
+                                 unknown_confident: np.ndarray | None = None, *, passing: float) -> dict:
     """The familiarity threshold, and what it was set from.
 
-    From pseudo-unknowns: the level that at most ``PSEUDO_UNKNOWN_PASS`` of them
-    reach. With at least ``MIN_CALIBRATION_UNKNOWNS`` real unknown photos, also
+    From pseudo-unknowns: the level that at most ``passing`` (a run's
+    ``pseudo_unknown_pass``) of them reach. With at least ``MIN_CALIBRATION_UNKNOWNS`` real unknown photos, also
     the lowest level at which at most ``MAX_UNKNOWN_TAGGED`` of them would be
     tagged (``unknown_confident``: they also clear the probability threshold);
     the stricter of the two wins, because a wrong place is the worst outcome.
     """
-    threshold = pseudo_unknown_threshold(pseudo_unknown)
+    threshold = pseudo_unknown_threshold(pseudo_unknown, passing)
     basis = ["leave-one-class-out"] if len(pseudo_unknown) else []
     if unknown is not None and len(unknown) >= MIN_CALIBRATION_UNKNOWNS:
         confident = np.ones(len(unknown), bool) if unknown_confident is None else unknown_confident
