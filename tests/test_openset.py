@@ -64,7 +64,11 @@ def test_threshold_from_pseudo_unknowns_and_the_stricter_of_real_unknowns():
 def test_pseudo_unknown_pass_is_a_share_recorded_with_the_run():
     from landmark_core.runs.config import TrainConfig
     from landmark_core.core.errors import LandmarkError
-    assert TrainConfig.from_dict({"data": "x", "model": "efficientnet_lite2"}).pseudo_unknown_pass == 0.10
+    assert TrainConfig.from_dict({"data": "x", "model": "efficientnet_lite2"}).pseudo_unknown_pass == 0.10  # before
+    assert TrainConfig(data="x", model="efficientnet_lite2", device="cpu").resolved().pseudo_unknown_pass == 0.07
+    assert TrainConfig(data="x", model="efficientnet_lite0", device="cpu").resolved().pseudo_unknown_pass == 0.10
+    assert TrainConfig(data="x", model="efficientnet_lite2", pseudo_unknown_pass=0.2,
+                       device="cpu").resolved().pseudo_unknown_pass == 0.2
     for wrong in (0, 1, -0.1, 1.5, float("nan"), "0.1", True):
         with pytest.raises(LandmarkError, match="pseudo_unknown_pass must be a number in"):
             TrainConfig(data="x", model="efficientnet_lite2", pseudo_unknown_pass=wrong, device="cpu").resolved()

@@ -254,11 +254,12 @@ for _variant in EFFICIENTNET_LITE_VARIANTS:
         # its size is measured (model_info), not written here: a figure quoted for the 1000-class ImageNet head
         # contradicted the measured one beside it
         description=f"EfficientNet-Lite{_variant} (timm tf_efficientnet_lite{_variant}), ImageNet-pretrained, new head.",
-        # both networks' familiarity, Lite0's on the whole photo (TrainConfig.familiarity_backbone and
-        # familiarity_view): measured for Lite2 only (tables 8 and 15)
+        # both networks' familiarity, Lite0's on the whole photo, 7% of the pseudo-unknowns through
+        # (TrainConfig.familiarity_backbone, familiarity_view, pseudo_unknown_pass): measured for Lite2 only
+        # (tables 8 and 15)
         train_defaults={**_TRANSFER_DEFAULTS,
-                        **({"familiarity_backbone": "own+efficientnet_lite0", "familiarity_view": "whole"}
-                           if _variant == 2 else {})},
+                        **({"familiarity_backbone": "own+efficientnet_lite0", "familiarity_view": "whole",
+                            "pseudo_unknown_pass": 0.07} if _variant == 2 else {})},
     ))
 
 
