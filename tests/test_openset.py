@@ -53,7 +53,8 @@ def test_threshold_from_pseudo_unknowns_and_the_stricter_of_real_unknowns():
     assert both["basis"] == ["leave-one-class-out", "unknown photos"]
     assert (unknown >= both["threshold"]).mean() <= openset.MAX_UNKNOWN_TAGGED
     assert both["threshold"] > alone["threshold"]
-    unsure = openset.choose_familiarity_threshold(pseudo, unknown, np.zeros(50, bool), passing=0.1)  # none would be tagged anyway
+    # none would be tagged anyway
+    unsure = openset.choose_familiarity_threshold(pseudo, unknown, np.zeros(50, bool), passing=0.1)
     assert unsure["threshold"] == alone["threshold"]
     too_few = openset.choose_familiarity_threshold(pseudo, unknown[:5], np.ones(5, bool), passing=0.1)
     assert too_few["basis"] == ["leave-one-class-out"]

@@ -137,7 +137,8 @@ def pseudo_unknown_threshold(pseudo_unknown: np.ndarray, passing: float) -> floa
 
 
 def joint_offset(features: torch.Tensor, labels: torch.Tensor, logits: np.ndarray, temperature: float,
-                 bank: torch.Tensor, bank_labels: torch.Tensor, own_dim: int, passing: float) -> tuple[float, np.ndarray]:
+                 bank: torch.Tensor, bank_labels: torch.Tensor, own_dim: int,
+                 passing: float) -> tuple[float, np.ndarray]:
     """For a joint check: (the offset that puts the second network's familiarity on the first's scale, the first's
     pseudo-unknown familiarity). Each network's pseudo-unknown threshold (``passing`` of its pseudo-unknowns
     through) is set on its own; moved by the offset, the second's lands on the first's, so one threshold on the
