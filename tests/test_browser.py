@@ -319,6 +319,30 @@ def choose_folder(page, folder: Path) -> None:
     expect(page.get_by_text("Working with")).to_be_visible()
 
 
+def choose_in_list(page, combobox: str, typed: str, option_text: str, chosen) -> None:
+    """Pick an option of a selectbox by typing part of it, until `chosen` (a locator the choice shows) is visible.
+
+    On a loaded machine reruns can follow each other for a minute or two. A rerun that lands between opening the
+    list and clicking closes the list (the option detaches), so the whole open-type-click is retried, each step
+    with a short timeout, instead of one click waiting on an option that will not come back."""
+    option = page.locator("[role=option]").filter(has_text=option_text)
+    deadline = time.monotonic() + 240
+    while True:
+        with contextlib.suppress(Exception):
+            page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=20_000)
+        try:
+            page.get_by_role("combobox", name=combobox, exact=True).click(timeout=20_000)
+            page.keyboard.press("Control+A")  # a try before left its text: typed again it would filter out everything
+            page.keyboard.type(typed)  # typing opens the list, filtered to the match
+            option.click(timeout=20_000)
+            chosen.wait_for(state="visible", timeout=20_000)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            page.keyboard.press("Escape")
+
+
 def copy_of_artifacts(original: Path, copy: Path) -> Path:
     """A copy of an artifacts folder whose runs name the copy's dataset and photos, as if trained there (a run
     names its dataset and test photos by path: copied as they are, they would be runs of the original folder)."""
@@ -588,24 +612,9 @@ def test_round_three_compare_across_datasets_a_100_megapixel_photo_and_a_backgro
 
         page.get_by_role("link", name="Train").click()
         page.get_by_text("New training run").click()
-        option = page.locator("[role=option]").filter(has_text="scratch_cnn")
-        deadline = time.monotonic() + 240  # a loaded CI machine: reruns can follow each other for a minute or two
-        while True:  # a click that lands during a rerun does not open the list: wait for the page, try again
-            with contextlib.suppress(Exception):
-                page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=20_000)
-            page.get_by_role("combobox", name="Model", exact=True).click()
-            page.keyboard.press("Control+A")  # a try before left its text: typed again it would filter out everything
-            page.keyboard.type("scratch")  # typing opens the list, filtered to the one match
-            try:
-                option.wait_for(state="visible", timeout=20_000)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                page.keyboard.press("Escape")
-        option.click()
-        # the model's own description (the combobox's text is what was typed, chosen or not)
-        expect(page.get_by_text("Our residual CNN trained from scratch")).to_be_visible()
+        # the model's own description confirms the choice (the combobox's text is what was typed, chosen or not)
+        choose_in_list(page, "Model", "scratch", "scratch_cnn",
+                       chosen=page.get_by_text("Our residual CNN trained from scratch"))
         page.get_by_role("button", name="Find a learning rate").click()
         expect(page.get_by_text(re.compile(r"Sweeping scratch_cnn in the background… batch \d+/80"))).to_be_visible()
         expect(page.get_by_role("button", name="Rename", exact=True)).to_be_visible()  # the page stays usable
