@@ -170,10 +170,9 @@ def dataset_training_photos(root: Path) -> int | None:
 def run_estimate(root: Path, model: str) -> tuple[object | None, str | None]:
     """(how long a run of ``model`` with its defaults takes on ``root`` here, None) from a few steps timed, or
     (None, why not)."""
-    from landmark_core.runs.config import TrainConfig
-    from landmark_core.training.estimate import estimate
+    from landmark_core.training.estimate import estimate_in_a_training_process
     try:
-        return estimate(TrainConfig(data=str(root), model=model)), None
+        return estimate_in_a_training_process(str(root), model), None
     except Exception as error:  # an estimate is advice: a failure (out of memory, a bad file) says so, no more
         return None, f"{type(error).__name__}: {error}" if not isinstance(error, LandmarkError) else str(error)
 

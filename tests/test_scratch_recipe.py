@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from landmark_core import data as data_lib
+from landmark_core.core.errors import LandmarkError
 from landmark_core.runs.config import TrainConfig
 from landmark_core.training.engine import Engine
-from landmark_core.training.estimate import estimate, estimate_run, measure_steps
+from landmark_core.training.estimate import (estimate, estimate_in_a_training_process, estimate_run,
+                                              measure_steps)
 from landmark_core.models.registry import build_model, get_spec
 from landmark_core.pipeline import create_run
 from landmark_core.training.prepare import prepare_data, resolved_for_dataset
@@ -187,6 +189,26 @@ def test_landmark_train_estimate_prints_the_time_and_trains_nothing(tiny_dataset
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("scratch_cnn on tiny: about ")
     assert "3 epochs of about" in result.stdout
+    assert not (artifacts / "runs").exists() or not any((artifacts / "runs").iterdir())
+
+
+def test_the_apps_estimate_times_the_steps_in_a_process_tuned_as_a_training_one(tiny_dataset, artifacts):
+    """The Train page's estimate comes from `landmark train --estimate --json` in a fresh process: timed in the
+    app's own process (glibc's allocator defaults), Lite2's evaluation batches took 2.8x as long as in the run."""
+    cost = estimate_in_a_training_process(str(tiny_dataset), "scratch_cnn")
+    assert cost.steps.freed_memory_kept  # Linux and glibc here, as on every CI machine
+    resolved, dataset = resolved_for_dataset(TrainConfig(data=str(tiny_dataset), model="scratch_cnn"))
+    trained, _ = data_lib.stratified_split(dataset.train, resolved.val_fraction, resolved.seed)
+    assert (cost.epochs, cost.train_batches, cost.steps.batch_size) == (
+        resolved.epochs, math.ceil(len(trained) / resolved.batch_size), resolved.batch_size)
+    assert cost.steps.train_batch > 0 and cost.steps.eval_batch > 0
+    assert cost.seconds == pytest.approx(cost.decode_seconds + cost.training_seconds + cost.frozen_seconds
+                                         + cost.evaluation_seconds)
+    with pytest.raises(LandmarkError, match="dataset folder not found"):
+        estimate_in_a_training_process(str(tiny_dataset.parent / "missing"), "scratch_cnn")
+    refused = landmark("train", "--data", str(tiny_dataset), "--json", artifacts=artifacts)
+    assert refused.returncode == 2
+    assert "--json goes with --estimate" in refused.stderr
     assert not (artifacts / "runs").exists() or not any((artifacts / "runs").iterdir())
 
 

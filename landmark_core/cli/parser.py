@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--background", action="store_true", help="train in a detached process")
     train.add_argument("--estimate", action="store_true", help="say how long this run would take on this machine "
                        "(a few training steps timed) and train nothing")
+    train.add_argument("--json", action="store_true", help="with --estimate: the estimate's parts as one line of JSON")
     train.add_argument("--nproc-per-node", type=bounded_number(int, 1, 1024), metavar="N",
                        help="data-parallel training with N processes on this machine through torchrun (one per GPU, "
                             "or CPU processes); --batch-size stays the global batch. Resuming uses the run's own N "

@@ -26,6 +26,8 @@ def cmd_train(args) -> int:
 
     if distributed.launched_by_torchrun():
         return _train_as_rank(args)
+    if args.json and not args.estimate:
+        raise LandmarkError("--json goes with --estimate (a run's own output is its folder)")
     if args.estimate and (args.run_dir or args.resume):
         raise LandmarkError("--estimate is for a new run: give --data and the settings, not --resume")
     if args.run_dir or args.resume:
@@ -37,10 +39,11 @@ def cmd_train(args) -> int:
             raise LandmarkError("--data DIR is required (or --data demo for the built-in demo set)")
         if args.estimate:
             from ..core.allocator import keep_freed_memory
-            from ..training.estimate import estimate
+            from ..training.estimate import estimate, estimate_as_json
             keep_freed_memory()  # as the training process will: its steps are what is timed
             config = _config_from_args(args)
-            print(f"{config.model} on {Path(config.data).name}: {estimate(config).describe()}")
+            print(estimate_as_json(config) if args.json else
+                  f"{config.model} on {Path(config.data).name}: {estimate(config).describe()}")
             return 0
         run_dir, resume, processes = None, False, args.nproc_per_node or 1
     if processes < 1:

@@ -10,7 +10,12 @@ trains, both are slower.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -19,6 +24,8 @@ import torch
 import torch.nn as nn
 
 from .. import data as data_lib
+from ..core.allocator import freed_memory_is_kept
+from ..core.errors import LandmarkError
 from ..models.registry import build_model, inference_batch_size
 from ..runs.config import TrainConfig, device_or_error, run_preprocessing
 from .engine import autocast_dtype
@@ -40,6 +47,8 @@ class StepTimes:
     eval_batch_size: int
     #: Seconds per evaluation batch of the separate familiarity backbone (0: the run compares its own features).
     familiarity_eval_batch: float = 0.0
+    #: Whether the steps ran under the allocator a training process uses (core.allocator), as they should.
+    freed_memory_kept: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,11 @@ class RunEstimate:
     evaluation_seconds: float
     decode_seconds: float
     steps: StepTimes
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunEstimate":
+        """The estimate :func:`dataclasses.asdict` wrote (``landmark train --estimate --json``)."""
+        return cls(**{**values, "steps": StepTimes(**values["steps"])})
 
     @property
     def seconds(self) -> float:
@@ -136,7 +150,7 @@ def measure_steps(config: TrainConfig, num_classes: int, *, training: bool = Tru
     model = optimizer = None  # freed before the cache is emptied (the step closures hold these cells)
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the app's process times the steps: it should not keep the GPU's memory
-    return StepTimes(train_batch, eval_batch, config.batch_size, eval_size, familiarity_batch)
+    return StepTimes(train_batch, eval_batch, config.batch_size, eval_size, familiarity_batch, freed_memory_is_kept())
 
 
 def _synchronize(device: torch.device) -> None:
@@ -196,3 +210,26 @@ def estimate(config: TrainConfig) -> RunEstimate:
     return estimate_run(config, steps, trained_photos=len(trained), val_photos=len(validation),
                         test_photos=len(dataset.test),
                         decode_seconds_per_photo=measure_decode_seconds(config, dataset.train))
+
+
+def estimate_in_a_training_process(data: str, model: str, *, timeout_s: float = 600) -> RunEstimate:
+    """What a run of ``model`` with its defaults will cost on ``data``, timed by ``landmark train --estimate`` in
+    a fresh process: its steps run under the allocator a training process uses (core.allocator). Timed in a
+    long-lived process that keeps glibc's defaults, as the app does, every large batch pays fresh page faults:
+    there Lite2's evaluation batches took 2.8x as long as in the run, and the Train page said 7m 18s for a demo
+    run that took 2m 37s (this way: 2m 40s). A failure is a LandmarkError with the command's own message."""
+    args = [sys.executable, "-m", "landmark_core", "train", "--data", str(data), "--model", model, "--estimate", "--json"]
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
+                              cwd=os.getcwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    except subprocess.TimeoutExpired:
+        raise LandmarkError(f"timing {model}'s steps took over {timeout_s:.0f} s") from None
+    if done.returncode != 0:
+        said = [line for line in done.stderr.splitlines() if line.strip()]
+        raise LandmarkError(said[-1].removeprefix("error: ") if said else f"exit code {done.returncode}")
+    return RunEstimate.from_dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def estimate_as_json(config: TrainConfig) -> str:
+    """:func:`estimate` of ``config`` on one line, as :meth:`RunEstimate.from_dict` reads it."""
+    return json.dumps(dataclasses.asdict(estimate(config)))
