@@ -75,7 +75,8 @@ with st.expander("New training run", expanded=not existing_runs):
     # A first visit (no run yet) sees the three steps only: photos, the model, Start. The ~15 settings wait under
     # Advanced with the defaults that finish in minutes on a 2-core CPU; it is on by default once runs exist.
     advanced = st.toggle("Advanced settings", key="train_advanced", value=bool(existing_runs),
-                         help="Epochs, learning rate, image size, optimizer, augmentation, regularisation and processes. "
+                         help="Epochs, learning rate, image size, optimizer, augmentation, regularisation, the tag threshold and "
+                              "processes. "
                               "Off: the model's defaults.")
     # Enter in a number field must not start a run (a second click on Start started another): only the button does
     with st.form("train_form", enter_to_submit=False):
@@ -88,6 +89,7 @@ with st.expander("New training run", expanded=not existing_runs):
                                                              defaults.label_smoothing)
             patience, processes = defaults.early_stopping_patience, min(default_processes(), process_limit())
             mixup, cutmix, ema_epochs = defaults.mixup, defaults.cutmix, defaults.ema_epochs
+            unfamiliar_percent = defaults.pseudo_unknown_pass * 100
             st.markdown(f"Trains **{model}** on `{dataset.name}` with its defaults: {defaults.schedule()}, "
                         f"{defaults.image_size} px photos. When it has finished, try it on **Predict & tag**.")
         else:
@@ -126,7 +128,7 @@ with st.expander("New training run", expanded=not existing_runs):
             patience = n.number_input("Early stopping (epochs without improvement)", 0, 500,
                                       defaults.early_stopping_patience, help="0: off. Stops when validation accuracy has "
                                       "not improved for this many epochs; the best epoch is kept.")
-            o, q, r = st.columns(3)
+            o, q, r, u = st.columns(4)
             mixup = o.number_input("Mixup", 0.0, 100.0, float(defaults.mixup), 0.1,
                                    help="Blend pairs of training photos and their labels (the Beta distribution's alpha; "
                                         "0: off).")
@@ -136,6 +138,13 @@ with st.expander("New training run", expanded=not existing_runs):
             ema_epochs = r.number_input("Weight average (epochs)", 0.0, 500.0, float(defaults.ema_epochs), 0.5,
                                         help="Validate, keep and export a moving average of the weights over about the "
                                              "last N epochs (0: the weights as trained).")
+            unfamiliar_percent = u.number_input(
+                "Unfamiliar photos tagged (%)", 0.5, 50.0, round(defaults.pseudo_unknown_pass * 100, 2), 0.5,
+                help="Where the tag threshold sits: this share of the training photos, each judged as if its "
+                     "landmark had never been learned (leave-one-class-out), would still be tagged. Lower tags "
+                     "fewer photos of places the model does not know (look-alikes), and fewer of the known ones "
+                     "from other cameras. 7% for efficientnet_lite2, measured on real look-alikes; 10% for the "
+                     "others.")
             if defaults.trains_only_the_head:
                 st.caption("On this machine (no GPU) training stops after the frozen epochs: fine-tuning the whole network "
                            "costs minutes per epoch on a CPU and did not pay on real photos. Add epochs to fine-tune.")
@@ -167,7 +176,8 @@ with st.expander("New training run", expanded=not existing_runs):
                              freeze_epochs=None if int(freeze_epochs) == defaults.freeze_epochs else int(freeze_epochs),
                              tta_flip=tta_flip, class_balanced=class_balanced, weight_decay=float(weight_decay),
                              label_smoothing=float(label_smoothing), early_stopping_patience=int(patience),
-                             mixup=float(mixup), cutmix=float(cutmix), ema_epochs=float(ema_epochs))
+                             mixup=float(mixup), cutmix=float(cutmix), ema_epochs=float(ema_epochs),
+                             pseudo_unknown_pass=round(float(unfamiliar_percent), 2) / 100)
         launch_now = (config, int(processes))
         st.session_state["pending_start"] = launch_now
     else:

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from landmark_core.runs.config import TrainConfig
 from landmark_core.training.distributed import process_limit
 from landmark_core.core.fileio import read_json
-from landmark_core.runs.run import list_runs, read_status
+from landmark_core.runs.run import Run, list_runs, read_status
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["home", "explore", "train", "evaluate", "predict", "compare", "review"]
@@ -115,12 +115,16 @@ def test_train_page_starts_a_run_in_the_background(app_env):
     at.number_input[3].set_value(32)   # image size
     processes = next(n for n in at.number_input if n.label == "Training processes")
     processes.set_value(min(2, process_limit()))  # data-parallel through torchrun where there are 2 cores
+    unfamiliar = next(n for n in at.number_input if n.label == "Unfamiliar photos tagged (%)")
+    assert unfamiliar.value == 7.0  # efficientnet_lite2's own threshold
+    unfamiliar.set_value(5.0)
     at.button(key="FormSubmitter:train_form-Start").click()
     at.run()
     assert not at.exception
     assert any("Started" in s.value for s in at.success)
     new = [r for r in list_runs(app_env) if r.run_id not in before]
     assert len(new) == 1
+    assert Run(new[0].path).config().pseudo_unknown_pass == 0.05
     assert at.selectbox(key="live_run_select").value == new[0].run_id  # the live view follows the new run
     deadline = time.time() + 240
     while read_status(new[0].path)["state"] in ("queued", "running") and time.time() < deadline:
