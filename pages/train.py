@@ -75,9 +75,8 @@ with st.expander("New training run", expanded=not existing_runs):
     # A first visit (no run yet) sees the three steps only: photos, the model, Start. The ~15 settings wait under
     # Advanced with the defaults that finish in minutes on a 2-core CPU; it is on by default once runs exist.
     advanced = st.toggle("Advanced settings", key="train_advanced", value=bool(existing_runs),
-                         help="Epochs, learning rate, image size, optimizer, augmentation, regularisation, the tag threshold and "
-                              "processes. "
-                              "Off: the model's defaults.")
+                         help="Epochs, learning rate, image size, optimizer, augmentation, regularisation, the tag "
+                              "threshold and processes. Off: the model's defaults.")
     # Enter in a number field must not start a run (a second click on Start started another): only the button does
     with st.form("train_form", enter_to_submit=False):
         if not advanced:
