@@ -34,6 +34,9 @@ from .prepare import resolved_for_dataset
 
 #: Steps timed after the warm-up step: enough to average out a slow first allocation, few enough for ~seconds.
 TIMED_STEPS = 3
+#: Evaluation batches timed after the warm-up one: the same work every time (no augmentation, no optimizer), so
+#: one says as much as three, and a Lite2 run's estimate (two networks) takes 5 s less.
+TIMED_EVAL_STEPS = 1
 #: Photos decoded to time decoding (the dataset's first ones).
 DECODE_SAMPLE = 16
 
@@ -93,7 +96,7 @@ def _random_batch(count: int, side: int) -> torch.Tensor:
 
 def measure_steps(config: TrainConfig, num_classes: int, *, training: bool = True) -> StepTimes:
     """Time :data:`TIMED_STEPS` training steps (unless not ``training``: a run that only fits a head on frozen
-    features takes none) and evaluation batches of ``config``'s model on this machine."""
+    features takes none) and :data:`TIMED_EVAL_STEPS` evaluation batches of ``config``'s model on this machine."""
     config = config.resolved()
     device = device_or_error(config.device)
     preprocessing = run_preprocessing(config)
@@ -129,24 +132,24 @@ def measure_steps(config: TrainConfig, num_classes: int, *, training: bool = Tru
         with autocast():
             model(loader.prepare(_random_batch(eval_size, preprocessing.resize_size)))
 
-    def seconds_per_call(step) -> float:
+    def seconds_per_call(step, repeats: int) -> float:
         step()  # warm-up: first allocations, kernel selection
         _synchronize(device)
         began = time.perf_counter()
-        for _ in range(TIMED_STEPS):
+        for _ in range(repeats):
             step()
         _synchronize(device)
-        return (time.perf_counter() - began) / TIMED_STEPS
+        return (time.perf_counter() - began) / repeats
 
     model.train()
-    train_batch = seconds_per_call(train_step) if training else 0.0
+    train_batch = seconds_per_call(train_step, TIMED_STEPS) if training else 0.0
     model.eval()
-    eval_batch = seconds_per_call(eval_step)
+    eval_batch = seconds_per_call(eval_step, TIMED_EVAL_STEPS)
     familiarity_batch = 0.0
     if config.separate_familiarity_backbone:  # evaluation passes every split through it too
         model = build_model(config.separate_familiarity_backbone, num_classes, pretrained=False).to(
             device, memory_format=torch.channels_last if config.channels_last else torch.preserve_format).eval()
-        familiarity_batch = seconds_per_call(eval_step)
+        familiarity_batch = seconds_per_call(eval_step, TIMED_EVAL_STEPS)
     model = optimizer = None  # freed before the cache is emptied (the step closures hold these cells)
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the app's process times the steps: it should not keep the GPU's memory
@@ -216,8 +219,8 @@ def estimate_in_a_training_process(data: str, model: str, *, timeout_s: float = 
     """What a run of ``model`` with its defaults will cost on ``data``, timed by ``landmark train --estimate`` in
     a fresh process: its steps run under the allocator a training process uses (core.allocator). Timed in a
     long-lived process that keeps glibc's defaults, as the app does, every large batch pays fresh page faults:
-    there Lite2's evaluation batches took 2.8x as long as in the run, and the Train page said 7m 18s for a demo
-    run that took 2m 37s (this way: 2m 40s). A failure is a LandmarkError with the command's own message."""
+    there a batch of 64 through Lite2 took 3.3 s instead of 1.3 s, and the Train page said 7m 18s for a demo run
+    that took 2m 37s (this way: 2m 31s). A failure is a LandmarkError with the command's own message."""
     args = [sys.executable, "-m", "landmark_core", "train", "--data", str(data), "--model", model, "--estimate", "--json"]
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
