@@ -176,7 +176,7 @@ with st.expander("New training run", expanded=not existing_runs):
                              tta_flip=tta_flip, class_balanced=class_balanced, weight_decay=float(weight_decay),
                              label_smoothing=float(label_smoothing), early_stopping_patience=int(patience),
                              mixup=float(mixup), cutmix=float(cutmix), ema_epochs=float(ema_epochs),
-                             pseudo_unknown_pass=round(float(unfamiliar_percent), 2) / 100)
+                             pseudo_unknown_pass=round(float(unfamiliar_percent) / 100, 4))
         launch_now = (config, int(processes))
         st.session_state["pending_start"] = launch_now
     else:

@@ -2,6 +2,7 @@
 run will take, measured before it starts."""
 import json
 import math
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -192,20 +193,27 @@ def test_landmark_train_estimate_prints_the_time_and_trains_nothing(tiny_dataset
     assert not (artifacts / "runs").exists() or not any((artifacts / "runs").iterdir())
 
 
-def test_the_apps_estimate_times_the_steps_in_a_process_tuned_as_a_training_one(tiny_dataset, artifacts):
+def test_the_apps_estimate_times_the_steps_in_a_process_tuned_as_a_training_one(tiny_dataset, artifacts,
+                                                                                tmp_path, monkeypatch):
     """The Train page's estimate comes from `landmark train --estimate --json` in a fresh process: timed in the
-    app's own process (glibc's allocator defaults), a batch of 64 through Lite2 took 3.3 s instead of 1.3 s."""
-    cost = estimate_in_a_training_process(str(tiny_dataset), "scratch_cnn")
+    app's own process (glibc's allocator defaults), a batch of 64 through Lite2 took 3.3 s instead of 1.3 s.
+    The app may run from any folder, and a dataset folder named like the demo's alias is still that folder."""
+    named_demo = tmp_path / "demo"
+    shutil.copytree(tiny_dataset, named_demo)
+    monkeypatch.chdir(tmp_path)
+    cost = estimate_in_a_training_process("demo", "scratch_cnn")  # the relative folder, not the built-in demo
     assert cost.steps.freed_memory_kept  # Linux and glibc here, as on every CI machine
-    resolved, dataset = resolved_for_dataset(TrainConfig(data=str(tiny_dataset), model="scratch_cnn"))
+    resolved, dataset = resolved_for_dataset(TrainConfig(data=str(named_demo), model="scratch_cnn"))
     trained, _ = data_lib.stratified_split(dataset.train, resolved.val_fraction, resolved.seed)
     assert (cost.epochs, cost.train_batches, cost.steps.batch_size) == (
         resolved.epochs, math.ceil(len(trained) / resolved.batch_size), resolved.batch_size)
     assert cost.steps.train_batch > 0 and cost.steps.eval_batch > 0
     assert cost.seconds == pytest.approx(cost.decode_seconds + cost.training_seconds + cost.frozen_seconds
                                          + cost.evaluation_seconds)
-    with pytest.raises(LandmarkError, match="dataset folder not found"):
-        estimate_in_a_training_process(str(tiny_dataset.parent / "missing"), "scratch_cnn")
+    with pytest.raises(LandmarkError, match="^dataset folder not found"):
+        estimate_in_a_training_process("missing", "scratch_cnn")
+    with pytest.raises(LandmarkError, match="^unknown model 'no_such_model'"):
+        estimate_in_a_training_process("demo", "no_such_model")
     refused = landmark("train", "--data", str(tiny_dataset), "--json", artifacts=artifacts)
     assert refused.returncode == 2
     assert "--json goes with --estimate" in refused.stderr

@@ -14,10 +14,12 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +37,7 @@ from .prepare import resolved_for_dataset
 #: Steps timed after the warm-up step: enough to average out a slow first allocation, few enough for ~seconds.
 TIMED_STEPS = 3
 #: Evaluation batches timed after the warm-up one: the same work every time (no augmentation, no optimizer), so
-#: one says as much as three, and a Lite2 run's estimate (two networks) takes 5 s less.
+#: one says as much as three, and a Lite2 run's estimate of the demo (two networks) took 10 s instead of 14.
 TIMED_EVAL_STEPS = 1
 #: Photos decoded to time decoding (the dataset's first ones).
 DECODE_SAMPLE = 16
@@ -69,8 +71,12 @@ class RunEstimate:
 
     @classmethod
     def from_dict(cls, values: dict) -> "RunEstimate":
-        """The estimate :func:`dataclasses.asdict` wrote (``landmark train --estimate --json``)."""
-        return cls(**{**values, "steps": StepTimes(**values["steps"])})
+        """The estimate :func:`dataclasses.asdict` wrote (``landmark train --estimate --json``); fields this
+        version does not know are left out (a newer library may write more)."""
+        def known(kind, given: dict) -> dict:
+            names = {field.name for field in dataclasses.fields(kind)}
+            return {name: value for name, value in given.items() if name in names}
+        return cls(**{**known(cls, values), "steps": StepTimes(**known(StepTimes, values["steps"]))})
 
     @property
     def seconds(self) -> float:
@@ -152,7 +158,7 @@ def measure_steps(config: TrainConfig, num_classes: int, *, training: bool = Tru
         familiarity_batch = seconds_per_call(eval_step, TIMED_EVAL_STEPS)
     model = optimizer = None  # freed before the cache is emptied (the step closures hold these cells)
     if device.type == "cuda":
-        torch.cuda.empty_cache()  # the app's process times the steps: it should not keep the GPU's memory
+        torch.cuda.empty_cache()  # a process that times the steps and goes on (a notebook) keeps no GPU memory
     return StepTimes(train_batch, eval_batch, config.batch_size, eval_size, familiarity_batch, freed_memory_is_kept())
 
 
@@ -220,17 +226,26 @@ def estimate_in_a_training_process(data: str, model: str, *, timeout_s: float = 
     a fresh process: its steps run under the allocator a training process uses (core.allocator). Timed in a
     long-lived process that keeps glibc's defaults, as the app does, every large batch pays fresh page faults:
     there a batch of 64 through Lite2 took 3.3 s instead of 1.3 s, and the Train page said 7m 18s for a demo run
-    that took 2m 37s (this way: 2m 31s). A failure is a LandmarkError with the command's own message."""
-    args = [sys.executable, "-m", "landmark_core", "train", "--data", str(data), "--model", model, "--estimate", "--json"]
+    that took 2m 37s (this way: 2m 25s-2m 50s). A failure is a LandmarkError with the command's own message."""
+    # an absolute folder: a relative one named "demo" would be the built-in demo, one starting with "-" an option
+    folder = str(Path(data).expanduser().resolve())
+    args = [sys.executable, "-m", "landmark_core", "train", "--data", folder, "--model", model, "--estimate", "--json"]
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
                               cwd=os.getcwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"})
     except subprocess.TimeoutExpired:
         raise LandmarkError(f"timing {model}'s steps took over {timeout_s:.0f} s") from None
+    if done.returncode < 0:
+        raise LandmarkError(f"timing {model}'s steps was stopped by signal {-done.returncode}"
+                            + (" (out of memory?)" if -done.returncode == signal.SIGKILL else ""))
     if done.returncode != 0:
-        said = [line for line in done.stderr.splitlines() if line.strip()]
-        raise LandmarkError(said[-1].removeprefix("error: ") if said else f"exit code {done.returncode}")
-    return RunEstimate.from_dict(json.loads(done.stdout.strip().splitlines()[-1]))
+        said = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        errors = [line.partition("error: ")[2] for line in said if "error: " in line]  # ours, or argparse's
+        raise LandmarkError(errors[-1] if errors else said[-1] if said else f"exit code {done.returncode}")
+    try:
+        return RunEstimate.from_dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    except (IndexError, ValueError, KeyError, TypeError) as error:
+        raise LandmarkError(f"no estimate in what the timing process printed ({type(error).__name__}: {error})")
 
 
 def estimate_as_json(config: TrainConfig) -> str:

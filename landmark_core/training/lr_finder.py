@@ -163,8 +163,9 @@ class Sweep:
             raise LandmarkError(f"a learning-rate sweep of {model} on this dataset is running already")
         sweep.folder.mkdir(parents=True, exist_ok=True)
         (sweep.folder / cls.RESULT).unlink(missing_ok=True)
-        args = [sys.executable, "-m", "landmark_core", "lr-find", "--data", str(data), "--model", model,
-                "--steps", str(steps), "--into", str(sweep.folder)]
+        # an absolute folder: a relative one named "demo" would be the built-in demo, one starting with "-" an option
+        args = [sys.executable, "-m", "landmark_core", "lr-find", "--data", str(Path(data).expanduser().resolve()),
+                "--model", model, "--steps", str(steps), "--into", str(sweep.folder)]
         # written before the process starts, which from then on writes the status alone (its own pid included)
         write_json_atomic(sweep.folder / cls.STATUS, {"state": SweepState.RUNNING.value, "pid": None,
                                                       "launched": time.time(), "done": 0, "total": steps,
