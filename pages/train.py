@@ -142,8 +142,7 @@ with st.expander("New training run", expanded=not existing_runs):
                 help="Where the tag threshold sits: this share of the training photos, each judged as if its "
                      "landmark had never been learned (leave-one-class-out), would still be tagged. Lower tags "
                      "fewer photos of places the model does not know (look-alikes), and fewer of the known ones "
-                     "from other cameras. 7% for efficientnet_lite2, measured on real look-alikes; 10% for the "
-                     "others.")
+                     "from other cameras. Shown: this model's default.")
             if defaults.trains_only_the_head:
                 st.caption("On this machine (no GPU) training stops after the frozen epochs: fine-tuning the whole network "
                            "costs minutes per epoch on a CPU and did not pay on real photos. Add epochs to fine-tune.")

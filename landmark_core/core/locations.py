@@ -27,6 +27,12 @@ def demo_dir(artifacts: Path | None = None) -> Path:
     return data_dir(artifacts) / "demo"
 
 
+def dataset_folder_argument(folder: str | Path) -> str:
+    """A dataset folder as given to a child ``landmark`` process: absolute, so that a relative folder named like
+    one of :data:`DEMO_ALIASES` stays that folder, and one whose name starts with "-" is not read as an option."""
+    return str(Path(folder).expanduser().resolve())
+
+
 def resolve_dataset(value: str, progress: Callable[[int, int], None] | None = None) -> str:
     """``demo`` means the built-in demo set, drawn on first use (``progress`` hears of it); anything else is a
     folder, returned as given."""

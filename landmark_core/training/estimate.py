@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ import torch.nn as nn
 from .. import data as data_lib
 from ..core.allocator import freed_memory_is_kept
 from ..core.errors import LandmarkError
+from ..core.locations import dataset_folder_argument
 from ..models.registry import build_model, inference_batch_size
 from ..runs.config import TrainConfig, device_or_error, run_preprocessing
 from .engine import autocast_dtype
@@ -227,9 +227,8 @@ def estimate_in_a_training_process(data: str, model: str, *, timeout_s: float = 
     long-lived process that keeps glibc's defaults, as the app does, every large batch pays fresh page faults:
     there a batch of 64 through Lite2 took 3.3 s instead of 1.3 s, and the Train page said 7m 18s for a demo run
     that took 2m 37s (this way: 2m 25s-2m 50s). A failure is a LandmarkError with the command's own message."""
-    # an absolute folder: a relative one named "demo" would be the built-in demo, one starting with "-" an option
-    folder = str(Path(data).expanduser().resolve())
-    args = [sys.executable, "-m", "landmark_core", "train", "--data", folder, "--model", model, "--estimate", "--json"]
+    args = [sys.executable, "-m", "landmark_core", "train", "--data", dataset_folder_argument(data), "--model", model,
+            "--estimate", "--json"]
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
                               cwd=os.getcwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -24,7 +24,7 @@ import torch
 from ..core.enums import TextEnum
 from ..core.errors import LandmarkError
 from ..core.fileio import process_alive, read_json, write_json_atomic
-from ..core.locations import artifacts_dir
+from ..core.locations import artifacts_dir, dataset_folder_argument
 from ..models.registry import build_model
 from ..runs.config import TrainConfig, resolve_device
 from .engine import Engine
@@ -151,7 +151,7 @@ class Sweep:
 
     @classmethod
     def of(cls, data: str, model: str, artifacts: Path | None = None) -> "Sweep":
-        key = hashlib.sha1(str(Path(data).expanduser().resolve()).encode()).hexdigest()[:10]
+        key = hashlib.sha1(dataset_folder_argument(data).encode()).hexdigest()[:10]
         return cls((artifacts or artifacts_dir()) / "lr-sweeps" / f"{model}-{key}")
 
     @classmethod
@@ -163,8 +163,7 @@ class Sweep:
             raise LandmarkError(f"a learning-rate sweep of {model} on this dataset is running already")
         sweep.folder.mkdir(parents=True, exist_ok=True)
         (sweep.folder / cls.RESULT).unlink(missing_ok=True)
-        # an absolute folder: a relative one named "demo" would be the built-in demo, one starting with "-" an option
-        args = [sys.executable, "-m", "landmark_core", "lr-find", "--data", str(Path(data).expanduser().resolve()),
+        args = [sys.executable, "-m", "landmark_core", "lr-find", "--data", dataset_folder_argument(data),
                 "--model", model, "--steps", str(steps), "--into", str(sweep.folder)]
         # written before the process starts, which from then on writes the status alone (its own pid included)
         write_json_atomic(sweep.folder / cls.STATUS, {"state": SweepState.RUNNING.value, "pid": None,
